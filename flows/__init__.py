@@ -1,0 +1,1 @@
+"""Prefect flows: plan shards, fan out, resume, report. Thin wiring over tasks."""

@@ -1,0 +1,5 @@
+import sys
+
+from ganviews.cli import main
+
+sys.exit(main())

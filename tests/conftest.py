@@ -1,0 +1,36 @@
+"""Shared test set-up: the shared fixtures folder, a private Prefect home, quiet analytics."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Prefect reads its settings at import time: isolate it before any test imports it.
+_PREFECT_HOME = Path(tempfile.mkdtemp(prefix="ganviews-test-prefect-"))
+os.environ.setdefault("PREFECT_HOME", str(_PREFECT_HOME))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = Path(os.environ.get("GANVIEWS_SHARED_FIXTURES", REPO.parent / "shared" / "fixtures"))
+
+
+@pytest.fixture(scope="session")
+def shared_fixtures() -> Path:
+    """``../shared/fixtures`` (or $GANVIEWS_SHARED_FIXTURES); fail loudly when it is absent."""
+    if not (SHARED_FIXTURES / "stylegan2").is_dir():
+        pytest.fail(
+            f"shared fixtures not found at {SHARED_FIXTURES}: the tests read the StyleGAN2 "
+            "checkpoint fixtures from ../shared/fixtures/stylegan2 next to this checkout "
+            "(or set GANVIEWS_SHARED_FIXTURES to the folder that holds stylegan2/)"
+        )
+    return SHARED_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def stylegan2_fixtures(shared_fixtures: Path) -> Path:
+    return shared_fixtures / "stylegan2"
