@@ -1,0 +1,779 @@
+"""The latent store: a Zarr v3 group holding every image's inverted w+, its losses and its status.
+
+Paper: Chai et al., "Ensembling with Deep Generative Views" (CVPR 2021), §3.1 — each image
+is projected to ``w*`` (an encoder's ``w_init`` refined by L-BFGS on masked L1 + LPIPS +
+a latent term); the views of §3.2 are rendered from ``w*``. This store is where the
+projections live and the source of truth for what is done, what failed and why.
+
+Layout (``<store>/``)::
+
+    zarr.json          group; attributes = identity + layout (see ``attrs``)
+    manifest.parquet   optional copy of the dataset manifest (row i = store index i)
+    w, w_init          [N, num_ws, w_dim] float32, NaN until written
+    loss, loss_l1, loss_lpips, loss_latent, psnr, lpips     [N] float32, NaN until written
+    iterations         [N] int32, -1 until written
+    status             [N] uint8: 0 pending, 1 done, 2 failed
+    reason             [N] string (vlen-utf8): why an item failed, "" otherwise
+    image_id           [N] string (vlen-utf8), written once at creation
+    <extra arrays>     e.g. images/aligned [N, C, H, W] uint8, views/<method>/<setting>
+
+Every array is chunked along axis 0 by ``shard_size``: shard ``k`` is the index range
+``[k·shard_size, (k+1)·shard_size)`` and owns exactly one chunk file per array, so workers
+on different shards never write the same file. Large extra arrays (≥ 16 KiB per image) use
+Zarr's sharding codec with one inner chunk per image: still one file per shard, but one
+image can be read without decoding its 63 neighbours.
+
+Durability: every chunk file is written to a temporary name, fsynced and renamed
+(:class:`storage.atomic.DurableLocalStore`), and :meth:`LatentStore.write` writes all data
+arrays before it writes the status chunk, so a writer killed at any instant leaves no item
+marked done without its data. One writer per shard is the contract (the flows plan it).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.errors import ContainsArrayError, ContainsGroupError
+
+from storage.atomic import DurableLocalStore, remove_stale_partials
+from storage.errors import StoreError
+from storage.identity import code_version, config_hash, diff_mappings, plain
+from storage.manifest import manifest_sha256, read_manifest, validate_manifest, write_manifest
+
+log = logging.getLogger(__name__)
+
+FORMAT = "ganviews.latents/1"
+PENDING, DONE, FAILED = 0, 1, 2
+STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
+
+# Per-image scalar metrics written by ``write``: name → (dtype, fill value for "not written").
+METRICS: dict[str, tuple[np.dtype, Any]] = {
+    "loss": (np.dtype("float32"), np.nan),  # total objective at the end of the optimisation
+    "loss_l1": (np.dtype("float32"), np.nan),  # masked L1 term
+    "loss_lpips": (np.dtype("float32"), np.nan),  # masked LPIPS term
+    "loss_latent": (np.dtype("float32"), np.nan),  # latent (encoder-consistency) term
+    "psnr": (np.dtype("float32"), np.nan),  # reconstruction PSNR in dB (masked)
+    "lpips": (np.dtype("float32"), np.nan),  # reconstruction LPIPS distance
+    "iterations": (np.dtype("int32"), -1),  # optimiser steps taken
+}
+LATENTS = ("w", "w_init")
+TEXT = ("reason", "image_id")
+CORE_ARRAYS = (*LATENTS, *METRICS, "status", *TEXT)
+IDENTITY_KEYS = ("generator_sha256", "encoder_sha256", "config_hash")
+LAYOUT_KEYS = ("n_images", "num_ws", "w_dim", "shard_size")
+# Keys that describe one writing session, not what the latents are: never compared on reopen.
+_SESSION_KEYS = ("created_at", "code_version", "format")
+
+# Compression (docs/storage.md, "Compression"): Blosc-zstd level 5 with byte shuffle beat
+# plain zstd and Blosc-lz4 on measured w+ latents; images are uint8, where shuffling is moot.
+LATENT_CODEC = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=4)
+IMAGE_CODEC = ZstdCodec(level=3)
+SMALL_CODEC = ZstdCodec(level=3)
+_INNER_CHUNK_MIN_BYTES = 16 * 1024
+_NAME_PART = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def _codec_for(dtype: np.dtype) -> Any:
+    if dtype.kind == "f" and dtype.itemsize >= 4:
+        return BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=dtype.itemsize)
+    return IMAGE_CODEC if dtype.kind in "ub" else SMALL_CODEC
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise StoreError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _is_store_dir(path: Path) -> bool:
+    return (path / "zarr.json").is_file()
+
+
+class LatentStore:
+    """A resumable Zarr v3 store of per-image latents (see the module docstring for the layout).
+
+    Build one with :meth:`create`, :meth:`open` or :meth:`open_or_create`, not the constructor.
+    """
+
+    def __init__(self, group: zarr.Group, path: Path, mode: str) -> None:
+        self._group = group
+        self._path = path
+        self._mode = mode
+        self._attrs = dict(group.attrs)
+        self._arrays: dict[str, zarr.Array] = {}
+        self._image_ids: np.ndarray | None = None
+        # Test instrumentation: callables run at named points of ``write`` ("after_data",
+        # "after_array"), e.g. to stop a child process mid-batch in the SIGKILL tests.
+        self._hooks: dict[str, Callable[..., None]] = {}
+        self.n_images = int(self._attrs["n_images"])
+        self.num_ws = int(self._attrs["num_ws"])
+        self.w_dim = int(self._attrs["w_dim"])
+        self.shard_size = int(self._attrs["shard_size"])
+
+    # ------------------------------------------------------------------ creation / opening
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        n_images: int,
+        num_ws: int,
+        w_dim: int,
+        shard_size: int,
+        attrs: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+        image_ids: Sequence[str] | None = None,
+        manifest: pd.DataFrame | str | Path | None = None,
+        *,
+        durable: bool = True,
+    ) -> LatentStore:
+        """Create an empty store (all items pending) and return it opened for writing.
+
+        ``attrs`` must name ``generator_sha256``; ``encoder_sha256``, ``config`` (a dict),
+        ``config_hash`` (default: sha256 of the canonical JSON of ``config``) and
+        ``code_version`` are recorded too, with anything else given. ``image_ids`` default to
+        the manifest's ``image_id`` column, else to ``"0"…"N-1"``. An existing store at
+        ``path`` is replaced only with ``overwrite=True``; other existing content never is.
+        The store is built under a temporary name and renamed into place, so a crash during
+        creation never leaves something that looks like a store.
+        """
+        path = Path(path)
+        n_images = _positive_int("n_images", n_images)
+        num_ws = _positive_int("num_ws", num_ws)
+        w_dim = _positive_int("w_dim", w_dim)
+        shard_size = _positive_int("shard_size", shard_size)
+        frame = cls._manifest_frame(manifest)
+        ids = cls._resolve_ids(n_images, image_ids, frame)
+        stored = cls._identity(attrs)
+        if frame is not None:
+            stored["manifest_sha256"] = manifest_sha256(frame)
+        stored.update(format=FORMAT, n_images=n_images, num_ws=num_ws, w_dim=w_dim,
+                      shard_size=shard_size, created_at=_now())
+        if path.exists():
+            if not overwrite:
+                raise StoreError(f"{path} already exists; pass overwrite=True to replace it")
+            if path.is_file() or (any(path.iterdir()) and not _is_store_dir(path)):
+                raise StoreError(f"refusing to overwrite {path}: it exists and is not a latent store")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:12]}")
+        try:
+            group = zarr.create_group(store=DurableLocalStore(tmp, durable=durable),
+                                      attributes=stored, zarr_format=3)
+            cls._create_core_arrays(group, n_images, num_ws, w_dim, shard_size)
+            group["image_id"][:] = np.asarray(ids, dtype=object)
+            if frame is not None:
+                write_manifest(frame, tmp / "manifest.parquet",
+                               label_columns=frame.attrs.get("label_columns"))
+            cls._move_into_place(tmp, path, overwrite)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        log.info("created latent store %s: %d images, shards of %d", path, n_images, shard_size)
+        return cls.open(path, mode="a", durable=durable)
+
+    @staticmethod
+    def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
+        old = None
+        if path.exists() and overwrite:
+            old = path.with_name(f".{path.name}.replaced-{uuid.uuid4().hex[:12]}")
+            os.replace(path, old)
+        try:
+            os.rename(tmp, path)
+        except OSError as exc:
+            raise StoreError(f"{path} appeared while the store was being created (another "
+                             f"process?): {exc}") from exc
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        mode: str = "r",
+        expect_attrs: Mapping[str, Any] | None = None,
+        *,
+        durable: bool = True,
+    ) -> LatentStore:
+        """Open an existing store, ``mode="r"`` (read only) or ``"a"`` (read and write).
+
+        ``expect_attrs`` (e.g. ``{"generator_sha256": ..., "config_hash": ...}``) must equal the
+        stored values, else StoreError names the key, the stored and the given value.
+        """
+        if mode not in ("r", "a"):
+            raise StoreError(f"mode must be 'r' or 'a', got {mode!r}")
+        path = Path(path)
+        if not path.exists():
+            raise StoreError(f"no latent store at {path}: the path does not exist")
+        if not _is_store_dir(path):
+            raise StoreError(f"{path} is not a latent store (no zarr.json)")
+        store = DurableLocalStore(path, read_only=(mode == "r"), durable=durable)
+        try:
+            group = zarr.open_group(store=store, mode="r" if mode == "r" else "r+", zarr_format=3)
+        except (FileNotFoundError, ValueError, TypeError, KeyError) as exc:
+            raise StoreError(f"{path} is not a latent store: {exc}") from exc
+        if group.attrs.get("format") != FORMAT:
+            raise StoreError(f"{path} is a Zarr group but not a ganviews latent store "
+                             f"(attribute format={group.attrs.get('format')!r}, expected {FORMAT!r})")
+        missing_layout = [k for k in LAYOUT_KEYS if k not in group.attrs]
+        if missing_layout:
+            raise StoreError(f"{path}: store attributes lack {missing_layout}")
+        self = cls(group, path, mode)
+        self._check_arrays()
+        if expect_attrs:
+            self.check_identity(expect_attrs)
+        if mode == "a":
+            removed = remove_stale_partials(path)
+            if removed:
+                log.info("%s: removed %d stale temporary files of killed writers", path, removed)
+        return self
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: str | Path,
+        n_images: int,
+        num_ws: int,
+        w_dim: int,
+        shard_size: int,
+        attrs: Mapping[str, Any] | None = None,
+        image_ids: Sequence[str] | None = None,
+        manifest: pd.DataFrame | str | Path | None = None,
+        *,
+        durable: bool = True,
+    ) -> LatentStore:
+        """For jobs that may be the first run or a rerun: create if absent, else open ``"a"``.
+
+        On reopen the layout (n_images, num_ws, w_dim, shard_size), the identity in ``attrs``
+        (generator/encoder hash, config hash, any other given key except created_at and
+        code_version), the image ids and the manifest hash must match, else StoreError.
+        """
+        path = Path(path)
+        if not _is_store_dir(path):
+            try:
+                return cls.create(path, n_images, num_ws, w_dim, shard_size, attrs=attrs,
+                                  image_ids=image_ids, manifest=manifest, durable=durable)
+            except StoreError:
+                if not _is_store_dir(path):  # not a lost creation race: a real error
+                    raise
+        frame = cls._manifest_frame(manifest)
+        expected = {k: v for k, v in cls._identity(attrs).items() if k not in _SESSION_KEYS}
+        layout = {"n_images": n_images, "num_ws": num_ws, "w_dim": w_dim, "shard_size": shard_size}
+        if frame is not None:
+            expected["manifest_sha256"] = manifest_sha256(frame)
+        self = cls.open(path, mode="a", expect_attrs={**layout, **expected}, durable=durable)
+        if image_ids is not None or frame is not None:
+            ids = cls._resolve_ids(self.n_images, image_ids, frame)
+            stored = self.image_ids
+            if not np.array_equal(stored, np.asarray(ids, dtype=object)):
+                first = int(np.flatnonzero(stored != np.asarray(ids, dtype=object))[0])
+                raise StoreError(f"{path}: image ids differ from the stored ones, first at index "
+                                 f"{first}: stored {stored[first]!r}, given {ids[first]!r}")
+        given_version = (attrs or {}).get("code_version", code_version())
+        if given_version != self._attrs.get("code_version"):
+            log.warning("%s was created by code version %s; now writing with %s", path,
+                        self._attrs.get("code_version"), given_version)
+        return self
+
+    @staticmethod
+    def _identity(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+        given = plain(dict(attrs or {}))
+        for key in ("format", *LAYOUT_KEYS):
+            if key in given:
+                raise StoreError(f"attrs key {key!r} is set by the store itself; remove it")
+        generator = given.get("generator_sha256")
+        if not isinstance(generator, str) or not generator:
+            raise StoreError(
+                "attrs must name generator_sha256 (the generator checkpoint's content hash, "
+                f"e.g. ganviews.runtime.file_sha256), got {generator!r}"
+            )
+        config = given.setdefault("config", {})
+        if not isinstance(config, dict):
+            raise StoreError(f"attrs['config'] must be a mapping, got {type(config).__name__}")
+        given.setdefault("config_hash", config_hash(config))
+        given.setdefault("encoder_sha256", None)
+        given.setdefault("code_version", code_version())
+        return given
+
+    @staticmethod
+    def _manifest_frame(manifest: pd.DataFrame | str | Path | None) -> pd.DataFrame | None:
+        if manifest is None:
+            return None
+        if isinstance(manifest, (str, Path)):
+            return read_manifest(manifest)
+        _, labels = validate_manifest(manifest)
+        frame = manifest.reset_index(drop=True)
+        frame.attrs["label_columns"] = manifest.attrs.get("label_columns", labels)
+        return frame
+
+    @staticmethod
+    def _resolve_ids(n_images: int, image_ids: Sequence[str] | None,
+                     frame: pd.DataFrame | None) -> list[str]:
+        if frame is not None:
+            if len(frame) != n_images:
+                raise StoreError(f"manifest has {len(frame)} rows but n_images={n_images}")
+            from_manifest = [str(v) for v in frame["image_id"].tolist()]
+            if image_ids is not None and list(image_ids) != from_manifest:
+                raise StoreError("image_ids differ from the manifest's image_id column; pass one")
+            return from_manifest
+        if image_ids is None:
+            return [str(i) for i in range(n_images)]
+        ids = list(image_ids)
+        if len(ids) != n_images:
+            raise StoreError(f"image_ids has {len(ids)} entries but n_images={n_images}")
+        bad = [v for v in ids if not isinstance(v, str) or not v]
+        if bad:
+            raise StoreError(f"image_ids must be non-empty strings, got {bad[0]!r}")
+        if len(set(ids)) != len(ids):
+            seen: set[str] = set()
+            dupe = next(v for v in ids if v in seen or seen.add(v))
+            raise StoreError(f"image_ids must be unique; {dupe!r} appears twice")
+        return ids
+
+    @staticmethod
+    def _create_core_arrays(group: zarr.Group, n: int, num_ws: int, w_dim: int, shard: int) -> None:
+        for name in LATENTS:
+            group.create_array(name, shape=(n, num_ws, w_dim), chunks=(shard, num_ws, w_dim),
+                               dtype="float32", fill_value=np.nan, compressors=[LATENT_CODEC],
+                               dimension_names=("image", "layer", "channel"))
+        for name, (dtype, fill) in METRICS.items():
+            group.create_array(name, shape=(n,), chunks=(shard,), dtype=dtype, fill_value=fill,
+                               compressors=[SMALL_CODEC], dimension_names=("image",))
+        group.create_array("status", shape=(n,), chunks=(shard,), dtype="uint8", fill_value=PENDING,
+                           compressors=[SMALL_CODEC], dimension_names=("image",))
+        for name in TEXT:
+            group.create_array(name, shape=(n,), chunks=(shard,), dtype=str, fill_value="",
+                               dimension_names=("image",))
+
+    def _check_arrays(self) -> None:
+        names = set(self._member_arrays())
+        missing = [name for name in CORE_ARRAYS if name not in names]
+        if missing:
+            raise StoreError(f"{self._path}: latent store is missing array(s) {missing}")
+        n, shapes = self.n_images, {"w": (self.num_ws, self.w_dim), "w_init": (self.num_ws, self.w_dim)}
+        for name in CORE_ARRAYS:
+            arr = self._array(name)
+            want = (n, *shapes.get(name, ()))
+            if tuple(arr.shape) != want or arr.chunks[0] != self.shard_size:
+                raise StoreError(f"{self._path}: array {name!r} has shape {arr.shape} and chunks "
+                                 f"{arr.chunks}, expected shape {want} in chunks of {self.shard_size}")
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Identity and layout: generator_sha256, encoder_sha256, config, config_hash,
+        code_version, created_at, manifest_sha256 (when a manifest was given), n_images,
+        num_ws, w_dim, shard_size, format, and any other key given at creation."""
+        return plain(self._attrs)
+
+    def check_identity(self, expect: Mapping[str, Any]) -> None:
+        """StoreError naming every key whose stored value differs from ``expect``'s."""
+        stored = self.attrs
+        problems = []
+        for key, value in plain(dict(expect)).items():
+            if key not in stored:
+                problems.append(f"{key}: not stored, given {value!r}")
+            elif key == "config" and isinstance(value, dict):
+                problems.extend(f"config.{line}" for line in diff_mappings(stored[key], value))
+            elif stored[key] != value:
+                problems.append(f"{key}: stored {stored[key]!r}, given {value!r}")
+        if problems:
+            raise StoreError(f"{self._path} was made by something else — refusing to mix: "
+                             + "; ".join(problems))
+
+    def manifest(self) -> pd.DataFrame | None:
+        """The manifest stored with the store (row i = index i), or None."""
+        path = self._path / "manifest.parquet"
+        return read_manifest(path) if path.is_file() else None
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        """All image ids (object array of str), index-aligned with the arrays."""
+        if self._image_ids is None:
+            self._image_ids = np.asarray(self._array("image_id")[:], dtype=object)
+        return self._image_ids
+
+    def indices_of(self, image_ids: Sequence[str]) -> np.ndarray:
+        """Store indices of the given image ids (StoreError naming the first unknown one)."""
+        lookup = {v: i for i, v in enumerate(self.image_ids)}
+        missing = [v for v in image_ids if v not in lookup]
+        if missing:
+            raise StoreError(f"{self._path}: unknown image_id(s) {missing[:5]}")
+        return np.asarray([lookup[v] for v in image_ids], dtype=np.int64)
+
+    # ------------------------------------------------------------------ shards
+
+    def shards(self) -> list[tuple[int, int]]:
+        """Chunk-aligned index ranges ``(start, stop)``; one writer per shard."""
+        step = self.shard_size
+        return [(s, min(s + step, self.n_images)) for s in range(0, self.n_images, step)]
+
+    def shard_of(self, index: int) -> int:
+        """Position in :meth:`shards` of the shard holding ``index``."""
+        self._indices([index])
+        return int(index) // self.shard_size
+
+    # ------------------------------------------------------------------ status
+
+    def _status(self) -> np.ndarray:
+        return np.asarray(self._array("status")[:])
+
+    def pending(self) -> np.ndarray:
+        return np.flatnonzero(self._status() == PENDING).astype(np.int64)
+
+    def done(self) -> np.ndarray:
+        return np.flatnonzero(self._status() == DONE).astype(np.int64)
+
+    def failed(self) -> np.ndarray:
+        return np.flatnonzero(self._status() == FAILED).astype(np.int64)
+
+    def todo(self, *, retry_failed: bool = True, shard: tuple[int, int] | None = None) -> np.ndarray:
+        """Indices still to process: pending (and failed, for a retry), optionally in one shard."""
+        status = self._status()
+        want = (status == PENDING) | ((status == FAILED) if retry_failed else False)
+        if shard is not None:
+            start, stop = shard
+            keep = np.zeros_like(want)
+            keep[start:stop] = True
+            want &= keep
+        return np.flatnonzero(want).astype(np.int64)
+
+    def status_table(self) -> pd.DataFrame:
+        """One row per shard: shard, start, stop, pending, done, failed."""
+        status = self._status()
+        rows = []
+        for k, (start, stop) in enumerate(self.shards()):
+            counts = np.bincount(status[start:stop], minlength=3)
+            rows.append({"shard": k, "start": start, "stop": stop, "pending": int(counts[PENDING]),
+                         "done": int(counts[DONE]), "failed": int(counts[FAILED])})
+        return pd.DataFrame(rows, columns=["shard", "start", "stop", "pending", "done", "failed"])
+
+    def failures(self) -> pd.DataFrame:
+        """One row per failed item: index, image_id, reason, shard."""
+        idx = self.failed()
+        reasons = self._read_rows("reason", idx) if len(idx) else np.empty(0, dtype=object)
+        return pd.DataFrame({
+            "index": idx,
+            "image_id": self.image_ids[idx].astype(str) if len(idx) else np.empty(0, dtype=str),
+            "reason": np.asarray(reasons, dtype=object).astype(str),
+            "shard": idx // self.shard_size,
+        })
+
+    # ------------------------------------------------------------------ writing
+
+    def write(
+        self,
+        indices: Sequence[int] | np.ndarray,
+        *,
+        w: np.ndarray,
+        w_init: np.ndarray | None = None,
+        arrays: Mapping[str, np.ndarray] | None = None,
+        overwrite: bool = False,
+        **metrics: np.ndarray,
+    ) -> None:
+        """Write results for ``indices`` and only then mark them done.
+
+        ``w`` (and ``w_init``) ``[k, num_ws, w_dim]`` float32; metrics (``loss``, ``loss_l1``,
+        ``loss_lpips``, ``loss_latent``, ``psnr``, ``lpips``: ``[k]`` floats; ``iterations``:
+        ``[k]`` integers); ``arrays`` maps names made by :meth:`ensure_array` to ``[k, …]``
+        values written in the same step. Everything is validated before anything is written.
+        Indices already done are refused unless ``overwrite=True`` (done work is never redone
+        by accident).
+        """
+        self._writable()
+        idx = self._indices(indices)
+        k = len(idx)
+        latent_shape = (k, self.num_ws, self.w_dim)
+        values: dict[str, np.ndarray] = {"w": self._check_values("w", w, latent_shape, np.float32)}
+        if w_init is not None:
+            values["w_init"] = self._check_values("w_init", w_init, latent_shape, np.float32)
+        unknown = sorted(set(metrics) - set(METRICS))
+        if unknown:
+            raise StoreError(f"unknown metric(s) {unknown}; allowed: {sorted(METRICS)} (other "
+                             "per-image values: ensure_array + arrays=)")
+        for name, value in metrics.items():
+            if value is not None:
+                values[name] = self._check_metric(name, value, k)
+        for name, value in (arrays or {}).items():
+            arr = self._extra(name)
+            values[name] = self._check_values(name, value, (k, *arr.shape[1:]), arr.dtype)
+        if k == 0:
+            return
+        status = self._status()
+        if not overwrite:
+            already = idx[status[idx] == DONE]
+            if len(already):
+                raise StoreError(f"{self._path}: indices {already[:10].tolist()} are already done "
+                                 "(pass overwrite=True to replace finished results)")
+        order = np.argsort(idx, kind="stable")
+        idx_sorted = idx[order]
+        for name, value in values.items():
+            self._write_rows(name, idx_sorted, value[order])
+            self._fire("after_array", name)
+        self._fire("after_data")
+        self._write_rows("status", idx_sorted, np.full(k, DONE, np.uint8))
+        stale = idx_sorted[status[idx_sorted] == FAILED]
+        if len(stale):  # the reason of an earlier failure no longer applies
+            self._write_rows("reason", stale, np.full(len(stale), "", dtype=object))
+
+    def mark_failed(self, indices: Sequence[int] | np.ndarray, reasons: str | Sequence[str], *,
+                    overwrite: bool = False) -> None:
+        """Record ``reasons`` (one string, or one per index) and mark ``indices`` failed."""
+        self._writable()
+        idx = self._indices(indices)
+        texts = [reasons] * len(idx) if isinstance(reasons, str) else list(reasons)
+        if len(texts) != len(idx):
+            raise StoreError(f"reasons has {len(texts)} entries for {len(idx)} indices")
+        bad = [t for t in texts if not isinstance(t, str)]
+        if bad:
+            raise StoreError(f"reasons must be strings, got {type(bad[0]).__name__}: {bad[0]!r}")
+        if not len(idx):
+            return
+        texts = [t or "unspecified" for t in texts]
+        status = self._status()
+        if not overwrite:
+            already = idx[status[idx] == DONE]
+            if len(already):
+                raise StoreError(f"{self._path}: indices {already[:10].tolist()} are done; pass "
+                                 "overwrite=True to mark finished items failed")
+        order = np.argsort(idx, kind="stable")
+        self._write_rows("reason", idx[order], np.asarray(texts, dtype=object)[order])
+        self._write_rows("status", idx[order], np.full(len(idx), FAILED, np.uint8))
+
+    def reset(self, indices: Sequence[int] | np.ndarray) -> None:
+        """Mark ``indices`` pending again (their data stays until overwritten)."""
+        self._writable()
+        idx = np.sort(self._indices(indices))
+        if len(idx):
+            self._write_rows("status", idx, np.full(len(idx), PENDING, np.uint8))
+            self._write_rows("reason", idx, np.full(len(idx), "", dtype=object))
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self, indices: Sequence[int] | np.ndarray,
+             fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """``{"w", "w_init", <metrics>, "status", "image_id", "reason"}`` for ``indices``, in order.
+
+        Items not written hold NaN (floats) and -1 (iterations); check ``status``.
+        """
+        idx = self._indices(indices, unique=False)
+        names = list(fields) if fields is not None else list(CORE_ARRAYS)
+        unknown = [n for n in names if n not in CORE_ARRAYS]
+        if unknown:
+            raise StoreError(f"unknown field(s) {unknown}; fields: {list(CORE_ARRAYS)} "
+                             "(extra arrays: read_array)")
+        out = {name: self._read_rows(name, idx) for name in names}
+        for name in TEXT:
+            if name in out:
+                out[name] = np.asarray(out[name], dtype=object)
+        return out
+
+    # ------------------------------------------------------------------ extra arrays
+
+    def ensure_array(self, name: str, tail_shape: Sequence[int], dtype: Any,
+                     fill_value: Any = 0) -> None:
+        """Create the per-image array ``name`` ``[N, *tail_shape]`` unless it exists (then check it).
+
+        Chunked by shard along axis 0; images (≥ 16 KiB per item) get one inner chunk per image.
+        """
+        self._check_name(name)
+        tail = tuple(_positive_int(f"{name} tail_shape", d) for d in tail_shape)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError as exc:
+            raise StoreError(f"array {name!r}: dtype {dtype!r} is not a numpy dtype") from exc
+        if dtype.kind not in "biuf":
+            raise StoreError(f"array {name!r}: dtype {dtype} not supported (numbers or bool only)")
+        shape = (self.n_images, *tail)
+        existing = self._array(name, missing_ok=True)
+        if existing is not None:
+            if tuple(existing.shape) != shape or existing.dtype != dtype:
+                raise StoreError(f"array {name!r} exists with shape {existing.shape} and dtype "
+                                 f"{existing.dtype}; asked for {shape} {dtype}")
+            return
+        self._writable()
+        item_bytes = int(np.prod(tail, dtype=np.int64)) * dtype.itemsize
+        outer = (self.shard_size, *tail)
+        inner = (1, *tail) if item_bytes >= _INNER_CHUNK_MIN_BYTES else None
+        try:
+            self._group.create_array(
+                name, shape=shape, chunks=inner or outer, shards=outer if inner else None,
+                dtype=dtype, fill_value=fill_value, compressors=[_codec_for(dtype)],
+                dimension_names=("image", *(f"dim_{i}" for i in range(1, len(shape)))),
+            )
+        except (ContainsArrayError, ContainsGroupError):  # created concurrently: check it
+            self._arrays.pop(name, None)
+            self.ensure_array(name, tail_shape, dtype, fill_value)
+        except ValueError as exc:
+            raise StoreError(f"array {name!r} cannot be created: {exc}") from exc
+
+    def write_array(self, name: str, indices: Sequence[int] | np.ndarray, values: np.ndarray) -> None:
+        """Write rows of an extra array (validated first). Does not change any status."""
+        self._writable()
+        arr = self._extra(name)
+        idx = self._indices(indices)
+        values = self._check_values(name, values, (len(idx), *arr.shape[1:]), arr.dtype)
+        order = np.argsort(idx, kind="stable")
+        self._write_rows(name, idx[order], values[order])
+
+    def read_array(self, name: str, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Rows ``indices`` of an extra array, in order."""
+        self._extra(name)
+        return self._read_rows(name, self._indices(indices, unique=False))
+
+    def array_names(self) -> list[str]:
+        """Every array in the store (core and extra), as paths like ``images/aligned``."""
+        return sorted(self._member_arrays())
+
+    # ------------------------------------------------------------------ internals
+
+    def _member_arrays(self) -> list[str]:
+        return [name for name, node in self._group.members(max_depth=None)
+                if isinstance(node, zarr.Array)]
+
+    def _array(self, name: str, missing_ok: bool = False) -> zarr.Array | None:
+        arr = self._arrays.get(name)
+        if arr is None:
+            try:
+                node = self._group[name]
+            except KeyError:
+                node = None
+            if not isinstance(node, zarr.Array):
+                if missing_ok:
+                    return None
+                raise StoreError(f"{self._path}: no array named {name!r}; arrays: {self.array_names()}")
+            arr = self._arrays[name] = node
+        return arr
+
+    def _extra(self, name: str) -> zarr.Array:
+        if name in CORE_ARRAYS:
+            raise StoreError(f"{name!r} is a core array; use write()/read()/mark_failed()")
+        arr = self._array(name, missing_ok=True)
+        if arr is None:
+            raise StoreError(f"{self._path}: no array named {name!r}; create it with ensure_array "
+                             f"(existing: {self.array_names()})")
+        return arr
+
+    def _check_name(self, name: str) -> None:
+        parts = name.split("/") if isinstance(name, str) else [None]
+        if not parts or any(p is None or not _NAME_PART.match(p) or p.startswith("__") or
+                            p in (".", "..") for p in parts):
+            raise StoreError(f"array name {name!r}: use '/'-separated parts of letters, digits, "
+                             "'_', '.', '-'")
+        if name in CORE_ARRAYS or parts[0] in CORE_ARRAYS:
+            raise StoreError(f"array name {name!r} collides with core array {parts[0]!r}")
+
+    def _writable(self) -> None:
+        if self._mode != "a":
+            raise StoreError(f"{self._path} is open read-only; open it with mode='a' to write")
+
+    def _indices(self, indices: Any, unique: bool = True) -> np.ndarray:
+        idx = np.asarray(indices)
+        if idx.ndim == 0:
+            idx = idx.reshape(1)
+        if idx.ndim != 1:
+            raise StoreError(f"indices must be 1-D, got shape {idx.shape}")
+        if idx.size == 0:
+            return idx.astype(np.int64)
+        if idx.dtype.kind not in "iu":
+            raise StoreError(f"indices must be integers, got dtype {idx.dtype}")
+        idx = idx.astype(np.int64)
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= self.n_images:
+            bad = lo if lo < 0 else hi
+            raise StoreError(f"index {bad} out of range for a store of {self.n_images} images "
+                             f"(valid: 0…{self.n_images - 1})")
+        if unique and len(np.unique(idx)) != len(idx):
+            vals, counts = np.unique(idx, return_counts=True)
+            raise StoreError(f"indices must be unique; {vals[counts > 1][:5].tolist()} repeat")
+        return idx
+
+    @staticmethod
+    def _check_values(name: str, value: Any, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        if not isinstance(value, np.ndarray):
+            raise StoreError(f"{name} must be a numpy array, got {type(value).__name__} "
+                             "(convert tensors with .cpu().numpy())")
+        if tuple(value.shape) != tuple(shape):
+            raise StoreError(f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+        if value.dtype != np.dtype(dtype):
+            raise StoreError(f"{name} has dtype {value.dtype}, expected {np.dtype(dtype)}")
+        return value
+
+    @staticmethod
+    def _check_metric(name: str, value: Any, k: int) -> np.ndarray:
+        dtype = METRICS[name][0]
+        arr = np.asarray(value)
+        if arr.shape != (k,):
+            raise StoreError(f"{name} has shape {arr.shape}, expected ({k},)")
+        if dtype.kind == "f" and arr.dtype.kind not in "fiu":
+            raise StoreError(f"{name} has dtype {arr.dtype}, expected a real number type")
+        if dtype.kind == "i":
+            if arr.dtype.kind not in "iu":
+                raise StoreError(f"{name} has dtype {arr.dtype}, expected integers")
+            if len(arr) and (arr.min() < np.iinfo(dtype).min or arr.max() > np.iinfo(dtype).max):
+                raise StoreError(f"{name} values outside the {dtype} range")
+        return arr.astype(dtype)
+
+    def _write_rows(self, name: str, idx: np.ndarray, values: np.ndarray) -> None:
+        """Write sorted ``idx`` rows: one read-modify-write per touched chunk (never a chunk
+        file of another shard). Zarr's orthogonal assignment is avoided on purpose: with the
+        sharding codec it fails in zarr 3.1 for non-contiguous rows within a shard."""
+        arr = self._array(name)
+        chunk_of = idx // self.shard_size
+        bounds = np.flatnonzero(np.diff(chunk_of)) + 1
+        for sel in np.split(np.arange(len(idx)), bounds):
+            rows = idx[sel]
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            if hi - lo == len(rows):
+                arr[lo:hi] = values[sel]
+            else:
+                block = np.asarray(arr[lo:hi])
+                if block.dtype.kind == "T":  # numpy StringDType from vlen-utf8
+                    block = block.astype(object)
+                block[rows - lo] = values[sel]
+                arr[lo:hi] = block
+
+    def _read_rows(self, name: str, idx: np.ndarray) -> np.ndarray:
+        arr = self._array(name)
+        if len(idx) == 0:
+            return np.empty((0, *arr.shape[1:]), dtype=object if name in TEXT else arr.dtype)
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        if hi - lo == len(idx) and np.all(np.diff(idx) == 1):
+            return np.asarray(arr[lo:hi])
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        return np.asarray(arr.oindex[uniq])[inverse]
+
+    def _fire(self, point: str, *args: Any) -> None:
+        hook = self._hooks.get(point)
+        if hook is not None:
+            hook(*args)
+
+    def __repr__(self) -> str:
+        counts = np.bincount(self._status(), minlength=3)
+        return (f"LatentStore({str(self._path)!r}, mode={self._mode!r}, n_images={self.n_images}, "
+                f"num_ws={self.num_ws}, w_dim={self.w_dim}, shard_size={self.shard_size}, "
+                f"done={counts[DONE]}, failed={counts[FAILED]}, pending={counts[PENDING]})")
