@@ -174,6 +174,19 @@ def compute_pca_stats(
 # the three perturbation families: one view per row, all randomness from that row's seed
 
 
+def check_pca_stats(G, pca: PCAStats | None) -> None:
+    """Refuse statistics computed for another generator (by content hash) or another w_dim."""
+    if pca is None:
+        return
+    if pca.components.shape[1] != G.w_dim:
+        raise ValueError(f"pca: components have w_dim {pca.components.shape[1]}, G has {G.w_dim}")
+    sha = str(getattr(G, "sha256", "") or "")
+    if pca.generator_sha256 and sha and pca.generator_sha256 != sha:
+        raise ValueError(
+            f"pca: statistics belong to generator {pca.generator_sha256[:12]}…, G is {sha[:12]}…"
+        )
+
+
 def _group_indices(G, layers: str) -> list[int]:
     groups = G.layer_groups
     if layers not in groups:
@@ -224,11 +237,6 @@ def _pca(
         raise ValueError(
             f"pca: components have w_dim {pca.components.shape[1]}, w has {w.shape[-1]}"
         )
-    sha = str(getattr(G, "sha256", "") or "")
-    if pca.generator_sha256 and sha and pca.generator_sha256 != sha:
-        raise ValueError(
-            f"pca: statistics belong to generator {pca.generator_sha256[:12]}…, G is {sha[:12]}…"
-        )
     k = min(int(pca_components), pca.components.shape[0])
     if k < 1:
         raise ValueError(f"pca_components: got {pca_components}, must be ≥ 1")
@@ -255,7 +263,9 @@ def _stylemix(G, w, seeds, *, idx, setting, c, **_) -> torch.Tensor:
             f"c: G is class-conditional (c_dim={G.c_dim}); stylemix needs the class of each image"
         )
     z = torch.stack([torch.randn(G.z_dim, generator=g) for g in _generators(seeds)])  # [M, z_dim]
-    mix = G.mapping(z.to(w.device), c if G.c_dim else None, truncation_psi=1.0)  # [M, L, C]
+    mix = G.mapping(
+        z.to(w.device, w.dtype), c if G.c_dim else None, truncation_psi=1.0
+    )  # [M, L, C]
     out = w.clone()
     out[:, idx] = mix[:, idx].to(w.dtype)
     return out
@@ -330,6 +340,8 @@ def perturb(
         raise ValueError(f"n_views: got {n_views}, must be ≥ 0")
     if c is not None:
         assert_shape(c, [n, G.c_dim], "c")
+    if method == "pca":
+        check_pca_stats(G, pca)
     seeds = [
         view_seed(seed, iid, method, layers, setting, first_view + j)
         for iid in image_ids
