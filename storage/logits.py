@@ -1,29 +1,38 @@
 """Logit tables: a hive-partitioned Parquet dataset, one row per (image, classifier, method, setting, view).
 
+Paper: Chai et al., CVPR 2021, §3.3 — the ensemble combines the classifier's output on the
+original image with its outputs on N generated views; the logits of every view are kept
+so α and the ensemble size can be chosen afterwards (§4, α cross-validation on val).
+
 Layout: ``ROOT/task=<task>/classifier=<classifier>/method=<method>/shard-<key>.parquet``.
-A writer owns the files named after its shard key: re-running a shard replaces exactly
-those files (never duplicating rows), and every file is written under a hidden temporary
-name and renamed into place, so readers never see a half-written file.
+A writer owns the files named after its shard key. Re-running a shard replaces that
+shard's rows of the same (task, classifier, method, setting) and keeps its rows of other
+settings, so a writer may store a shard's settings in one call or one setting per call,
+and a rerun never duplicates rows. Every file is written under a hidden temporary name,
+fsynced and renamed into place, so readers never see a half-written file.
 
 Views: 0 = the original image, 1 = the reconstruction G(w*), 2… = perturbed views. Every
 (task, classifier, method, setting) group carries its own views 0 and 1, so it can be
-evaluated on its own. Probabilities are computed at analysis time, never stored.
+evaluated on its own. Probabilities are computed at analysis time, never stored. Files
+carry the partition columns too, so a file copied elsewhere still says what it holds.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import re
-import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from storage.atomic import atomic_write_bytes, remove_stale_partials
 from storage.errors import StoreError
 
 PARTITION_COLUMNS = ("task", "classifier", "method")
@@ -42,8 +51,12 @@ LOGITS_SCHEMA = pa.schema(
         pa.field("seed", pa.int64(), nullable=True),  # the view's own seed; null for views 0/1
     ]
 )
+KEY_COLUMNS = ("image_id", "task", "classifier", "method", "setting", "view")
+SPLITS = ("train", "val", "test")
+METADATA_KEY = b"ganviews"
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_STRING_COLUMNS = {f.name for f in LOGITS_SCHEMA if pa.types.is_string(f.type)}
 
 
 def _check_partition_value(column: str, value: str) -> None:
@@ -63,9 +76,66 @@ def to_table(frame: pd.DataFrame) -> pa.Table:
     if extra:
         raise StoreError(f"logit rows have unknown columns {extra}; schema: {LOGITS_SCHEMA.names}")
     try:
-        return pa.Table.from_pandas(frame[LOGITS_SCHEMA.names], schema=LOGITS_SCHEMA, preserve_index=False)
+        table = pa.Table.from_pandas(frame[LOGITS_SCHEMA.names], schema=LOGITS_SCHEMA, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
         raise StoreError(f"logit rows do not fit the schema: {exc}") from exc
+    _validate(table)
+    return table
+
+
+def _validate(table: pa.Table) -> None:
+    """Row-level rules the Arrow schema cannot express (nulls, lengths, duplicates, splits)."""
+    for field in LOGITS_SCHEMA:
+        if not field.nullable and table[field.name].null_count:
+            raise StoreError(f"logits column {field.name!r} has {table[field.name].null_count} null(s)")
+    values = pc.list_flatten(table["logits"])
+    if values.null_count:
+        raise StoreError("logits column 'logits' holds null entries inside the lists")
+    if len(values) and not np.isfinite(values.to_numpy(zero_copy_only=False)).all():
+        raise StoreError("logits column 'logits' holds NaN or infinite values")
+    bad_split = set(pc.unique(table["split"]).to_pylist()) - set(SPLITS)
+    if bad_split:
+        raise StoreError(f"logits column 'split': values {sorted(bad_split)} not in {list(SPLITS)}")
+    if table.num_rows and pc.min(table["view"]).as_py() < 0:
+        raise StoreError("logits column 'view' must be ≥ 0 (0 original, 1 reconstruction, ≥2 views)")
+    lengths = pc.list_value_length(table["logits"])
+    if table.num_rows and pc.min(lengths).as_py() == 0:
+        raise StoreError("logits column 'logits' holds an empty list")
+    per = pa.table({"task": table["task"], "classifier": table["classifier"], "n": lengths})
+    spread = per.group_by(["task", "classifier"]).aggregate([("n", "min"), ("n", "max")])
+    for row in spread.to_pylist():
+        if row["n_min"] != row["n_max"]:
+            raise StoreError(f"logits of task {row['task']!r}, classifier {row['classifier']!r} "
+                             f"have lengths {row['n_min']}…{row['n_max']}; one length per classifier")
+    keys = table.select(list(KEY_COLUMNS)).group_by(list(KEY_COLUMNS)).aggregate([([], "count_all")])
+    dupes = keys.filter(pc.greater(keys["count_all"], 1))
+    if dupes.num_rows:
+        first = {k: v for k, v in dupes.slice(0, 1).to_pylist()[0].items() if k != "count_all"}
+        raise StoreError(f"{dupes.num_rows} duplicate logit row key(s) {list(KEY_COLUMNS)}, e.g. {first}")
+
+
+def _num_classes(table: pa.Table) -> dict[str, int]:
+    lengths = pc.list_value_length(table["logits"])
+    per = pa.table({"task": table["task"], "classifier": table["classifier"], "n": lengths})
+    rows = per.group_by(["task", "classifier"]).aggregate([("n", "max")]).to_pylist()
+    return {f"{r['task']}/{r['classifier']}": r["n_max"] for r in rows}
+
+
+def _file_meta(path: Path) -> dict:
+    meta = pq.read_schema(path).metadata or {}
+    try:
+        return json.loads(meta.get(METADATA_KEY, b"{}"))
+    except json.JSONDecodeError:
+        return {}
+
+
+def _check_class_count(folder: Path, task: str, classifier: str, n: int) -> None:
+    """A classifier's logit length must agree with files already written for it (any method)."""
+    for other in sorted(folder.parent.glob("method=*/shard-*.parquet"))[:1]:
+        stored = _file_meta(other).get("num_classes", {}).get(f"{task}/{classifier}")
+        if stored is not None and stored != n:
+            raise StoreError(f"logits of task {task!r}, classifier {classifier!r} have length {n}, "
+                             f"but {other} holds length {stored}")
 
 
 def write_logits(
@@ -75,66 +145,154 @@ def write_logits(
     shard: str,
     metadata: Mapping[str, object] | None = None,
 ) -> list[Path]:
-    """Write one shard's rows: one file per partition, replacing that shard's earlier files.
+    """Write one shard's rows: one file per partition, replacing that shard's rows of the same
+    (task, classifier, method, setting); returns the files written.
 
     ``shard`` names the writer's unit of work (e.g. ``"000000-000064"``); ``metadata`` (config,
     code version, model hashes) is stored as JSON in each file's key-value metadata.
     """
-    if not _SAFE_KEY.match(shard):
+    if not isinstance(shard, str) or not _SAFE_KEY.match(shard):
         raise StoreError(f"shard key {shard!r} must use letters, digits, '_', '.', '-' only")
-    table = rows if isinstance(rows, pa.Table) else to_table(rows)
-    if table.schema.remove_metadata() != LOGITS_SCHEMA:
-        table = to_table(table.to_pandas())
-    kv = {b"ganviews": json.dumps(dict(metadata or {}), default=str, sort_keys=True).encode()}
-    table = table.replace_schema_metadata(kv)
+    if isinstance(rows, pa.Table):
+        if rows.schema.remove_metadata() == LOGITS_SCHEMA:
+            table = rows
+            _validate(table)
+        else:
+            table = to_table(rows.to_pandas())
+    elif isinstance(rows, pd.DataFrame):
+        table = to_table(rows)
+    else:
+        raise StoreError(f"rows must be a pandas DataFrame or a pyarrow Table, got {type(rows).__name__}")
+    try:
+        user_meta = json.loads(json.dumps(dict(metadata or {}), default=str, sort_keys=True))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"metadata is not JSON-serialisable: {exc}") from exc
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"logits root {root} exists and is not a directory")
     groups = table.group_by(list(PARTITION_COLUMNS)).aggregate([]).to_pylist() if table.num_rows else []
-    written: list[Path] = []
-    for group in groups:
+    for group in groups:  # check every partition before writing any file
         for column in PARTITION_COLUMNS:
             _check_partition_value(column, group[column])
-        mask = None
-        for column in PARTITION_COLUMNS:
-            eq = pa.compute.equal(table[column], group[column])
-            mask = eq if mask is None else pa.compute.and_(mask, eq)
+    classes = _num_classes(table)
+    written: list[Path] = []
+    for group in groups:
+        mask = pc.and_(pc.and_(pc.equal(table["task"], group["task"]),
+                               pc.equal(table["classifier"], group["classifier"])),
+                       pc.equal(table["method"], group["method"]))
         part = table.filter(mask)
         folder = root.joinpath(*(f"{c}={group[c]}" for c in PARTITION_COLUMNS))
-        folder.mkdir(parents=True, exist_ok=True)
+        key = f"{group['task']}/{group['classifier']}"
+        _check_class_count(folder, group["task"], group["classifier"], classes[key])
         final = folder / f"shard-{shard}.parquet"
-        tmp = folder / f".tmp-{uuid.uuid4().hex}.parquet"
-        pq.write_table(part, tmp, compression="zstd")
-        os.replace(tmp, final)
+        settings = sorted(set(part["setting"].to_pylist()))
+        per_setting = {setting: user_meta for setting in settings}
+        if final.is_file():  # keep this shard's rows of other settings, replace the rest
+            old = _read_file(final)
+            keep = pc.invert(pc.is_in(old["setting"], value_set=pa.array(settings, pa.string())))
+            part = pa.concat_tables([old.filter(keep), part])
+            kept = set(old.filter(keep)["setting"].to_pylist())
+            old_meta = _file_meta(final).get("metadata", {})
+            per_setting.update({k: v for k, v in old_meta.items() if k in kept})
+        part = part.sort_by([("setting", "ascending"), ("image_id", "ascending"), ("view", "ascending")])
+        file_meta = {"metadata": per_setting, "num_classes": {key: classes[key]}, "shard": shard}
+        part = part.replace_schema_metadata({METADATA_KEY: json.dumps(file_meta, sort_keys=True).encode()})
+        sink = io.BytesIO()
+        pq.write_table(part, sink, compression="zstd")
+        atomic_write_bytes(final, sink.getvalue())
+        remove_stale_partials(folder)
         written.append(final)
     return written
 
 
-def read_logits(root: str | Path, filters: Mapping[str, object] | None = None) -> pd.DataFrame:
-    """All logit rows under ``root`` as a DataFrame; ``filters`` maps column → value or list of values."""
+def _read_file(path: Path) -> pa.Table:
+    table = pq.read_table(path)
+    _check_schema(path, table.schema)
+    return table.select(LOGITS_SCHEMA.names).cast(LOGITS_SCHEMA)
+
+
+def _check_schema(path: Path, schema: pa.Schema) -> None:
+    got = {f.name: f.type for f in schema}
+    problems = [f"{f.name} missing" if f.name not in got else f"{f.name} is {got[f.name]}, expected {f.type}"
+                for f in LOGITS_SCHEMA if got.get(f.name) != f.type]
+    if problems:
+        raise StoreError(f"{path}: not a ganviews logits file ({'; '.join(problems)})")
+
+
+def logits_files(root: str | Path, filters: Mapping[str, object] | None = None) -> list[Path]:
+    """The dataset's files (schema-checked), pruned by partition-column filters."""
     root = Path(root)
     if not root.is_dir():
         raise StoreError(f"logits dataset not found: {root} is not a directory")
-    dataset = _dataset(root)
+    wanted = {c: _filter_values(c, v) for c, v in (filters or {}).items() if c in PARTITION_COLUMNS}
+    files = []
+    for path in sorted(root.rglob("*.parquet")):
+        if path.name.startswith((".", "_")):
+            continue
+        parts = dict(p.split("=", 1) for p in path.relative_to(root).parts[:-1] if "=" in p)
+        if all(parts.get(c) in values for c, values in wanted.items() if c in parts):
+            files.append(path)
+    for path in files:
+        try:
+            schema = pq.read_schema(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise StoreError(f"{path}: not a readable Parquet file ({exc})") from exc
+        _check_schema(path, schema)
+    return files
+
+
+def logits_dataset(root: str | Path, filters: Mapping[str, object] | None = None) -> ds.Dataset:
+    """A pyarrow dataset over the (schema-checked) files, for DuckDB or streaming readers."""
+    return ds.dataset([str(p) for p in logits_files(root, filters)], schema=LOGITS_SCHEMA,
+                      format="parquet")
+
+
+def _filter_values(column: str, value: object) -> list:
+    if column not in LOGITS_SCHEMA.names:
+        raise StoreError(f"filter on unknown column {column!r}; columns: {LOGITS_SCHEMA.names}")
+    values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+    if column in _STRING_COLUMNS:
+        bad = [v for v in values if not isinstance(v, str)]
+        if bad:
+            raise StoreError(f"filter on {column!r}: {bad[0]!r} is not text (the column holds "
+                             "strings, e.g. setting '0.3')")
+    return values
+
+
+def read_logits(root: str | Path, filters: Mapping[str, object] | None = None, *,
+                columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """All logit rows under ``root`` as a DataFrame; ``filters`` maps column → value or list of values.
+
+    ``logits`` comes back as one numpy float32 array per row; stack a group with
+    ``np.stack(frame["logits"])``.
+    """
     expr = None
     for column, value in (filters or {}).items():
-        if column not in LOGITS_SCHEMA.names:
-            raise StoreError(f"filter on unknown column {column!r}; columns: {LOGITS_SCHEMA.names}")
-        values = list(value) if isinstance(value, (list, tuple, set)) else [value]
-        term = ds.field(column).isin(values)
+        term = ds.field(column).isin(_filter_values(column, value))
         expr = term if expr is None else expr & term
-    table = dataset.to_table(filter=expr)
-    return table.to_pandas()
+    if columns is not None:
+        unknown = [c for c in columns if c not in LOGITS_SCHEMA.names]
+        if unknown:
+            raise StoreError(f"unknown column(s) {unknown}; columns: {LOGITS_SCHEMA.names}")
+    table = logits_dataset(root, filters).to_table(filter=expr, columns=list(columns) if columns else None)
+    frame = table.to_pandas()
+    if "seed" in frame.columns:  # nullable: views 0/1 have none
+        frame["seed"] = frame["seed"].astype("Int64")
+    return frame
 
 
-def _dataset(root: Path) -> ds.Dataset:
-    files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith((".", "_")))
-    for path in files:
-        schema = pq.read_schema(path).remove_metadata()
-        own = {(f.name, f.type) for f in LOGITS_SCHEMA if f.name not in PARTITION_COLUMNS}
-        got = {(f.name, f.type) for f in schema if f.name not in PARTITION_COLUMNS}
-        if not own <= got:
-            raise StoreError(f"{path}: not a ganviews logits file (schema {schema.names})")
-    return ds.dataset(
-        [str(p) for p in files],
-        schema=LOGITS_SCHEMA,
-        format="parquet",
-    )
+def read_logits_metadata(root: str | Path) -> pd.DataFrame:
+    """One row per (file, setting): path, task, classifier, method, shard, setting,
+    num_classes, metadata (the dict given to :func:`write_logits` for that setting)."""
+    rows = []
+    root = Path(root)
+    for path in logits_files(root):
+        meta = _file_meta(path)
+        parts = dict(p.split("=", 1) for p in path.relative_to(root).parts[:-1] if "=" in p)
+        for setting, user_meta in sorted(meta.get("metadata", {}).items()):
+            rows.append({"path": str(path), **{c: parts.get(c) for c in PARTITION_COLUMNS},
+                         "shard": meta.get("shard"), "setting": setting,
+                         "num_classes": next(iter(meta.get("num_classes", {}).values()), None),
+                         "metadata": user_meta})
+    columns = ["path", *PARTITION_COLUMNS, "shard", "setting", "num_classes", "metadata"]
+    return pd.DataFrame(rows, columns=columns)

@@ -1,0 +1,60 @@
+"""``ganviews status STORE``: per-shard progress of a latent store and a summary of its failures."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "status", help="per-shard progress and failures of a latent store",
+        description="Show a latent store's identity, per-shard progress (pending/done/failed) "
+                    "and its failures grouped by reason.",
+    )
+    parser.add_argument("store", metavar="STORE", help="path of the latent store (Zarr)")
+    parser.add_argument("--all", action="store_true",
+                        help="list every shard (default: all when ≤ 40, else only unfinished ones)")
+    parser.add_argument("--failures", type=int, default=10, metavar="N",
+                        help="list up to N failed images (default 10)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from storage import LatentStore
+
+    store = LatentStore.open(args.store, mode="r")
+    attrs = store.attrs
+    table = store.status_table()
+    done, failed, pending = (int(table[c].sum()) for c in ("done", "failed", "pending"))
+    n = store.n_images
+    print(f"store      {store.path}")
+    print(f"images     {n}  (w+ {store.num_ws}×{store.w_dim}, {len(table)} shards of {store.shard_size})")
+    print(f"generator  {str(attrs.get('generator_sha256'))[:16]}…  encoder "
+          f"{str(attrs.get('encoder_sha256'))[:16]}  config {str(attrs.get('config_hash'))[:16]}")
+    print(f"created    {attrs.get('created_at')}  code {attrs.get('code_version')}")
+    print(f"progress   done {done} ({100 * done / n:.1f}%)  failed {failed}  pending {pending}")
+    print()
+    finished = (table["pending"] == 0) & (table["failed"] == 0)
+    shown = table if args.all or len(table) <= 40 else table[~finished]
+    if len(shown) < len(table):
+        print(f"{int(finished.sum())} complete shards not shown (--all lists them)")
+    if len(shown):
+        shown = shown.assign(progress=[_bar(d, stop - start)
+                                       for d, start, stop in zip(shown["done"], shown["start"], shown["stop"], strict=True)])
+        print(shown.to_string(index=False))
+    failures = store.failures()
+    if len(failures):
+        print()
+        print(f"failures ({len(failures)}), by reason:")
+        counts = failures["reason"].str.split("\n").str[0].value_counts()
+        for reason, count in counts.items():
+            print(f"  {count:6d}  {reason[:100]}")
+        if args.failures > 0:
+            print()
+            print(failures.head(args.failures).to_string(index=False, max_colwidth=80))
+    return 0
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = int(round(width * done / total)) if total else width
+    return "#" * filled + "." * (width - filled)

@@ -1,0 +1,84 @@
+"""SQL over the pipeline's tables with DuckDB, under stable view names.
+
+=================  ==========================================================================
+view               source
+=================  ==========================================================================
+``logits``         the logits Parquet dataset (:mod:`storage.logits`), one row per view
+``manifest``       the dataset manifest (:mod:`storage.manifest`); defaults to the store's copy
+``latents_status`` one row per store index: index, image_id, shard, status, reason, metrics
+=================  ==========================================================================
+
+Example: accuracy of the original images per task on the test split::
+
+    sql("SELECT task, avg((list_position(logits, list_max(logits)) - 1 = label)::INT) AS acc "
+        "FROM logits WHERE view = 0 AND split = 'test' GROUP BY task", logits="out/logits")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from storage.errors import StoreError
+from storage.latents import METRICS, STATUS_NAMES, LatentStore
+from storage.logits import logits_dataset
+from storage.manifest import read_manifest
+
+VIEWS = ("logits", "manifest", "latents_status")
+
+
+def latents_status_frame(store: LatentStore) -> pd.DataFrame:
+    """One row per image of a latent store: index, image_id, shard, status, reason, metrics."""
+    status = store.read(np.arange(store.n_images), fields=["status", "reason", *METRICS])
+    frame = pd.DataFrame({
+        "index": np.arange(store.n_images, dtype=np.int64),
+        "image_id": store.image_ids.astype(str),
+        "shard": np.arange(store.n_images, dtype=np.int64) // store.shard_size,
+        "status": pd.Series(status["status"]).map(STATUS_NAMES).astype(str),
+        "reason": status["reason"].astype(str),
+    })
+    for name in METRICS:
+        frame[name] = status[name]
+    return frame
+
+
+def connect(*, logits: str | Path | None = None, manifest: str | Path | None = None,
+            store: str | Path | LatentStore | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the views for whatever sources were given."""
+    con = duckdb.connect(database=":memory:")
+    # Only the registered views: never let DuckDB resolve a table name to a Python variable.
+    con.execute("SET python_enable_replacements = false")
+    if isinstance(store, (str, Path)):
+        store = LatentStore.open(store, mode="r")
+    if manifest is None and store is not None and (store.path / "manifest.parquet").is_file():
+        manifest = store.path / "manifest.parquet"
+    if logits is not None:
+        dataset = logits_dataset(logits)
+        con.register("logits", dataset)
+    if manifest is not None:
+        frame = read_manifest(manifest)  # validates before exposing it
+        con.register("manifest", frame)
+    if store is not None:
+        con.register("latents_status", latents_status_frame(store))
+    return con
+
+
+def sql(query: str, *, logits: str | Path | None = None, manifest: str | Path | None = None,
+        store: str | Path | LatentStore | None = None) -> pd.DataFrame:
+    """Run ``query`` over the views ``logits``, ``manifest`` and ``latents_status``; a DataFrame."""
+    if not isinstance(query, str) or not query.strip():
+        raise StoreError("query must be a non-empty SQL string")
+    given = [name for name, src in zip(VIEWS, (logits, manifest, store), strict=True) if src is not None]
+    if manifest is None and store is not None:
+        given.insert(1, "manifest (from the store, if it has one)")
+    con = connect(logits=logits, manifest=manifest, store=store)
+    try:
+        return con.execute(query).df()
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise StoreError(f"SQL failed: {first} (views available: {', '.join(given) or 'none'})") from exc
+    finally:
+        con.close()
