@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 OWN_FORMAT_NAME = "ganviews.generator"  # value of the "format" key in our safetensors metadata
 OWN_FORMAT_VERSION = "1"
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of a non-zip torch.save file
+_PICKLE_FIRST_OPCODES = {bytes([b]) for b in b"\x80c(}])NIFLSV"}  # PROTO, or protocol-0/1 starts
 _SIMPLE_NUMPY_KINDS = "biuf"  # bool, int, uint, float: the only numpy scalars we rebuild
 
 
@@ -72,7 +73,7 @@ def detect_format(path: Path) -> str:
     legacy = b"\x80\x02\x8a\x0a" + _TORCH_LEGACY_MAGIC.to_bytes(10, "little")
     if head.startswith(legacy):
         return "torch-legacy"
-    if head[0] == 0x80:  # pickle PROTO opcode
+    if head[:1] in _PICKLE_FIRST_OPCODES:
         return "pickle"
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 28):
         return "safetensors"
