@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 _NUM_UNIFORMS = 7
 _FLIP, _BRIGHT, _CONTRAST, _SAT, _HUE, _ROW, _COL = range(_NUM_UNIFORMS)
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as torchvision's rgb_to_grayscale
+_LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601 luma weights as torchvision's rgb_to_grayscale
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,6 +116,31 @@ def _sample_classes(G, n: int, gen: torch.Generator, device: torch.device) -> to
 
 
 @torch.no_grad()
+def sample_w(
+    G,
+    *,
+    n_samples: int,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    batch_size: int = 4096,
+) -> Iterator[torch.Tensor]:
+    """Batches of w = mapping(z)[:, 0] ([B, w_dim]), z ~ N(0, I), ψ = 1, seeded per batch.
+
+    Batch b draws from a generator seeded by (seed, "pca-stats", b) on the CPU; a
+    conditional G gets uniformly drawn classes.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size: got {batch_size}, must be ≥ 1")
+    device = torch.device(device)
+    for b, start in enumerate(range(0, n_samples, batch_size)):
+        n = min(batch_size, n_samples - start)
+        gen = torch.Generator().manual_seed(item_seed(seed, "pca-stats", b))
+        z = torch.randn(n, G.z_dim, generator=gen).to(device)  # [n, z_dim]
+        c = _sample_classes(G, n, gen, device)
+        yield G.mapping(z, c, truncation_psi=1.0)[:, 0]  # [n, w_dim]
+
+
+@torch.no_grad()
 def compute_pca_stats(
     G,
     *,
@@ -124,23 +149,17 @@ def compute_pca_stats(
     device: torch.device | str = "cpu",
     batch_size: int = 4096,
 ) -> PCAStats:
-    """PCA of ``n_samples`` w = mapping(z), z ~ N(0, I), ψ = 1 (classes uniform for a conditional G).
+    """PCA of ``n_samples`` w from :func:`sample_w` (float64, ddof = 1).
 
-    Batches of ``batch_size`` are drawn from generators seeded by (seed, batch index) and
-    merged with Chan's pairwise mean/scatter update in float64, so memory stays O(w_dim²).
+    Batches are merged with Chan's pairwise mean/scatter update, so memory stays
+    O(w_dim²) whatever ``n_samples`` is.
     """
     if n_samples < 2:
         raise ValueError(f"n_samples: got {n_samples}, need at least 2")
-    if batch_size < 1:
-        raise ValueError(f"batch_size: got {batch_size}, must be ≥ 1")
-    device = torch.device(device)
     count, mean, scatter = 0, None, None
-    for b, start in enumerate(range(0, n_samples, batch_size)):
-        n = min(batch_size, n_samples - start)
-        gen = torch.Generator().manual_seed(item_seed(seed, "pca-stats", b))
-        z = torch.randn(n, G.z_dim, generator=gen).to(device)  # [n, z_dim]
-        c = _sample_classes(G, n, gen, device)
-        w = G.mapping(z, c, truncation_psi=1.0)[:, 0].double()  # [n, w_dim]
+    for w in sample_w(G, n_samples=n_samples, seed=seed, device=device, batch_size=batch_size):
+        w = w.double()  # [n, w_dim]
+        n = w.shape[0]
         b_mean = w.mean(0)
         centred = w - b_mean
         b_scatter = centred.T @ centred  # [w_dim, w_dim]
