@@ -141,12 +141,12 @@ def format_counts(df: pd.DataFrame, labels: list[str]) -> str:
             lines.append(f"{column}: {values.nunique()} distinct values")
             continue
         table = pd.crosstab(values, df["split"]).reindex(columns=splits, fill_value=0)
-        if len(labels) > 1 and set(values.unique()) <= {0, 1}:
+        names = _names_column(df, column)
+        if names is None and len(labels) > 1 and set(values.unique()) <= {0, 1}:
             positives = table.loc[1] if 1 in table.index else pd.Series(0, index=splits)
             counts = ", ".join(f"{s} {int(positives[s])}/{int(table[s].sum())}" for s in splits)
-            lines.append(f"{column} (positives): {counts}")
+            lines.append(f"{column + ' (positives):':<32} {counts}")
             continue
-        names = _names_column(df, column)
         if names is not None:
             mapping = df.drop_duplicates(column).set_index(column)[names]
             table.index = [f"{v} {mapping[v]}" for v in table.index]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def seeded_split(
 def handle_missing_images(df: pd.DataFrame, *, on_missing: str, dataset: str) -> pd.DataFrame:
     """Check that every ``path`` exists; raise (naming a few) or drop those rows with a warning."""
     check_choice("on_missing_image", on_missing, ON_MISSING)
-    exists = df["path"].map(lambda p: Path(p).is_file())
+    exists = df["path"].map(os.path.isfile)
     missing = df.loc[~exists, "path"].tolist()
     if not missing:
         return df

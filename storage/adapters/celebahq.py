@@ -21,6 +21,7 @@ file name, for joining CelebA's own annotations such as landmarks).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -46,7 +47,7 @@ _PARTITION_SOURCE = (
 
 
 def _stem_number(name: str, *, where: str) -> int:
-    stem = Path(name).stem
+    stem = name.rsplit("/", 1)[-1].split(".", 1)[0]  # plain string ops: 200k calls, Path is 10x slower
     if not stem.isdigit():
         raise AdapterError(f"{where}: file name {name!r} is not a number followed by an extension")
     return int(stem)
@@ -172,10 +173,11 @@ def build_celebahq(
         image_ids.append(str(idx))
         celeba_files.append(orig)
         splits.append(partition[key])
+    image_root = str(root / image_dir)
     df = pd.DataFrame(
         {
             "image_id": image_ids,
-            "path": [str(root / image_dir / f) for f in attributes["file"]],
+            "path": [os.path.join(image_root, f) for f in attributes["file"]],
             "split": splits,
         }
     )
