@@ -225,3 +225,18 @@ def test_manifest_roundtrip_keeps_boxes(tmp_path):
     assert back.attrs["label_columns"] == ["label"]
     assert back["bbox"].tolist() == df["bbox"].tolist()
     assert back["label_name"].tolist() == df["label_name"].tolist()
+
+
+def test_cli_paper_scheme_prints_label_table(tmp_path, capsys):
+    from ganviews.cli import main
+
+    root = write_cars(tmp_path / "cars", test_file=None)
+    out = tmp_path / "cars.parquet"
+    assert main(["manifest", "cars", str(root), "--out", str(out), "--scheme", "paper"]) == 0
+    printed = capsys.readouterr().out
+    assert "images per split: train 6, val 3, test 4" in printed
+    rows = {line.split()[1]: line.split()[2:] for line in printed.splitlines() if line[:2] in ("0 ", "1 ", "2 ")}
+    assert rows == {"SUV": ["2", "1", "2"], "Sedan": ["2", "1", "1"], "Cab": ["2", "1", "1"]}
+    assert read_manifest(out)["split"].value_counts().to_dict() == {"train": 6, "test": 4, "val": 3}
+    assert main(["manifest", "cars", str(root), "--out", str(out), "--body-types", "SUV", "Truck"]) == 2
+    assert "body_types ['Truck'] match no class name" in capsys.readouterr().err

@@ -179,3 +179,14 @@ def test_malformed_xml_and_bad_box(tmp_path):
     path.write_text(voc_xml("Sphynx_4", (1, 2, 3, 4)).replace("<ymax>4</ymax>", ""))
     with pytest.raises(AdapterError, match=r"Sphynx_4\.xml: <bndbox> has no numeric <ymax>"):
         build_cats(root)
+
+
+def test_cli_prints_breeds_and_missing_boxes(tmp_path, capsys):
+    from ganviews.cli import main
+
+    root = write_pets(tmp_path / "pets")
+    assert main(["manifest", "cats", str(root), "--out", str(tmp_path / "c.parquet"), "--val-fraction", "0.34"]) == 0
+    printed = capsys.readouterr().out
+    assert "images per split: train 4, val 2, test 3" in printed
+    assert "without bbox: train 1, val 0, test 3" in printed
+    assert "4 British_Shorthair" in printed and "11 Sphynx" in printed

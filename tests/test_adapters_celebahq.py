@@ -154,3 +154,15 @@ def test_missing_images_error_or_drop(tmp_path):
     df = build_celebahq(root, on_missing_image="drop")
     assert df["image_id"].tolist() == ["0", "1", "3", "4"]
     assert "test" in set(df["split"])
+
+
+def test_cli_prints_positives_per_attribute(tmp_path, capsys):
+    from ganviews.cli import main
+
+    root = write_celebahq(tmp_path / "cli")
+    assert main(["manifest", "celebahq", str(root), "--out", str(tmp_path / "m.parquet")]) == 0
+    printed = capsys.readouterr().out
+    assert "(5 images, 40 label column(s))" in printed
+    assert "images per split: train 2, val 1, test 2" in printed
+    smiling = next(line for line in printed.splitlines() if line.startswith("Smiling (positives):"))
+    assert smiling.split(":", 1)[1].split() == ["train", "1/2,", "val", "0/1,", "test", "2/2"]

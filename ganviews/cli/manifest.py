@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-_DATASETS = ("celebahq", "cars", "cats", "folder")
+_DATASETS = {
+    "celebahq": "CelebA-HQ, 40 attributes (CelebAMask-HQ files + CelebA's partition)",
+    "cars": "Stanford Cars as SUV / Sedan / Cab with boxes (devkit .mat files)",
+    "cats": "Oxford-IIIT Pet cats, 12 breeds, head boxes (list/trainval/test + VOC XML)",
+    "folder": "any image folder with a CSV or Parquet labels file",
+}
 _MAX_LEVELS = 20  # a label column with more distinct values is summarised, not tabulated
 
 
@@ -24,9 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Read a dataset's own annotation files and write the manifest Parquet file.",
     )
     datasets = parser.add_subparsers(dest="dataset", metavar="DATASET", required=True)
-    for name in _DATASETS:
-        sub = datasets.add_parser(name, help=f"{name} (see docs/datasets.md)")
-        sub.add_argument("root", type=Path, help="the dataset's root folder")
+    for name, summary in _DATASETS.items():
+        sub = datasets.add_parser(name, help=summary, description=f"{summary}. Files and rules: docs/datasets.md.")
+        sub.add_argument("root", type=Path, metavar="ROOT", help="the dataset's root folder")
         sub.add_argument("--out", type=Path, required=True, help="manifest Parquet file to write")
         sub.add_argument(
             "--on-missing-image",
