@@ -358,7 +358,12 @@ def _dense_split(frame: pd.DataFrame, pos: np.ndarray, name: str, split: str, on
         raise EnsembleInputError(
             f"{where}: negative view index {int(views.min())} (views are 0, 1, 2, …)"
         )
-    lengths = np.fromiter((len(x) for x in logits), dtype=np.int64, count=len(logits))
+    try:
+        lengths = np.fromiter((len(x) for x in logits), dtype=np.int64, count=len(logits))
+    except TypeError as exc:
+        raise EnsembleInputError(
+            f"{where}: every logits value must be a list of numbers ({exc})"
+        ) from exc
     if (lengths != lengths[0]).any() or lengths[0] == 0:
         raise EnsembleInputError(
             f"{where}: logits lengths differ within the group: {sorted(set(lengths.tolist()))} "
@@ -641,7 +646,7 @@ def _evaluate_split_pair(key, kind, val: _Split, test: _Split, meta, config: Ens
     )
     diff = ct[i_star].astype(np.int64) - single  # [N] −1 / 0 / +1
     improved, worsened = int((diff > 0).sum()), int((diff < 0).sum())
-    boot = _bootstrap_accuracy(
+    boot = _bootstrap_counts(
         test, np.array([alphas[i_star], 1.0]), _rng(config.seed, *key), config
     )  # [B, 2]
     row = {
@@ -658,7 +663,8 @@ def _evaluate_split_pair(key, kind, val: _Split, test: _Split, meta, config: Ens
         "test_acc_recon_se": np.nan if recon is None else _binomial_se(acc(recon), n_test),
         "test_acc_gan_only_se": _binomial_se(acc(ct[-1]), n_test),
         "test_acc_oracle_se": _binomial_se(acc(ct[i_orc]), n_test),
-        "test_acc_views_se": float(boot[:, 0].std(ddof=1)), "test_acc_gan_only_views_se": float(boot[:, 1].std(ddof=1)),
+        "test_acc_views_se": float(boot[:, 0].std(ddof=1)) / n_test,
+        "test_acc_gan_only_views_se": float(boot[:, 1].std(ddof=1)) / n_test,
         "gain": acc(ct[i_star]) - acc(single),
         "gain_se": float(diff.std(ddof=1) / math.sqrt(n_test)) if n_test > 1 else np.nan,
         "n_improved": improved, "n_worsened": worsened, "mcnemar_p": mcnemar_p(improved, worsened),
@@ -710,16 +716,16 @@ def _view_draws(num_views: int, rng: np.random.Generator, draws: int) -> np.ndar
     return rng.integers(0, num_views, size=(draws, num_views))
 
 
-def _bootstrap_accuracy(
+def _bootstrap_counts(
     s: _Split, alphas: np.ndarray, rng: np.random.Generator, config: EnsembleConfig
 ) -> np.ndarray:
-    """Test accuracy at each α when the GAN views are resampled with replacement → ``[B, len(alphas)]``."""
+    """Correct test images at each α when the GAN views are resampled with replacement → ``[B, A]``."""
     m = s.gan_views.shape[1]
     draws = _view_draws(m, rng, config.bootstrap_draws)  # [B, M]
     weights = np.zeros((config.bootstrap_draws, m))  # [B, M]
     np.add.at(weights, (np.arange(config.bootstrap_draws)[:, None], draws), 1.0 / m)
     img = s.image_views.mean(axis=1)  # [N, K']
-    out = np.zeros((config.bootstrap_draws, len(alphas)))
+    out = np.zeros((config.bootstrap_draws, len(alphas)), dtype=np.int64)  # counts: exact spreads
     n, _, k = s.gan_views.shape
     step = max(1, config.chunk_elements // max(1, config.bootstrap_draws * k * max(m, len(alphas))))
     for lo in range(0, n, step):
@@ -728,28 +734,47 @@ def _bootstrap_accuracy(
         for j, a in enumerate(alphas):
             ens = (1.0 - a) * img[None, lo:hi] + a * g  # [B, n, K']
             out[:, j] += (predict(ens) == s.labels[None, lo:hi]).sum(axis=1)
-    return out / n
+    return out
 
 
-def size_curve_for(
+def size_curve_accuracy(
+    arrays: SplitArrays,
+    alpha: float,
+    draws: np.ndarray,
+    *,
+    kind: Literal["gan", "image"] = "gan",
+    chunk_elements: int = 1 << 22,
+) -> np.ndarray:
+    """Accuracy at ``alpha`` of the ensembles of the first k drawn views, k = 1…K → ``[B, K]``.
+
+    ``draws [B, K]`` index the views ≥ 1 (0 = view 1); each draw's sizes are nested prefixes:
+    size k of draw b averages views ``draws[b, :k]`` (a view drawn twice counts twice).
+    """
+    draws = np.asarray(draws)
+    m = arrays.probs.shape[1] - 1
+    if draws.ndim != 2 or draws.size == 0 or draws.min() < 0 or draws.max() >= m:
+        raise ValueError(
+            f"draws: need a non-empty [B, K] array of indices in 0…{m - 1}, got {draws.shape}"
+        )
+    split = _plain_split(arrays, kind)
+    return _size_curve_split(split, alpha, draws, chunk_elements=chunk_elements) / arrays.n
+
+
+def _size_curve_split(
     s: _Split, alpha: float, draws: np.ndarray, *, chunk_elements: int = 1 << 22
 ) -> np.ndarray:
-    """Accuracy at ``alpha`` of ensembles of the first k drawn GAN views, k = 1…M → ``[B, M]``.
-
-    ``draws [B, M]`` are view indices into ``s.gan_views``; each draw's sizes are nested prefixes.
-    """
     n, m, k = s.gan_views.shape
     b = draws.shape[0]
     img = s.image_views.mean(axis=1)  # [N, K']
     sizes = np.arange(1, draws.shape[1] + 1, dtype=np.float64).reshape(1, 1, -1, 1)  # [1, 1, M, 1]
-    out = np.zeros((b, draws.shape[1]))
+    out = np.zeros((b, draws.shape[1]), dtype=np.int64)  # correct counts
     step = max(1, chunk_elements // max(1, b * draws.shape[1] * k))
     for lo in range(0, n, step):
         hi = min(n, lo + step)
         g = np.cumsum(s.gan_views[lo:hi][:, draws], axis=2) / sizes  # [n, B, M, K'] prefix means
         ens = (1.0 - alpha) * img[lo:hi, None, None] + alpha * g  # [n, B, M, K']
         out += (predict(ens) == s.labels[lo:hi, None, None]).sum(axis=0)
-    return out / n
+    return out
 
 
 def size_curves(
@@ -788,14 +813,15 @@ def size_curves(
         draws = _view_draws(
             s.gan_views.shape[1], _rng(config.seed, *g.key), config.bootstrap_draws
         )  # [B, M]
-        acc = size_curve_for(s, alpha, draws, chunk_elements=config.chunk_elements)  # [B, M]
+        counts = _size_curve_split(s, alpha, draws, chunk_elements=config.chunk_elements)  # [B, M]
+        n = s.labels.shape[0]
         base = float(np.mean(predict(s.image_views.mean(axis=1)) == s.labels))
         frames.append(pd.DataFrame({
             **{c: v for c, v in zip(GROUP_COLUMNS, g.key, strict=True)},
             "alpha": alpha,
-            "num_views": np.arange(acc.shape[1] + 1),
-            "acc": np.concatenate([[base], acc.mean(axis=0)]),
-            "acc_se": np.concatenate([[0.0], acc.std(axis=0, ddof=1)]),
+            "num_views": np.arange(counts.shape[1] + 1),
+            "acc": np.concatenate([[base], counts.mean(axis=0) / n]),
+            "acc_se": np.concatenate([[0.0], counts.std(axis=0, ddof=1) / n]),
             "n_test": s.labels.shape[0],
         }))  # fmt: skip
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SIZE_COLUMNS)
