@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -116,6 +117,17 @@ def seeded_split(
                 out[i] = split
             start += count
     return out
+
+
+def paper_split(n: int) -> list[str]:
+    """The official code's per-class split of ``n`` images in a fixed order (cars, cats).
+
+    It slices ``v[:n//2]``, ``v[n//2:-n//4]``, ``v[-n//4:]``; Python's ``-n//4`` is ``-ceil(n/4)``,
+    so: the first ``n // 2`` are train, the last ``ceil(n / 4)`` test, the rest val.
+    """
+    n_train = n // 2
+    n_test = math.ceil(n / 4)
+    return ["train"] * n_train + ["val"] * (n - n_train - n_test) + ["test"] * n_test
 
 
 def handle_missing_images(df: pd.DataFrame, *, on_missing: str, dataset: str) -> pd.DataFrame:

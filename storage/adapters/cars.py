@@ -29,7 +29,6 @@ the train annotations; with ``scheme="official"`` the val split overlaps those t
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +44,7 @@ from storage.adapters._common import (
     finalize,
     find_file,
     handle_missing_images,
+    paper_split,
     seeded_split,
     voc_box_to_pixels,
 )
@@ -120,14 +120,6 @@ def _is_index(value: object, count: int) -> bool:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         return False
     return float(value).is_integer() and 1 <= int(value) <= count
-
-
-def _paper_split(n: int) -> list[str]:
-    """The official code's per-class split of ``n`` images in annotation order (see module doc)."""
-    n_train = n // 2
-    n_test = math.ceil(n / 4)
-    n_val = n - n_train - n_test
-    return ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
 
 
 def _frame(
@@ -208,7 +200,7 @@ def build_cars(
     if scheme == "paper":
         train["split"] = ""
         for _, index in train.groupby("fine_label", sort=False).groups.items():
-            train.loc[index, "split"] = _paper_split(len(index))
+            train.loc[index, "split"] = paper_split(len(index))
         df = train
     else:
         train["split"] = seeded_split(

@@ -35,7 +35,6 @@ Splits (``scheme``):
 from __future__ import annotations
 
 import logging
-import math
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -50,6 +49,7 @@ from storage.adapters._common import (
     finalize,
     find_file,
     handle_missing_images,
+    paper_split,
     seeded_split,
     voc_box_to_pixels,
 )
@@ -110,12 +110,6 @@ def read_head_box(path: Path) -> list[float] | None:
     return None
 
 
-def _paper_split(n: int) -> list[str]:
-    n_train = n // 2
-    n_test = math.ceil(n / 4)
-    return ["train"] * n_train + ["val"] * (n - n_train - n_test) + ["test"] * n_test
-
-
 def build_cats(
     root: str | Path,
     *,
@@ -152,7 +146,7 @@ def build_cats(
         cats["split"] = ""
         for _, index in cats.groupby("label").groups.items():
             ordered = sorted(index, key=lambda i: cats.at[i, "image"])
-            for i, split in zip(ordered, _paper_split(len(ordered)), strict=True):
+            for i, split in zip(ordered, paper_split(len(ordered)), strict=True):
                 cats.at[i, "split"] = split
     else:
         cats["split"] = _official_split(root, cats, listing_path, val_fraction=val_fraction, seed=seed)
