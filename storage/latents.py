@@ -37,6 +37,7 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -179,8 +180,7 @@ class LatentStore:
             cls._create_core_arrays(group, n_images, num_ws, w_dim, shard_size)
             group["image_id"][:] = np.asarray(ids, dtype=object)
             if frame is not None:
-                write_manifest(frame, tmp / "manifest.parquet",
-                               label_columns=frame.attrs.get("label_columns"))
+                write_manifest(frame, tmp / "manifest.parquet")
             cls._move_into_place(tmp, path, overwrite)
         finally:
             if tmp.exists():
@@ -319,7 +319,7 @@ class LatentStore:
             return read_manifest(manifest)
         _, labels = validate_manifest(manifest)
         frame = manifest.reset_index(drop=True)
-        frame.attrs["label_columns"] = manifest.attrs.get("label_columns", labels)
+        frame.attrs = {**manifest.attrs, "label_columns": labels}
         return frame
 
     @staticmethod
@@ -653,8 +653,10 @@ class LatentStore:
     # ------------------------------------------------------------------ internals
 
     def _member_arrays(self) -> list[str]:
-        return [name for name, node in self._group.members(max_depth=None)
-                if isinstance(node, zarr.Array)]
+        with warnings.catch_warnings():  # manifest.parquet is ours, not a stray object
+            warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr")
+            return [name for name, node in self._group.members(max_depth=None)
+                    if isinstance(node, zarr.Array)]
 
     def _array(self, name: str, missing_ok: bool = False) -> zarr.Array | None:
         arr = self._arrays.get(name)

@@ -90,7 +90,7 @@ def _validate(table: pa.Table) -> None:
             raise StoreError(f"logits column {field.name!r} has {table[field.name].null_count} null(s)")
     values = pc.list_flatten(table["logits"])
     if values.null_count:
-        raise StoreError("logits column 'logits' holds null entries inside the lists")
+        raise StoreError("logits column 'logits' holds missing (null/NaN) values inside the lists")
     if len(values) and not np.isfinite(values.to_numpy(zero_copy_only=False)).all():
         raise StoreError("logits column 'logits' holds NaN or infinite values")
     bad_split = set(pc.unique(table["split"]).to_pylist()) - set(SPLITS)

@@ -39,6 +39,7 @@ REQUIRED_COLUMNS = ("image_id", "path", "split")
 OPTIONAL_COLUMNS = ("bbox", "landmarks")
 SPLITS = ("train", "val", "test")
 _META_KEY = b"ganviews.label_columns"
+_ATTRS_KEY = b"ganviews.attrs"  # the DataFrame's other ``attrs`` (dataset, root, options …)
 
 
 def _is_int_or_bool(series: pd.Series) -> bool:
@@ -78,14 +79,20 @@ def validate_manifest(frame: pd.DataFrame, *, label_columns: Sequence[str] | Non
                       ) -> tuple[pa.Table, list[str]]:
     """Check a manifest DataFrame; return it as an Arrow table and its label columns.
 
-    Raises StoreError naming the first offending column (and row where it helps).
+    ``label_columns`` default to ``frame.attrs["label_columns"]`` (what the adapters set), else
+    to every integer or boolean column outside the fixed ones. Raises StoreError naming the
+    first offending column (and row where it helps).
     """
     if not isinstance(frame, pd.DataFrame):
         raise StoreError(f"manifest must be a pandas DataFrame, got {type(frame).__name__}")
+    if label_columns is None:
+        label_columns = frame.attrs.get("label_columns")
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise StoreError(f"manifest lacks required column(s) {missing}; has {list(frame.columns)}")
+    attrs = dict(frame.attrs)
     frame = frame.reset_index(drop=True)
+    frame.attrs = attrs
     for column in ("image_id", "path"):
         series = frame[column]
         bad = [i for i, v in enumerate(series.tolist()) if not isinstance(v, str) or not v]
@@ -156,7 +163,11 @@ def validate_manifest(frame: pd.DataFrame, *, label_columns: Sequence[str] | Non
         else:
             raise StoreError(f"manifest column {column!r}: dtype {series.dtype} is not supported")
     table = pa.table(arrays)
-    return table.replace_schema_metadata({_META_KEY: json.dumps(labels).encode()}), labels
+    meta = {_META_KEY: json.dumps(labels).encode()}
+    extra_attrs = {k: v for k, v in frame.attrs.items() if k != "label_columns"}
+    if extra_attrs:
+        meta[_ATTRS_KEY] = json.dumps(extra_attrs, default=str, sort_keys=True).encode()
+    return table.replace_schema_metadata(meta), labels
 
 
 def _table_to_frame(table: pa.Table) -> pd.DataFrame:
@@ -189,31 +200,30 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         raise StoreError(f"manifest {path} is not a readable Parquet file: {exc}") from exc
     meta = table.schema.metadata or {}
     labels = json.loads(meta[_META_KEY]) if _META_KEY in meta else None
+    frame = _table_to_frame(table)
     try:
-        _, labels = validate_manifest(_table_to_frame(table), label_columns=labels)
+        _, labels = validate_manifest(frame, label_columns=labels)
     except StoreError as exc:
         raise StoreError(f"manifest {path}: {exc}") from exc
-    frame = _table_to_frame(table)
+    frame.attrs = json.loads(meta[_ATTRS_KEY]) if _ATTRS_KEY in meta else {}
     frame.attrs["label_columns"] = labels
     return frame
 
 
 def manifest_sha256(manifest: pd.DataFrame | str | Path) -> str:
-    """Content hash of a manifest (row order, column names, types and values; not file bytes).
+    """Content hash of a manifest: row order, column names, types and values, not file bytes.
 
     Two Parquet files with the same rows hash alike even when written by different pyarrow
-    versions or compression settings.
+    versions or compression settings. The ``path`` column is left out on purpose: moving a
+    dataset to another disk does not change which images a store describes.
     """
-    if isinstance(manifest, (str, Path)):
-        frame = read_manifest(manifest)
-        labels = frame.attrs["label_columns"]
-    else:
-        frame = manifest
-        labels = None
-    table, labels = validate_manifest(frame, label_columns=labels)
+    frame = read_manifest(manifest) if isinstance(manifest, (str, Path)) else manifest
+    table, labels = validate_manifest(frame)
     digest = hashlib.sha256()
     digest.update(json.dumps({"label_columns": labels}).encode())
     for name in sorted(table.column_names):
+        if name == "path":
+            continue
         column = table[name]
         digest.update(json.dumps([name, str(column.type)]).encode())
         digest.update(json.dumps(column.to_pylist(), separators=(",", ":")).encode())

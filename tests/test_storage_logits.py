@@ -1,0 +1,153 @@
+"""Logit tables: partitioned layout, rerun replacement, validation and foreign files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from storage import LOGITS_SCHEMA, PARTITION_COLUMNS, StoreError, read_logits, write_logits
+from storage.logits import logits_files, read_logits_metadata
+
+
+def rows(image_ids, *, setting="0.3", method="isotropic_fine", task="Smiling", classifier="r18",
+         n_views=4, n_classes=2, split="val", offset=0.0):
+    out = []
+    for k, image_id in enumerate(image_ids):
+        for view in range(n_views):
+            logits = np.arange(n_classes, dtype=np.float32) * (k + 1) + view + offset
+            out.append({"image_id": image_id, "split": split, "task": task, "classifier": classifier,
+                        "method": method, "setting": setting, "view": view, "logits": logits,
+                        "label": k % n_classes, "seed": None if view < 2 else 1000 * k + view})
+    return pd.DataFrame(out)
+
+
+def test_layout_round_trip_and_metadata(tmp_path):
+    written = write_logits(tmp_path, rows(["a", "b"]), shard="000000-000002", metadata={"config_hash": "c0"})
+    assert [p.relative_to(tmp_path).as_posix() for p in written] == [
+        "task=Smiling/classifier=r18/method=isotropic_fine/shard-000000-000002.parquet"]
+    frame = read_logits(tmp_path)
+    assert list(frame.columns) == LOGITS_SCHEMA.names and len(frame) == 8
+    a2 = frame[(frame.image_id == "a") & (frame.view == 2)].iloc[0]
+    np.testing.assert_array_equal(a2["logits"], [2.0, 3.0])
+    assert a2["seed"] == 2 and pd.isna(frame[frame.view == 0]["seed"]).all()
+    assert frame["view"].dtype == np.int32 and frame["label"].dtype == np.int64
+    meta = read_logits_metadata(tmp_path)
+    assert meta[["task", "classifier", "method", "shard", "setting", "num_classes"]].values.tolist() == [
+        ["Smiling", "r18", "isotropic_fine", "000000-000002", "0.3", 2]]
+    assert meta["metadata"][0] == {"config_hash": "c0"}
+    assert PARTITION_COLUMNS == ("task", "classifier", "method")
+
+
+def test_rerun_replaces_and_never_duplicates(tmp_path):
+    write_logits(tmp_path, rows(["a", "b"]), shard="s0")
+    write_logits(tmp_path, rows(["c"]), shard="s1")
+    write_logits(tmp_path, rows(["a", "b"], offset=10.0), shard="s0")  # the rerun of shard s0
+    frame = read_logits(tmp_path)
+    assert len(frame) == 12
+    assert frame.groupby(["image_id", "view"]).size().max() == 1
+    first = frame[(frame.image_id == "a") & (frame.view == 0)]["logits"].iloc[0]
+    np.testing.assert_array_equal(first, [10.0, 11.0])
+    # settings written one call at a time accumulate; a rerun of one setting replaces only it
+    write_logits(tmp_path, rows(["a", "b"], setting="0.5"), shard="s0")
+    write_logits(tmp_path, rows(["a", "b"], setting="0.5", n_views=3), shard="s0")
+    frame = read_logits(tmp_path, {"image_id": ["a", "b"]})
+    assert frame.groupby("setting").size().to_dict() == {"0.3": 8, "0.5": 6}
+    files = logits_files(tmp_path)
+    assert sorted(p.name for p in files) == ["shard-s0.parquet", "shard-s1.parquet"]
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_filters_partitions_and_columns(tmp_path):
+    write_logits(tmp_path, pd.concat([rows(["a"], method="crop", setting=""),
+                                      rows(["a"], method="stylemix_coarse", setting="0.5"),
+                                      rows(["a"], task="Young", n_classes=2)]), shard="s0")
+    assert len(logits_files(tmp_path)) == 3
+    assert [p.parts[-2] for p in logits_files(tmp_path, {"method": "crop"})] == ["method=crop"]
+    got = read_logits(tmp_path, {"method": ["crop", "stylemix_coarse"], "view": [0, 1]})
+    assert sorted(set(got["method"])) == ["crop", "stylemix_coarse"] and set(got["view"]) == {0, 1}
+    assert read_logits(tmp_path, {"task": "Young"}).shape[0] == 4
+    only = read_logits(tmp_path, {"setting": "0.5"}, columns=["image_id", "logits"])
+    assert list(only.columns) == ["image_id", "logits"] and len(only) == 4
+    with pytest.raises(StoreError, match="filter on 'setting': 0.5 is not text"):
+        read_logits(tmp_path, {"setting": 0.5})
+    with pytest.raises(StoreError, match="filter on unknown column 'sigma'"):
+        read_logits(tmp_path, {"sigma": "0.5"})
+    with pytest.raises(StoreError, match=r"unknown column\(s\) \['prob'\]"):
+        read_logits(tmp_path, columns=["prob"])
+
+
+def test_tasks_with_different_class_counts_share_the_dataset(tmp_path):
+    write_logits(tmp_path, pd.concat([rows(["a"], task="car_type", n_classes=3),
+                                      rows(["a"], task="Smiling", n_classes=2)]), shard="s0")
+    frame = read_logits(tmp_path)
+    lengths = frame.groupby("task")["logits"].apply(lambda s: {len(v) for v in s}).to_dict()
+    assert lengths == {"Smiling": {2}, "car_type": {3}}
+    with pytest.raises(StoreError, match="have length 4, but .* holds length 3"):
+        write_logits(tmp_path, rows(["b"], task="car_type", n_classes=4, method="crop"), shard="s1")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda f: f.drop(columns=["seed"]), r"lack columns \['seed'\]"),
+        (lambda f: f.assign(prob=1.0), r"unknown columns \['prob'\]"),
+        (lambda f: f.assign(split="holdout"), r"'split': values \['holdout'\]"),
+        (lambda f: f.assign(view=-1), "'view' must be ≥ 0"),
+        (lambda f: f.assign(image_id=None), "image_id.* 8 null"),
+        (lambda f: f.assign(logits=[np.array([np.nan, 1.0], np.float32)] * len(f)), "null/NaN"),
+        (lambda f: f.assign(logits=[np.array([np.inf, 1.0], np.float32)] * len(f)), "NaN or infinite"),
+        (lambda f: f.assign(logits=[np.zeros(0, np.float32)] * len(f)), "empty list"),
+        (lambda f: f.assign(logits=[np.zeros(1 + i % 2, np.float32) for i in range(len(f))]),
+         r"lengths 1…2; one length per classifier"),
+        (lambda f: pd.concat([f, f.iloc[:1]]), "1 duplicate logit row key"),
+        (lambda f: f.assign(method="iso fine"), "'method': value 'iso fine' cannot name a partition"),
+        (lambda f: f.assign(label="smile"), "do not fit the schema"),
+    ],
+)
+def test_bad_rows_are_rejected_and_nothing_written(tmp_path, mutate, message):
+    with pytest.raises(StoreError, match=message):
+        write_logits(tmp_path, mutate(rows(["a", "b"])), shard="s0")
+    assert not list(tmp_path.rglob("*.parquet")) and not list(tmp_path.rglob("*.partial"))
+
+
+def test_bad_shard_key_and_root(tmp_path):
+    with pytest.raises(StoreError, match="shard key '../x'"):
+        write_logits(tmp_path, rows(["a"]), shard="../x")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="exists and is not a directory"):
+        write_logits(tmp_path / "file", rows(["a"]), shard="s0")
+    with pytest.raises(StoreError, match="logits dataset not found"):
+        read_logits(tmp_path / "missing")
+
+
+def test_arrow_table_input(tmp_path):
+    table = pa.Table.from_pandas(rows(["a"]), schema=LOGITS_SCHEMA, preserve_index=False)
+    write_logits(tmp_path, table, shard="s0")
+    loose = pa.Table.from_pandas(rows(["b"]).assign(logits=lambda f: f["logits"].map(lambda v: v.tolist())),
+                                 preserve_index=False)  # list<double>, int64 view: cast on write
+    write_logits(tmp_path, loose, shard="s1")
+    assert sorted(set(read_logits(tmp_path)["image_id"])) == ["a", "b"]
+
+
+def test_foreign_parquet_file_is_rejected(tmp_path):
+    write_logits(tmp_path, rows(["a"]), shard="s0")
+    folder = tmp_path / "task=Smiling" / "classifier=r18" / "method=isotropic_fine"
+    pq.write_table(pa.table({"image_id": ["x"], "score": [0.5]}), folder / "other.parquet")
+    with pytest.raises(StoreError, match=r"other.parquet: not a ganviews logits file \(split missing"):
+        read_logits(tmp_path)
+    (folder / "other.parquet").unlink()
+    pq.write_table(rows(["z"]).assign(view=lambda f: f["view"].astype(float)).pipe(pa.Table.from_pandas),
+                   folder / "typed.parquet")
+    with pytest.raises(StoreError, match="view is double, expected int32"):
+        read_logits(tmp_path)
+    (folder / "typed.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(StoreError, match="typed.parquet: not a readable Parquet file"):
+        read_logits(tmp_path)
+
+
+def test_empty_dataset_reads_as_empty_frame(tmp_path):
+    frame = read_logits(tmp_path)
+    assert list(frame.columns) == LOGITS_SCHEMA.names and len(frame) == 0
