@@ -341,6 +341,7 @@ def _chunks(items: Sequence, size: int):
 
 def _classify(classifiers: Mapping[str, Any], images: torch.Tensor) -> dict[str, torch.Tensor]:
     out = {}
+    images = images.float()  # renders may be half under autocast; preprocessing runs in fp32
     for name, C in classifiers.items():
         logits = C(images)
         if logits.ndim != 2 or logits.shape[0] != images.shape[0]:
