@@ -86,6 +86,55 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SourceConfig:
+    """What each training sample is (paper Eq. 8): a real image, G(w*) or a perturbed view G(w̃)."""
+
+    source: Literal["real", "recon", "views"] = "real"  # real images only, reconstructions, or perturbed views
+    p_generated: float = 0.5  # chance a sample is its GAN image instead of the real one (1 without real images)
+    method: Literal["isotropic", "pca", "stylemix"] = "isotropic"  # views: perturbation family
+    layers: str = "fine"  # views: layer group of w+ perturbed ("coarse" / "fine" / "middle")
+    setting: float | None = None  # views: σ for isotropic / pca (official picks: docs/classifiers.md)
+    batch_size: int = 32  # samples per optimisation step
+    flip: bool = True  # random horizontal flip of every training sample (p = 0.5)
+    noise_mode: Literal["const", "none"] = "const"  # synthesis noise (both reproducible)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.p_generated <= 1.0:
+            raise ConfigError(f"views.p_generated: {self.p_generated!r}; expected a probability in [0, 1]")
+        if self.batch_size < 1:
+            raise ConfigError(f"views.batch_size: {self.batch_size!r}; expected ≥ 1")
+        if self.source == "views" and self.method != "stylemix" and self.setting is None:
+            raise ConfigError(f"views.setting: method {self.method!r} needs σ; see docs/classifiers.md for the official values")
+
+
+def make_batches(
+    cfg: SourceConfig,
+    *,
+    labels: ArrayLike,
+    image_ids: Sequence[str] | None = None,
+    images: ArrayLike | Reader | None = None,
+    ws: ArrayLike | Reader | None = None,
+    G: torch.nn.Module | None = None,
+    pca: Any = None,
+    c: torch.Tensor | None = None,
+    seed: int = 0,
+    shuffle: bool = True,
+) -> ImageBatches | GanBatches:
+    """The batch source ``cfg`` describes: :class:`ImageBatches` for "real", else :class:`GanBatches`."""
+    if cfg.source == "real":
+        if images is None:
+            raise ValueError("images: source 'real' needs the real images")
+        return ImageBatches(images, labels, image_ids=image_ids, batch_size=cfg.batch_size, seed=seed,
+                            shuffle=shuffle, flip=cfg.flip)
+    if G is None or ws is None:
+        raise ValueError(f"G, ws: source {cfg.source!r} renders G(w) and needs the generator and the latents")
+    return GanBatches(G, ws, labels, image_ids=image_ids, images=images, source=cfg.source,
+                      p_generated=cfg.p_generated, method=cfg.method, layers=cfg.layers, setting=cfg.setting,
+                      pca=pca, c=c, noise_mode=cfg.noise_mode, batch_size=cfg.batch_size, seed=seed,
+                      shuffle=shuffle, flip=cfg.flip)
+
+
+@dataclass(frozen=True)
 class EpochStats:
     """What one epoch did (one row of the training history)."""
 
