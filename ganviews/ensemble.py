@@ -606,9 +606,9 @@ def _combine(ig: LogitGroup, gg: LogitGroup):
 
 
 RESULT_COLUMNS = [
-    "task", "classifier", "method", "setting", "kind",
+    "task", "classifier", "method", "setting",
     "alpha_star", "val_acc", "test_acc", "test_acc_single", "test_acc_recon", "test_acc_gan_only",
-    "test_acc_oracle", "alpha_oracle", "n_val", "n_test",
+    "test_acc_oracle", "alpha_oracle", "n_val", "n_test", "kind",
     "val_acc_single", "test_acc_alpha0", "test_acc_uniform",
     "test_acc_se", "test_acc_single_se", "test_acc_recon_se", "test_acc_gan_only_se", "test_acc_oracle_se",
     "test_acc_views_se", "test_acc_gan_only_views_se",
