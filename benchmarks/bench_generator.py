@@ -32,6 +32,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--amp", choices=["none", "fp16", "bf16"], default="none", help="autocast dtype (CUDA only)")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per measurement")
     p.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds (best is kept)")
+    p.add_argument("--warmup-max-batch", type=int, default=64,
+                   help="skip the warm-up call above this batch size (slow CPUs: the smaller "
+                   "batches already warmed the allocator; primitive creation costs milliseconds)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--paths", default="fused,nonfused", help="which modulated-conv paths to time")
     p.add_argument("--quick", action="store_true", help="smoke run: batches 1-4, short timing")
@@ -67,15 +70,18 @@ def images_per_second(G, ws, *, fused: bool, amp: str, min_time: float, device: 
             return calls * ws.shape[0] / elapsed
 
 
-def measure(G, ws, paths, *, rounds: int, amp: str, min_time: float, device: torch.device) -> dict[str, float]:
+def measure(
+    G, ws, paths, *, rounds: int, amp: str, min_time: float, device: torch.device, warmup: bool = True
+) -> dict[str, float]:
     """Best of ``rounds`` alternating measurements per path (after one warm-up call each).
 
     Alternating the paths and keeping the best round makes the fused/non-fused ratio robust
     to other processes sharing the machine.
     """
     kw = {"amp": amp, "device": device}
-    for path in paths:  # warm-up: allocator, oneDNN / cuDNN primitive selection
-        images_per_second(G, ws, fused=path == "fused", min_time=0.0, **kw)
+    if warmup:
+        for path in paths:  # allocator, oneDNN / cuDNN primitive selection
+            images_per_second(G, ws, fused=path == "fused", min_time=0.0, **kw)
     best = dict.fromkeys(paths, 0.0)
     for _ in range(rounds):
         for path in paths:
@@ -106,7 +112,8 @@ def main() -> int:
     print(f"generator: config-f, {resolution} px, z=w=512, num_ws={G.num_ws}, widths {cfg.block_channels()}, "
           f"{n_params / 1e6:.1f} M synthesis parameters")
     print(f"timing: synthesis only, noise const, best of {rounds} alternating rounds of >= "
-          f"{min_time / rounds:.2f} s (at least one call) per path, after one warm-up call\n")
+          f"{min_time / rounds:.2f} s (at least one call) per path, after one warm-up call "
+          f"(up to batch {args.warmup_max_batch})\n")
 
     results: dict[tuple[str, int], float] = {}
     header = f"{'batch':>5}" + "".join(f" | {p + ' img/s':>14} {'x b1':>6}" for p in paths)
@@ -116,7 +123,8 @@ def main() -> int:
     for batch in batches:
         ws = G.mapping(torch.randn(batch, 512, device=device))  # [N, L, 512]
         row = f"{batch:>5}"
-        best = measure(G, ws, paths, rounds=rounds, amp=args.amp, min_time=min_time, device=device)
+        best = measure(G, ws, paths, rounds=rounds, amp=args.amp, min_time=min_time, device=device,
+                       warmup=batch <= args.warmup_max_batch)
         for path in paths:
             ips = results[(path, batch)] = best[path]
             row += f" | {ips:>14.2f} {ips / results[(path, 1)]:>6.2f}"

@@ -233,6 +233,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return ALLOWED_GLOBALS[(module, name)]
         except KeyError:
             allowed = ", ".join(f"{m}.{n}" for m, n in ALLOWED_GLOBALS)
+            if module.startswith("dnnlib.tflib"):
+                raise CheckpointError(
+                    f"{self._path}: this is a TensorFlow-era StyleGAN pickle ({module}.{name}), "
+                    "which is not supported; convert it to a stylegan2-ada-pytorch snapshot "
+                    "with NVIDIA's legacy.py first; nothing from the file was executed"
+                ) from None
             raise CheckpointError(
                 f"{self._path}: refused to load: the pickle references the global "
                 f"'{module}.{name}', which is not on the allow-list ({allowed}); "

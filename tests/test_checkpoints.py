@@ -277,3 +277,10 @@ def test_numpy2_scalar_module_is_accepted(tmp_path):
     p.write_bytes(raw.replace(b"scalar", b"fromstring"[:6]))
     with pytest.raises(CheckpointError, match="multiarray.fromst', which is not on the allow-list"):
         load_nvidia_snapshot(p)
+
+
+def test_tensorflow_era_pickle_is_named(tmp_path):
+    bad = tmp_path / "karras2019stylegan-ffhq-1024x1024.pkl"
+    bad.write_bytes(b"\x80\x03cdnnlib.tflib.network\nNetwork\n)\x81}b.")
+    with pytest.raises(CheckpointError, match="TensorFlow-era StyleGAN pickle .*legacy.py"):
+        load_generator(bad)
