@@ -29,7 +29,7 @@ from ganviews import checkpoints
 from ganviews.config import from_dict, to_dict
 from ganviews.errors import CheckpointError, ConfigError
 from ganviews.networks import MappingNetwork, SynthesisNetwork, block_resolutions, num_ws_for
-from ganviews.runtime import file_sha256
+from ganviews.runtime import file_sha256, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -222,10 +222,11 @@ def load_generator(
 
     The format is detected from the file content; architecture comes from the file
     (tensor shapes + recorded kwargs). Nothing stored in the file is executed. Returns the
-    generator on ``device`` in eval mode with ``requires_grad`` off; ``layer_groups``
+    generator on ``device`` ("auto" = CUDA when present) in eval mode with ``requires_grad`` off; ``layer_groups``
     overrides the coarse/middle/fine w+ indices. Raises CheckpointError on any problem.
     """
     path = Path(path)
+    device = resolve_device(device)
     raw = checkpoints.read_checkpoint(path)
     config_data = dict(raw.config)
     if layer_groups is not None:
