@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ganviews.perturb import SEED_BITS
 from ganviews.runtime import item_seed
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,8 @@ def jitter_seed(view_seed: int) -> int:
 
 
 def image_view_seed(seed: int, image_id: str, method: str, view: int) -> int:
-    """Seed of image view ``view`` (≥ 1) of ``image_id`` for image method ``method``."""
-    return item_seed(seed, "image-view", image_id, method, int(view))
+    """Seed of image view ``view`` (≥ 1) of ``image_id`` for image method ``method`` (< 2**53)."""
+    return item_seed(seed, "image-view", image_id, method, int(view)) & ((1 << SEED_BITS) - 1)
 
 
 def draw_uniforms(seeds: Sequence[int] | torch.Tensor, device: torch.device | str) -> torch.Tensor:

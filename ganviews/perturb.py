@@ -49,13 +49,15 @@ def format_setting(setting: float | str | None) -> str:
     return repr(float(setting))
 
 
+SEED_BITS = 53  # stored seeds stay exact through float64 (pandas/JSON/DuckDB round trips)
+
+
 def view_seed(
     seed: int, image_id: str, method: str, layers: str, setting: float | str | None, view: int
 ) -> int:
-    """The 63-bit seed of one GAN view (view ≥ 2), from which all of its randomness is drawn."""
-    return item_seed(
-        seed, "gan-view", str(image_id), method, layers, format_setting(setting), int(view)
-    )
+    """The seed of one GAN view (view ≥ 2), < 2**53; all of the view's randomness comes from it."""
+    key = item_seed(seed, "gan-view", str(image_id), method, layers, format_setting(setting), int(view))
+    return key & ((1 << SEED_BITS) - 1)
 
 
 # ---------------------------------------------------------------------------------------------

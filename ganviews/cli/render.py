@@ -1,0 +1,116 @@
+"""``ganviews render``: classify the original, the reconstruction and every view of a store's
+inverted images, writing the logits table (paper Sec. 3.3–3.4; docs/views.md).
+
+    ganviews render STORE --generator G.pkl --classifier smile=smile.safetensors:Smiling \
+        --logits LOGITS [--config views.yaml | --preset faces] [--shards all|0,2,5-7] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "render",
+        help="render GAN/image views of inverted images and write their logits",
+        description="For each shard of the store: classify the original (view 0), the "
+        "reconstruction (view 1) and the perturbed views of every method and setting in "
+        "one fused pass on the device, and write the rows to the logits dataset.",
+    )
+    parser.add_argument("store", metavar="STORE", help="latent store (Zarr) with inverted images")
+    parser.add_argument(
+        "--generator", required=True, metavar="G", help="the generator the store was inverted with"
+    )
+    parser.add_argument(
+        "--classifier", action="append", required=True, metavar="NAME=PATH[:TASK]",
+        help="a classifier checkpoint; NAME names it in the table, TASK is the manifest label "
+        "column it predicts (default: the task in its config); repeat for several",
+    )  # fmt: skip
+    parser.add_argument(
+        "--logits", required=True, metavar="DIR", help="logits dataset root (Parquet)"
+    )
+    parser.add_argument("--config", metavar="YAML", help="ViewConfig YAML (may name `preset:`)")
+    parser.add_argument(
+        "--preset", choices=["faces", "cars", "cats"], help="settings preset (default faces)"
+    )
+    parser.add_argument(
+        "--shards", default="all", help="all, or shard indices like 0,2,5-7 (default all)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 … (default auto)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed of every view (default 0)")
+    parser.add_argument("--n-views", type=int, metavar="N", help="override n_views (N per group)")
+    parser.add_argument("--batch-size", type=int, metavar="B", help="override batch_size")
+    parser.add_argument(
+        "--persist-views", action="store_true", help="also store uint8 views in the store"
+    )
+    parser.add_argument(
+        "--class-column", metavar="COL", help="label column with the class of a conditional G"
+    )
+    parser.set_defaults(func=run)
+
+
+def parse_classifier(spec: str) -> tuple[str, str, str | None]:
+    """``NAME=PATH[:TASK]`` → (name, path, task or None)."""
+    from ganviews.errors import ConfigError
+
+    name, sep, rest = spec.partition("=")
+    if not sep or not name or not rest:
+        raise ConfigError(f"--classifier: expected NAME=PATH[:TASK], got {spec!r}")
+    path, task = rest, None
+    head, colon, tail = rest.rpartition(":")
+    if colon and head and tail and "/" not in tail and "\\" not in tail and "." not in tail:
+        path, task = head, tail
+    return name, path, task
+
+
+def parse_shards(text: str, n_shards: int) -> list[int]:
+    """``all`` or ``0,2,5-7`` → shard indices (checked against ``n_shards``)."""
+    from ganviews.errors import ConfigError
+
+    if text == "all":
+        return list(range(n_shards))
+    out: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m:
+            raise ConfigError(f"--shards: {part!r} is not an index or a range a-b (got {text!r})")
+        lo, hi = int(m[1]), int(m[2] or m[1])
+        if hi < lo or hi >= n_shards:
+            raise ConfigError(f"--shards: {part!r} outside 0…{n_shards - 1}")
+        out.extend(range(lo, hi + 1))
+    return sorted(set(out))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ganviews.config import load_yaml
+    from ganviews.views import view_config
+    from storage import LatentStore
+    from tasks.render import render_shards
+
+    specs = [parse_classifier(s) for s in args.classifier]
+    names = [s[0] for s in specs]
+    if len(set(names)) != len(names):
+        from ganviews.errors import ConfigError
+
+        raise ConfigError(f"--classifier: names must be unique, got {names}")
+    data = load_yaml(args.config) if args.config else {}
+    overrides = {"n_views": args.n_views, "batch_size": args.batch_size}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if args.persist_views:
+        data["persist_views"] = True
+    cfg = view_config(data, preset=args.preset or ("faces" if "preset" not in data else None))
+    n_shards = len(LatentStore.open(args.store, mode="r").shards())
+    shards = parse_shards(args.shards, n_shards)
+    summaries = render_shards(
+        args.store, shards, generator_path=args.generator,
+        classifier_paths={n: p for n, p, _ in specs}, tasks={n: t for n, _, t in specs if t},
+        view_cfg=cfg, logits_dir=args.logits, device=args.device, seed=args.seed,
+        class_column=args.class_column,
+    )  # fmt: skip
+    for s in summaries:
+        print(f"shard {s['shard']}: {s['images']} images → {s['rows']} rows in {s['files']} files")
+    total = sum(s["rows"] for s in summaries)
+    print(f"wrote {total} logit rows for {len(summaries)} shards to {args.logits}")
+    return 0
