@@ -60,7 +60,6 @@ class InversionConfig:
     adam_lr: float = 0.01  # step size of the Adam option
     lpips_net: Literal["lpips-alex", "lpips-vgg", "lpips-random"] = "lpips-alex"  # perceptual net
     lpips_resolution: int | None = None  # area-downsample to this size before LPIPS (None: full)
-    lpips_weights_dir: str | None = None  # folder searched first for the backbone weights file
     noise_mode: Literal["const", "none"] = "const"  # synthesis noise (deterministic objective)
     batch_size: int = 16  # images optimised together
 
@@ -140,7 +139,8 @@ class _Objective:
         img = self.G.synthesis(ws, noise_mode=cfg.noise_mode)  # [M, C, H, W]
         out = {"l1": (1.0 - cfg.lambda_lpips) * masked_l1(img, x, m)}
         zero = out["l1"].new_zeros(out["l1"].shape)
-        out["lpips"] = cfg.lambda_lpips * self.perceptual(img, x, m) if self.perceptual is not None else zero
+        use_lpips = self.perceptual is not None and cfg.lambda_lpips > 0
+        out["lpips"] = cfg.lambda_lpips * self.perceptual(img, x, m) if use_lpips else zero
         if self.latent_mode == "encoder_consistency":
             diff = self.enc_ref[index] - self.encoder(img, m)  # [M, L, C]
             out["latent"] = cfg.latent_weight * diff.square().mean(dim=(1, 2))

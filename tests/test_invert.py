@@ -54,6 +54,7 @@ def _targets(G, n, seed=0):
     return G.synthesis(ws, noise_mode="const"), ws
 
 
+@pytest.mark.slow
 def test_batch_independence_float64(G, P) -> None:
     """An image's w* alone equals its w* inside a batch of 8 (float64, CPU, 1e-10).
 

@@ -1,0 +1,320 @@
+"""Prefect task: invert one shard of the latent store (Chai et al. 2021, Sec. 3.2).
+
+For the shard's pending (and failed, to retry) items: read their manifest rows from the
+store, load (:func:`ganviews.images.load_image`) and align
+(:func:`ganviews.align.align_image`) each image — one that cannot be used is marked failed
+with its reason and the others go on — then encode and invert them in batches of
+``inversion_cfg.batch_size`` (:func:`ganviews.invert.invert`) and write, per batch, ``w``,
+``w_init``, the loss terms, PSNR, LPIPS and iterations plus the uint8 arrays
+``images/aligned`` (the target actually inverted), ``images/mask`` (255 = known pixel) and
+``images/recon`` (G(w*)) through :meth:`storage.LatentStore.write`, which marks the items
+done only after their data is on disk.
+
+The aligned image is quantised to uint8 *before* inversion, so ``images/aligned`` is
+exactly the target that w* reconstructs (later steps read it back as the original).
+
+:func:`run_invert_shard` is the plain function (CLI, notebooks); :data:`invert_shard` is its
+Prefect task. Models are loaded once per process (cache keyed by file path and content hash).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from prefect import task
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
+
+from ganviews.config import from_dict, to_dict
+from ganviews.errors import ConfigError, GanviewsError
+from ganviews.lbfgs import Status
+from ganviews.runtime import file_sha256, resolve_device, set_numerics_policy
+from storage.latents import LatentStore
+
+log = logging.getLogger(__name__)
+
+ALIGNED, MASK, RECON = "images/aligned", "images/mask", "images/recon"
+NOT_IDENTITY = ("batch_size",)  # InversionConfig fields that do not change results
+
+
+# ---------------------------------------------------------------- configs and identity
+
+
+def resolve_configs(align_cfg: Any, inversion_cfg: Any):
+    """(AlignConfig, InversionConfig) from dataclasses or mappings (errors name the key)."""
+    from ganviews.align import AlignConfig
+    from ganviews.invert import InversionConfig
+
+    align = align_cfg if isinstance(align_cfg, AlignConfig) else from_dict(AlignConfig, align_cfg or {}, key="align")
+    inv = (inversion_cfg if isinstance(inversion_cfg, InversionConfig)
+           else from_dict(InversionConfig, inversion_cfg or {}, key="invert"))
+    return align, inv
+
+
+def identity_config(align_cfg, inversion_cfg) -> dict[str, Any]:
+    """The configs recorded in (and checked against) the store.
+
+    ``batch_size`` is left out: results do not depend on it (per-image optimisation), so a
+    resume on another machine may use another batch size.
+    """
+    inv = {k: v for k, v in to_dict(inversion_cfg).items() if k not in NOT_IDENTITY}
+    return {"align": to_dict(align_cfg), "invert": inv}
+
+
+def store_attrs(G, E, align_cfg, inversion_cfg) -> dict[str, Any]:
+    """The store identity of an inversion run: model hashes and the resolved configs."""
+    return {
+        "generator_sha256": G.sha256,
+        "encoder_sha256": None if E is None else E.sha256,
+        "config": identity_config(align_cfg, inversion_cfg),
+    }
+
+
+def check_store_models(store: LatentStore, G, E) -> None:
+    """GanviewsError when the store was inverted with another generator or encoder."""
+    attrs = store.attrs
+    for what, stored, given in (("generator", attrs.get("generator_sha256"), G.sha256),
+                                ("encoder", attrs.get("encoder_sha256"), None if E is None else E.sha256)):
+        if stored != given:
+            raise GanviewsError(
+                f"{store.path} holds latents made with {what} sha256 {str(stored)[:16]}…, but the "
+                f"given {what} is {str(given)[:16]}…; use the same {what}, another store path, "
+                "or --overwrite to start this store again"
+            )
+
+
+# ---------------------------------------------------------------- models (one load per process)
+
+
+@functools.lru_cache(maxsize=4)
+def _generator(path: str, sha256: str, device: str):
+    from ganviews.generator import load_generator
+
+    return load_generator(path, device=device)
+
+
+@functools.lru_cache(maxsize=4)
+def _encoder(path: str, sha256: str, device: str):
+    from ganviews.encoder import load_encoder
+
+    return load_encoder(path, device=device)
+
+
+@functools.lru_cache(maxsize=4)
+def _perceptual(name: str, device: str, weights_dir: str | None, resolution: int | None):
+    from ganviews.perceptual import load_perceptual
+
+    return load_perceptual(name, device=device, weights_dir=weights_dir, resolution=resolution)
+
+
+def load_inversion_models(generator_path, encoder_path, inversion_cfg, *, device: torch.device,
+                          lpips_weights_dir: str | Path | None = None):
+    """(G, E or None, LPIPS module or None when λ = 0), cached per process by path + sha256."""
+    path = str(Path(generator_path).resolve())
+    G = _generator(path, file_sha256(path), str(device))
+    E = None
+    if encoder_path is not None:
+        epath = str(Path(encoder_path).resolve())
+        E = _encoder(epath, file_sha256(epath), str(device))
+        if (E.num_ws, E.w_dim) != (G.num_ws, G.w_dim):
+            raise ConfigError(
+                f"encoder {encoder_path} predicts w+ [{E.num_ws}, {E.w_dim}] but the generator "
+                f"needs [{G.num_ws}, {G.w_dim}]"
+            )
+    P = None
+    if inversion_cfg.lambda_lpips > 0:
+        weights = None if lpips_weights_dir is None else str(lpips_weights_dir)
+        P = _perceptual(inversion_cfg.lpips_net, str(device), weights, inversion_cfg.lpips_resolution)
+    return G, E, P
+
+
+# ---------------------------------------------------------------- the work
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] float images → uint8 (clamped, rounded)."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
+def _shard_range(store: LatentStore, shard: int | Sequence[int]) -> tuple[int, int]:
+    shards = store.shards()
+    if isinstance(shard, (int, np.integer)):
+        if not 0 <= int(shard) < len(shards):
+            raise ConfigError(f"shard: index {shard} out of range (the store has {len(shards)} shards)")
+        return shards[int(shard)]
+    start, stop = (int(v) for v in shard)
+    if (start, stop) not in shards:
+        raise ConfigError(f"shard: {(start, stop)} is not a shard of {store.path} (shards: {shards[:4]}…)")
+    return start, stop
+
+
+def _optional(row: pd.Series, column: str) -> Any:
+    value = row.get(column)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value
+
+
+def load_aligned(rows: pd.DataFrame, align_cfg, *, image_root: Path) -> tuple[list[int], list, dict[int, str]]:
+    """Load and align manifest ``rows`` → (positions that worked, (image, mask) pairs, {position: reason})."""
+    from ganviews.align import align_image
+    from ganviews.images import load_image
+
+    ok, pairs, failed = [], [], {}
+    for pos, (_, row) in enumerate(rows.iterrows()):
+        path = Path(row["path"])
+        path = path if path.is_absolute() else image_root / path
+        try:
+            img, mask = align_image(load_image(path), align_cfg, bbox=_optional(row, "bbox"),
+                                    landmarks=_optional(row, "landmarks"))
+        except GanviewsError as exc:
+            failed[pos] = getattr(exc, "reason", None) or str(exc)
+            continue
+        ok.append(pos)
+        pairs.append((img, mask))
+    return ok, pairs, failed
+
+
+def invert_batch_into(store: LatentStore, idx: np.ndarray, rows: pd.DataFrame, G, E, P, *,
+                      align_cfg, inversion_cfg, image_root: Path) -> dict[str, float]:
+    """Load, align, invert and write one batch of store indices ``idx`` (manifest ``rows``)."""
+    from ganviews.invert import invert
+
+    ok, pairs, failed = load_aligned(rows, align_cfg, image_root=image_root)
+    if failed:
+        store.mark_failed(idx[list(failed)], list(failed.values()))
+        for pos, reason in failed.items():
+            log.warning("image %s failed: %s", store.image_ids[idx[pos]], reason)
+    if not ok:
+        return {"done": 0, "failed": len(failed), "loss": 0.0, "psnr": 0.0}
+    device, dtype = G.mean_w.device, G.mean_w.dtype
+    aligned = to_uint8(torch.from_numpy(np.stack([p[0] for p in pairs])))  # [k, 3, R, R]
+    masks = np.stack([p[1] for p in pairs]).astype(np.float32)  # [k, 1, R, R]
+    x = torch.from_numpy(aligned).to(device=device, dtype=dtype) / 127.5 - 1.0  # the stored target
+    m = torch.from_numpy(masks).to(device=device, dtype=dtype)
+    res = invert(G, x, m, encoder=E, perceptual=P, **dataclasses.asdict(inversion_cfg))
+    good = (res.status != Status.NONFINITE).cpu().numpy() & np.isfinite(res.loss.cpu().numpy())
+    sel = np.flatnonzero(good)
+    done_idx = idx[np.asarray(ok)[sel]]
+    if len(sel) < len(ok):
+        bad = idx[np.asarray(ok)[np.flatnonzero(~good)]]
+        store.mark_failed(bad, "inversion: non-finite loss or gradient")
+
+    def col(t: torch.Tensor, dtype=np.float32) -> np.ndarray:
+        return t.detach()[sel].cpu().numpy().astype(dtype)
+
+    store.write(
+        done_idx, w=col(res.w), w_init=col(res.w_init), loss=col(res.loss), loss_l1=col(res.loss_l1),
+        loss_lpips=col(res.loss_lpips), loss_latent=col(res.loss_latent), psnr=col(res.psnr),
+        lpips=col(res.lpips), iterations=col(res.iterations, np.int32),
+        arrays={ALIGNED: aligned[sel], MASK: (masks[sel] * 255).round().astype(np.uint8),
+                RECON: to_uint8(res.recon[sel])},
+    )
+    return {"done": int(len(sel)), "failed": len(failed) + len(ok) - int(len(sel)),
+            "loss": float(res.loss[sel].sum()), "psnr": float(res.psnr[sel].sum())}
+
+
+def invert_shard_with(store: LatentStore, shard: int | Sequence[int], G, E, P, *, align_cfg,
+                      inversion_cfg, image_root: str | Path | None = None,
+                      retry_failed: bool = True) -> dict[str, Any]:
+    """Invert the pending (+ failed) items of one shard with loaded models → summary dict."""
+    start, stop = _shard_range(store, shard)
+    if align_cfg.resolution != G.resolution:
+        raise ConfigError(f"align.resolution={align_cfg.resolution} but the generator makes "
+                          f"{G.resolution} px images; set align.resolution: {G.resolution}")
+    manifest = store.manifest()
+    if manifest is None:
+        raise ConfigError(f"{store.path} has no manifest.parquet: image paths come from it")
+    R = G.resolution
+    for name, channels in ((ALIGNED, G.img_channels), (MASK, 1), (RECON, G.img_channels)):
+        store.ensure_array(name, (channels, R, R), np.uint8)
+    todo = store.todo(retry_failed=retry_failed, shard=(start, stop))
+    summary = {"shard": f"{start:08d}-{stop:08d}", "todo": int(len(todo)), "done": 0, "failed": 0,
+               "mean_loss": float("nan"), "mean_psnr": float("nan"), "seconds": 0.0}
+    t0, loss_sum, psnr_sum = time.perf_counter(), 0.0, 0.0
+    root = Path(image_root) if image_root is not None else store.path
+    for b in range(0, len(todo), inversion_cfg.batch_size):
+        idx = todo[b : b + inversion_cfg.batch_size]
+        out = invert_batch_into(store, idx, manifest.iloc[idx], G, E, P, align_cfg=align_cfg,
+                                inversion_cfg=inversion_cfg, image_root=root)
+        summary["done"] += out["done"]
+        summary["failed"] += out["failed"]
+        loss_sum, psnr_sum = loss_sum + out["loss"], psnr_sum + out["psnr"]
+        log.info("shard %s: %d/%d items handled", summary["shard"], b + len(idx), len(todo))
+    if summary["done"]:
+        summary.update(mean_loss=loss_sum / summary["done"], mean_psnr=psnr_sum / summary["done"])
+    summary["seconds"] = time.perf_counter() - t0
+    return summary
+
+
+def run_invert_shard(
+    store_path: str | Path,
+    shard: int | Sequence[int],
+    *,
+    generator_path: str | Path,
+    encoder_path: str | Path | None = None,
+    align_cfg: Any = None,
+    inversion_cfg: Any = None,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    image_root: str | Path | None = None,
+    lpips_weights_dir: str | Path | None = None,
+    retry_failed: bool = True,
+) -> dict[str, Any]:
+    """Invert one shard (index into ``store.shards()`` or ``(start, stop)``) of an existing store.
+
+    ``align_cfg`` / ``inversion_cfg``: dataclasses or mappings; they must be the ones the
+    store was created with (its config hash), as must the generator and encoder.
+    ``seed``: the objective is deterministic (noise "const"), so nothing is drawn; recorded
+    for symmetry with the other shard tasks. ``image_root``: base of relative manifest
+    paths (default: the store folder). ``lpips_weights_dir``: folder searched first for the
+    LPIPS backbone file (:func:`ganviews.perceptual.load_perceptual`).
+    """
+    align, inv = resolve_configs(align_cfg, inversion_cfg)
+    device = resolve_device(device)
+    set_numerics_policy(device)
+    G, E, P = load_inversion_models(generator_path, encoder_path, inv, device=device,
+                                    lpips_weights_dir=lpips_weights_dir)
+    expect = store_attrs(G, E, align, inv)
+    store = LatentStore.open(store_path, mode="a")
+    check_store_models(store, G, E)
+    store.check_identity({"config": expect["config"]})
+    summary = invert_shard_with(store, shard, G, E, P, align_cfg=align, inversion_cfg=inv,
+                                image_root=image_root, retry_failed=retry_failed)
+    summary["seed"] = seed
+    return summary
+
+
+@task(name="invert-shard")
+def invert_shard(
+    store_path: str | Path,
+    shard: int | Sequence[int],
+    *,
+    generator_path: str | Path,
+    encoder_path: str | Path | None = None,
+    align_cfg: Mapping[str, Any] | Any = None,
+    inversion_cfg: Mapping[str, Any] | Any = None,
+    device: str = "auto",
+    seed: int = 0,
+    image_root: str | Path | None = None,
+    lpips_weights_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Prefect task around :func:`run_invert_shard` (same arguments) → the shard summary."""
+    summary = run_invert_shard(store_path, shard, generator_path=generator_path, encoder_path=encoder_path,
+                               align_cfg=align_cfg, inversion_cfg=inversion_cfg, device=device, seed=seed,
+                               image_root=image_root, lpips_weights_dir=lpips_weights_dir)
+    try:
+        get_run_logger().info("invert %s: %d done, %d failed, mean PSNR %.2f dB, %.0f s", summary["shard"],
+                              summary["done"], summary["failed"], summary["mean_psnr"], summary["seconds"])
+    except MissingContextError:  # called as .fn outside a run
+        pass
+    return summary
