@@ -33,9 +33,11 @@ inputs); this project trains ResNet attribute classifiers instead (docs/classifi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import pickle
 import re
@@ -174,8 +176,86 @@ class SmallCNN(nn.Module):
 class Architecture:
     """One registry entry: how to build a backbone with K outputs."""
 
-    build: Callable[[int, int], nn.Module]  # (num_outputs, width) → nn.Module whose head is ``fc``
+    build: Callable[[int, int], nn.Module]  # (num_outputs, width) → nn.Module
     description: str  # one line for docs and error messages
+    head: str = "fc."  # name prefix of the output layer's tensors
+    head_weight: str = "fc.weight"  # its weight [K, features]: K = num_outputs
+
+
+class _Bias(nn.Module):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.b = nn.Parameter(torch.zeros(size))
+
+
+class _WScale(nn.Module):
+    """Equalised learning rate: a bias-free layer, output × gain/√fan_in, then + ``wscale.b``."""
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear, fan_in: int, out: int, gain: float) -> None:
+        super().__init__()
+        self.kind = "conv" if isinstance(layer, nn.Conv2d) else "linear"
+        self.add_module(self.kind, layer)
+        self.wscale = _Bias(out)
+        self.scale = gain / math.sqrt(fan_in)
+        nn.init.normal_(layer.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = getattr(self, self.kind)(x) * self.scale
+        return y + (self.wscale.b.view(1, -1, 1, 1) if y.ndim == 4 else self.wscale.b)
+
+
+def _wconv(cin: int, cout: int, k: int, gain: float = math.sqrt(2)) -> _WScale:
+    return _WScale(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), cin * k * k, cout, gain)
+
+
+def _wlinear(cin: int, cout: int, gain: float = math.sqrt(2)) -> _WScale:
+    return _WScale(nn.Linear(cin, cout, bias=False), cin, cout, gain)
+
+
+class AttributeNet(nn.Module):
+    """The official CelebA-HQ attribute classifier's layout (chail/gan-ensembling), written anew.
+
+    A progressive-GAN-discriminator-like net on 256² inputs: 1×1 from-RGB (64 ch), six
+    blocks of two 3×3 equalised-lr convs with 2× average-pool downscaling between the second
+    conv and its activation (256 → 4 px; 64…512 ch), then a 3×3 conv, a dense layer of 512 and
+    a dense layer of K outputs; leaky ReLU 0.2. The official net's single logit is *negative*
+    when the attribute is present; :attr:`sign` = −1 flips it so that logit > 0 means label 1,
+    as everywhere else here.
+    """
+
+    sign = -1.0
+
+    def __init__(self, num_outputs: int = 1, width: int = 0) -> None:
+        super().__init__()
+        nf = {s: min(8192 // 2**s, 512) for s in range(8)}  # channels per stage
+        self.register_buffer("lod_in", torch.zeros((), dtype=torch.float32))  # unused (fixed size)
+        self.fromrgb_lod0 = nn.Module()
+        self.fromrgb_lod0.conv = _wconv(3, nf[7], 1)
+        self.block_names = [f"{2**res}x{2**res}" for res in range(8, 2, -1)]  # 256x256 … 8x8
+        for res, name in zip(range(8, 2, -1), self.block_names, strict=True):
+            block = nn.Module()
+            block.conv0 = _wconv(nf[res - 1], nf[res - 1], 3)
+            block.conv1 = _wconv(nf[res - 1], nf[res - 2], 3)
+            self.add_module(name, block)
+        head = nn.Module()
+        head.conv = _wconv(nf[1], nf[1], 3)
+        head.dense0 = _wlinear(nf[1] * 16, nf[0])
+        head.dense1 = _wlinear(nf[0], num_outputs, gain=1.0)
+        self.add_module("4x4", head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (256, 256):
+            raise ValueError(f"celebahq_attribute: needs 256×256 inputs (preset 'celebahq'), got {list(x.shape[-2:])}")
+        act = functools.partial(F.leaky_relu, negative_slope=0.2)
+        x = act(self.fromrgb_lod0.conv(x))  # [N, 64, 256, 256]
+        for name in self.block_names:
+            block = getattr(self, name)
+            x = act(block.conv0(x))
+            x = act(F.avg_pool2d(block.conv1(x), 2))  # conv → bias → downscale → act
+        head = getattr(self, "4x4")
+        x = act(head.conv(x))  # [N, 512, 4, 4]
+        x = act(head.dense0(x.flatten(1)))  # [N, 512]
+        return self.sign * head.dense1(x)  # [N, K]
 
 
 def _torchvision(name: str) -> Callable[[int, int], nn.Module]:
@@ -193,6 +273,10 @@ ARCHITECTURES: dict[str, Architecture] = {
     "resnet152": Architecture(_torchvision("resnet152"), "torchvision ResNet-152 (Bottleneck 3-8-36-3)"),
     "wide_resnet50_2": Architecture(_torchvision("wide_resnet50_2"), "torchvision Wide ResNet-50-2"),
     "smallcnn": Architecture(lambda k, w: SmallCNN(k, w), "4-stage conv net for tiny images (width w)"),
+    "celebahq_attribute": Architecture(
+        lambda k, w: AttributeNet(k), "official CelebA-HQ attribute classifier layout (256² input)",
+        head="4x4.dense1.", head_weight="4x4.dense1.linear.weight",
+    ),
 }
 
 
@@ -390,7 +474,7 @@ def classifier_config(
         if mapping.get("num_outputs", num_outputs) != num_outputs:
             raise CheckpointError(
                 f"{source}: config says num_outputs={mapping['num_outputs']!r} but the checkpoint's "
-                f"fc layer has {num_outputs} output(s)"
+                f"output layer has {num_outputs} output(s)"
             )
         mapping["arch"], mapping["num_outputs"] = arch, num_outputs
     return from_dict(ClassifierConfig, mapping)
@@ -443,10 +527,10 @@ def load_classifier(
     state, stored = _read_weights(path)
     state = _strip_prefix(state)
     arch, num_outputs, width = infer_architecture(state, source=str(path))
-    if config is None and stored is not None:
-        cfg_data: Any = stored
+    if stored is not None and isinstance(config, Mapping):
+        cfg_data: Any = {**stored, **to_dict(config)}  # overrides on top of the recorded config
     elif config is None:
-        cfg_data = _sidecar_config(path)
+        cfg_data = stored if stored is not None else _sidecar_config(path)
     else:
         cfg_data = config
     cfg = classifier_config(cfg_data, inferred=(arch, num_outputs), source=str(path))
@@ -487,7 +571,8 @@ def load_backbone_weights(C: Classifier, path: str | Path) -> list[str]:
     state, _ = _read_weights(path)
     state = _strip_prefix(state)
     own = C.backbone.state_dict()
-    fresh = [k for k in own if k.startswith("fc.") and (k not in state or state[k].shape != own[k].shape)]
+    head = ARCHITECTURES[C.arch].head
+    fresh = [k for k in own if k.startswith(head) and (k not in state or state[k].shape != own[k].shape)]
     body = {k: v for k, v in state.items() if k not in fresh}
     bad = [f"{k}: {list(v.shape)} vs {list(own[k].shape)}" for k, v in body.items() if k in own and v.shape != own[k].shape]
     if bad:
@@ -536,8 +621,9 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     import argparse
 
     try:
-        # argparse.Namespace: training scripts often store their args next to the weights.
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        # Training scripts often store their args (argparse.Namespace) and numpy scalars (val
+        # accuracy) next to the weights: allow exactly those, nothing that runs code.
+        with torch.serialization.safe_globals([argparse.Namespace, *_numpy_scalar_globals()]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc)) or re.search(r"Unsupported global: ([\w.]+)", str(exc))
@@ -550,6 +636,15 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable torch checkpoint: {_reason(exc)}") from exc
     return _unwrap_state_dict(obj, path)
+
+
+def _numpy_scalar_globals() -> list[Any]:
+    """numpy scalar reconstruction (numpy 2 and numpy 1.x pickle names) and dtype classes."""
+    import numpy as np
+
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return [np.dtype, scalar, (scalar, "numpy.core.multiarray.scalar"), *dtypes]
 
 
 def _reason(exc: BaseException) -> str:
@@ -605,12 +700,13 @@ def infer_architecture(state: Mapping[str, torch.Tensor], *, source: str = "chec
     matches, the CheckpointError names ``source``, the known architectures and the closest
     one's missing/unexpected/mis-shaped keys.
     """
-    fc = state.get("fc.weight")
-    if not isinstance(fc, torch.Tensor) or fc.ndim != 2:
+    heads = {name: a.head_weight for name, a in ARCHITECTURES.items()}
+    fc = next((state[k] for k in dict.fromkeys(heads.values()) if isinstance(state.get(k), torch.Tensor)), None)
+    if fc is None or fc.ndim != 2:
         sample = sorted(state)[:6]
         raise CheckpointError(
-            f"{source}: no classifier head 'fc.weight' [K, features] among its keys (first keys: {sample}); "
-            f"known architectures: {', '.join(ARCHITECTURES)}"
+            f"{source}: no classifier head ({', '.join(sorted(set(heads.values())))}) [K, features] among "
+            f"its keys (first keys: {sample}); known architectures: {', '.join(ARCHITECTURES)}"
         )
     num_outputs = int(fc.shape[0])
     width = int(state["features.0.weight"].shape[0]) if "features.0.weight" in state else 32

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ganviews.classify import Classifier, classifier_config
+from ganviews.classify import ARCHITECTURES, Classifier, classifier_config
 from ganviews.config import to_dict
 from ganviews.errors import CheckpointError, ConfigError
 from ganviews.runtime import item_seed, resolve_device
@@ -64,7 +64,7 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # the official scripts use Adam
     betas: tuple[float, float] = (0.9, 0.999)  # Adam(W) betas
     momentum: float = 0.9  # SGD momentum (Nesterov off)
-    backbone_lr_scale: float = 1.0  # lr factor for everything but ``fc`` (official ImageNet fine-tuning: 0.1)
+    backbone_lr_scale: float = 1.0  # lr factor for all but the output layer (official ImageNet fine-tuning: 0.1)
     scheduler: Literal["cosine", "constant", "plateau"] = "cosine"  # per-epoch lr schedule
     label_smoothing: float = 0.0  # CE / BCE label smoothing
     select: Literal["last", "best"] = "last"  # keep the last epoch or the best validation accuracy
@@ -411,8 +411,9 @@ class GanBatches(_Source):
 
 
 def _make_optimizer(C: Classifier, cfg: TrainConfig) -> torch.optim.Optimizer:
-    head = [p for n, p in C.backbone.named_parameters() if n.startswith("fc.")]
-    body = [p for n, p in C.backbone.named_parameters() if not n.startswith("fc.")]
+    prefix = ARCHITECTURES[C.arch].head
+    head = [p for n, p in C.backbone.named_parameters() if n.startswith(prefix)]
+    body = [p for n, p in C.backbone.named_parameters() if not n.startswith(prefix)]
     groups = [{"params": head}, {"params": body, "lr": cfg.lr * cfg.backbone_lr_scale}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
