@@ -524,20 +524,20 @@ class LatentStore:
             values[name] = self._check_values(name, value, (k, *arr.shape[1:]), arr.dtype)
         if k == 0:
             return
-        status = self._status()
+        order = np.argsort(idx, kind="stable")
+        idx_sorted = idx[order]
+        status = self._read_rows("status", idx_sorted)  # only the touched shards' chunks
         if not overwrite:
-            already = idx[status[idx] == DONE]
+            already = idx_sorted[status == DONE]
             if len(already):
                 raise StoreError(f"{self._path}: indices {already[:10].tolist()} are already done "
                                  "(pass overwrite=True to replace finished results)")
-        order = np.argsort(idx, kind="stable")
-        idx_sorted = idx[order]
         for name, value in values.items():
             self._write_rows(name, idx_sorted, value[order])
             self._fire("after_array", name)
         self._fire("after_data")
         self._write_rows("status", idx_sorted, np.full(k, DONE, np.uint8))
-        stale = idx_sorted[status[idx_sorted] == FAILED]
+        stale = idx_sorted[status == FAILED]
         if len(stale):  # the reason of an earlier failure no longer applies
             self._write_rows("reason", stale, np.full(len(stale), "", dtype=object))
 
@@ -555,9 +555,8 @@ class LatentStore:
         if not len(idx):
             return
         texts = [t or "unspecified" for t in texts]
-        status = self._status()
         if not overwrite:
-            already = idx[status[idx] == DONE]
+            already = idx[self._read_rows("status", idx) == DONE]
             if len(already):
                 raise StoreError(f"{self._path}: indices {already[:10].tolist()} are done; pass "
                                  "overwrite=True to mark finished items failed")

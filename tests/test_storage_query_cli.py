@@ -64,7 +64,7 @@ def test_status_command(tables, capsys):
     out = capsys.readouterr().out
     assert "progress   done 3 (60.0%)  failed 1  pending 1" in out
     assert "shard  start  stop  pending  done  failed" in out
-    assert "     1  Traceback (most recent call last):" in out  # failures grouped by first line
+    assert "     1  RuntimeError: CUDA out of memory" in out  # grouped by the traceback's last line
     assert "i4" in out
 
 

@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     failures = store.failures()
     if len(failures):
         print()
-        print(f"failures ({len(failures)}), by reason:")
-        counts = failures["reason"].str.split("\n").str[0].value_counts()
+        print(f"failures ({len(failures)}), by reason (a traceback's last line):")
+        counts = failures["reason"].map(_last_line).value_counts()
         for reason, count in counts.items():
             print(f"  {count:6d}  {reason[:100]}")
         if args.failures > 0:
@@ -58,3 +58,9 @@ def run(args: argparse.Namespace) -> int:
 def _bar(done: int, total: int, width: int = 20) -> str:
     filled = int(round(width * done / total)) if total else width
     return "#" * filled + "." * (width - filled)
+
+
+def _last_line(reason: str) -> str:
+    """The line that says what went wrong: a traceback's exception line, or the reason itself."""
+    lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
+    return lines[-1] if lines else "(no reason given)"
