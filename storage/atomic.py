@@ -24,7 +24,8 @@ from zarr.storage import LocalStore
 PARTIAL_SUFFIX = ".partial"
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Persist a directory's entries (a rename into it) where the filesystem allows it."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # some filesystems do not allow opening directories
@@ -61,7 +62,7 @@ def atomic_write_bytes(path: str | Path, data: bytes | memoryview, *, durable: b
         tmp.unlink(missing_ok=True)
         raise
     if durable:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     return written
 
 

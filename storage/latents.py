@@ -48,7 +48,7 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 from zarr.errors import ContainsArrayError, ContainsGroupError
 
-from storage.atomic import DurableLocalStore, remove_stale_partials
+from storage.atomic import DurableLocalStore, fsync_dir, remove_stale_partials
 from storage.errors import StoreError
 from storage.identity import code_version, config_hash, diff_mappings, plain
 from storage.manifest import manifest_sha256, read_manifest, validate_manifest, write_manifest
@@ -182,6 +182,8 @@ class LatentStore:
             if frame is not None:
                 write_manifest(frame, tmp / "manifest.parquet")
             cls._move_into_place(tmp, path, overwrite)
+            if durable:
+                fsync_dir(path.parent)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
