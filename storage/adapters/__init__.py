@@ -22,6 +22,7 @@ from storage.adapters._common import SPLITS, AdapterError, AnnotationFileMissing
 from storage.adapters.cars import build_cars
 from storage.adapters.cats import build_cats
 from storage.adapters.celebahq import build_celebahq
+from storage.adapters.digits import build_digits
 from storage.adapters.folder import build_folder
 
 ADAPTERS: dict[str, Callable[..., pd.DataFrame]] = {
@@ -29,6 +30,7 @@ ADAPTERS: dict[str, Callable[..., pd.DataFrame]] = {
     "cars": build_cars,
     "cats": build_cats,
     "folder": build_folder,
+    "digits": build_digits,
 }
 
 
@@ -47,6 +49,7 @@ __all__ = [
     "build_cars",
     "build_cats",
     "build_celebahq",
+    "build_digits",
     "build_folder",
     "build_manifest",
     "seeded_split",
