@@ -120,3 +120,43 @@ def test_store_refuses_other_generator_or_config(tmp_path, gen_path, stylegan2_f
     with pytest.raises(GanviewsError, match=r"shard: index 5 out of range"):
         run_invert_shard(store.path, 5, generator_path=gen_path, align_cfg=ALIGN, inversion_cfg=INV,
                          device="cpu", image_root=tmp_path)
+
+
+def test_cli_invert_creates_resumes_and_refuses_mixing(tmp_path, gen_path, stylegan2_fixtures, capsys) -> None:
+    from ganviews.cli import main
+    from storage import write_manifest
+
+    G = load_generator(gen_path)
+    frame, _ = _dataset(tmp_path, G, n=4, corrupt=(1,))
+    frame["split"] = ["val", "val", "test", "train"]
+    write_manifest(frame, tmp_path / "manifest.parquet")
+    (tmp_path / "inv.yaml").write_text(
+        "align:\n  resolution: 32\ninvert:\n  steps: 2\n  lpips_net: lpips-random\n  batch_size: 2\n"
+    )
+    base = [str(tmp_path / "manifest.parquet"), str(tmp_path / "store"), "--config", str(tmp_path / "inv.yaml"),
+            "--split", "val,test", "--shard-size", "2", "--device", "cpu"]
+    assert main(["invert", *base, "--generator", str(gen_path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 images inverted, 1 failed" in out and "the store now has 2/3 done" in out
+    store = LatentStore.open(tmp_path / "store")
+    assert store.image_ids.tolist() == ["id0", "id1", "id2"]  # the train row is not in the store
+    assert store.attrs["config"]["invert"]["steps"] == 2 and "batch_size" not in store.attrs["config"]["invert"]
+    assert store.attrs["generator_sha256"] == G.sha256 and store.attrs["encoder_sha256"] is None
+    # Rerun of one shard: nothing done is redone, the failed item is retried (and fails again).
+    assert main(["invert", *base, "--generator", str(gen_path), "--shards", "0:1"]) == 0
+    assert "1 to do → 0 done, 1 failed" in capsys.readouterr().out
+    # Another generator or another config is refused with one clear line (exit code 2).
+    assert main(["invert", *base, "--generator", str(stylegan2_fixtures / "rosinality-res32.pt")]) == 2
+    assert "made with generator sha256" in capsys.readouterr().err
+    assert main(["invert", *base, "--generator", str(gen_path), "--steps", "5"]) == 2
+    assert "config.invert.steps: stored 2, given 5" in capsys.readouterr().err
+    assert main(["invert", *base, "--generator", str(gen_path), "--shards", "7"]) == 2
+    assert "--shards: '7' outside 0…1" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("inversion:\n  steps: 2\n")
+    bad = [*base[:2], "--config", str(tmp_path / "bad.yaml")]
+    assert main(["invert", *bad, "--generator", str(gen_path)]) == 2
+    assert "unknown section(s) ['inversion']" in capsys.readouterr().err
+    # --overwrite starts over with the new settings.
+    assert main(["invert", *base, "--generator", str(gen_path), "--steps", "1", "--overwrite"]) == 0
+    store = LatentStore.open(tmp_path / "store")
+    assert store.read([0])["iterations"].tolist() == [1]

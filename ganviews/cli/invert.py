@@ -1,0 +1,159 @@
+"""``ganviews invert``: align and invert the images of a manifest into a latent store
+(paper Sec. 3.2; docs/inversion.md).
+
+    ganviews invert MANIFEST STORE --generator G.pkl [--encoder E.safetensors] [--config inv.yaml]
+        [--split val,test] [--shards all|0:4|0,2,5-7] [--shard-size 64] [--device auto] [--overwrite]
+
+The YAML holds two optional sections, ``align:`` (AlignConfig) and ``invert:``
+(InversionConfig). The store records the generator's and encoder's content hashes and the
+resolved configs; a rerun with the same inputs skips finished items and retries failed
+ones, a different generator, encoder or config is refused (``--overwrite`` starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+CONFIG_SECTIONS = ("align", "invert")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "invert",
+        help="align and invert a manifest's images into a latent store (resumable, by shard)",
+        description="Load, align, encode and optimise w+ for every image of MANIFEST (optionally "
+        "only some splits), writing w*, w_init, losses, PSNR/LPIPS and uint8 aligned / mask / "
+        "reconstruction images into STORE shard by shard. Done items are skipped on rerun.",
+    )
+    parser.add_argument("manifest", metavar="MANIFEST", help="dataset manifest (Parquet)")
+    parser.add_argument("store", metavar="STORE", help="latent store (Zarr), created if absent")
+    parser.add_argument("--generator", required=True, metavar="G", help="generator checkpoint (.pkl/.pt/.safetensors)")
+    parser.add_argument("--encoder", metavar="E", help="RGBM encoder checkpoint (default: start from G's mean w)")
+    parser.add_argument("--config", metavar="YAML", help="YAML with `align:` and `invert:` sections")
+    parser.add_argument("--split", metavar="S[,S]", help="only these manifest splits, e.g. val,test (default all rows)")
+    parser.add_argument("--shards", default="all", help="all, a:b (end exclusive) or 0,2,5-7 (default all)")
+    parser.add_argument("--shard-size", type=int, default=64, metavar="K", help="images per shard (default 64)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 … (default auto)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming it")
+    parser.add_argument("--steps", type=int, metavar="N", help="override invert.steps")
+    parser.add_argument("--batch-size", type=int, metavar="B", help="override invert.batch_size")
+    parser.add_argument("--lpips-weights-dir", metavar="DIR",
+                        help="folder holding alexnet-owt-7be5be79.pth / vgg16-397923af.pth (searched before the torch cache)")
+    parser.add_argument("--image-root", metavar="DIR", help="base of relative manifest paths (default: the manifest's folder)")
+    parser.set_defaults(func=run)
+
+
+def parse_shards(text: str, n_shards: int) -> list[int]:
+    """``all``, ``a:b`` (end exclusive, either side optional) or ``0,2,5-7`` → shard indices."""
+    from ganviews.errors import ConfigError
+
+    text = text.strip()
+    if text == "all":
+        return list(range(n_shards))
+    m = re.fullmatch(r"(\d*):(\d*)", text)
+    if m:
+        lo, hi = int(m[1] or 0), int(m[2] or n_shards)
+        if not lo < hi <= n_shards:
+            raise ConfigError(f"--shards {text!r}: need 0 ≤ a < b ≤ {n_shards} (the store has {n_shards} shards)")
+        return list(range(lo, hi))
+    out: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m:
+            raise ConfigError(f"--shards: {part!r} is not all, a:b, an index or a range a-b (got {text!r})")
+        lo, hi = int(m[1]), int(m[2] or m[1])
+        if hi < lo or hi >= n_shards:
+            raise ConfigError(f"--shards: {part!r} outside 0…{n_shards - 1}")
+        out.extend(range(lo, hi + 1))
+    return sorted(set(out))
+
+
+def load_config(path: str | None, args: argparse.Namespace):
+    """(AlignConfig, InversionConfig) from the YAML sections and the command-line overrides."""
+    from ganviews.config import load_yaml
+    from ganviews.errors import ConfigError
+    from tasks.invert import resolve_configs
+
+    data = load_yaml(path) if path else {}
+    unknown = sorted(set(data) - set(CONFIG_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {unknown}; allowed: {list(CONFIG_SECTIONS)}")
+    inv = dict(data.get("invert") or {})
+    for key, value in (("steps", args.steps), ("batch_size", args.batch_size)):
+        if value is not None:
+            inv[key] = value
+    return resolve_configs(data.get("align") or {}, inv)
+
+
+def select_splits(manifest, splits: str | None):
+    """Rows of the manifest whose split is in the comma-separated ``splits`` (all when None)."""
+    from ganviews.errors import ConfigError
+
+    if not splits:
+        return manifest
+    wanted = [s.strip() for s in splits.split(",") if s.strip()]
+    present = sorted(set(manifest["split"]))
+    missing = [s for s in wanted if s not in present]
+    if missing:
+        raise ConfigError(f"--split: {missing} not in the manifest (its splits: {present})")
+    frame = manifest[manifest["split"].isin(wanted)].reset_index(drop=True)
+    frame.attrs = dict(manifest.attrs)
+    return frame
+
+
+def open_store(path: str, manifest, G, E, align_cfg, inv_cfg, *, shard_size: int, overwrite: bool):
+    """Create the store (or replace it with ``overwrite``), or reopen it checking its identity."""
+    from pathlib import Path
+
+    from storage import LatentStore
+    from tasks.invert import check_store_models, store_attrs
+
+    attrs = store_attrs(G, E, align_cfg, inv_cfg)
+    layout = dict(n_images=len(manifest), num_ws=G.num_ws, w_dim=G.w_dim, shard_size=shard_size)
+    if overwrite:
+        return LatentStore.create(path, **layout, attrs=attrs, manifest=manifest, overwrite=True)
+    if (Path(path) / "zarr.json").is_file():
+        check_store_models(LatentStore.open(path, mode="r"), G, E)
+    return LatentStore.open_or_create(path, **layout, attrs=attrs, manifest=manifest)
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from ganviews.errors import ConfigError
+    from ganviews.runtime import resolve_device, set_numerics_policy
+    from storage import read_manifest
+    from tasks.invert import invert_shard_with, load_inversion_models
+
+    if args.shard_size < 1:
+        raise ConfigError(f"--shard-size: must be ≥ 1, got {args.shard_size}")
+    align_cfg, inv_cfg = load_config(args.config, args)
+    manifest = select_splits(read_manifest(args.manifest), args.split)
+    if not len(manifest):
+        raise ConfigError(f"{args.manifest}: no rows to invert")
+    device = resolve_device(args.device)
+    set_numerics_policy(device)
+    G, E, P = load_inversion_models(args.generator, args.encoder, inv_cfg, device=device,
+                                    lpips_weights_dir=args.lpips_weights_dir)
+    store = open_store(args.store, manifest, G, E, align_cfg, inv_cfg, shard_size=args.shard_size,
+                       overwrite=args.overwrite)
+    shards = parse_shards(args.shards, len(store.shards()))
+    image_root = Path(args.image_root) if args.image_root else Path(args.manifest).resolve().parent
+    print(f"inverting {len(shards)} of {len(store.shards())} shards of {store.path} on {device} "
+          f"({inv_cfg.optimizer}, {inv_cfg.steps} steps, batch {inv_cfg.batch_size})", flush=True)
+    done = failed = 0
+    t0 = time.perf_counter()
+    for k in shards:
+        s = invert_shard_with(store, k, G, E, P, align_cfg=align_cfg, inversion_cfg=inv_cfg,
+                              image_root=image_root)
+        done, failed = done + s["done"], failed + s["failed"]
+        extra = f", mean loss {s['mean_loss']:.4f}, PSNR {s['mean_psnr']:.2f} dB" if s["done"] else ""
+        print(f"shard {k} [{s['shard']}]: {s['todo']} to do → {s['done']} done, {s['failed']} failed"
+              f"{extra}, {s['seconds']:.1f} s", flush=True)
+    total = len(store.done())
+    print(f"{done} images inverted, {failed} failed in {time.perf_counter() - t0:.1f} s; "
+          f"the store now has {total}/{store.n_images} done, {len(store.failed())} failed "
+          f"(`ganviews status {args.store}` lists the reasons)")
+    return 0
