@@ -405,51 +405,46 @@ def render_and_classify(
     )
     sink = _Sink(groups, n, list(classifiers), device)
     with autocast:
-        _shared_views(G, classifiers, w, images, groups, sink, config, res)
         _gan_views(G, classifiers, w, groups, sink, config, image_ids, seed, c, pca, res)
         _image_views(classifiers, images, groups, sink, config, image_ids, seed, res)
     return sink.results()
 
 
-def _shared_views(G, classifiers, w, images, groups, sink, config, res):
-    """View 0 (the original) for every group and view 1 (G(w*)) for every GAN/combined group."""
-    gan_groups = [gi for gi, g in enumerate(groups) if g.kind != "image"]
-    for rows in _chunks(range(w.shape[0]), config.batch_size):
-        rows = list(rows)
-        orig = images[rows]  # [B, 3, H, W]
-        logits0 = _classify(classifiers, orig)
-        recon = None
-        if gan_groups:
-            recon = G.synthesis(w[rows], noise_mode=config.noise_mode)  # [B, 3, R, R]
-            logits1 = _classify(classifiers, recon)
-        for gi in range(len(groups)):
-            for name in classifiers:
-                sink.put(gi, rows, [0] * len(rows), name, logits0[name])
-                if groups[gi].kind != "image":
-                    sink.put(gi, rows, [1] * len(rows), name, logits1[name])
-            if config.persist_views:
-                sink.put_views(gi, rows, [0] * len(rows), to_uint8(orig, res), res)
-                if groups[gi].kind != "image":
-                    sink.put_views(gi, rows, [1] * len(rows), to_uint8(recon, res), res)
+ORIGINAL, RECONSTRUCTION = -1, -2  # pseudo-groups of views 0 and 1, shared by every group
+
+
+def _targets(groups: Sequence[ViewGroup], gi: int) -> list[int]:
+    """The groups a job's logits go to: itself, or every group sharing view 0 / view 1."""
+    if gi == ORIGINAL:
+        return list(range(len(groups)))
+    if gi == RECONSTRUCTION:
+        return [gj for gj, g in enumerate(groups) if g.kind != "image"]
+    return [gi]
+
+
+def _twins(groups: Sequence[ViewGroup]) -> dict[int, int]:
+    """GAN group index → its "combined_" twin's index, where the config asks for one."""
+    out = {}
+    for gi, g in enumerate(groups):
+        for gj, h in enumerate(groups):
+            if (
+                g.kind == "gan"
+                and h.kind == "combined"
+                and h.method == "combined_" + g.method
+                and h.setting == g.setting
+            ):
+                out[gi] = gj
+    return out
 
 
 def _gan_views(G, classifiers, w, groups, sink, config, image_ids, seed, c, pca, res):
-    """Views 2..N of every GAN group (and its combined twin), batched across images and groups."""
+    """View 1 (G(w*)) and views 2..N of every GAN group and its combined twin, in batches
+    that mix images, groups and views; the combined copies join the same classifier call."""
     plain = [gi for gi, g in enumerate(groups) if g.kind == "gan"]
-    twin = {
-        gi: next(
-            (
-                gj
-                for gj, h in enumerate(groups)
-                if h.kind == "combined"
-                and h.method == "combined_" + groups[gi].method
-                and h.setting == groups[gi].setting
-            ),
-            None,
-        )
-        for gi in plain
-    }
-    jobs = [
+    if not plain:
+        return
+    twin = _twins(groups)
+    jobs = [_Job(i, RECONSTRUCTION, 1, 0) for i in range(w.shape[0])] + [
         _Job(i, gi, v, view_seed(seed, image_ids[i], g.base, g.layers, g.sigma, v))
         for gi in plain
         for g in [groups[gi]]
@@ -461,42 +456,34 @@ def _gan_views(G, classifiers, w, groups, sink, config, image_ids, seed, c, pca,
         for gi in sorted({j.group for j in batch}):
             pos = [k for k, j in enumerate(batch) if j.group == gi]
             rows = [batch[k].image for k in pos]
+            if gi == RECONSTRUCTION:
+                ws[pos] = w[rows]
+                continue
             g = groups[gi]
             with torch.autocast(w.device.type, enabled=False):  # w-space maths stays in fp32
                 ws[pos] = perturb_from_seeds(
-                    G,
-                    w[rows],
-                    [batch[k].seed for k in pos],
-                    method=g.base,
-                    layers=g.layers,
-                    setting=g.sigma,
-                    pca=pca,
-                    pca_components=config.pca_components,
+                    G, w[rows], [batch[k].seed for k in pos], method=g.base, layers=g.layers,
+                    setting=g.sigma, pca=pca, pca_components=config.pca_components,
                     c=None if c is None else c[rows],
-                )
-        rendered = G.synthesis(ws, noise_mode=config.noise_mode)  # [B, 3, R, R]
-        _emit(classifiers, rendered, batch, sink, config, res)
-        combo = [k for k, j in enumerate(batch) if twin[j.group] is not None]
+                )  # fmt: skip
+        pixels = G.synthesis(ws, noise_mode=config.noise_mode)  # [B, 3, R, R]
+        combo = [k for k, j in enumerate(batch) if j.group in twin]
         if combo:
+            seeds = [jitter_seed(batch[k].seed) for k in combo]
             jittered = augment(
-                rendered[combo],
-                [jitter_seed(batch[k].seed) for k in combo],
-                "combined",
-                config=config.jitter,
-            )
-            _emit(
-                classifiers,
-                jittered,
-                [dataclasses.replace(batch[k], group=twin[batch[k].group]) for k in combo],
-                sink,
-                config,
-                res,
-            )
+                pixels[combo], seeds, "combined", config=config.jitter
+            )  # [B', 3, R, R]
+            pixels = torch.cat([pixels, jittered.to(pixels.dtype)])  # [B + B', 3, R, R]
+            batch = [
+                *batch,
+                *(dataclasses.replace(batch[k], group=twin[batch[k].group]) for k in combo),
+            ]
+        _emit(classifiers, pixels, batch, groups, sink, config, res)
 
 
 def _image_views(classifiers, images, groups, sink, config, image_ids, seed, res):
-    """Views 1..N−1 of the image groups ("color", "crop")."""
-    jobs = [
+    """View 0 (the original) of every group and views 1..N−1 of the image groups."""
+    jobs = [_Job(i, ORIGINAL, 0, 0) for i in range(images.shape[0])] + [
         _Job(i, gi, v, image_view_seed(seed, image_ids[i], g.base, v))
         for gi, g in enumerate(groups)
         if g.kind == "image"
@@ -507,30 +494,28 @@ def _image_views(classifiers, images, groups, sink, config, image_ids, seed, res
         out = torch.empty(len(batch), *images.shape[1:], device=images.device)  # [B, 3, H, W]
         for gi in sorted({j.group for j in batch}):
             pos = [k for k, j in enumerate(batch) if j.group == gi]
-            out[pos] = augment(
-                images[[batch[k].image for k in pos]],
-                [batch[k].seed for k in pos],
-                groups[gi].base,
-                config=config.jitter,
-            ).float()
-        _emit(classifiers, out, batch, sink, config, res)
+            rows = [batch[k].image for k in pos]
+            if gi == ORIGINAL:
+                out[pos] = images[rows]
+                continue
+            seeds = [batch[k].seed for k in pos]
+            out[pos] = augment(images[rows], seeds, groups[gi].base, config=config.jitter).float()
+        _emit(classifiers, out, batch, groups, sink, config, res)
 
 
 def _emit(
-    classifiers,
-    pixels: torch.Tensor,
-    batch: Sequence[_Job],
-    sink: _Sink,
-    config: ViewConfig,
-    res: int,
+    classifiers, pixels, batch: Sequence[_Job], groups, sink: _Sink, config: ViewConfig, res: int
 ):
+    """Classify one batch and scatter its logits (and uint8 copies) into the groups' tables."""
     logits = _classify(classifiers, pixels)
     small = to_uint8(pixels, res) if config.persist_views else None
     for gi in sorted({j.group for j in batch}):
         pos = [k for k, j in enumerate(batch) if j.group == gi]
         rows, views = [batch[k].image for k in pos], [batch[k].view for k in pos]
-        for name in classifiers:
-            sink.put(gi, rows, views, name, logits[name][pos])
-        sink.put_seeds(gi, rows, views, [batch[k].seed for k in pos])
-        if small is not None:
-            sink.put_views(gi, rows, views, small[pos], res)
+        for gt in _targets(groups, gi):
+            for name in classifiers:
+                sink.put(gt, rows, views, name, logits[name][pos])
+            if gi >= 0:
+                sink.put_seeds(gt, rows, views, [batch[k].seed for k in pos])
+            if small is not None:
+                sink.put_views(gt, rows, views, small[pos], res)
