@@ -1,0 +1,161 @@
+"""Inversion throughput: batched per-image L-BFGS vs the paper's one-image-at-a-time loop.
+
+For each batch size B (default 1, 4, 16, 64) the first B images of a fixed pool are inverted
+together for ``--steps`` L-BFGS steps with the full objective (masked L1 + masked LPIPS +
+encoder consistency, the encoder re-run on G(w) at every evaluation). Batch 1 is the
+per-image baseline, run on the first ``--baseline-images`` images one by one. Reported per
+B: images/s, objective evaluations per image, the final-loss distribution, the largest
+difference of an image's final loss from its batch-1 run, and peak memory; then the
+speed-up of the best batch over batch 1.
+
+Costs do not depend on weight values, so randomly initialised networks stand in for trained
+ones: CPU — the shared 32 px fixture generator (or ``--resolution 64``: a random 64 px
+config-f-like generator); GPU — random config-f generators at 256 and 1024 px. LPIPS uses
+the "lpips-random" trunk (same cost as AlexNet with ImageNet weights).
+
+    python benchmarks/bench_invert.py --quick            # smoke run
+    python benchmarks/bench_invert.py --steps 500        # the paper's setting
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ganviews.encoder import Encoder  # noqa: E402
+from ganviews.generator import Generator, GeneratorConfig, load_generator  # noqa: E402
+from ganviews.invert import invert  # noqa: E402
+from ganviews.perceptual import load_perceptual  # noqa: E402
+
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "stylegan2" / "nvidia-ada-res32.pkl"
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({torch.get_num_threads()} torch threads)"
+
+
+def build_generator(resolution: int, device: torch.device):
+    if resolution == 32 and FIXTURE.is_file():
+        return load_generator(FIXTURE, device=device), f"fixture {FIXTURE.name}"
+    torch.manual_seed(0)
+    if resolution <= 64:  # a small config-f-like net for CPU runs
+        cfg = GeneratorConfig(z_dim=128, w_dim=128, img_resolution=resolution, mapping_layers=4,
+                              channel_base=4096, channel_max=128)
+        label = "random small config-f"
+    else:
+        cfg = GeneratorConfig(img_resolution=resolution)  # config-f: 512-d z/w, 8 mapping layers
+        label = "random config-f"
+    G = Generator(cfg).to(device).eval().requires_grad_(False)
+    return G, f"{label} {resolution} px"
+
+
+def peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (GPU, this run)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS peak so far)"
+
+
+def run_one(G, E, P, images, steps: int, batch: int, lpips_resolution):
+    if images.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(images.device)
+    t0 = time.perf_counter()
+    res = invert(G, images, encoder=E, perceptual=P, steps=steps, batch_size=batch,
+                 lpips_resolution=lpips_resolution)
+    if images.device.type == "cuda":
+        torch.cuda.synchronize()
+    return res, time.perf_counter() - t0
+
+
+def bench_resolution(resolution: int, args, device: torch.device) -> None:
+    G, label = build_generator(resolution, device)
+    E = None
+    if not args.no_encoder:
+        torch.manual_seed(1)
+        E = Encoder.for_generator(G, depth=args.encoder_depth).to(device).eval().requires_grad_(False)
+    P = load_perceptual("lpips-random", device=device, resolution=args.lpips_resolution)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    pool = max(args.batches)
+    z = torch.randn(pool, G.z_dim, generator=gen).to(device)
+    with torch.no_grad():
+        images = G.synthesis(G.mapping(z, truncation_psi=0.7)).clamp(-1, 1)  # [pool, 3, R, R]
+    print(f"\n== {label}: num_ws={G.num_ws}, w_dim={G.w_dim}; encoder: "
+          f"{'none' if E is None else f'ResNet-{args.encoder_depth} at {E.resolution} px'}; "
+          f"LPIPS at {args.lpips_resolution or 'full'} resolution; {args.steps} L-BFGS steps")
+    base_n = min(args.baseline_images, pool)
+    t_base, base_loss = 0.0, []
+    for i in range(base_n):
+        res, sec = run_one(G, E, P, images[i : i + 1], args.steps, 1, args.lpips_resolution)
+        t_base += sec
+        base_loss.append(float(res.loss[0]))
+    base_ips = base_n / t_base
+    print(f"{'batch':>5} {'images':>6} {'sec':>8} {'img/s':>8} {'evals/img':>9} "
+          f"{'loss p10/p50/p90':>22} {'max|Δloss| vs B=1':>18}  peak memory")
+    print(f"{1:>5} {base_n:>6} {t_base:>8.1f} {base_ips:>8.3f} {'':>9} "
+          f"{'(per-image loop)':>22} {'0':>18}  {peak_memory(device)}")
+    best = (1, base_ips)
+    for batch in args.batches:
+        if batch == 1:
+            continue
+        res, sec = run_one(G, E, P, images[:batch], args.steps, batch, args.lpips_resolution)
+        ips = batch / sec
+        q = torch.quantile(res.loss.float().cpu(), torch.tensor([0.1, 0.5, 0.9])).tolist()
+        k = min(base_n, batch)
+        diff = max(abs(float(res.loss[i]) - base_loss[i]) for i in range(k))
+        evals = float(res.evaluations.float().mean())
+        print(f"{batch:>5} {batch:>6} {sec:>8.1f} {ips:>8.3f} {evals:>9.1f} "
+              f"{q[0]:>7.4f}/{q[1]:.4f}/{q[2]:.4f} {diff:>18.2e}  {peak_memory(device)}")
+        if ips > best[1]:
+            best = (batch, ips)
+    print(f"best: batch {best[0]} at {best[1]:.3f} img/s = {best[1] / base_ips:.1f}x the per-image loop")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int, default=500, help="L-BFGS steps per image (default 500)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 10 steps, batches 1, 4")
+    parser.add_argument("--batches", default="1,4,16,64")
+    parser.add_argument("--resolutions", default=None, help="default: 32 on CPU, 256,1024 on GPU")
+    parser.add_argument("--baseline-images", type=int, default=2, help="images inverted one by one for B=1")
+    parser.add_argument("--lpips-resolution", type=int, default=None, help="e.g. 256 (NVIDIA projector style)")
+    parser.add_argument("--no-encoder", action="store_true", help="latent term ℓ2 to mean w instead")
+    parser.add_argument("--encoder-depth", type=int, default=34)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.batches = sorted({int(b) for b in args.batches.split(",")} | {1})
+    if args.quick:
+        args.steps, args.batches = 10, [1, 4]
+    resolutions = ([int(r) for r in args.resolutions.split(",")] if args.resolutions
+                   else ([256, 1024] if device.type == "cuda" else [32]))
+    print(f"bench_invert: {machine(device)}; torch {torch.__version__}; float32 "
+          f"(TF32 off during L-BFGS); batches {args.batches}; {args.steps} steps")
+    for r in resolutions:
+        bench_resolution(r, args, device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
