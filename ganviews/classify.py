@@ -335,7 +335,7 @@ class Classifier(nn.Module):
         """[N, 3, H, W] in [-1, 1] → the backbone's input [N, 3, h, w] (differentiable)."""
         _check_images(images)
         pre = self.config.preprocessing
-        x = images.to(self.input_scale.dtype if not images.is_floating_point() else images.dtype)
+        x = images
         if pre.clamp:
             x = x.clamp(-1.0, 1.0)
         x = _trim(x, pre.trim)  # [N, 3, H', W']

@@ -115,16 +115,19 @@ def _store_split(store: LatentStore, task_name: str, split: str, *, need_w: bool
         raise ConfigError(f"{store.path} has no manifest.parquet: splits and labels come from it")
     labels = _label_column(manifest, task_name, f"{store.path}/manifest.parquet")
     idx = np.flatnonzero(manifest["split"].to_numpy() == split)
-    if need_w:
+    has_aligned = ALIGNED in store.array_names()
+    if need_w or has_aligned:  # latents and persisted aligned pixels exist for done images only
         done = np.intersect1d(idx, store.done())
         if len(done) < len(idx):
             log.warning("%s split %s: %d of %d images not inverted (pending/failed), left out",
                         store.path, split, len(idx) - len(done), len(idx))
         idx = done
-    if ALIGNED in store.array_names():
+    if has_aligned:
         images: Any = lambda sub: store.read_array(ALIGNED, idx[sub])  # noqa: E731 - uint8 rows
     else:
         images = lambda sub: load_originals(store, idx[sub], manifest, align=align)  # noqa: E731
+        if len(idx):
+            images(np.array([0]))  # fail now, not after an epoch, if the originals cannot be aligned
     ws = (lambda sub: store.read(idx[sub], ["w"])["w"]) if need_w else None
     return Split(store.image_ids[idx].astype(str).tolist(), labels[idx].astype(np.int64), images, ws)
 

@@ -54,6 +54,9 @@ def dataset(tmp_path_factory, G):
     store.ensure_array("images/aligned", (3, 32, 32), np.uint8)
     pixels = np.stack([np.asarray(Image.open(root / f"im{i:02d}.png")).transpose(2, 0, 1) for i in range(12)])
     store.write_array("images/aligned", list(range(12)), pixels)
+    bare = LatentStore.create(root / "bare-store", 12, G.num_ws, G.w_dim, 4,
+                              attrs={"generator_sha256": G.sha256}, manifest=frame)
+    bare.write(list(range(12)), w=ws.numpy())  # latents, but no persisted aligned images
     return root
 
 
@@ -108,6 +111,8 @@ def test_input_errors(dataset, tmp_path, stylegan2_fixtures):
     with pytest.raises(ConfigError, match=r"rosinality-res32\.pt .* is not the generator the store's latents"):
         run_train_classifier(dataset / "store", task="colour", config=SMALL, out=tmp_path / "c.st", source="recon",
                              generator_path=stylegan2_fixtures / "rosinality-res32.pt")
+    with pytest.raises(ConfigError, match=r"bare-store has no 'images/aligned' array and no align config"):
+        run_train_classifier(dataset / "bare-store", task="colour", config=SMALL, out=tmp_path / "e.st")
     with pytest.raises(ConfigError, match=r"views\.setting: method 'isotropic' needs σ"):
         run_train_classifier(dataset / "store", task="colour", config=SMALL, out=tmp_path / "d.st",
                              source="views", generator_path=stylegan2_fixtures / "nvidia-ada-res32.pkl")
