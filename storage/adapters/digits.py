@@ -19,7 +19,7 @@ the "fine" group driving the 16 px layers. Larger sizes cost CPU time without ad
 
 Split: stratified by class and seeded (:func:`storage.adapters._common.seeded_split`): per class,
 images ordered by ``sha256(f"{seed}/{image_id}")``; the first 20 % are val, the next 20 % test,
-the rest train (60 %). With the default seed 0: 1,077 train / 360 val / 360 test.
+the rest train (60 %). Counts (any seed): 1,079 train / 359 val / 359 test.
 
 Layout written under ``root``: ``images/digit_0000.png`` … (index = row of ``load_digits``)
 and ``labels.csv`` (image, image_id, split, label), so the folder adapter reads it back too.
