@@ -56,7 +56,9 @@ def view_seed(
     seed: int, image_id: str, method: str, layers: str, setting: float | str | None, view: int
 ) -> int:
     """The seed of one GAN view (view ≥ 2), < 2**53; all of the view's randomness comes from it."""
-    key = item_seed(seed, "gan-view", str(image_id), method, layers, format_setting(setting), int(view))
+    key = item_seed(
+        seed, "gan-view", str(image_id), method, layers, format_setting(setting), int(view)
+    )
     return key & ((1 << SEED_BITS) - 1)
 
 
@@ -208,6 +210,12 @@ def check_pca_stats(G, pca: PCAStats | None) -> None:
         )
 
 
+def attach_pca_stats(G, pca: PCAStats) -> None:
+    """Cache ``pca`` on ``G`` (checked against G's hash), so ``perturb`` finds it without an argument."""
+    check_pca_stats(G, pca)
+    G.pca_stats = pca
+
+
 def _group_indices(G, layers: str) -> list[int]:
     groups = G.layer_groups
     if layers not in groups:
@@ -349,6 +357,8 @@ def perturb(
     ``view_seed(seed, image_ids[i], method, layers, setting, first_view + j)``; it depends on
     nothing else. ``image_ids`` is required (views keyed on batch position would change with
     the batch). ``c`` [N, c_dim]: each image's class, needed by stylemix for a conditional G.
+    ``pca``: the statistics for method "pca"; when None, ``G.pca_stats`` is used if set
+    (:func:`attach_pca_stats`).
     """
     assert_shape(w, [None, G.num_ws, G.w_dim], "w")
     n = w.shape[0]
@@ -362,6 +372,7 @@ def perturb(
     if c is not None:
         assert_shape(c, [n, G.c_dim], "c")
     if method == "pca":
+        pca = pca if pca is not None else getattr(G, "pca_stats", None)
         check_pca_stats(G, pca)
     seeds = [
         view_seed(seed, iid, method, layers, setting, first_view + j)

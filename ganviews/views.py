@@ -390,6 +390,7 @@ def render_and_classify(
             raise ValueError(
                 f"layers: group {g.method} needs {g.layers!r}, G has {sorted(G.layer_groups)}"
             )
+    pca = pca if pca is not None else getattr(G, "pca_stats", None)
     if pca is None and any(g.base == "pca" for g in groups if g.kind == "gan"):
         raise ValueError("pca: the config has PCA groups but no PCA statistics were given")
     check_pca_stats(G, pca)

@@ -10,6 +10,7 @@ from ganviews.generator import load_generator
 from ganviews.perturb import (
     PERTURBATIONS,
     PCAStats,
+    attach_pca_stats,
     compute_pca_stats,
     format_setting,
     perturb,
@@ -147,6 +148,20 @@ def test_pca_moves_along_one_top_direction_within_sigma(G, w, pca):
     assert float(beta.abs().max()) <= sigma + 1e-5
     assert float(beta.abs().max()) > sigma / 2  # the range is used
     assert len(set(top.tolist())) > 5  # several directions drawn
+
+
+def test_pca_stats_cached_on_the_generator(stylegan2_fixtures, w, pca):
+    G2 = load_generator(stylegan2_fixtures / "nvidia-ada-res32.pkl")
+    with pytest.raises(ValueError, match="pca: method 'pca' needs PCA statistics"):
+        perturb(G2, w, "pca", "fine", 1.0, n_views=2, image_ids=IDS)
+    attach_pca_stats(G2, pca)
+    cached = perturb(G2, w, "pca", "fine", 1.0, n_views=2, image_ids=IDS)
+    assert torch.equal(
+        cached, perturb(G2, w, "pca", "fine", 1.0, n_views=2, image_ids=IDS, pca=pca)
+    )
+    foreign = PCAStats(pca.mean, pca.components, pca.stdevs, generator_sha256="e" * 64)
+    with pytest.raises(ValueError, match="pca: statistics belong to generator eeeeeeeeeeee"):
+        attach_pca_stats(G2, foreign)
 
 
 def test_pca_components_limit(G, w, pca):
