@@ -203,11 +203,16 @@ def run_train_classifier(
     G = _generator(generator_path, store, dev) if need_w else None
     pca = _pca(store, G, scfg, dev)
     c = _classes(store, G, class_column, train_split)
-    batches = make_batches(scfg, labels=tr.labels, image_ids=tr.ids, images=tr.images, ws=tr.ws, G=G,
-                           pca=pca, c=c, seed=seed)
+    try:
+        batches = make_batches(scfg, labels=tr.labels, image_ids=tr.ids, images=tr.images, ws=tr.ws, G=G,
+                               pca=pca, c=c, seed=seed)
+    except ValueError as exc:  # argument checks of the batch source → one clean line in the CLI
+        raise ConfigError(f"views: {exc}") from exc
     val = make_batches(SourceConfig(source="real", batch_size=scfg.batch_size, flip=False), labels=va.labels,
                        image_ids=va.ids, images=va.images, shuffle=False) if va is not None else None
-    hyper = {k: v for k, v in asdict(tcfg).items() if k != "select" or val is not None}
+    if val is None and (tcfg.scheduler == "plateau" or tcfg.select == "best"):
+        raise ConfigError(f"train: scheduler={tcfg.scheduler!r} / select={tcfg.select!r} need a validation split")
+    hyper = asdict(tcfg)
     result = train_classifier(C, batches, device=dev, seed=seed, checkpoint=ckpt, resume=resume,
                               val_batches=val, **hyper)
     save_classifier(C, out)

@@ -113,6 +113,13 @@ def test_input_errors(dataset, tmp_path, stylegan2_fixtures):
                              generator_path=stylegan2_fixtures / "rosinality-res32.pt")
     with pytest.raises(ConfigError, match=r"bare-store has no 'images/aligned' array and no align config"):
         run_train_classifier(dataset / "bare-store", task="colour", config=SMALL, out=tmp_path / "e.st")
+    with pytest.raises(ConfigError, match=r"views: layers: 'top'; allowed"):
+        run_train_classifier(dataset / "store", task="colour", config=SMALL, out=tmp_path / "f.st", source="views",
+                             generator_path=stylegan2_fixtures / "nvidia-ada-res32.pkl",
+                             views={"method": "stylemix", "layers": "top"})
+    with pytest.raises(ConfigError, match=r"train: scheduler='plateau' .* need a validation split"):
+        run_train_classifier(dataset / "manifest.parquet", task="colour", config=SMALL, out=tmp_path / "g.st",
+                             val_split=None, train={"scheduler": "plateau"}, align={"resolution": 32})
     with pytest.raises(ConfigError, match=r"views\.setting: method 'isotropic' needs σ"):
         run_train_classifier(dataset / "store", task="colour", config=SMALL, out=tmp_path / "d.st",
                              source="views", generator_path=stylegan2_fixtures / "nvidia-ada-res32.pkl")
