@@ -90,6 +90,14 @@ def test_eval_output_does_not_depend_on_batch_mates():
     torch.testing.assert_close(E(x[2:3]), E(x)[2:3], rtol=1e-5, atol=1e-5)
 
 
+def test_group_norm_float64_and_batch_of_one(G):
+    result = train_encoder(G, steps=1, batch_size=1, config=EncoderConfig(norm="group", **SMALL), log_every=1)
+    E = result.encoder.double()
+    ws = E(_images(2, 32).double(), torch.ones(2, 1, 32, 32, dtype=torch.float64))
+    assert ws.dtype == torch.float64 and ws.shape == (2, G.num_ws, G.w_dim)
+    assert not torch.equal(ws, G.mean_w.double().expand_as(ws))  # one step moved the head
+
+
 def test_input_validation_and_config_errors():
     E = Encoder(EncoderConfig(num_ws=4, w_dim=16, **SMALL))
     with pytest.raises(ValueError, match=r"masks: expected shape \[2, 1, 32, 32\], got \[2, 1, 16, 16\]"):
@@ -145,7 +153,7 @@ def test_random_masks_are_deterministic_and_of_three_kinds():
     known = masks.mean(dim=(1, 2, 3))
     full = known == 1
     assert 0.2 < full.float().mean() < 0.4  # full_prob = 0.3
-    # border kind: the known pixels form one rectangle touching at most... and cover ≥ 25 %
+    # border kind: the known pixels form one solid rectangle covering ≥ 0.5² of the frame
     rect = []
     for m in masks[~full, 0]:
         rows, cols = m.any(dim=1).nonzero(), m.any(dim=0).nonzero()
