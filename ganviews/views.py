@@ -270,7 +270,7 @@ def to_uint8(images: torch.Tensor, resolution: int = 0) -> torch.Tensor:
 @dataclass(frozen=True)
 class _Job:
     image: int  # row of the batch
-    group: int  # index into the GAN render keys (or image groups)
+    group: int  # index into view_groups(config), or ORIGINAL / RECONSTRUCTION (shared views)
     view: int  # table view index
     seed: int  # the view's seed
 
@@ -281,6 +281,7 @@ class _Sink:
     def __init__(self, groups: list[ViewGroup], n_images: int, names: Sequence[str], device):
         self.groups, self.n, self.names, self.device = groups, n_images, list(names), device
         self.logits: dict[tuple[int, str], torch.Tensor] = {}
+        self.filled: dict[tuple[int, str], np.ndarray] = {}  # which rows were written
         self.seed = [np.zeros((n_images, g.num_views), np.int64) for g in groups]
         self.has_seed = [np.zeros((n_images, g.num_views), bool) for g in groups]
         self.views: list[np.ndarray | None] = [None] * len(groups)
@@ -291,7 +292,9 @@ class _Sink:
         key = (gi, name)
         if key not in self.logits:
             shape = (self.n, self.groups[gi].num_views, logits.shape[1])
-            self.logits[key] = torch.full(shape, float("nan"), device=self.device)
+            self.logits[key] = torch.zeros(shape, device=self.device)
+            self.filled[key] = np.zeros(shape[:2], bool)
+        self.filled[key][list(images), list(views)] = True
         rows = torch.as_tensor(images, device=self.device)
         cols = torch.as_tensor(views, device=self.device)
         self.logits[key][rows, cols] = logits.float()
@@ -315,11 +318,11 @@ class _Sink:
             image_index = np.repeat(np.arange(self.n, dtype=np.int64), v)
             view = np.tile(np.arange(v, dtype=np.int32), self.n)
             logits = {name: host[(gi, name)].reshape(self.n * v, -1) for name in self.names}
-            for name, arr in logits.items():
-                if np.isnan(arr).all(axis=1).any():
-                    raise RuntimeError(
-                        f"internal: group {g.method}/{g.setting} classifier {name} has unfilled rows"
-                    )
+            missing = [name for name in self.names if not self.filled[(gi, name)].all()]
+            if missing:
+                raise RuntimeError(
+                    f"internal: group {g.method}/{g.setting}: rows of {missing} never written"
+                )
             out.append(
                 GroupLogits(
                     g,
@@ -377,6 +380,8 @@ def render_and_classify(
     n = w.shape[0]
     assert_shape(w, [None, G.num_ws, G.w_dim], "w")
     assert_shape(images, [n, 3, None, None], "images")
+    if n == 0:
+        raise ValueError("w: got 0 images; render_and_classify needs at least one")
     image_ids = [str(i) for i in image_ids]
     if len(image_ids) != n:
         raise ValueError(f"image_ids: expected {n} ids (one per row of w), got {len(image_ids)}")

@@ -346,6 +346,8 @@ def test_render_errors(G, classifiers, batch, config):
         render_and_classify(G, classifiers, w, images, image_ids=IDS, **kw)
     with pytest.raises(ValueError, match="image_ids: ids must be unique"):
         render_and_classify(G, classifiers, w, images, image_ids=["a", "a", "b"], **kw)
+    with pytest.raises(ValueError, match="w: got 0 images"):
+        render_and_classify(G, classifiers, w[:0], images[:0], image_ids=[], **kw)
     with pytest.raises(ValueError, match="classifiers: need at least one"):
         render_and_classify(G, {}, w, images, image_ids=IDS, **kw)
     with pytest.raises(
