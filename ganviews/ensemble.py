@@ -40,6 +40,7 @@ images present in both groups (the others are counted in ``n_dropped``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -77,11 +78,14 @@ class EnsembleConfig:
     combinations: tuple[str, ...] | None = None
     # an image lacking some views: fail, or drop the image (counted in n_dropped)
     on_missing_views: Literal["error", "drop"] = "error"
-    bootstrap_draws: int = 200  # view resamples for bootstrap errors and ensemble-size curves
+    bootstrap_draws: int = 100  # view resamples for bootstrap errors and ensemble-size curves
     # groups that get an ensemble-size curve (best_setting: per classifier and method, on val)
     size_curve: Literal["best_setting", "all", "none"] = "best_setting"
     seed: int = 0  # base seed of the view bootstrap; each group derives its own stream
     chunk_elements: int = 1 << 22  # largest temporary array (elements); bounds memory
+    # BLAS threads while evaluating: the products are small ([N, M] × [M, B]), and threads cost
+    # more than they save (6× the CPU time on 2 cores); None leaves the BLAS setting alone
+    blas_threads: int | None = 1
 
     def __post_init__(self) -> None:
         if self.num_alphas < 2:
@@ -104,6 +108,8 @@ class EnsembleConfig:
             raise ConfigError(
                 f"ensemble.bootstrap_draws: {self.bootstrap_draws} is too small (need ≥ 2)"
             )
+        if self.blas_threads is not None and self.blas_threads < 1:
+            raise ConfigError(f"ensemble.blas_threads: {self.blas_threads} must be ≥ 1 (or null)")
         if self.chunk_elements < 1:
             raise ConfigError(f"ensemble.chunk_elements: {self.chunk_elements} must be ≥ 1")
         for text in self.combinations or ():
@@ -316,6 +322,7 @@ def build_groups(frame: pd.DataFrame, config: EnsembleConfig | None = None) -> l
     groups = []
     index = frame.groupby(list(GROUP_COLUMNS), sort=True, observed=True).indices
     split_col = frame["split"].to_numpy()
+    cols = _columns(frame)
     for key, rows in index.items():
         key = tuple(str(k) for k in key)
         name = "(" + ", ".join(key[:3]) + f", {key[3]!r})"
@@ -327,7 +334,7 @@ def build_groups(frame: pd.DataFrame, config: EnsembleConfig | None = None) -> l
                 raise EnsembleInputError(
                     f"group {name} has {other} rows but no {split} rows: α is chosen on val and reported on test"
                 )
-            parts[split], d, length = _dense_split(frame, pos, name, split, config.on_missing_views)
+            parts[split], d, length = _dense_split(cols, pos, name, split, config.on_missing_views)
             dropped += d
             lengths.add(length)
         if len(lengths) > 1:
@@ -348,28 +355,69 @@ def build_groups(frame: pd.DataFrame, config: EnsembleConfig | None = None) -> l
     return groups
 
 
-def _dense_split(frame: pd.DataFrame, pos: np.ndarray, name: str, split: str, on_missing: str):
-    ids = frame["image_id"].to_numpy()[pos]
-    views = frame["view"].to_numpy().astype(np.int64)[pos]
-    labels = frame["label"].to_numpy().astype(np.int64)[pos]
-    logits = frame["logits"].to_numpy()[pos]
+@dataclass(frozen=True)
+class _Columns:
+    """The table's columns as numpy arrays, converted once (pandas' Arrow strings are slow to index)."""
+
+    id_codes: np.ndarray  # [R] int64 index into id_names
+    id_names: np.ndarray  # [U] image ids (str), sorted
+    views: np.ndarray  # [R] int64
+    labels: np.ndarray  # [R] int64
+    flat: np.ndarray  # [Σ lengths] every row's logits, concatenated
+    offsets: np.ndarray  # [R] int64 start of each row's logits in flat
+    lengths: np.ndarray  # [R] int64 length of each row's logits
+
+
+def _columns(frame: pd.DataFrame) -> _Columns:
+    codes, names = pd.factorize(frame["image_id"], sort=True)
+    flat, lengths = _flat_logits(frame["logits"])
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return _Columns(
+        id_codes=np.asarray(codes, dtype=np.int64),
+        id_names=np.asarray(names, dtype=object),
+        views=frame["view"].to_numpy().astype(np.int64),
+        labels=frame["label"].to_numpy().astype(np.int64),
+        flat=flat,
+        offsets=offsets,
+        lengths=lengths,
+    )
+
+
+def _flat_logits(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The logits column as (all values concatenated, per-row lengths), one pass over the rows."""
+    if isinstance(series.dtype, pd.ArrowDtype):  # Arrow list column: flatten without Python objects
+        import pyarrow as pa
+
+        arr = pa.chunked_array(series.array._pa_array).combine_chunks()
+        if arr.null_count:
+            raise EnsembleInputError("logits column: null values (every row needs its logits)")
+        lengths = arr.value_lengths().to_numpy().astype(np.int64)
+        return arr.flatten().to_numpy(zero_copy_only=False), lengths
+    values = series.to_numpy()
+    try:
+        lengths = np.fromiter((len(x) for x in values), dtype=np.int64, count=len(values))
+    except TypeError as exc:
+        raise EnsembleInputError(
+            f"logits column: every value must be a list of numbers ({exc})"
+        ) from exc
+    flat = np.concatenate(values) if len(values) else np.zeros(0)  # [Σ lengths]
+    return flat, lengths
+
+
+def _dense_split(cols: _Columns, pos: np.ndarray, name: str, split: str, on_missing: str):
+    views, labels, lengths = cols.views[pos], cols.labels[pos], cols.lengths[pos]
     where = f"group {name} {split}"
     if views.min() < 0:
         raise EnsembleInputError(
             f"{where}: negative view index {int(views.min())} (views are 0, 1, 2, …)"
         )
-    try:
-        lengths = np.fromiter((len(x) for x in logits), dtype=np.int64, count=len(logits))
-    except TypeError as exc:
-        raise EnsembleInputError(
-            f"{where}: every logits value must be a list of numbers ({exc})"
-        ) from exc
     if (lengths != lengths[0]).any() or lengths[0] == 0:
         raise EnsembleInputError(
             f"{where}: logits lengths differ within the group: {sorted(set(lengths.tolist()))} "
             "(one classifier has one output size)"
         )
-    codes, uniques = pd.factorize(ids, sort=True)
+    present_ids, codes = np.unique(cols.id_codes[pos], return_inverse=True)  # sorted by id
+    uniques = cols.id_names[present_ids]
     n, v, length = len(uniques), int(views.max()) + 1, int(lengths[0])
     flat = codes * v + views
     counts = np.bincount(flat, minlength=n * v).reshape(n, v)  # [N, V]
@@ -379,7 +427,7 @@ def _dense_split(frame: pd.DataFrame, pos: np.ndarray, name: str, split: str, on
             f"{where}: image {uniques[i]!r} has {counts[i, j]} rows for view {j} (expected one)"
         )
     dense = np.zeros((n * v, length), dtype=np.float64)  # [N·V, L]
-    dense[flat] = np.stack(logits).astype(np.float64)
+    dense[flat] = cols.flat[cols.offsets[pos][:, None] + np.arange(length)]  # [rows, L]
     if not np.isfinite(dense[flat]).all():
         bad = flat[~np.isfinite(dense[flat]).all(axis=1)][0]
         raise EnsembleInputError(
@@ -419,7 +467,7 @@ def _dense_split(frame: pd.DataFrame, pos: np.ndarray, name: str, split: str, on
     logits3 = dense.reshape(n, v, length)[complete]  # [N, V, L]
     first = first[complete]
     _check_labels(name, split, first, max(2, length))
-    ids_out = np.asarray(uniques, dtype=object)[complete]
+    ids_out = uniques[complete]
     return SplitArrays(ids_out, first, probabilities(logits3)), dropped, length
 
 
@@ -501,6 +549,11 @@ def evaluate_groups(
     (used when a large table is evaluated in chunks and the best settings are chosen over all).
     """
     config = config or EnsembleConfig()
+    with _blas_threads(config.blas_threads):
+        return _evaluate_groups(groups, config, size_curve_keys)
+
+
+def _evaluate_groups(groups, config: EnsembleConfig, size_curve_keys) -> EnsembleResults:
     start = time.perf_counter()
     rows, curves = [], []
     jobs = [
@@ -722,18 +775,59 @@ def _bootstrap_counts(
     """Correct test images at each α when the GAN views are resampled with replacement → ``[B, A]``."""
     m = s.gan_views.shape[1]
     draws = _view_draws(m, rng, config.bootstrap_draws)  # [B, M]
-    weights = np.zeros((config.bootstrap_draws, m))  # [B, M]
-    np.add.at(weights, (np.arange(config.bootstrap_draws)[:, None], draws), 1.0 / m)
-    img = s.image_views.mean(axis=1)  # [N, K']
-    out = np.zeros((config.bootstrap_draws, len(alphas)), dtype=np.int64)  # counts: exact spreads
-    n, _, k = s.gan_views.shape
-    step = max(1, config.chunk_elements // max(1, config.bootstrap_draws * k * max(m, len(alphas))))
+    counts = _draw_counts(draws, m, m)  # [B, M]
+    return _weighted_correct(
+        _Flat.of(s), counts, float(m), alphas, chunk_elements=config.chunk_elements
+    )
+
+
+def _draw_counts(draws: np.ndarray, k: int, m: int) -> np.ndarray:
+    """How often each of the ``m`` views occurs among the first ``k`` entries of each draw → ``[B, M]``."""
+    counts = np.zeros((draws.shape[0], m))  # [B, M]
+    np.add.at(counts, (np.arange(draws.shape[0])[:, None], draws[:, :k]), 1.0)
+    return counts
+
+
+@dataclass(frozen=True)
+class _Flat:
+    """A split's GAN views as one matrix for BLAS, and its image side, computed once."""
+
+    views: np.ndarray  # [N·K', M]
+    img: np.ndarray  # [N, K'] mean over the image views
+    labels: np.ndarray  # [N]
+    num_scores: int  # K'
+
+    @classmethod
+    def of(cls, s: _Split) -> _Flat:
+        n, m, kk = s.gan_views.shape
+        views = np.ascontiguousarray(s.gan_views.transpose(0, 2, 1)).reshape(n * kk, m)
+        return cls(views, s.image_views.mean(axis=1), s.labels, kk)
+
+
+def _weighted_correct(
+    s: _Flat, counts: np.ndarray, k: float, alphas: np.ndarray, *, chunk_elements: int
+) -> np.ndarray:
+    """Correct images for ensembles whose GAN side is ``counts @ views / k`` (one per draw) → ``[B, A]``.
+
+    Predictions use k·((1 − α)·image + α·mean) = (1 − α)·k·image + α·(counts @ views): the same
+    class (k > 0) without a division; the weighted sums are one BLAS matrix product per chunk.
+    """
+    n, kk, img = len(s.labels), s.num_scores, s.img
+    b = counts.shape[0]
+    out = np.zeros((b, len(alphas)), dtype=np.int64)  # counts: exact spreads
+    step = max(1, chunk_elements // max(1, b * kk))
     for lo in range(0, n, step):
         hi = min(n, lo + step)
-        g = np.einsum("nmk,bm->bnk", s.gan_views[lo:hi], weights)  # [B, n, K']
+        g = (
+            (s.views[lo * kk : hi * kk] @ counts.T).reshape(hi - lo, kk, b).transpose(0, 2, 1)
+        )  # [n, B, K']
         for j, a in enumerate(alphas):
-            ens = (1.0 - a) * img[None, lo:hi] + a * g  # [B, n, K']
-            out[:, j] += (predict(ens) == s.labels[None, lo:hi]).sum(axis=1)
+            if kk == 1:  # binary margin: a·g + c·img > 0 ⇔ a·g > −c·img (exact in floating point)
+                pos = a * g[..., 0] > (-(1.0 - a) * k * img[lo:hi, 0])[:, None]  # [n, B]
+                out[:, j] += np.count_nonzero(pos == (s.labels[lo:hi, None] == 1), axis=0)
+            else:
+                ens = a * g + ((1.0 - a) * k) * img[lo:hi, None, :]  # [n, B, K']
+                out[:, j] += np.count_nonzero(predict(ens) == s.labels[lo:hi, None], axis=0)
     return out
 
 
@@ -763,17 +857,17 @@ def size_curve_accuracy(
 def _size_curve_split(
     s: _Split, alpha: float, draws: np.ndarray, *, chunk_elements: int = 1 << 22
 ) -> np.ndarray:
-    n, m, k = s.gan_views.shape
-    b = draws.shape[0]
-    img = s.image_views.mean(axis=1)  # [N, K']
-    sizes = np.arange(1, draws.shape[1] + 1, dtype=np.float64).reshape(1, 1, -1, 1)  # [1, 1, M, 1]
-    out = np.zeros((b, draws.shape[1]), dtype=np.int64)  # correct counts
-    step = max(1, chunk_elements // max(1, b * draws.shape[1] * k))
-    for lo in range(0, n, step):
-        hi = min(n, lo + step)
-        g = np.cumsum(s.gan_views[lo:hi][:, draws], axis=2) / sizes  # [n, B, M, K'] prefix means
-        ens = (1.0 - alpha) * img[lo:hi, None, None] + alpha * g  # [n, B, M, K']
-        out += (predict(ens) == s.labels[lo:hi, None, None]).sum(axis=0)
+    m = s.gan_views.shape[1]
+    flat = _Flat.of(s)
+    out = np.zeros(draws.shape, dtype=np.int64)  # [B, K] correct counts
+    counts = np.zeros((draws.shape[0], m))  # [B, M] views among the first k of each draw
+    rows = np.arange(draws.shape[0])
+    alphas = np.array([alpha])
+    for k in range(1, draws.shape[1] + 1):
+        np.add.at(counts, (rows, draws[:, k - 1]), 1.0)
+        out[:, k - 1] = _weighted_correct(
+            flat, counts, float(k), alphas, chunk_elements=chunk_elements
+        )[:, 0]
     return out
 
 
@@ -793,6 +887,19 @@ def size_curves(
     """
     if (keys is None and config.size_curve == "none") or not groups or table.empty:
         return pd.DataFrame(columns=SIZE_COLUMNS)
+    with _blas_threads(config.blas_threads):
+        return _size_curves(groups, table, config, keys)
+
+
+def _blas_threads(limit: int | None):
+    if limit is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=limit, user_api="blas")
+
+
+def _size_curves(groups, table: pd.DataFrame, config: EnsembleConfig, keys) -> pd.DataFrame:
     plain = table[table["kind"] != "combined"]
     wanted = set(map(tuple, plain[list(GROUP_COLUMNS)].to_numpy().tolist()))
     if keys is not None:
