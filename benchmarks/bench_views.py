@@ -12,7 +12,8 @@ weights' values) and a ResNet-18 classifier with its own on-device preprocessing
 - per-image: a loop over images, each rendering and classifying its own N+1 views in one
   batch (the official evaluation loop's shape).
 
-Ratios are measured in the same process. The fused logits are checked against the
+Ratios are measured in the same process, in rounds that alternate over all cases (the
+best of each is kept), so drifting machine load affects every case alike. The fused logits are checked against the
 per-image loop's.
 
     python benchmarks/bench_views.py            # CPU: 32 px narrow generator; CUDA: 256 px config-f
@@ -64,7 +65,9 @@ def parse_args() -> argparse.Namespace:
         default="float32",
         help="autocast dtype",
     )
-    p.add_argument("--rounds", type=int, default=2, help="repetitions per measurement (best kept)")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds over all cases (best kept)"
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument(
         "--quick", action="store_true", help="smoke run: 2 images, N=4, one batch size, one round"
@@ -87,19 +90,6 @@ def device_name(device: torch.device) -> str:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device, rounds: int) -> tuple[float, object]:
-    """Best wall time of ``rounds`` calls after one untimed warm-up call (allocator, kernels)."""
-    fn()
-    best, out = float("inf"), None
-    for _ in range(rounds):
-        sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def view_ws(G, w, ids, n_views, seed):
@@ -203,37 +193,53 @@ def main() -> None:
     )
     print(f"classifier  ResNet-18, input {cres} px (resize + centre crop on the device), 2 logits")
     print(f"work        {n_images} images × (N+1 = {n_views + 1}) classified views = {total}; "
-          f"isotropic fine σ={SIGMA}; dtype {args.amp}; best of {rounds}")  # fmt: skip
+          f"isotropic fine σ={SIGMA}; dtype {args.amp}; best of {rounds} alternating rounds")  # fmt: skip
     print()
 
-    loop_s, loop_logits = timed(
-        lambda: per_image_loop(G, C, w, images, ids, n_views, 0, autocast), device, rounds
-    )
+    cases = {
+        ("per-image", n_views + 1): lambda: per_image_loop(
+            G, C, w, images, ids, n_views, 0, autocast
+        )
+    }
+    for bs in batch_sizes:
+        cfg = ViewConfig(n_views=n_views, gan=(GanGroup("isotropic", "fine", (SIGMA,)),), image_methods=(),
+                         batch_size=bs, dtype=args.amp)  # fmt: skip
+        cases[("disk", bs)] = lambda bs=bs: _disk(G, C, w, images, ids, n_views, bs, autocast)
+        cases[("fused", bs)] = lambda cfg=cfg: render_and_classify(
+            G, {"C": C}, w, images, image_ids=ids, config=cfg, device=device, seed=0
+        )
+    # Rounds alternate over all cases (best kept), so a change in machine load hits every case.
+    best = {key: float("inf") for key in cases}
+    outputs = {key: fn() for key, fn in cases.items()}  # warm-up (allocator, kernels) + results
+    for _ in range(rounds):
+        for key, fn in cases.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            best[key] = min(best[key], time.perf_counter() - t0)
+    loop_s = best[("per-image", n_views + 1)]
+    loop_logits = outputs[("per-image", n_views + 1)]
     print(f"{'mode':<12}{'batch':>6}{'time s':>10}{'views/s':>10}{'× per-image':>13}{'× disk':>8}")
     print(
         f"{'per-image':<12}{n_views + 1:>6}{loop_s:>10.3f}{total / loop_s:>10.1f}{1.0:>13.2f}{'':>8}"
     )
     for bs in batch_sizes:
-        cfg = ViewConfig(n_views=n_views, gan=(GanGroup("isotropic", "fine", (SIGMA,)),), image_methods=(),
-                         batch_size=bs, dtype=args.amp)  # fmt: skip
-        fused_s, groups = timed(
-            lambda cfg=cfg: render_and_classify(
-                G, {"C": C}, w, images, image_ids=ids, config=cfg, device=device, seed=0
-            ),
-            device, rounds,
-        )  # fmt: skip
-        with tempfile.TemporaryDirectory() as tmp:
-            disk_s, _ = timed(
-                lambda bs=bs, tmp=tmp: render_to_disk(G, C, w, images, ids, n_views, 0, bs, Path(tmp), autocast),
-                device, rounds,
-            )  # fmt: skip
-        fused = torch.from_numpy(groups[0].logits["C"]).view(n_images, n_views + 1, -1)
+        disk_s, fused_s = best[("disk", bs)], best[("fused", bs)]
+        fused = torch.from_numpy(outputs[("fused", bs)][0].logits["C"]).view(
+            n_images, n_views + 1, -1
+        )
         diff = float((fused - loop_logits).abs().max())
         print(
             f"{'disk':<12}{bs:>6}{disk_s:>10.3f}{total / disk_s:>10.1f}{loop_s / disk_s:>13.2f}{1.0:>8.2f}"
         )
         print(f"{'fused':<12}{bs:>6}{fused_s:>10.3f}{total / fused_s:>10.1f}{loop_s / fused_s:>13.2f}"
               f"{disk_s / fused_s:>8.2f}   (max |Δlogit| vs per-image {diff:.1e})")  # fmt: skip
+
+
+def _disk(G, C, w, images, ids, n_views, bs, autocast):
+    with tempfile.TemporaryDirectory() as tmp:
+        return render_to_disk(G, C, w, images, ids, n_views, 0, bs, Path(tmp), autocast)
 
 
 if __name__ == "__main__":
