@@ -1,0 +1,179 @@
+"""Fan a stage's shards out: in this process (embedded) or as runs of a deployment (distributed).
+
+Embedded: one concurrent shard per device of ``orchestration.devices`` (every visible GPU, or
+the CPU), each shard handed the device that just became free, on Prefect's thread or
+process-pool task runner. Distributed: each shard becomes a run of the deployment
+``ganviews-shard/<orchestration.deployment>`` on the work pool, created with an idempotency
+key derived from (job, stage, shard, parent run, attempt), so a retry of the parent finds its
+children instead of duplicating them; one worker per GPU (``CUDA_VISIBLE_DEVICES=i``,
+``--limit 1``) takes one shard at a time. Either way progress goes to the run's logs and a
+progress artifact, a table artifact lists every shard's summary at the end, and the latent
+store stays the source of truth (docs/orchestration.md).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.context import FlowRunContext
+from prefect.futures import as_completed
+from prefect.logging import get_run_logger
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+from ganviews.errors import GanviewsError
+from ganviews.pipeline_config import PipelineConfig
+from tasks.common import as_config, device_list, job_name, plain_config, shard_name, shard_task
+
+SHARD_FLOW = "ganviews-shard"
+
+
+class ShardsFailed(GanviewsError):
+    """Some shards of a stage did not complete; ``ganviews resume CONFIG`` picks them up again."""
+
+
+@dataclass
+class ShardReport:
+    stage: str
+    planned: int = 0
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # shard → reason
+
+
+def artifact_key(*parts: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")
+
+
+def _retrying(cfg: PipelineConfig):
+    orch = cfg.orchestration
+    return shard_task.with_options(retries=orch.retries, retry_delay_seconds=list(orch.retry_delay_seconds))
+
+
+class _Progress:
+    """A progress artifact plus one log line per finished shard."""
+
+    def __init__(self, cfg: PipelineConfig, stage: str, total: int):
+        self.total, self.finished, self.stage, self.logger = total, 0, stage, get_run_logger()
+        self.key = artifact_key(job_name(cfg), stage, "progress")
+        self.id = create_progress_artifact(0.0, key=self.key, description=f"{stage}: shards finished of {total}")
+
+    def step(self, shard: Sequence[int], outcome: str) -> None:
+        self.finished += 1
+        update_progress_artifact(self.id, 100.0 * self.finished / self.total)
+        self.logger.info("%s: shard %s %s (%d/%d shards finished)", self.stage, shard_name(shard), outcome,
+                         self.finished, self.total)
+
+
+def run_shards(cfg: PipelineConfig, stage: str, shards: Sequence[Sequence[int]]) -> ShardReport:
+    """Run ``stage`` on every shard (embedded or distributed); ShardsFailed if any did not complete."""
+    report = ShardReport(stage, planned=len(shards))
+    if not shards:
+        get_run_logger().info("%s: every shard is complete, nothing to run", stage)
+        return report
+    progress = _Progress(cfg, stage, len(shards))
+    if cfg.orchestration.mode == "embedded":
+        _run_embedded(cfg, stage, shards, progress, report)
+    else:
+        _run_distributed(cfg, stage, shards, progress, report)
+    rows = [{k: v for k, v in s.items() if not isinstance(v, (dict, list))} for s in report.summaries]
+    rows += [{"shard": k, "stage": stage, "error": v} for k, v in report.failures.items()]
+    create_table_artifact(rows, key=artifact_key(job_name(cfg), stage, "shards"),
+                          description=f"{stage}: one row per shard of this run")
+    if report.failures:
+        first = next(iter(report.failures.items()))
+        raise ShardsFailed(f"{stage}: {len(report.failures)} of {len(shards)} shards did not complete "
+                           f"(first: {first[0]}: {first[1]}); `ganviews resume CONFIG` runs them again")
+    return report
+
+
+def _run_embedded(cfg: PipelineConfig, stage: str, shards, progress: _Progress, report: ShardReport) -> None:
+    devices = device_list(cfg.orchestration.devices)
+    runner_type = ThreadPoolTaskRunner if cfg.orchestration.task_runner == "thread" else ProcessPoolTaskRunner
+    task, params = _retrying(cfg), plain_config(cfg)
+    queue, free, running = deque(shards), list(devices), {}
+    get_run_logger().info("%s: %d shards on %s (%s task runner)", stage, len(shards), ", ".join(devices),
+                          cfg.orchestration.task_runner)
+    with runner_type(max_workers=len(devices)) as runner:
+        while queue or running:
+            while queue and free:  # each free device takes the next shard
+                device, shard = free.pop(0), queue.popleft()
+                future = runner.submit(task, {"config": params, "stage": stage, "shard": list(shard), "device": device})
+                running[future] = (device, shard)
+            future = next(as_completed(list(running)))
+            device, shard = running.pop(future)
+            free.append(device)
+            try:
+                report.summaries.append(future.result())
+                progress.step(shard, f"completed on {device}")
+            except Exception as exc:  # noqa: BLE001 - recorded and reported after the other shards
+                report.failures[shard_name(shard)] = f"{type(exc).__name__}: {exc}"
+                progress.step(shard, f"FAILED on {device}: {type(exc).__name__}: {exc}")
+
+
+def idempotency_key(job: str, stage: str, shard: Sequence[int], parent: str, attempt: int) -> str:
+    """Same (job, stage, shard, parent run, attempt) → the same child run, never a duplicate."""
+    return f"ganviews/{job}/{stage}/{shard_name(shard)}/{parent}/{attempt}"
+
+
+def _run_distributed(cfg: PipelineConfig, stage: str, shards, progress: _Progress, report: ShardReport) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.deployments import run_deployment
+
+    orch, job, params = cfg.orchestration, job_name(cfg), plain_config(cfg)
+    ctx = FlowRunContext.get()
+    parent = str(ctx.flow_run.id) if ctx and ctx.flow_run else "no-parent"
+    name = f"{SHARD_FLOW}/{orch.deployment}"
+    logger = get_run_logger()
+
+    def submit(shard: Sequence[int], attempt: int):
+        return run_deployment(
+            name, parameters={"config": params, "stage": stage, "shard": list(shard)}, timeout=0,
+            idempotency_key=idempotency_key(job, stage, shard, parent, attempt), tags=["ganviews", job, stage],
+            flow_run_name=f"{job}-{stage}-{shard_name(shard)}" + (f"-a{attempt}" if attempt else ""),
+        )  # fmt: skip
+
+    runs = {}  # flow run id → (shard, attempt)
+    for shard in shards:
+        run = submit(shard, 0)
+        runs[run.id] = (tuple(shard), 0)
+    logger.info("%s: %d shard runs of %s on work pool %s", stage, len(shards), name, orch.work_pool)
+    with get_client(sync_client=True) as client:
+        while runs:
+            time.sleep(orch.poll_seconds)
+            found = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(runs))))
+            for run in found:
+                if run.state is None or not run.state.is_final():
+                    continue
+                shard, attempt = runs.pop(run.id)
+                worker = (run.labels or {}).get("prefect.worker.name", "?")
+                if run.state.is_completed():
+                    report.summaries.append({"shard": shard_name(shard), "stage": stage, "flow_run": run.name,
+                                             "worker": worker, "state": run.state.name})
+                    progress.step(shard, f"completed by worker {worker}")
+                elif attempt + 1 < orch.shard_attempts:
+                    logger.warning("%s: shard %s run %s ended %s; attempt %d", stage, shard_name(shard), run.name,
+                                   run.state.name, attempt + 2)
+                    again = submit(shard, attempt + 1)
+                    runs[again.id] = (shard, attempt + 1)
+                else:
+                    report.failures[shard_name(shard)] = f"{run.state.name}: {run.state.message or ''}".strip()
+                    progress.step(shard, f"{run.state.name.upper()} (run {run.name}, worker {worker})")
+
+
+@flow(name=SHARD_FLOW, flow_run_name="{stage}-{shard[0]}-{shard[1]}")
+def shard_flow(config: dict, stage: str, shard: list[int], device: str = "auto") -> dict:
+    """One shard as its own flow run (the deployment the workers run); transient errors retried."""
+    cfg = as_config(config)
+    return _retrying(cfg)(plain_config(cfg), stage, shard, device)

@@ -1,0 +1,105 @@
+"""The pipeline's stages as Prefect flows (Chai et al., CVPR 2021, Sec. 3–4), each thin over tasks/.
+
+Every flow takes ``config`` — a YAML path or the plain dict of a PipelineConfig — and skips
+work whose outputs are complete: the latent store says which images are inverted, the render
+markers which shards' logits are current, the encoder/classifier/PCA files whether those
+exist, the evaluate marker whether the report matches the logits (tasks/common.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.logging import get_run_logger
+
+from flows.shards import run_shards
+from tasks.common import (
+    as_config,
+    classifier_done,
+    encoder_done,
+    evaluate_done,
+    pca_done,
+    pca_needed,
+    pca_stats_task,
+    plain_config,
+    plan_invert,
+    plan_render,
+    prepare_store_task,
+    record_evaluation,
+    train_classifier_stage_task,
+    train_encoder_task,
+)
+from tasks.evaluate import evaluate_ensembles_task
+
+Config = str | dict[str, Any]
+
+
+def _skip(stage: str, why: str) -> dict[str, Any]:
+    get_run_logger().info("%s: skipped (%s)", stage, why)
+    return {"stage": stage, "skipped": why}
+
+
+@flow(name="train-encoder")
+def train_encoder(config: Config) -> dict[str, Any]:
+    """Train the RGBM encoder into models.encoder unless it exists (Eq. 2–3)."""
+    cfg = as_config(config)
+    if not cfg.encoder_training.enabled:
+        return _skip("train_encoder", "encoder_training.enabled is false")
+    if encoder_done(cfg):
+        return _skip("train_encoder", f"{cfg.models.encoder} exists")
+    return train_encoder_task(plain_config(cfg))
+
+
+@flow(name="invert-dataset")
+def invert_dataset(config: Config) -> dict[str, Any]:
+    """Create/reopen the store, plan the shards with pending or failed images, invert them (Sec. 3.2)."""
+    cfg = as_config(config)
+    store = prepare_store_task(plain_config(cfg))
+    report = run_shards(cfg, "invert", plan_invert(cfg))
+    return {"stage": "invert", **store, "shards_run": report.planned, "todo_after": len(plan_invert(cfg))}
+
+
+@flow(name="compute-pca-stats")
+def compute_pca_stats(config: Config) -> dict[str, Any]:
+    """PCA statistics of G's w space next to the store, when a PCA view group needs them (Sec. 3.3)."""
+    cfg = as_config(config)
+    if not pca_needed(cfg):
+        return _skip("pca", "no PCA view group in views.gan")
+    if pca_done(cfg):
+        return _skip("pca", "the store's pca_stats.npz matches the generator, samples and seed")
+    return pca_stats_task(plain_config(cfg))
+
+
+@flow(name="render-and-classify")
+def render_and_classify(config: Config) -> dict[str, Any]:
+    """Render + classify the views of every shard whose logits are missing or stale (Sec. 3.3)."""
+    cfg = as_config(config)
+    report = run_shards(cfg, "render", plan_render(cfg))
+    return {"stage": "render", "shards_run": report.planned,
+            "rows": sum(int(s.get("rows", 0)) for s in report.summaries)}
+
+
+@flow(name="train-classifier")
+def train_classifier(config: Config) -> dict[str, Any]:
+    """Train the configured classifier on real images, reconstructions or views (Eq. 8)."""
+    cfg = as_config(config)
+    if not cfg.classifier_training.enabled:
+        return _skip("train_classifier", "classifier_training.enabled is false")
+    if classifier_done(cfg):
+        return _skip("train_classifier", f"{cfg.models.classifiers[cfg.classifier_training.name].path} exists")
+    return train_classifier_stage_task(plain_config(cfg))
+
+
+@flow(name="evaluate-ensembles")
+def evaluate_ensembles(config: Config) -> dict[str, Any]:
+    """α cross-validation, results table, plots and report (Sec. 3.4), unless the logits are unchanged."""
+    cfg = as_config(config)
+    if evaluate_done(cfg):
+        return _skip("evaluate", "the report is current for these logits")
+    from tasks.common import job_name
+
+    outputs = evaluate_ensembles_task(cfg.paths.logits, cfg.paths.report, store=cfg.paths.store, config=cfg.report,
+                                      artifact_prefix=job_name(cfg))
+    record_evaluation(cfg, outputs)
+    return {"stage": "evaluate", **outputs}
