@@ -485,12 +485,12 @@ class SynthesisNetwork(nn.Module):
 def choose_fused(batch_size: int, device: torch.device) -> bool:
     """Which modulated-conv path ``fused_modconv=None`` uses.
 
-    Measured on CPU (benchmarks/bench_generator.py, docs/generator.md): the non-fused path
-    (scale activations, one plain batched conv) is as fast or faster at every batch size,
-    including 1, because the fused path modulates and reorders an [N, O, I, 3, 3] weight
-    per call and runs a grouped conv. No GPU was measured; the non-fused path is used there
-    too (plain cuDNN convolutions, no per-sample weight tensors). Pass ``fused_modconv=True``
-    to force the fused path; both agree to ~1e-6.
+    Measured on CPU (benchmarks/bench_generator.py, docs/generator.md): from batch 4 up the
+    non-fused path (scale activations, one plain batched conv) is 1.2-2.9x faster, because
+    the fused path modulates and reorders an [N, O, I, 3, 3] weight per call and runs a
+    grouped conv; at batch 1-2 the two are within measurement noise. No GPU was measured;
+    the non-fused path is used there too (plain cuDNN convolutions, no per-sample weight
+    tensors). Pass ``fused_modconv=True`` to force the fused path; both agree to ~1e-6.
     """
     del batch_size, device  # same answer everywhere measured so far
     return False

@@ -21,7 +21,7 @@ from ganviews.runtime import file_sha256
 
 TOL_IMG = 1e-4  # issue 2: max abs error on images, float32 CPU
 TOL_W = 1e-5  # fixture README: observed spread on w / ws
-NVIDIA = ["nvidia-ada-res32", "nvidia-ada-res32-cond", pytest.param("nvidia-ada-res256", marks=pytest.mark.slow)]
+NVIDIA = ["nvidia-ada-res32", "nvidia-ada-res32-cond", "nvidia-ada-res256"]
 
 
 def _ref(folder, name):
