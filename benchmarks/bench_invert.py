@@ -128,6 +128,29 @@ def bench_resolution(resolution: int, args, device: torch.device) -> None:
     print(f"best: batch {best[0]} at {best[1]:.3f} img/s = {best[1] / base_ips:.1f}x the per-image loop")
 
 
+def lpips_cost(args, device: torch.device) -> None:
+    """Forward + backward time of masked LPIPS per image at full size vs area-downsampled."""
+    P_full = load_perceptual("lpips-random", device=device)
+    print(f"\n== masked LPIPS (AlexNet trunk) forward+backward, batch {args.lpips_batch}")
+    for size in (int(s) for s in args.lpips_cost.split(",")):
+        for res in (None, 256, 128):
+            if res is not None and res >= size:
+                continue
+            P = P_full if res is None else load_perceptual("lpips-random", device=device, resolution=res)
+            x = torch.rand(args.lpips_batch, 3, size, size, device=device) * 2 - 1
+            y = (torch.rand_like(x) * 2 - 1).requires_grad_(True)
+            P(y, x).sum().backward()  # warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0, reps = time.perf_counter(), 3
+            for _ in range(reps):
+                P(y, x).sum().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            per = (time.perf_counter() - t0) / reps / args.lpips_batch
+            print(f"  {size:>5} px, LPIPS at {res or size:>5} px: {per * 1e3:8.2f} ms per image")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto")
@@ -140,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-encoder", action="store_true", help="latent term ℓ2 to mean w instead")
     parser.add_argument("--encoder-depth", type=int, default=34)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--lpips-cost", metavar="SIZES", help="only time LPIPS at these sizes, e.g. 256,1024")
+    parser.add_argument("--lpips-batch", type=int, default=4)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
@@ -152,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                    else ([256, 1024] if device.type == "cuda" else [32]))
     print(f"bench_invert: {machine(device)}; torch {torch.__version__}; float32 "
           f"(TF32 off during L-BFGS); batches {args.batches}; {args.steps} steps")
+    if args.lpips_cost:
+        lpips_cost(args, device)
+        return 0
     for r in resolutions:
         bench_resolution(r, args, device)
     return 0

@@ -12,13 +12,12 @@ import copy
 import pytest
 import torch
 
+from ganviews.encoder import Encoder, EncoderConfig
 from ganviews.errors import ConfigError
 from ganviews.generator import load_generator
 from ganviews.invert import InversionConfig, invert, masked_l1, masked_psnr
 from ganviews.lbfgs import Status
 from ganviews.perceptual import load_perceptual
-
-encoder_mod = pytest.importorskip("ganviews.encoder", reason="encoder module not built yet")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -42,8 +41,8 @@ def P():
 
 def _tiny_encoder(G, dtype=torch.float32):
     torch.manual_seed(7)
-    cfg = encoder_mod.EncoderConfig(num_ws=G.num_ws, w_dim=G.w_dim, depth=18, resolution=32, width=8)
-    E = encoder_mod.Encoder(cfg, mean_w=G.mean_w.detach().float())
+    cfg = EncoderConfig(num_ws=G.num_ws, w_dim=G.w_dim, depth=18, resolution=32, width=8)
+    E = Encoder(cfg, mean_w=G.mean_w.detach().float())
     return E.to(dtype).eval().requires_grad_(False)
 
 

@@ -18,6 +18,14 @@ from ganviews.errors import CheckpointError
 from ganviews.perceptual import MaskedLPIPS, load_perceptual
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # two OpenMP threads on a shared 2-core runner spin (10x slower)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def lpips_random():
     return load_perceptual("lpips-random", device="cpu")
