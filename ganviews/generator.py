@@ -13,7 +13,6 @@ for coarse vs fine perturbations.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -303,7 +302,3 @@ def save_generator(G: Generator, path: str | Path) -> Path:
     save_file(state, str(path), metadata=metadata)
     return path
 
-
-def replace_config(config: GeneratorConfig, **changes) -> GeneratorConfig:
-    """``dataclasses.replace`` re-running validation (convenience for callers)."""
-    return dataclasses.replace(config, **changes)
