@@ -133,8 +133,8 @@ def test_failure_messages(tmp_path):
 
 
 def test_registry_names_its_adapters(tmp_path):
-    assert sorted(ADAPTERS) == ["cars", "cats", "celebahq", "folder"]
-    with pytest.raises(AdapterError, match=r"unknown dataset adapter 'imagenet'; available: \['cars', 'cats', 'celebahq', 'folder'\]"):
+    assert sorted(ADAPTERS) == ["cars", "cats", "celebahq", "digits", "folder"]
+    with pytest.raises(AdapterError, match=r"unknown dataset adapter 'imagenet'; available: \['cars', 'cats', 'celebahq', 'digits', 'folder'\]"):
         build_manifest("imagenet", tmp_path)
     with pytest.raises(AdapterError, match=r"folder root '.*nowhere' is not a directory"):
         build_manifest("folder", tmp_path / "nowhere")
