@@ -22,7 +22,6 @@ tests check this to 1e-10 in float64.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import logging
 import math
@@ -423,7 +422,3 @@ def adam_minimize(
         status=status, batch_calls=calls,
     )
 
-
-def config_fields(cls: type) -> list[str]:
-    """Field names of a settings dataclass (for error messages listing what is allowed)."""
-    return [f.name for f in dataclasses.fields(cls)]
