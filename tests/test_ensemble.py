@@ -527,3 +527,25 @@ def test_config_validation_names_the_key():
     assert cfg.alphas.tolist() == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
     assert cfg.combinations == ("crop+pca_fine@2",)
     assert alpha_grid(21)[1] == 0.05 and alpha_grid(21)[-1] == 1.0
+
+
+def test_arrow_list_logits_column_gives_the_same_groups():
+    import pyarrow as pa
+
+    frame = random_table(seed=10, n_val=5, n_test=6)
+    arrow = frame.copy()
+    arrow["logits"] = pd.Series(
+        pd.arrays.ArrowExtensionArray(pa.array([list(x) for x in frame["logits"]], type=pa.list_(pa.float32())))
+    )
+    assert isinstance(arrow["logits"].dtype, pd.ArrowDtype)
+    a, b = evaluate(frame, FAST), evaluate(arrow, FAST)
+    pd.testing.assert_frame_equal(a.table, b.table)
+    pd.testing.assert_frame_equal(a.curves, b.curves)
+
+
+def test_blas_thread_limit_is_optional_and_validated():
+    frame = known_table()
+    free = evaluate(frame, dataclasses.replace(FAST, blas_threads=None)).table
+    pd.testing.assert_frame_equal(free, evaluate(frame, FAST).table)
+    with pytest.raises(ConfigError, match="ensemble.blas_threads: 0 must be ≥ 1"):
+        EnsembleConfig(blas_threads=0)
