@@ -1,0 +1,62 @@
+"""``ganviews resume CONFIG``: finish an interrupted job — only pending and failed items run.
+
+Reads the latent store (the source of truth), shows what is left and which shards were
+cut off (their progress files still say ``running``: a killed worker or process), then
+runs the pipeline again: done images are never recomputed, complete stages are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ganviews.cli.run import add_job_arguments
+
+    parser = subparsers.add_parser(
+        "resume", help="resume an interrupted job: only pending and failed items",
+        description="Show what an earlier run of CONFIG left undone (pending / failed images, interrupted shards) "
+        "and run it; done images and complete stages are skipped.",
+    )
+    add_job_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def interrupted_shards(state_dir) -> list[dict]:
+    """Shard progress records still marked running (their process ended without finishing)."""
+    import json
+    from pathlib import Path
+
+    out = []
+    for path in sorted((Path(state_dir) / "shards").glob("*/*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if record.get("status") == "running":
+            out.append(record)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from ganviews.cli.run import load_job, prepare_environment, print_outcome
+    from ganviews.errors import ConfigError
+
+    cfg = load_job(args)
+    if not (cfg.paths.store / "zarr.json").is_file():
+        raise ConfigError(f"paths.store: no latent store at {cfg.paths.store}; nothing to resume (use `ganviews run`)")
+    prepare_environment(cfg)
+    from flows.pipeline import pipeline, select_stages
+    from storage import LatentStore
+    from tasks.common import job_name, plain_config
+
+    store = LatentStore.open(cfg.paths.store, mode="r")
+    table = store.status_table()
+    print(f"ganviews resume: job {job_name(cfg)}: {int(table['done'].sum())} done, {int(table['pending'].sum())} "
+          f"pending, {int(table['failed'].sum())} failed images in {store.path}", flush=True)
+    for rec in interrupted_shards(cfg.state_dir):
+        print(f"  interrupted: {rec.get('stage')} shard {rec.get('shard')} (pid {rec.get('pid')} on "
+              f"{rec.get('host')}, device {rec.get('device')})", flush=True)
+    stages = select_stages(args.stages)
+    print_outcome(pipeline(plain_config(cfg), stages=stages))
+    return 0

@@ -1,0 +1,91 @@
+"""``ganviews run CONFIG``: the whole pipeline (or some stages) from one YAML (docs/orchestration.md).
+
+    ganviews run configs/example.yaml [--stages invert,render] [--mode embedded|distributed]
+        [--devices cuda:0,cuda:1] [--job NAME]
+
+Stages run in order (train_encoder, invert, train_classifier, pca, render, evaluate); each
+skips what is complete, so a rerun does only pending and failed work. Embedded mode (the
+default) runs on Prefect's local runtime, one concurrent shard per device; distributed mode
+needs ``PREFECT_API_URL`` (a server with the deployments of ``ganviews deploy`` and workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+EXTRA_LOGGERS = "ganviews,tasks,storage,flows"  # library loggers forwarded to the Prefect run logs
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG", help="pipeline YAML (configs/example.yaml documents every key)")
+    parser.add_argument("--stages", default="all",
+                        help="comma-separated subset of train_encoder,invert,train_classifier,pca,render,evaluate "
+                        "(default all)")
+    parser.add_argument("--mode", choices=("embedded", "distributed"), help="override orchestration.mode")
+    parser.add_argument("--devices", metavar="D[,D]", help="override orchestration.devices, e.g. cuda:0,cuda:1 or cpu")
+    parser.add_argument("--job", metavar="NAME", help="override orchestration.job (run names, idempotency keys)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run the pipeline (or some stages) from one YAML config",
+        description="Encoder training, inversion, classifier training, PCA statistics, views + logits and the "
+        "ensemble report, from one YAML. Complete outputs are skipped; shards run one per device (embedded) or "
+        "as deployment runs on a work pool (distributed).",
+    )
+    add_job_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def load_job(args: argparse.Namespace):
+    """The PipelineConfig of CONFIG with the command-line overrides applied."""
+    import dataclasses
+
+    from ganviews.pipeline_config import check_pipeline_config, load_pipeline_config
+
+    cfg = load_pipeline_config(args.config)
+    changes = {}
+    if args.mode:
+        changes["mode"] = args.mode
+    if args.devices:
+        changes["devices"] = tuple(d.strip() for d in args.devices.split(",") if d.strip())
+    if args.job:
+        changes["job"] = args.job
+    if changes:
+        cfg = dataclasses.replace(cfg, orchestration=dataclasses.replace(cfg.orchestration, **changes))
+        check_pipeline_config(cfg)
+    return cfg
+
+
+def prepare_environment(cfg) -> None:
+    """Library logs into the run logs; distributed mode needs a server (one clear line if unset)."""
+    import os
+
+    from ganviews.errors import ConfigError
+
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", EXTRA_LOGGERS)
+    if cfg.orchestration.mode == "distributed" and not os.environ.get("PREFECT_API_URL"):
+        raise ConfigError("orchestration.mode: distributed needs a Prefect server; set PREFECT_API_URL "
+                          "(e.g. http://HOST:4200/api) — see `ganviews deploy` and docs/orchestration.md")
+
+
+def print_outcome(outcome: dict) -> None:
+    for stage, result in outcome.items():
+        if "skipped" in result:
+            print(f"{stage:17s} skipped: {result['skipped']}")
+        else:
+            shown = {k: v for k, v in result.items() if k != "stage" and not isinstance(v, (dict, list))}
+            print(f"{stage:17s} " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_job(args)
+    prepare_environment(cfg)
+    from flows.pipeline import pipeline, select_stages
+    from tasks.common import job_name, plain_config
+
+    stages = select_stages(args.stages)
+    print(f"ganviews run: job {job_name(cfg)}, stages {', '.join(stages)}, {cfg.orchestration.mode} mode", flush=True)
+    print_outcome(pipeline(plain_config(cfg), stages=stages))
+    print(f"store status: ganviews status {cfg.paths.store}")
+    return 0
