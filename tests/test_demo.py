@@ -118,7 +118,7 @@ def test_generator_check_counts_classes(tmp_path: Path):
     assert 0.1 <= stats["mean_max_confidence"] <= 1.0
     other = generator_check(G, C, n=40, batch=7)  # batch-independent (up to float rounding), seeded
     assert other["class_counts"] == stats["class_counts"]
-    assert other["mean_max_confidence"] == pytest.approx(stats["mean_max_confidence"], rel=1e-4)
+    assert other["mean_max_confidence"] == pytest.approx(stats["mean_max_confidence"], rel=1e-3)
     grid = sample_grid(G, tmp_path / "grid.png", rows=2, cols=3)
     from PIL import Image
 
