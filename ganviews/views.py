@@ -93,7 +93,8 @@ class GanGroup:
 
 @dataclass(frozen=True)
 class ViewConfig:
-    """Which views to render and classify, and how (defaults: the official face settings)."""
+    """Which views to render and classify, and how. No GAN groups by default: start from a
+    preset (``view_config(preset="faces")``, PRESETS) for the official grids."""
 
     n_views: int = 32  # N per group: reconstruction + N−1 perturbed (image groups: x + N−1 copies)
     gan: tuple[GanGroup, ...] = ()  # GAN groups; empty → none (use a preset for the official grid)
