@@ -18,7 +18,7 @@ per image follows from the config (docs/quickstart.md states the formula):
 
     invert  = steps · evals_per_step · t_eval
     render  = (1 + Σ_gan (N − 1)) · t_render
-    classify= Σ_classifiers t_cls · (2 + Σ_gan (N − 1) + Σ_combined N + Σ_image (N − 1))
+    classify= Σ_classifiers t_cls · (2 + (#gan + #combined + #image groups) · (N − 1))
 
 ``evals_per_step`` defaults to 1.04, measured over 100-step runs in benchmarks/bench_invert.py
 (docs/inversion.md). FLOP counts (torch's FlopCounterMode) are printed next to the times so
@@ -99,7 +99,8 @@ def work_per_image(cfg) -> tuple[int, int]:
     gan = sum(1 for g in groups if g.kind == "gan")
     combined = sum(1 for g in groups if g.kind == "combined")
     image = sum(1 for g in groups if g.kind == "image")
-    return 1 + gan * (n - 1), 2 + gan * (n - 1) + combined * n + image * (n - 1)
+    # view 0 (x) and view 1 (G(w*)) once; combined groups jitter the N − 1 perturbed renders
+    return 1 + gan * (n - 1), 2 + (gan + combined + image) * (n - 1)
 
 
 def bench_config(path: Path, args, device: torch.device) -> dict:
