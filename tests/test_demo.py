@@ -18,90 +18,102 @@ def _models(root: Path) -> tuple[Path, Path]:
     from ganviews.generator import Generator, GeneratorConfig, save_generator
 
     torch.manual_seed(0)
-    G = Generator(GeneratorConfig(z_dim=8, w_dim=8, img_resolution=16, mapping_layers=1, channels=(8, 8, 8)))
+    G = Generator(GeneratorConfig(z_dim=8, w_dim=8, img_resolution=32, mapping_layers=1, channels=(8, 8, 8, 8)))
     C = build_classifier(ClassifierConfig(arch="smallcnn", num_outputs=10, task="label", width=4,
                                           name="tiny", preprocessing=Preprocessing()))
     return save_generator(G, root / "G.safetensors"), save_classifier(C.eval(), root / "C.safetensors")
 
 
-def _config(root: Path, **changes) -> Path:
+def _config(root: Path) -> Path:
+    """configs/demo.yaml with tiny models, few steps and views (a valid pipeline config)."""
+    from ganviews.cli.demo import DEFAULT_CONFIG
+
     G, C = _models(root)
-    cfg = {
-        "data": {"resolution": 16},
-        "models": {"generator": str(G), "encoder": None, "classifier": str(C), "classifier_name": "tiny",
-                   "task": "label"},
-        "splits": ["val", "test"],
-        "limit_per_split": 6,
-        "shard_size": 4,
-        "threads": 1,
-        "align": {"mode": "none", "resolution": 16},
-        "invert": {"steps": 2, "lambda_lpips": 0.0, "latent_term": "l2", "batch_size": 4},
-        "views": {"n_views": 3, "gan": [{"method": "isotropic", "layers": "fine", "settings": [0.5]},
-                                        {"method": "stylemix", "layers": "coarse"}],
-                  "image_methods": ["crop"], "jitter": {"flip": False}, "persist_views": True},
-        "report": {"gallery_images": 2, "ensemble": {"bootstrap_draws": 10}},
-    }
-    cfg.update(changes)
+    cfg = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    cfg["models"]["generator"] = str(G)
+    cfg["models"]["classifiers"] = {"tiny": {"path": str(C), "task": "label"}}
+    cfg["invert"].update(steps=2, batch_size=4)
+    cfg["pca"]["samples"] = 500
+    cfg["views"].update(n_views=3, batch_size=64, gan=[
+        {"method": "isotropic", "layers": "fine", "settings": [0.5]},
+        {"method": "pca", "layers": "coarse", "settings": [1.0]},
+        {"method": "stylemix", "layers": "coarse"},
+    ], image_methods=["crop"])
+    cfg["report"].update(gallery_images=2, ensemble={"bootstrap_draws": 10})
+    cfg["orchestration"].update(shard_size=4, cpu_threads=1)
     path = root / "demo.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=300):
+        yield
+
+
 def _snapshot(out: Path) -> dict[str, int]:
-    files = [p for p in (out / "logits").rglob("*.parquet")] + list((out / "state").glob("*.json"))
+    files = list((out / "logits").rglob("*.parquet")) + [out / "store" / "pca_stats.npz", out / "report" / "report.md"]
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in files}
 
 
 @pytest.mark.slow
-def test_demo_runs_every_stage_and_resumes_without_recomputing(tmp_path: Path, capsys):
+def test_demo_runs_the_pipeline_flow_and_resumes_without_recomputing(tmp_path: Path, capsys, harness):
     from storage import LatentStore, read_logits
 
     config, out = _config(tmp_path), tmp_path / "out"
-    assert main(["demo", "--out", str(out), "--config", str(config)]) == 0
+    assert main(["demo", "--out", str(out), "--config", str(config), "--limit", "6"]) == 0
     first = capsys.readouterr().out
-    assert "invert: 12 of 12 images to do" in first
+    assert "Prefect flow 'ganviews-pipeline'" in first
+    assert "n_images=12, shards=3, todo=12, shards_run=3, todo_after=0" in first
     assert f"report: {out / 'report' / 'report.md'}" in first
     store = LatentStore.open(out / "store")
-    assert len(store.done()) == 12 and len(store.shards()) == 3
+    assert len(store.done()) == 12
     assert sorted(set(store.manifest()["split"])) == ["test", "val"]
     logits = read_logits(out / "logits")
-    # 12 images × (isotropic_fine, stylemix_coarse: original + recon + 2 views; crop: original + 2 copies)
-    assert len(logits) == 12 * (4 + 4 + 3)
-    assert set(logits["method"]) == {"isotropic_fine", "stylemix_coarse", "crop"}
-    assert {"views/isotropic_fine/0.5", "views/stylemix_coarse/none", "views/crop/none"} <= set(store.array_names())
-    report = (out / "report" / "report.md").read_text()
-    assert "| label | tiny | isotropic_fine | 0.5 |" in report
+    # 12 images × (3 GAN groups: original + recon + 2 views; crop: original + 2 copies)
+    assert len(logits) == 12 * (3 * 4 + 3)
+    assert set(logits["method"]) == {"isotropic_fine", "pca_coarse", "stylemix_coarse", "crop"}
+    assert "views/isotropic_fine/0.5" in store.array_names()
+    assert "| label | tiny | isotropic_fine | 0.5 |" in (out / "report" / "report.md").read_text()
     timings = json.loads((out / "timings.json").read_text())
-    assert {"data", "invert", "views+logits", "report", "total"} <= set(timings)
+    assert {"data", "invert", "pca", "render", "evaluate", "total"} <= set(timings)
+    resolved = yaml.safe_load((out / "pipeline.yaml").read_text())
+    assert resolved["paths"]["store"] == str(out / "store")
 
     w_before = store.read(np.arange(12), ["w"])["w"]
     files_before = _snapshot(out)
-    assert len(files_before) == 3 * 3 + 3  # a logits file per (method, shard) + a marker per shard
-    assert main(["demo", "--out", str(out), "--config", str(config)]) == 0
+    assert main(["demo", "--out", str(out), "--config", str(config), "--limit", "6"]) == 0
     second = capsys.readouterr().out
-    assert "invert: 0 of 12 images to do" in second and "every shard already rendered" in second
-    assert "shard 0000" not in second  # no shard inverted or rendered again
-    assert _snapshot(out) == files_before  # no logits file or marker rewritten
+    assert "todo=0, shards_run=0" in second
+    assert "render" in second and "shards_run=0, rows=0" in second
+    assert "skipped (the report is current for these logits)" in second
+    assert _snapshot(out) == files_before  # no logits file, PCA file or report rewritten
     assert np.array_equal(LatentStore.open(out / "store").read(np.arange(12), ["w"])["w"], w_before)
-    assert json.loads((out / "timings.json").read_text())["invert"] < timings["invert"]
 
-    # --fresh starts over: every image is inverted again
-    assert main(["demo", "--out", str(out), "--config", str(config), "--fresh"]) == 0
-    assert "invert: 12 of 12 images to do" in capsys.readouterr().out
+    # --fresh (with --data-only, to stay quick) removes the store and outputs
+    assert main(["demo", "--out", str(out), "--config", str(config), "--fresh", "--data-only"]) == 0
+    assert not (out / "store").exists() and not (out / "logits").exists()
+    assert (out / "data" / "manifest.parquet").is_file()
 
 
-def test_demo_config_errors_name_the_key(tmp_path: Path, capsys):
+def test_demo_errors_name_the_problem(tmp_path: Path, capsys):
+    from ganviews.cli.demo import DEFAULT_CONFIG
+
+    cfg = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    cfg["views"]["colour"] = 1
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"models": {}, "align": {}, "invert": {}, "views": {}, "colour": 1}))
-    assert main(["demo", "--out", str(tmp_path / "o"), "--config", str(bad)]) == 2
-    assert "unknown key(s) ['colour']" in capsys.readouterr().err
+    bad.write_text(yaml.safe_dump(cfg))
+    assert main(["demo", "--out", str(tmp_path / "o"), "--config", str(bad), "--limit", "2"]) == 2
+    assert "views.colour" in capsys.readouterr().err
+    cfg = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    cfg["models"]["generator"] = str(tmp_path / "nope.safetensors")
     missing = tmp_path / "missing.yaml"
-    missing.write_text(yaml.safe_dump({"data": {"resolution": 16}, "models": {"generator": str(tmp_path / "nope.safetensors"),
-                                                                             "classifier": "x"},
-                                       "align": {}, "invert": {}, "views": {}}))
-    assert main(["demo", "--out", str(tmp_path / "o"), "--config", str(missing)]) == 2
-    err = capsys.readouterr().err
-    assert f"models.generator: {tmp_path / 'nope.safetensors'} not found" in err
+    missing.write_text(yaml.safe_dump(cfg))
+    assert main(["demo", "--out", str(tmp_path / "o"), "--config", str(missing), "--limit", "2"]) == 2
+    assert f"models.generator: {tmp_path / 'nope.safetensors'} not found" in capsys.readouterr().err
     assert main(["demo", "--out", str(tmp_path / "o"), "--config", str(tmp_path / "absent.yaml")]) == 2
     assert "--config:" in capsys.readouterr().err
 
@@ -122,4 +134,5 @@ def test_generator_check_counts_classes(tmp_path: Path):
     grid = sample_grid(G, tmp_path / "grid.png", rows=2, cols=3)
     from PIL import Image
 
-    assert Image.open(grid).size == (3 * 18 + 2, 2 * 18 + 2)
+    side = G.resolution + 2  # padding 2 between and around tiles
+    assert Image.open(grid).size == (3 * side + 2, 2 * side + 2)
