@@ -235,6 +235,32 @@ def main() -> None:
         )
         print(f"{'fused':<12}{bs:>6}{fused_s:>10.3f}{total / fused_s:>10.1f}{loop_s / fused_s:>13.2f}"
               f"{disk_s / fused_s:>8.2f}   (max |Δlogit| vs per-image {diff:.1e})")  # fmt: skip
+    # The disk path's own cost per view, apart from rendering and classifying (CPU work that
+    # a GPU does not speed up): PNG encode + decode at this resolution and at 256 / 1024 px.
+    with torch.no_grad():
+        renders = to_uint8(
+            G.synthesis(w[:1].expand(16, -1, -1), noise_mode="const").float()
+        )  # [16, 3, R, R]
+    print()
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in sorted({res, 256, 1024}):
+            pix = renders if side == res else to_uint8(
+                torch.nn.functional.interpolate(renders.float() / 127.5 - 1, size=(side, side), mode="bilinear")
+            )  # fmt: skip
+            ms = min(png_roundtrip_ms(pix[:4], Path(tmp)) for _ in range(2))
+            print(f"PNG write + read back at {side:>4} px: {ms:7.2f} ms/view on one CPU thread "
+                  f"(caps the disk path at {1000 / ms:,.0f} views/s per thread)")  # fmt: skip
+
+
+def png_roundtrip_ms(pixels: torch.Tensor, folder: Path) -> float:
+    """Milliseconds per image to write and read back uint8 [N, 3, R, R] images as PNG files."""
+    arrays = pixels.permute(0, 2, 3, 1).cpu().numpy()
+    t0 = time.perf_counter()
+    for k, arr in enumerate(arrays):
+        Image.fromarray(arr).save(folder / f"{k}.png")
+    back = [np.asarray(Image.open(folder / f"{k}.png")) for k in range(len(arrays))]
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, back, strict=True))
+    return 1000 * (time.perf_counter() - t0) / len(arrays)
 
 
 def _disk(G, C, w, images, ids, n_views, bs, autocast):
