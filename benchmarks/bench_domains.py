@@ -6,10 +6,9 @@ RGBM ResNet-34 encoder at 256 px, LPIPS with a random AlexNet trunk ("lpips-rand
 cost as the ImageNet one) and each configured classifier's architecture — and measures on the
 chosen device:
 
-* ``t_eval``: one objective evaluation of the inversion per image (masked L1 + LPIPS +
-  encoder consistency, forward + backward): the time of ``invert(..., steps=1 + --steps)``
-  minus that of ``steps=1``, divided by the difference in objective evaluations (so the
-  start-up work cancels), batch ``--batch``;
+* ``t_eval``: one evaluation of the inversion objective per image — loss and gradient of
+  masked L1 + LPIPS + encoder consistency, exactly the call L-BFGS makes inside ``invert()``
+  (``ganviews.invert._Objective``), in exact fp32, batch ``--batch``;
 * ``t_render``: one ``G.synthesis`` per image (no grad), batch ``--batch``;
 * ``t_cls``: one classifier forward per image (its own preprocessing included).
 
@@ -24,7 +23,7 @@ per image follows from the config (docs/quickstart.md states the formula):
 (docs/inversion.md). FLOP counts (torch's FlopCounterMode) are printed next to the times so
 CPU measurements can be rescaled to another device.
 
-    python benchmarks/bench_domains.py --quick                # cats only, 1 step
+    python benchmarks/bench_domains.py --quick                # cats only, 1 round
     python benchmarks/bench_domains.py --device cuda --batch 16
 """
 
@@ -46,10 +45,10 @@ sys.path.insert(0, str(ROOT))
 from ganviews.classify import build_classifier  # noqa: E402
 from ganviews.encoder import Encoder  # noqa: E402
 from ganviews.generator import Generator, GeneratorConfig  # noqa: E402
-from ganviews.invert import invert  # noqa: E402
+from ganviews.invert import _Objective  # noqa: E402  (the objective invert() minimises)
 from ganviews.perceptual import load_perceptual  # noqa: E402
 from ganviews.pipeline_config import load_pipeline_config  # noqa: E402
-from ganviews.runtime import resolve_device, set_numerics_policy  # noqa: E402
+from ganviews.runtime import exact_fp32, resolve_device, set_numerics_policy  # noqa: E402
 from ganviews.views import view_groups  # noqa: E402
 
 # the released classifiers' architecture and preprocessing per config (docs/classifiers.md)
@@ -115,22 +114,16 @@ def bench_config(path: Path, args, device: torch.device) -> dict:
     B = args.batch
     images = (torch.rand(B, 3, R, R, generator=gen) * 2 - 1).to(device)  # [B, 3, R, R]
     masks = torch.ones(B, 1, R, R, device=device)  # [B, 1, R, R]
-    inv = {k: v for k, v in vars(cfg.invert).items() if k not in ("steps", "batch_size", "lpips_net")}
 
     res = {}
-
-    def run_invert(steps: int) -> tuple[float, float]:
-        sync(device)
-        t0 = time.perf_counter()
-        out = invert(G, images, masks, encoder=E, perceptual=P, steps=steps, **inv)
-        sync(device)
-        return time.perf_counter() - t0, float(out.evaluations.float().mean())
-
-    run_invert(0)  # warm-up: start-up work (encoder pass, first loss, final metrics) only
-    t_a, evals_a = run_invert(1)
-    t_b, evals_b = run_invert(1 + args.steps)
-    evals = evals_b - evals_a
-    t_eval = (t_b - t_a) / evals / B  # one objective evaluation per image, start-up work cancelled
+    with torch.no_grad():
+        enc_ref = E(images, masks)  # [B, num_ws, w_dim]: the start and the latent target
+    objective = _Objective(G, images, masks, perceptual=P, encoder=E, latent_mode=cfg.invert.latent_term,
+                           w_ref=enc_ref, enc_ref=enc_ref, cfg=cfg.invert)
+    x0 = enc_ref.reshape(B, -1)  # [B, num_ws·w_dim]: what L-BFGS hands the objective
+    rows = torch.arange(B, device=device)
+    with exact_fp32(device):  # as in invert(): TF32 off
+        t_eval = timed(lambda: objective(x0, rows), device, args.rounds) / B  # loss + gradient, per image
 
     with torch.no_grad():
         ws = G.mapping(torch.randn(B, G.z_dim, generator=gen).to(device), None)  # [B, num_ws, w_dim]
@@ -151,7 +144,7 @@ def bench_config(path: Path, args, device: torch.device) -> dict:
         "render": renders * t_render,
         "classify": n_cls * calls * t_cls,
     }
-    return {"cfg": cfg, "R": R, "t_eval": t_eval, "evals": evals, "t_render": t_render, "t_cls": t_cls,
+    return {"cfg": cfg, "R": R, "t_eval": t_eval, "t_render": t_render, "t_cls": t_cls,
             "renders": renders, "calls": calls, "n_cls": n_cls, "per_image": per_image, **res}
 
 
@@ -161,21 +154,20 @@ def main() -> None:
                         default=[ROOT / "configs" / n for n in ("cats.yaml", "cars.yaml", "celebahq.yaml")])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch", type=int, default=None, help="images per batch (default 1 on CPU, 16 on CUDA)")
-    parser.add_argument("--steps", type=int, default=2, help="extra L-BFGS steps timed (default 2)")
-    parser.add_argument("--rounds", type=int, default=2, help="timed rounds of render/classify (best kept)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per unit after a warm-up (best kept)")
     parser.add_argument("--evals-per-step", type=float, default=1.04, help="objective evaluations per L-BFGS step")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--quick", action="store_true", help="smoke run: cats only, 1 step, 1 round")
+    parser.add_argument("--quick", action="store_true", help="smoke run: cats only, 1 round")
     args = parser.parse_args()
     if args.quick:
-        args.configs, args.steps, args.rounds = [ROOT / "configs" / "cats.yaml"], 1, 1
+        args.configs, args.rounds = [ROOT / "configs" / "cats.yaml"], 1
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     set_numerics_policy(device)
     args.batch = args.batch or (16 if device.type == "cuda" else 1)
     print(f"machine: {machine(device)}; torch {torch.__version__}, {torch.get_num_threads()} threads; float32; "
-          f"batch {args.batch}, {args.steps} timed L-BFGS steps, {args.evals_per_step} evals/step; random weights")
+          f"batch {args.batch}, best of {args.rounds} rounds, {args.evals_per_step} evals/step; random weights")
     print("| config | R | t_eval s/img | t_render s/img | t_cls s/img | renders/img | cls calls/img × classifiers "
           "| invert h/1k | render h/1k | classify h/1k | total h/1k |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -187,7 +179,7 @@ def main() -> None:
               f"{p['classify']:.1f} | {sum(p.values()):.1f} |", flush=True)
         if "flop_eval" in r:
             print(f"  FLOPs per image: G fwd+bwd {r['flop_eval'] / 1e9:.0f} G, render {r['flop_render'] / 1e9:.0f} G, "
-                  f"classifier {r['flop_cls'] / 1e9:.1f} G; objective evals in the timed difference {r['evals']:.1f}/img",
+                  f"classifier {r['flop_cls'] / 1e9:.1f} G",
                   flush=True)
 
 
