@@ -172,7 +172,7 @@ def _run_distributed(cfg: PipelineConfig, stage: str, shards, progress: _Progres
                     progress.step(shard, f"{run.state.name.upper()} (run {run.name}, worker {worker})")
 
 
-@flow(name=SHARD_FLOW, flow_run_name="{stage}-{shard[0]}-{shard[1]}")
+@flow(name=SHARD_FLOW)
 def shard_flow(config: dict, stage: str, shard: list[int], device: str = "auto") -> dict:
     """One shard as its own flow run (the deployment the workers run); transient errors retried."""
     cfg = as_config(config)
