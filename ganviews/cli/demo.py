@@ -68,13 +68,23 @@ def prepare_data(out: Path, *, limit: int | None = None, splits=("val", "test"))
     return path
 
 
+def load_demo_config(path: Path):
+    """configs/demo.yaml (a pipeline config) as a validated PipelineConfig."""
+    from ganviews.errors import ConfigError
+    from ganviews.pipeline_config import load_pipeline_config
+
+    if not Path(path).is_file():
+        raise ConfigError(f"--config: {path} not found")
+    return load_pipeline_config(path)
+
+
 def demo_config(config_path: Path, out: Path, manifest: Path):
     """The demo's PipelineConfig with data.manifest and paths.* pointed into OUT."""
     import dataclasses
 
-    from ganviews.pipeline_config import check_pipeline_config, load_pipeline_config
+    from ganviews.pipeline_config import check_pipeline_config
 
-    cfg = load_pipeline_config(config_path)
+    cfg = load_demo_config(config_path)
     cfg = dataclasses.replace(
         cfg,
         data=dataclasses.replace(cfg.data, manifest=manifest, image_root=None),
