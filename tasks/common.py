@@ -41,6 +41,7 @@ from storage.latents import LatentStore
 
 log = logging.getLogger(__name__)
 
+LIBRARY_LOGGERS = ("ganviews", "tasks", "storage")
 SHARD_STAGES = ("invert", "render", "noop")  # "noop": opens the store and counts (overhead benchmarks)
 
 
@@ -294,6 +295,9 @@ def is_transient(task: Any, task_run: Any, state: Any) -> bool:
       task_run_name="{stage}-{shard[0]}-{shard[1]}")
 def shard_task(config: Mapping[str, Any], stage: str, shard: Sequence[int], device: str = "auto") -> dict[str, Any]:
     """Prefect task around :func:`run_shard` (no result cache: the store says what is done)."""
+    for name in LIBRARY_LOGGERS:  # their per-batch progress reaches the run's logs (PREFECT_LOGGING_EXTRA_LOGGERS)
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.INFO)
     summary = run_shard(config, stage, shard, device=device)
     _logger().info("%s shard %s on %s (pid %d): %s", stage, summary.get("shard", shard_name(shard)), device,
                    os.getpid(), {k: v for k, v in summary.items() if k in ("todo", "done", "failed", "images", "rows",

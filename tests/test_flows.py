@@ -134,3 +134,75 @@ def test_pipeline_embedded_end_to_end_and_rerun(job, harness) -> None:
     assert "skipped" in again["pca"] and "skipped" in again["evaluate"]
     np.testing.assert_array_equal(LatentStore.open(job / "out" / "store").read(np.arange(N_IMAGES), ["w"])["w"], w_before)
     assert mtimes == {p: p.stat().st_mtime_ns for p in (job / "out" / "logits").rglob("*.parquet")}
+
+
+def test_progress_and_table_artifacts(job, harness) -> None:
+    """After the end-to-end test (same module, same harness): per-stage progress at 100 %, shard tables."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tasks.common import as_config, job_name
+
+    name = job_name(as_config(job / "pipeline.yaml"))
+    with get_client(sync_client=True) as client:
+        progress = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{name}-invert-progress"])))
+        table = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{name}-render-shards"])))
+    assert progress and progress[0].type == "progress" and float(progress[0].data) == 100.0
+    assert table and table[0].type == "table"
+    rows = json.loads(table[0].data)
+    assert sorted(r["shard"] for r in rows) == ["00000000-00000008", "00000008-00000016", "00000016-00000024"]
+    assert all(r["images"] == SHARD and r["device"] == "cpu" for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_cli_run_then_resume_retries_failed_images(tmp_path, stylegan2_fixtures, harness, capsys) -> None:
+    """A corrupt image fails (reason kept); after fixing it, `resume` runs only that image."""
+    from ganviews.cli import main
+
+    gen_path = stylegan2_fixtures / "nvidia-ada-res32.pkl"
+    make_dataset(tmp_path, gen_path, n=8)
+    good = (tmp_path / "images" / "img005.png").read_bytes()
+    (tmp_path / "images" / "img005.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    write_config(tmp_path, gen_path, shard_size=4, job="cli-job")
+    config = str(tmp_path / "pipeline.yaml")
+    assert main(["run", config, "--stages", "invert"]) == 0
+    out = capsys.readouterr().out
+    assert "ganviews run: job cli-job, stages invert, embedded mode" in out and "shards_run=2" in out
+    store = LatentStore.open(tmp_path / "out" / "store")
+    assert store.failed().tolist() == [5] and len(store.done()) == 7
+    w_done = store.read(store.done(), ["w"])["w"]
+
+    (tmp_path / "images" / "img005.png").write_bytes(good)
+    assert main(["resume", config, "--stages", "invert"]) == 0
+    out = capsys.readouterr().out
+    assert "7 done, 0 pending, 1 failed images" in out and "shards_run=1" in out and "todo_after=0" in out
+    store = LatentStore.open(tmp_path / "out" / "store")
+    assert len(store.done()) == 8 and store.failures().empty
+    np.testing.assert_array_equal(store.read([0, 1, 2, 3, 4, 6, 7], ["w"])["w"], w_done)  # done items untouched
+    record = json.loads((tmp_path / "out" / "store.state" / "shards" / "invert" / "00000004-00000008.json").read_text())
+    assert record["summary"]["todo"] == 1 and record["summary"]["done"] == 1
+
+
+def test_retry_policy() -> None:
+    """Transient errors (I/O, CUDA OOM) are retried with the configured back-off; input errors are not."""
+    from prefect.states import Failed
+
+    from flows.shards import _retrying, idempotency_key
+    from ganviews.errors import ConfigError
+    from ganviews.pipeline_config import load_pipeline_config
+    from storage.errors import StoreError
+    from tasks.common import is_transient
+
+    for exc, retry in ((OSError("stale NFS file handle"), True), (RuntimeError("CUDA out of memory"), True),
+                       (ConfigError("invert.steps: …"), False), (StoreError("made by something else"), False),
+                       (ValueError("bad shape"), False)):
+        assert is_transient(None, None, Failed(data=exc)) is retry, exc
+    cfg = load_pipeline_config({"data": {"manifest": "m"}, "paths": {"store": "s", "logits": "l", "report": "r"},
+                                "models": {"generator": "g"},
+                                "orchestration": {"retries": 3, "retry_delay_seconds": [1, 5]}}, base_dir="/x")
+    task = _retrying(cfg)
+    assert task.retries == 3 and list(task.retry_delay_seconds) == [1.0, 5.0] and task.retry_condition_fn is is_transient
+    key = idempotency_key("job-1", "invert", (64, 128), "parent-id", 0)
+    assert key == "ganviews/job-1/invert/00000064-00000128/parent-id/0"
+    assert key != idempotency_key("job-1", "invert", (64, 128), "parent-id", 1)

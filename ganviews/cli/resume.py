@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     prepare_environment(cfg)
     from flows.pipeline import pipeline, select_stages
     from storage import LatentStore
-    from tasks.common import job_name, plain_config
+    from tasks.common import check_files, job_name, plain_config
 
     store = LatentStore.open(cfg.paths.store, mode="r")
     table = store.status_table()
@@ -58,5 +58,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  interrupted: {rec.get('stage')} shard {rec.get('shard')} (pid {rec.get('pid')} on "
               f"{rec.get('host')}, device {rec.get('device')})", flush=True)
     stages = select_stages(args.stages)
+    check_files(cfg, stages)
     print_outcome(pipeline(plain_config(cfg), stages=stages))
     return 0

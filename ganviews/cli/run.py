@@ -64,7 +64,11 @@ def prepare_environment(cfg) -> None:
     from ganviews.errors import ConfigError
 
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", EXTRA_LOGGERS)
-    if cfg.orchestration.mode == "distributed" and not os.environ.get("PREFECT_API_URL"):
+    if cfg.orchestration.mode != "distributed":
+        return
+    from prefect.settings import PREFECT_API_URL
+
+    if not (os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()):
         raise ConfigError("orchestration.mode: distributed needs a Prefect server; set PREFECT_API_URL "
                           "(e.g. http://HOST:4200/api) — see `ganviews deploy` and docs/orchestration.md")
 
@@ -82,9 +86,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_job(args)
     prepare_environment(cfg)
     from flows.pipeline import pipeline, select_stages
-    from tasks.common import job_name, plain_config
+    from tasks.common import check_files, job_name, plain_config
 
     stages = select_stages(args.stages)
+    check_files(cfg, stages)  # before any flow starts: a missing file is one line, at once
     print(f"ganviews run: job {job_name(cfg)}, stages {', '.join(stages)}, {cfg.orchestration.mode} mode", flush=True)
     print_outcome(pipeline(plain_config(cfg), stages=stages))
     print(f"store status: ganviews status {cfg.paths.store}")

@@ -1,0 +1,40 @@
+"""CLI failure paths of `ganviews run` / `resume`: one clean line each (no Prefect server here)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_flows import write_config  # noqa: E402
+
+
+def test_cli_errors_are_one_line(tmp_path, stylegan2_fixtures, capsys) -> None:
+    from ganviews.cli import main
+
+    write_config(tmp_path, stylegan2_fixtures / "nvidia-ada-res32.pkl")
+    config = str(tmp_path / "pipeline.yaml")
+    assert main(["resume", config]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ganviews resume: error: paths.store: no latent store at") and "\n" not in err
+    assert main(["run", config, "--stages", "invert,paint"]) == 2
+    assert "stages: ['paint'] not known; choose from ['train_encoder', 'invert'" in capsys.readouterr().err
+    assert main(["run", config, "--devices", "gpu"]) == 2
+    assert "orchestration.devices[0]: 'gpu' is not auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    assert main(["run", config, "--stages", "invert"]) == 2  # no manifest written in this folder
+    assert f"data.manifest: {tmp_path / 'manifest.parquet'} not found" in capsys.readouterr().err
+
+
+def test_distributed_mode_needs_a_server(tmp_path, stylegan2_fixtures, capsys, monkeypatch) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    from ganviews.cli import main
+
+    if PREFECT_API_URL.value():
+        pytest.skip("a Prefect API URL is configured in this environment")
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    write_config(tmp_path, stylegan2_fixtures / "nvidia-ada-res32.pkl")
+    assert main(["run", str(tmp_path / "pipeline.yaml"), "--mode", "distributed"]) == 2
+    assert "orchestration.mode: distributed needs a Prefect server; set PREFECT_API_URL" in capsys.readouterr().err
