@@ -276,8 +276,8 @@ def read_logits(root: str | Path, filters: Mapping[str, object] | None = None, *
             raise StoreError(f"unknown column(s) {unknown}; columns: {LOGITS_SCHEMA.names}")
     table = logits_dataset(root, filters).to_table(filter=expr, columns=list(columns) if columns else None)
     frame = table.to_pandas()
-    if "seed" in frame.columns:  # nullable: views 0/1 have none
-        frame["seed"] = frame["seed"].astype("Int64")
+    if "seed" in frame.columns:  # nullable (views 0/1 have none); exact for all 63-bit seeds
+        frame["seed"] = table.column("seed").to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
     return frame
 
 

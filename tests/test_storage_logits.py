@@ -151,3 +151,30 @@ def test_foreign_parquet_file_is_rejected(tmp_path):
 def test_empty_dataset_reads_as_empty_frame(tmp_path):
     frame = read_logits(tmp_path)
     assert list(frame.columns) == LOGITS_SCHEMA.names and len(frame) == 0
+
+
+def test_large_seeds_survive_a_round_trip(tmp_path):
+    """Seeds are 63-bit: reading them must not pass through float64 (exact above 2**53)."""
+    import pandas as pd
+
+    from storage.logits import read_logits, write_logits
+
+    seeds = [2**62 + 1, 2**53 + 1, None]
+    frame = pd.DataFrame(
+        {
+            "image_id": ["a", "a", "a"],
+            "split": ["val"] * 3,
+            "task": ["t"] * 3,
+            "classifier": ["c"] * 3,
+            "method": ["isotropic_fine"] * 3,
+            "setting": ["0.1"] * 3,
+            "view": [2, 3, 0],
+            "logits": [[0.5], [0.1], [0.2]],
+            "label": [1, 1, 1],
+            "seed": pd.array(seeds, dtype="Int64"),
+        }
+    )
+    write_logits(tmp_path, frame, shard="000-001")
+    back = read_logits(tmp_path).sort_values("view")
+    assert back["seed"].tolist()[1:] == [2**62 + 1, 2**53 + 1]
+    assert back["seed"].isna().tolist() == [True, False, False]
