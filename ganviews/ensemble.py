@@ -13,16 +13,14 @@ their combination with GAN views, and ensemble-size curves with bootstrap errors
 views (Fig. 3–6 and 8).
 
 Computation. Each group is turned once into dense arrays ``probs [N, V, K]`` per split
-(K ≥ 2; a single-logit binary classifier is a sigmoid, expanded to [1 − p, p]; a two-logit
-binary classifier is a softmax). Every ensemble here is linear in the probabilities, so
-predictions are made from *linear class scores*: the probabilities themselves for K ≥ 3,
-and the margin p₁ − p₀ for K = 2 (class 1 iff the margin is > 0). All α are evaluated by
-one broadcast ``(1 − α) · s_image + α · s_gan`` over ``[A, N, K']``, chunked over images to
-bound memory.
+(K ≥ 2; :mod:`ganviews.scores`: a single-logit binary classifier is a sigmoid, a two-logit one
+a softmax). Predictions are made from linear class scores (probabilities for K ≥ 3, the margin
+p₁ − p₀ for K = 2); all α are evaluated by one broadcast ``(1 − α) · s_image + α · s_gan`` over
+``[A, N, K']``, chunked over images to bound memory. The view bootstrap, ensemble-size counts
+and standard errors are in :mod:`ganviews.bootstrap`.
 
 Tie rules (stated once, used everywhere):
-- classes: a tie between classes predicts the lowest class index (argmax's first index;
-  for binary, a margin of exactly 0 predicts class 0);
+- classes: the lowest class index wins a tie (:func:`ganviews.scores.predict`);
 - α: accuracies are compared as exact integer counts of correct images; among the α that
   reach the best count, ``tie_break="smallest"`` (default) takes the smallest α — with no
   evidence for the views, prefer the single image — and ``"largest"`` the largest. The test
@@ -40,8 +38,6 @@ images present in both groups (the others are counted in ``n_dropped``).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import math
 import time
@@ -52,7 +48,17 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from ganviews.bootstrap import (
+    binomial_se,
+    blas_threads,
+    bootstrap_correct,
+    mcnemar_p,
+    size_curve_correct,
+    stream_rng,
+    view_draws,
+)
 from ganviews.errors import ConfigError, GanviewsError
+from ganviews.scores import linear_scores, predict, probabilities
 
 log = logging.getLogger(__name__)
 
@@ -144,41 +150,7 @@ def parse_combination(text: str) -> tuple[str, str | None, str, str | None]:
     return out[0], out[1], out[2], out[3]  # type: ignore[return-value]
 
 
-# ----------------------------------------------------------------------------- probabilities
-
-
-def probabilities(logits: np.ndarray) -> np.ndarray:
-    """Raw logits ``[..., L]`` → class probabilities ``[..., K]``, K = max(L, 2).
-
-    L = 1: a binary classifier with a sigmoid output, returned as [1 − p, p]; L ≥ 2: softmax
-    (so a two-logit binary classifier is treated as multi-class).
-    """
-    x = np.asarray(logits, dtype=np.float64)
-    if x.ndim == 0 or x.shape[-1] == 0:
-        raise ValueError(f"logits: need a last axis of length ≥ 1, got shape {list(x.shape)}")
-    if x.shape[-1] == 1:
-        p1 = np.exp(-np.logaddexp(0.0, -x))  # [..., 1] stable sigmoid
-        return np.concatenate([1.0 - p1, p1], axis=-1)  # [..., 2]
-    z = np.exp(x - x.max(axis=-1, keepdims=True))  # [..., K]
-    return z / z.sum(axis=-1, keepdims=True)
-
-
-def linear_scores(probs: np.ndarray) -> np.ndarray:
-    """``[..., K]`` probabilities → ``[..., K']`` scores that ensembles average linearly.
-
-    K = 2 → the margin p₁ − p₀ (K' = 1); K ≥ 3 → the probabilities. :func:`predict` turns either
-    into class indices with the same result (and tie rule) as argmax over the probabilities.
-    """
-    if probs.shape[-1] == 2:
-        return probs[..., 1:] - probs[..., :1]
-    return probs
-
-
-def predict(scores: np.ndarray) -> np.ndarray:
-    """``[..., K']`` linear scores → ``[...]`` class indices; ties go to the lowest class index."""
-    if scores.shape[-1] == 1:
-        return (scores[..., 0] > 0).astype(np.int64)
-    return scores.argmax(axis=-1)
+# ----------------------------------------------------------------------------- α cross-validation
 
 
 def ensemble_correct(
@@ -386,13 +358,11 @@ def _columns(frame: pd.DataFrame) -> _Columns:
 def _flat_logits(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """The logits column as (all values concatenated, per-row lengths), one pass over the rows."""
     if isinstance(series.dtype, pd.ArrowDtype):  # Arrow list column: flatten without Python objects
-        import pyarrow as pa
-
-        arr = pa.chunked_array(series.array._pa_array).combine_chunks()
-        if arr.null_count:
+        if series.isna().any():
             raise EnsembleInputError("logits column: null values (every row needs its logits)")
-        lengths = arr.value_lengths().to_numpy().astype(np.int64)
-        return arr.flatten().to_numpy(zero_copy_only=False), lengths
+        values = series.list.flatten()
+        flat = values.to_numpy(dtype=values.dtype.numpy_dtype, na_value=np.nan)  # [Σ lengths]
+        return flat, series.list.len().to_numpy(dtype=np.int64)
     values = series.to_numpy()
     try:
         lengths = np.fromiter((len(x) for x in values), dtype=np.int64, count=len(values))
@@ -549,7 +519,7 @@ def evaluate_groups(
     (used when a large table is evaluated in chunks and the best settings are chosen over all).
     """
     config = config or EnsembleConfig()
-    with _blas_threads(config.blas_threads):
+    with blas_threads(config.blas_threads):
         return _evaluate_groups(groups, config, size_curve_keys)
 
 
@@ -699,8 +669,14 @@ def _evaluate_split_pair(key, kind, val: _Split, test: _Split, meta, config: Ens
     )
     diff = ct[i_star].astype(np.int64) - single  # [N] −1 / 0 / +1
     improved, worsened = int((diff > 0).sum()), int((diff < 0).sum())
-    boot = _bootstrap_counts(
-        test, np.array([alphas[i_star], 1.0]), _rng(config.seed, *key), config
+    boot = bootstrap_correct(
+        test.image_views,
+        test.gan_views,
+        test.labels,
+        np.array([alphas[i_star], 1.0]),
+        stream_rng(config.seed, *key),
+        draws=config.bootstrap_draws,
+        chunk_elements=ce,
     )  # [B, 2]
     row = {
         "task": key[0], "classifier": key[1], "method": key[2], "setting": key[3], "kind": kind,
@@ -711,11 +687,11 @@ def _evaluate_split_pair(key, kind, val: _Split, test: _Split, meta, config: Ens
         "n_val": n_val, "n_test": n_test,
         "val_acc_single": float(np.mean(predict(val.single) == val.labels)),
         "test_acc_alpha0": acc(ct[0]), "test_acc_uniform": acc(uniform),
-        "test_acc_se": _binomial_se(acc(ct[i_star]), n_test),
-        "test_acc_single_se": _binomial_se(acc(single), n_test),
-        "test_acc_recon_se": np.nan if recon is None else _binomial_se(acc(recon), n_test),
-        "test_acc_gan_only_se": _binomial_se(acc(ct[-1]), n_test),
-        "test_acc_oracle_se": _binomial_se(acc(ct[i_orc]), n_test),
+        "test_acc_se": binomial_se(acc(ct[i_star]), n_test),
+        "test_acc_single_se": binomial_se(acc(single), n_test),
+        "test_acc_recon_se": np.nan if recon is None else binomial_se(acc(recon), n_test),
+        "test_acc_gan_only_se": binomial_se(acc(ct[-1]), n_test),
+        "test_acc_oracle_se": binomial_se(acc(ct[i_orc]), n_test),
         "test_acc_views_se": float(boot[:, 0].std(ddof=1)) / n_test,
         "test_acc_gan_only_views_se": float(boot[:, 1].std(ddof=1)) / n_test,
         "gain": acc(ct[i_star]) - acc(single),
@@ -733,102 +709,6 @@ def _evaluate_split_pair(key, kind, val: _Split, test: _Split, meta, config: Ens
         "n": np.repeat([n_val, n_test], len(alphas)),
     })  # fmt: skip
     return row, curve
-
-
-def _binomial_se(p: float, n: int) -> float:
-    return float(math.sqrt(p * (1.0 - p) / n)) if n > 0 else np.nan
-
-
-def mcnemar_p(improved: int, worsened: int) -> float:
-    """Exact two-sided McNemar (sign) test p-value on the discordant images of two classifiers."""
-    n = improved + worsened
-    if n == 0:
-        return 1.0
-    k = min(improved, worsened)
-    # P(X ≤ k) for X ~ Binomial(n, 1/2), summed in log space (n may be tens of thousands).
-    logs = [
-        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2.0)
-        for i in range(k + 1)
-    ]
-    top = max(logs)
-    tail = math.exp(top) * sum(math.exp(x - top) for x in logs)
-    return float(min(1.0, 2.0 * tail))
-
-
-def _rng(seed: int, *keys: str) -> np.random.Generator:
-    # Per-group stream from (seed, group key): results never depend on which other groups are
-    # present or their order. (runtime.item_seed does the same for torch; this module stays torch-free.)
-    text = "\x1f".join([str(int(seed)), *map(str, keys)])
-    return np.random.default_rng(
-        int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
-    )
-
-
-def _view_draws(num_views: int, rng: np.random.Generator, draws: int) -> np.ndarray:
-    """``[B, M]`` view indices drawn with replacement; size k of draw b uses its first k entries."""
-    return rng.integers(0, num_views, size=(draws, num_views))
-
-
-def _bootstrap_counts(
-    s: _Split, alphas: np.ndarray, rng: np.random.Generator, config: EnsembleConfig
-) -> np.ndarray:
-    """Correct test images at each α when the GAN views are resampled with replacement → ``[B, A]``."""
-    m = s.gan_views.shape[1]
-    draws = _view_draws(m, rng, config.bootstrap_draws)  # [B, M]
-    counts = _draw_counts(draws, m, m)  # [B, M]
-    return _weighted_correct(
-        _Flat.of(s), counts, float(m), alphas, chunk_elements=config.chunk_elements
-    )
-
-
-def _draw_counts(draws: np.ndarray, k: int, m: int) -> np.ndarray:
-    """How often each of the ``m`` views occurs among the first ``k`` entries of each draw → ``[B, M]``."""
-    counts = np.zeros((draws.shape[0], m))  # [B, M]
-    np.add.at(counts, (np.arange(draws.shape[0])[:, None], draws[:, :k]), 1.0)
-    return counts
-
-
-@dataclass(frozen=True)
-class _Flat:
-    """A split's GAN views as one matrix for BLAS, and its image side, computed once."""
-
-    views: np.ndarray  # [N·K', M]
-    img: np.ndarray  # [N, K'] mean over the image views
-    labels: np.ndarray  # [N]
-    num_scores: int  # K'
-
-    @classmethod
-    def of(cls, s: _Split) -> _Flat:
-        n, m, kk = s.gan_views.shape
-        views = np.ascontiguousarray(s.gan_views.transpose(0, 2, 1)).reshape(n * kk, m)
-        return cls(views, s.image_views.mean(axis=1), s.labels, kk)
-
-
-def _weighted_correct(
-    s: _Flat, counts: np.ndarray, k: float, alphas: np.ndarray, *, chunk_elements: int
-) -> np.ndarray:
-    """Correct images for ensembles whose GAN side is ``counts @ views / k`` (one per draw) → ``[B, A]``.
-
-    Predictions use k·((1 − α)·image + α·mean) = (1 − α)·k·image + α·(counts @ views): the same
-    class (k > 0) without a division; the weighted sums are one BLAS matrix product per chunk.
-    """
-    n, kk, img = len(s.labels), s.num_scores, s.img
-    b = counts.shape[0]
-    out = np.zeros((b, len(alphas)), dtype=np.int64)  # counts: exact spreads
-    step = max(1, chunk_elements // max(1, b * kk))
-    for lo in range(0, n, step):
-        hi = min(n, lo + step)
-        g = (
-            (s.views[lo * kk : hi * kk] @ counts.T).reshape(hi - lo, kk, b).transpose(0, 2, 1)
-        )  # [n, B, K']
-        for j, a in enumerate(alphas):
-            if kk == 1:  # binary margin: a·g + c·img > 0 ⇔ a·g > −c·img (exact in floating point)
-                pos = a * g[..., 0] > (-(1.0 - a) * k * img[lo:hi, 0])[:, None]  # [n, B]
-                out[:, j] += np.count_nonzero(pos == (s.labels[lo:hi, None] == 1), axis=0)
-            else:
-                ens = a * g + ((1.0 - a) * k) * img[lo:hi, None, :]  # [n, B, K']
-                out[:, j] += np.count_nonzero(predict(ens) == s.labels[lo:hi, None], axis=0)
-    return out
 
 
 def size_curve_accuracy(
@@ -850,25 +730,11 @@ def size_curve_accuracy(
         raise ValueError(
             f"draws: need a non-empty [B, K] array of indices in 0…{m - 1}, got {draws.shape}"
         )
-    split = _plain_split(arrays, kind)
-    return _size_curve_split(split, alpha, draws, chunk_elements=chunk_elements) / arrays.n
-
-
-def _size_curve_split(
-    s: _Split, alpha: float, draws: np.ndarray, *, chunk_elements: int = 1 << 22
-) -> np.ndarray:
-    m = s.gan_views.shape[1]
-    flat = _Flat.of(s)
-    out = np.zeros(draws.shape, dtype=np.int64)  # [B, K] correct counts
-    counts = np.zeros((draws.shape[0], m))  # [B, M] views among the first k of each draw
-    rows = np.arange(draws.shape[0])
-    alphas = np.array([alpha])
-    for k in range(1, draws.shape[1] + 1):
-        np.add.at(counts, (rows, draws[:, k - 1]), 1.0)
-        out[:, k - 1] = _weighted_correct(
-            flat, counts, float(k), alphas, chunk_elements=chunk_elements
-        )[:, 0]
-    return out
+    s = _plain_split(arrays, kind)
+    correct = size_curve_correct(
+        s.image_views, s.gan_views, s.labels, alpha, draws, chunk_elements=chunk_elements
+    )  # [B, K]
+    return correct / arrays.n
 
 
 def size_curves(
@@ -887,16 +753,8 @@ def size_curves(
     """
     if (keys is None and config.size_curve == "none") or not groups or table.empty:
         return pd.DataFrame(columns=SIZE_COLUMNS)
-    with _blas_threads(config.blas_threads):
+    with blas_threads(config.blas_threads):
         return _size_curves(groups, table, config, keys)
-
-
-def _blas_threads(limit: int | None):
-    if limit is None:
-        return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=limit, user_api="blas")
 
 
 def _size_curves(groups, table: pd.DataFrame, config: EnsembleConfig, keys) -> pd.DataFrame:
@@ -917,10 +775,12 @@ def _size_curves(groups, table: pd.DataFrame, config: EnsembleConfig, keys) -> p
             continue
         s = _plain_split(g.test, g.kind)
         alpha = alpha_of[g.key]
-        draws = _view_draws(
-            s.gan_views.shape[1], _rng(config.seed, *g.key), config.bootstrap_draws
+        draws = view_draws(
+            s.gan_views.shape[1], stream_rng(config.seed, *g.key), config.bootstrap_draws
         )  # [B, M]
-        counts = _size_curve_split(s, alpha, draws, chunk_elements=config.chunk_elements)  # [B, M]
+        counts = size_curve_correct(
+            s.image_views, s.gan_views, s.labels, alpha, draws, chunk_elements=config.chunk_elements
+        )  # [B, M]
         n = s.labels.shape[0]
         base = float(np.mean(predict(s.image_views.mean(axis=1)) == s.labels))
         frames.append(pd.DataFrame({
