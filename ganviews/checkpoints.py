@@ -34,6 +34,7 @@ import torch
 
 from ganviews.errors import CheckpointError
 from ganviews.networks import block_resolutions, make_resample_filter
+from ganviews.weights_io import read_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -468,14 +469,7 @@ class _RosinalityConverter:
 
 def read_own_safetensors(path: Path) -> RawCheckpoint:
     """Our own format: safetensors tensors + ``GeneratorConfig`` JSON in the metadata."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            metadata = dict(fh.metadata() or {})
-            state = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
+    metadata, state = read_safetensors(path)
     if metadata.get("format") != OWN_FORMAT_NAME or "config" not in metadata:
         raise CheckpointError(
             f"{path}: safetensors file without a ganviews generator config in its metadata "

@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import math
-import os
 import pickle
 import re
 import zipfile
@@ -55,6 +53,7 @@ from torch import nn
 from ganviews.config import from_dict, load_yaml, to_dict
 from ganviews.errors import CheckpointError, ConfigError
 from ganviews.runtime import file_sha256
+from ganviews.weights_io import read_safetensors, weights_sha256, write_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -485,22 +484,12 @@ def classifier_config(
 
 def save_classifier(C: Classifier, path: str | Path) -> Path:
     """Write the project's format: safetensors of the backbone + config JSON in its metadata."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in C.backbone.state_dict().items()}
     metadata = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "config": json.dumps(to_dict(C.config), sort_keys=True),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    path = write_safetensors(C.backbone.state_dict(), path, metadata)
     C._source_sha256 = file_sha256(path)
     log.info("saved classifier %s to %s (sha256 %s)", C.name, path, C._source_sha256[:12])
     return path
@@ -597,14 +586,7 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] |
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            meta = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from exc
+    meta, state = read_safetensors(path)
     if meta.get("format") != FORMAT_NAME:
         return state, None
     if meta.get("format_version") != FORMAT_VERSION:
@@ -743,13 +725,3 @@ def _reference_shapes(arch: str, num_outputs: int, width: int) -> dict[str, tupl
             k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")
         }
     return _SHAPE_CACHE[key]
-
-
-def weights_sha256(module: nn.Module) -> str:
-    """Content hash of a module's state dict (names, dtypes, shapes and bytes, in key order)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
-        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()

@@ -41,6 +41,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from ganviews.config import from_dict, to_dict
 from ganviews.errors import CheckpointError, ConfigError
 from ganviews.runtime import assert_shape, file_sha256, item_generator, item_seed, resolve_device
+from ganviews.weights_io import read_safetensors, weights_sha256, write_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +137,7 @@ class Encoder(nn.Module):
     @property
     def sha256(self) -> str:
         """sha256 of the file this encoder was saved to / loaded from, else of its weights."""
-        if self._file_sha256 is not None:
-            return self._file_sha256
-        import hashlib
-
-        digest = hashlib.sha256()
-        for key, tensor in sorted(self.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
-        return digest.hexdigest()
+        return self._file_sha256 or weights_sha256(self)
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         N, C, H, W = images.shape if images.ndim == 4 else (None,) * 4
@@ -201,11 +194,6 @@ def save_encoder(E: Encoder, path: str | os.PathLike, *, metadata: dict[str, str
 
     Sets and returns nothing but the path; afterwards ``E.sha256`` is the file's hash.
     """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in E.state_dict().items()}
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -213,9 +201,7 @@ def save_encoder(E: Encoder, path: str | os.PathLike, *, metadata: dict[str, str
         "generator_sha256": E.generator_sha256,
         **(metadata or {}),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    path = write_safetensors(E.state_dict(), path, meta)
     E._file_sha256 = file_sha256(path)
     log.info("saved encoder to %s (sha256 %s)", path, E._file_sha256[:12])
     return path
@@ -223,19 +209,13 @@ def save_encoder(E: Encoder, path: str | os.PathLike, *, metadata: dict[str, str
 
 def read_encoder_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata of an encoder file (format, config JSON, generator hash, training info)."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
             f"encoder file {path} not found: train one with `ganviews train-encoder --generator G "
             f"--out {path}` or point to an existing file"
         )
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-    except Exception as exc:  # any unreadable file becomes one clear error
-        raise CheckpointError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
+    meta, _ = read_safetensors(path, tensors=False)
     if meta.get("format") != FORMAT_NAME:
         raise CheckpointError(
             f"{path}: not a ganviews encoder file (metadata format={meta.get('format')!r}, expected {FORMAT_NAME!r})"
@@ -245,8 +225,6 @@ def read_encoder_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> Encoder:
     """Read an encoder written by :func:`save_encoder`: eval mode, no gradients, on ``device``."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     meta = read_encoder_metadata(path)
     try:
@@ -254,7 +232,7 @@ def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     except (KeyError, json.JSONDecodeError, ConfigError) as exc:
         raise CheckpointError(f"{path}: encoder config in the metadata is missing or invalid: {exc}") from exc
     E = Encoder(config)
-    state = load_file(str(path))
+    _, state = read_safetensors(path)
     expected = E.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -13,7 +13,6 @@ for coarse vs fine perturbations.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -29,6 +28,7 @@ from ganviews.config import from_dict, to_dict
 from ganviews.errors import CheckpointError, ConfigError
 from ganviews.networks import MappingNetwork, SynthesisNetwork, block_resolutions, num_ws_for
 from ganviews.runtime import file_sha256, resolve_device
+from ganviews.weights_io import weights_sha256, write_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -187,13 +187,7 @@ class Generator(nn.Module):
     @property
     def sha256(self) -> str:
         """sha256 of the file this generator was loaded from, else of its weights."""
-        if self._file_sha256 is not None:
-            return self._file_sha256
-        digest = hashlib.sha256()
-        for key, tensor in sorted(self.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        return digest.hexdigest()
+        return self._file_sha256 or weights_sha256(self)
 
     def forward(
         self,
@@ -287,10 +281,6 @@ def estimate_w_avg(G: Generator, *, num_samples: int = W_AVG_SAMPLES, seed: int 
 
 def save_generator(G: Generator, path: str | Path) -> Path:
     """Write ``G`` as one .safetensors file: tensors + GeneratorConfig JSON in the metadata."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in G.state_dict().items()}
     metadata = {
         "format": checkpoints.OWN_FORMAT_NAME,
         "format_version": checkpoints.OWN_FORMAT_VERSION,
@@ -298,7 +288,4 @@ def save_generator(G: Generator, path: str | Path) -> Path:
         "source_sha256": G.sha256,
         "source_format": G.source_format,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata=metadata)
-    return path
-
+    return write_safetensors(G.state_dict(), path, metadata)

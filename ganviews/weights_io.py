@@ -1,0 +1,71 @@
+"""The project's own weight files: safetensors tensors + JSON config in the header metadata.
+
+One writer and one reader shared by the generator (:mod:`ganviews.generator`), the encoder
+(:mod:`ganviews.encoder`) and the classifiers (:mod:`ganviews.classify`), plus the content
+hash of unsaved weights. Safetensors is data only (no pickled code), and the metadata holds
+``format``, ``format_version`` and ``config`` (the component's frozen config as JSON), so a
+file describes the network it holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ganviews.errors import CheckpointError
+
+
+def weights_sha256(module: nn.Module) -> str:
+    """Content hash of a module's state dict (names, dtypes, shapes and bytes, in key order)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def write_safetensors(
+    state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str]
+) -> Path:
+    """Write ``state`` (moved to CPU) with string ``metadata``; atomic: a temp file, then a rename.
+
+    The parent folder is created; a reader never sees a half-written file.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=dict(metadata))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_safetensors(
+    path: str | os.PathLike, *, tensors: bool = True
+) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, CPU tensors) of a safetensors file; ``tensors=False`` reads the header only.
+
+    Raises CheckpointError "not a readable safetensors file" for anything else.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            meta = dict(fh.metadata() or {})
+            state = {k: fh.get_tensor(k) for k in fh.keys()} if tensors else {}  # noqa: SIM118
+    except Exception as exc:  # any unreadable file becomes one clear error
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})"
+        ) from exc
+    return meta, state
