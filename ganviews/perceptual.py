@@ -23,7 +23,6 @@ package and adds what an offline batch pipeline needs:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganviews.errors import CheckpointError
+from ganviews.runtime import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +87,10 @@ def _lookup(name: str) -> tuple[str, str | None, str | None]:
 def _check_hash_prefix(path: Path) -> None:
     """torchvision file names end in the first 8 hex digits of the file's SHA-256."""
     prefix = path.stem.rsplit("-", 1)[-1]
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    if not digest.hexdigest().startswith(prefix):
+    digest = file_sha256(path)
+    if not digest.startswith(prefix):
         raise CheckpointError(
-            f"{path}: SHA-256 {digest.hexdigest()[:16]}… does not start with {prefix!r} as its "
+            f"{path}: SHA-256 {digest[:16]}… does not start with {prefix!r} as its "
             "name promises; the file is corrupt or not the torchvision release "
             "(pass check_hash=False to load it anyway)"
         )
