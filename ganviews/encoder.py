@@ -41,7 +41,15 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from ganviews.config import from_dict, to_dict
 from ganviews.errors import CheckpointError, ConfigError
 from ganviews.runtime import assert_shape, file_sha256, item_generator, item_seed, resolve_device
-from ganviews.weights_io import read_safetensors, weights_sha256, write_safetensors
+from ganviews.weights_io import (
+    load_training_state,
+    read_safetensors,
+    restore_rng_states,
+    rng_states,
+    save_training_state,
+    weights_sha256,
+    write_safetensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -487,23 +495,14 @@ def _save_train_checkpoint(path: Path, E: Encoder, optimizer, *, step: int, seed
         "history": json.dumps(history),
         "model": {k: v.detach().to("cpu") for k, v in E.state_dict().items()},
         "optimizer": optimizer.state_dict(),
-        "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        **rng_states(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    save_training_state(payload, path)
     log.info("encoder training checkpoint: step %d → %s", step, path)
 
 
 def _load_train_checkpoint(path: Path, E: Encoder, optimizer, *, G, seed: int, hyper) -> tuple[int, list]:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable file becomes one clear error
-        raise CheckpointError(f"{path}: not a readable encoder training checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != TRAIN_FORMAT_NAME:
-        raise CheckpointError(f"{path}: not a ganviews encoder training checkpoint")
+    payload = load_training_state(path, format_name=TRAIN_FORMAT_NAME, what="encoder training")
     mine = json.dumps(to_dict(E.config), sort_keys=True)
     if payload["config"] != mine:
         raise CheckpointError(f"{path}: checkpoint encoder config {payload['config']} differs from this run's {mine}")
@@ -520,8 +519,6 @@ def _load_train_checkpoint(path: Path, E: Encoder, optimizer, *, G, seed: int, h
         log.warning("%s: resuming with changed settings (old, new): %s", path, changed)
     E.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
-    torch.set_rng_state(payload["rng_cpu"])
-    if payload["rng_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(payload["rng_cuda"])
+    restore_rng_states(payload)
     log.info("resuming encoder training from %s at step %d", path, payload["step"])
     return int(payload["step"]), json.loads(payload["history"])

@@ -24,10 +24,7 @@ import copy
 import json
 import logging
 import math
-import os
-import pickle
 import time
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +38,12 @@ from ganviews.classify import ARCHITECTURES, Classifier, classifier_config
 from ganviews.config import to_dict
 from ganviews.errors import CheckpointError, ConfigError
 from ganviews.runtime import item_seed, resolve_device
+from ganviews.weights_io import (
+    load_training_state,
+    restore_rng_states,
+    rng_states,
+    save_training_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -626,29 +629,17 @@ def _save_checkpoint(path: Path, C, opt, sched, result: TrainResult, identity, e
         "model": C.backbone.state_dict(),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
-        "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        **rng_states(),
         "history": json.dumps([asdict(h) for h in result.history]),
         "best": json.dumps({"epoch": result.best_epoch, "val_acc": result.best_val_acc}),
     }
     if best_state is not None:
         state["best_model"] = best_state
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_training_state(state, path)
 
 
 def _restore(path: Path, C, opt, sched, result: TrainResult, identity, cfg: TrainConfig):
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{path}: not a readable training checkpoint: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a ganviews classifier training checkpoint")
+    state = load_training_state(path, format_name=CHECKPOINT_FORMAT, what="classifier training")
     stored = json.loads(state["identity"])
     problems = _diff(stored, identity)
     if problems:
@@ -666,9 +657,7 @@ def _restore(path: Path, C, opt, sched, result: TrainResult, identity, cfg: Trai
     C.backbone.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng_cpu"])
-    if state["rng_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    restore_rng_states(state)
     best = json.loads(state["best"])
     result.history, result.resumed_from = history, done
     result.best_epoch, result.best_val_acc = best["epoch"], best["val_acc"]

@@ -2,7 +2,8 @@
 
 One writer and one reader shared by the generator (:mod:`ganviews.generator`), the encoder
 (:mod:`ganviews.encoder`) and the classifiers (:mod:`ganviews.classify`), plus the content
-hash of unsaved weights. Safetensors is data only (no pickled code), and the metadata holds
+hash of unsaved weights; and the resumable training checkpoints of the encoder and classifier
+trainers (atomic ``torch.save``, ``weights_only`` load, RNG states). Safetensors is data only (no pickled code), and the metadata holds
 ``format``, ``format_version`` and ``config`` (the component's frozen config as JSON), so a
 file describes the network it holds.
 """
@@ -13,6 +14,7 @@ import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,3 +71,49 @@ def read_safetensors(
             f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})"
         ) from exc
     return meta, state
+
+
+# --------------------------------------------------------------------------- training state
+
+
+def rng_states() -> dict[str, Any]:
+    """The torch CPU and CUDA generator states, for a resumable training checkpoint."""
+    return {
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_states(state: Mapping[str, Any]) -> None:
+    """Set the generators saved by :func:`rng_states` (CUDA only where both runs have it)."""
+    torch.set_rng_state(state["rng_cpu"])
+    if state["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+
+
+def save_training_state(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save`` a training checkpoint atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(dict(state), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_training_state(path: str | os.PathLike, *, format_name: str, what: str) -> dict[str, Any]:
+    """A training checkpoint written by :func:`save_training_state` (tensors and plain data only).
+
+    Raises CheckpointError naming ``what`` when the file is unreadable or its ``format`` is
+    not ``format_name``.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file becomes one clear error
+        raise CheckpointError(f"{path}: not a readable {what} checkpoint ({exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != format_name:
+        raise CheckpointError(f"{path}: not a ganviews {what} checkpoint")
+    return state
