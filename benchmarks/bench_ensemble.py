@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import pandas as pd
+from _machine import cpu_name  # benchmarks/ is the script's folder
 
 from ganviews.ensemble import (
     EnsembleConfig,
@@ -44,17 +45,6 @@ def timed(acc: np.ndarray):
     wall, cpu = time.perf_counter(), time.process_time()
     yield
     acc += [time.perf_counter() - wall, time.process_time() - cpu]
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def synthetic(rng: np.random.Generator, n: int, views: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,10 +15,10 @@ depend on the weights' values, so random weights stand in for a trained network.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
+from _machine import device_name  # benchmarks/ is the script's folder
 
 from ganviews.generator import Generator, GeneratorConfig
 from ganviews.runtime import resolve_device, set_numerics_policy
@@ -39,12 +39,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--paths", default="fused,nonfused", help="which modulated-conv paths to time")
     p.add_argument("--quick", action="store_true", help="smoke run: batches 1-4, short timing")
     return p.parse_args()
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
 
 
 def sync(device: torch.device) -> None:

@@ -20,7 +20,6 @@ the "lpips-random" trunk (same cost as AlexNet with ImageNet weights).
 from __future__ import annotations
 
 import argparse
-import platform
 import resource
 import sys
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _machine import device_name  # noqa: E402  (benchmarks/ is the script's folder)
 
 from ganviews.encoder import Encoder  # noqa: E402
 from ganviews.generator import Generator, GeneratorConfig, load_generator  # noqa: E402
@@ -39,17 +40,7 @@ FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "stylega
 
 
 def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({torch.get_num_threads()} torch threads)"
+    return f"{device_name(device)} ({torch.get_num_threads()} torch threads)"
 
 
 def build_generator(resolution: int, device: torch.device):

@@ -33,22 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402  (the baseline's format)
 import zarr  # noqa: E402
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
 from zarr.codecs import BloscCodec, ZstdCodec  # noqa: E402
 from zarr.storage import MemoryStore  # noqa: E402
 
 from storage import LatentStore  # noqa: E402
 
 NUM_WS, W_DIM = 18, 512
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def realistic_latents(n: int, seed: int = 0) -> np.ndarray:
