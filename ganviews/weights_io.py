@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +41,10 @@ def write_safetensors(
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=dict(metadata))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return _replace_atomically(
+        path, lambda tmp: save_file(tensors, str(tmp), metadata=dict(metadata))
+    )
 
 
 def read_safetensors(
@@ -93,15 +87,7 @@ def restore_rng_states(state: Mapping[str, Any]) -> None:
 
 def save_training_state(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """``torch.save`` a training checkpoint atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(dict(state), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return _replace_atomically(path, lambda tmp: torch.save(dict(state), tmp))
 
 
 def load_training_state(path: str | os.PathLike, *, format_name: str, what: str) -> dict[str, Any]:
@@ -117,3 +103,16 @@ def load_training_state(path: str | os.PathLike, *, format_name: str, what: str)
     if not isinstance(state, dict) or state.get("format") != format_name:
         raise CheckpointError(f"{path}: not a ganviews {what} checkpoint")
     return state
+
+
+def _replace_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """``write(tmp)`` to a hidden temp file next to ``path``, then rename it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
