@@ -51,6 +51,12 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _EXIF_ORIENTATION = 0x0112
 
 
+def signed_to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float pixels in [-1, 1] (the GAN's range) → uint8 [0, 255]: clamped, rounded half to even."""
+    x = np.clip(np.asarray(images), -1.0, 1.0)
+    return np.round((x + 1.0) * 127.5).astype(np.uint8)
+
+
 def _reject(path: Path, reason: str) -> ImageError:
     err = ImageError(f"{path}: {reason}")
     err.reason = reason  # the short phrase recorded per image in the store

@@ -142,7 +142,9 @@ def load_inversion_models(generator_path, encoder_path, inversion_cfg, *, device
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[-1, 1] float images → uint8 (clamped, rounded)."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    from ganviews.images import signed_to_uint8
+
+    return signed_to_uint8(images.detach().float().cpu().numpy())
 
 
 def _shard_range(store: LatentStore, shard: int | Sequence[int]) -> tuple[int, int]:

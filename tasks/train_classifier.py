@@ -83,7 +83,7 @@ def _label_column(manifest, task_name: str, where: str) -> np.ndarray:
 def _manifest_split(path: Path, task_name: str, split: str, align: Any) -> tuple[Split, dict[str, str]]:
     """Real images of one split of a manifest, aligned and held as uint8 (failures skipped)."""
     from ganviews.align import AlignConfig, align_image
-    from ganviews.images import load_image
+    from ganviews.images import load_image, signed_to_uint8
 
     manifest = read_manifest(path)
     labels = _label_column(manifest, task_name, str(path))
@@ -98,7 +98,7 @@ def _manifest_split(path: Path, task_name: str, split: str, align: Any) -> tuple
             failed[str(row["image_id"])] = getattr(exc, "reason", str(exc))
             continue
         rows.append(int(i))
-        images.append(np.round((img + 1.0) * 127.5).clip(0, 255).astype(np.uint8))  # [3, R, R]
+        images.append(signed_to_uint8(img))  # [3, R, R]
     if failed:
         log.warning("%s split %s: skipped %d unreadable images", path, split, len(failed))
     ids = manifest["image_id"].to_numpy()[rows].astype(str).tolist()

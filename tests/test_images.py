@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from ganviews.errors import ImageError
-from ganviews.images import load_image, load_images, orient_array
+from ganviews.images import load_image, load_images, orient_array, signed_to_uint8
 
 
 def _rgb(h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
@@ -253,3 +253,11 @@ def test_load_images_goes_on_after_failures(tmp_path):
         1: "too small: 4x4 px (shortest side must be >= 16)",
         2: "unreadable: not a recognised image format",
     }
+
+
+def test_signed_to_uint8_clamps_rounds_and_inverts_the_uint8_scaling():
+    pixels = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(signed_to_uint8(pixels.astype(np.float32) / 127.5 - 1.0), pixels)
+    got = signed_to_uint8(np.array([-3.0, -1.0, 0.0, 1.0, 7.0, 0.5 / 127.5 - 1.0], dtype=np.float32))
+    assert got.dtype == np.uint8
+    assert got.tolist() == [0, 0, 128, 255, 255, 0]  # 127.5 → 128, 0.5 → 0 (half to even)
