@@ -7,12 +7,14 @@ does not ``fsync``, so after a power loss or a kernel crash the page cache may h
 later file (a status chunk) on disk before an earlier one (the latents it vouches for).
 :class:`DurableLocalStore` adds the missing ``fsync`` of the file and of its directory, so
 the latent store's ordering "data first, then the done mark" also holds across a machine
-crash. :func:`atomic_write_bytes` does the same for the Parquet files written here.
+crash. :func:`atomic_write_bytes` (and :func:`atomic_write_parquet`) does the same for the Parquet
+files written here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import time
 import uuid
@@ -64,6 +66,16 @@ def atomic_write_bytes(path: str | Path, data: bytes | memoryview, *, durable: b
     if durable:
         fsync_dir(path.parent)
     return written
+
+
+def atomic_write_parquet(table, path: str | Path, *, compression: str = "zstd") -> Path:
+    """Write the pyarrow ``table`` as one Parquet file via :func:`atomic_write_bytes`."""
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression=compression)
+    atomic_write_bytes(path, sink.getvalue())
+    return Path(path)
 
 
 def remove_stale_partials(root: str | Path, *, min_age_s: float = 3600.0) -> int:

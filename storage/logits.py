@@ -19,7 +19,6 @@ carry the partition columns too, so a file copied elsewhere still says what it h
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from storage.atomic import atomic_write_bytes, remove_stale_partials
+from storage.atomic import atomic_write_parquet, remove_stale_partials
 from storage.errors import StoreError
 
 PARTITION_COLUMNS = ("task", "classifier", "method")
@@ -197,9 +196,7 @@ def write_logits(
         part = part.sort_by([("setting", "ascending"), ("image_id", "ascending"), ("view", "ascending")])
         file_meta = {"metadata": per_setting, "num_classes": {key: classes[key]}, "shard": shard}
         part = part.replace_schema_metadata({METADATA_KEY: json.dumps(file_meta, sort_keys=True).encode()})
-        sink = io.BytesIO()
-        pq.write_table(part, sink, compression="zstd")
-        atomic_write_bytes(final, sink.getvalue())
+        atomic_write_parquet(part, final)
         remove_stale_partials(folder)
         written.append(final)
     return written

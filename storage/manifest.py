@@ -22,7 +22,6 @@ ones is a label. Row order is meaningful: store index ``i`` is manifest row ``i`
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.atomic import atomic_write_bytes
+from storage.atomic import atomic_write_parquet
 from storage.errors import StoreError
 
 REQUIRED_COLUMNS = ("image_id", "path", "split")
@@ -182,11 +181,7 @@ def write_manifest(frame: pd.DataFrame, path: str | Path, *,
                    label_columns: Sequence[str] | None = None) -> Path:
     """Validate and write a manifest atomically; returns the path."""
     table, _ = validate_manifest(frame, label_columns=label_columns)
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    path = Path(path)
-    atomic_write_bytes(path, sink.getvalue())
-    return path
+    return atomic_write_parquet(table, path)
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
