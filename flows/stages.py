@@ -19,6 +19,7 @@ from tasks.common import (
     classifier_done,
     encoder_done,
     evaluate_done,
+    job_name,
     pca_done,
     pca_needed,
     pca_stats_task,
@@ -97,8 +98,6 @@ def evaluate_ensembles(config: Config) -> dict[str, Any]:
     cfg = as_config(config)
     if evaluate_done(cfg):
         return _skip("evaluate", "the report is current for these logits")
-    from tasks.common import job_name
-
     outputs = evaluate_ensembles_task(cfg.paths.logits, cfg.paths.report, store=cfg.paths.store, config=cfg.report,
                                       artifact_prefix=job_name(cfg))
     record_evaluation(cfg, outputs)

@@ -294,6 +294,9 @@ def check_pipeline_config(cfg: PipelineConfig) -> None:
     if ct.enabled and ct.name not in cfg.models.classifiers:
         problems.append(f"classifier_training.name: {ct.name!r} is not a key of models.classifiers "
                         f"({sorted(cfg.models.classifiers)})")
+    if ct.enabled and ct.data == "store" and cfg.data.splits and ct.train_split not in cfg.data.splits:
+        problems.append(f"classifier_training.train_split: {ct.train_split!r} is not in data.splits "
+                        f"{list(cfg.data.splits)}; the store holds only those (add it, or use data: manifest)")
     if ct.enabled and ct.data == "manifest" and ct.source != "real":
         problems.append(f"classifier_training.source: {ct.source!r} needs latents; set data: store")
     for name in cfg.models.classifiers:

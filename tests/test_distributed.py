@@ -172,6 +172,16 @@ def test_job_of_four_shards_runs_on_both_workers(cluster, uninterrupted) -> None
     assert len(runs) == 4 and all(r.state.is_completed() for r in runs), [(r.name, r.state) for r in runs]
     workers = {r.labels.get("prefect.worker.name") for r in runs}
     assert workers == {"worker1", "worker2"}, workers
+    # Progress reaches the runs' logs: the shard summary and the library's per-batch lines.
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: cluster["url"]}), get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in runs])))
+    messages = [log.message for log in logs]
+    assert any(m.startswith("invert shard 00000008-00000016 on auto") for m in messages), messages[:20]
+    assert any("shard 00000008-00000016: 4/8 items handled" in m for m in messages), messages[:20]
     # Each shard ran in its own process, pinned as its worker was started.
     records = [json.loads(p.read_text()) for p in (cluster["root"] / "out_a" / "store.state" / "shards" / "invert").glob("*.json")]
     assert len(records) == 4 and all(r["status"] == "completed" and r["summary"]["done"] == SHARD for r in records)

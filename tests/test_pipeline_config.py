@@ -76,7 +76,9 @@ def test_plain_dict_round_trip() -> None:
         ({"seed": "zero"}, r"^seed: expected an integer, got 'zero'$"),
         ({"models": {"classifiers": {"smile": {"task": "Smiling"}}}}, r"^models\.classifiers\.smile\.path: required key is missing$"),
         ({"encoder_training": {"enabled": True}}, r"^encoder_training\.enabled: true needs models\.encoder"),
-        ({"classifier_training": {"enabled": True, "name": "frown"}}, r"^classifier_training\.name: 'frown' is not a key"),
+        ({"classifier_training": {"enabled": True, "name": "frown", "data": "manifest"}}, r"^classifier_training\.name: 'frown' is not a key"),
+        ({"classifier_training": {"enabled": True, "name": "smile"}},
+         r"^classifier_training\.train_split: 'train' is not in data\.splits \['val', 'test'\]"),
     ],
 )
 def test_each_mistake_is_one_line_naming_the_key(sections, message) -> None:
