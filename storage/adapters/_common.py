@@ -130,6 +130,15 @@ def paper_split(n: int) -> list[str]:
     return ["train"] * n_train + ["val"] * (n - n_train - n_test) + ["test"] * n_test
 
 
+def paper_split_per_class(df: pd.DataFrame, class_column: str, *, order_column: str | None = None) -> pd.Series:
+    """:func:`paper_split` within each class of ``df``: rows in frame order, or sorted by ``order_column``."""
+    split = pd.Series("", index=df.index)
+    for _, index in df.groupby(class_column, sort=False).groups.items():
+        ordered = list(index) if order_column is None else sorted(index, key=lambda i: df.at[i, order_column])
+        split.loc[ordered] = paper_split(len(ordered))
+    return split
+
+
 def handle_missing_images(df: pd.DataFrame, *, on_missing: str, dataset: str) -> pd.DataFrame:
     """Check that every ``path`` exists; raise (naming a few) or drop those rows with a warning."""
     check_choice("on_missing_image", on_missing, ON_MISSING)

@@ -44,7 +44,7 @@ from storage.adapters._common import (
     finalize,
     find_file,
     handle_missing_images,
-    paper_split,
+    paper_split_per_class,
     seeded_split,
     voc_box_to_pixels,
 )
@@ -198,9 +198,7 @@ def build_cars(
     )
     train["image_id"] = "train/" + train["fname"].map(lambda f: Path(f).stem)
     if scheme == "paper":
-        train["split"] = ""
-        for _, index in train.groupby("fine_label", sort=False).groups.items():
-            train.loc[index, "split"] = paper_split(len(index))
+        train["split"] = paper_split_per_class(train, "fine_label")
         df = train
     else:
         train["split"] = seeded_split(

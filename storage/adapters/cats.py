@@ -49,7 +49,7 @@ from storage.adapters._common import (
     finalize,
     find_file,
     handle_missing_images,
-    paper_split,
+    paper_split_per_class,
     seeded_split,
     voc_box_to_pixels,
 )
@@ -143,11 +143,7 @@ def build_cats(
             raise AdapterError(f"{listing_path}: BREED ID {label + 1} is used by several breeds {sorted(names)}")
 
     if scheme == "paper":
-        cats["split"] = ""
-        for _, index in cats.groupby("label").groups.items():
-            ordered = sorted(index, key=lambda i: cats.at[i, "image"])
-            for i, split in zip(ordered, paper_split(len(ordered)), strict=True):
-                cats.at[i, "split"] = split
+        cats["split"] = paper_split_per_class(cats, "label", order_column="image")
     else:
         cats["split"] = _official_split(root, cats, listing_path, val_fraction=val_fraction, seed=seed)
         cats = cats[cats["split"] != ""].reset_index(drop=True)
