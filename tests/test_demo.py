@@ -39,7 +39,7 @@ def _config(root: Path) -> Path:
         {"method": "pca", "layers": "coarse", "settings": [1.0]},
         {"method": "stylemix", "layers": "coarse"},
     ], image_methods=["crop"])
-    cfg["report"].update(gallery_images=2, ensemble={"bootstrap_draws": 10})
+    cfg["report"].update(gallery_images=2, gallery_arrays=None, ensemble={"bootstrap_draws": 10})
     cfg["orchestration"].update(shard_size=4, cpu_threads=1)
     path = root / "demo.yaml"
     path.write_text(yaml.safe_dump(cfg))
