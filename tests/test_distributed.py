@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -181,7 +182,7 @@ def test_job_of_four_shards_runs_on_both_workers(cluster, uninterrupted) -> None
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in runs])))
     messages = [log.message for log in logs]
     assert any(m.startswith("invert shard 00000008-00000016 on auto") for m in messages), messages[:20]
-    assert any("shard 00000008-00000016: 4/8 items handled" in m for m in messages), messages[:20]
+    assert any(re.search(r"shard 00000008-00000016: \d/8 items handled", m) for m in messages), messages[:20]
     # Each shard ran in its own process, pinned as its worker was started.
     records = [json.loads(p.read_text()) for p in (cluster["root"] / "out_a" / "store.state" / "shards" / "invert").glob("*.json")]
     assert len(records) == 4 and all(r["status"] == "completed" and r["summary"]["done"] == SHARD for r in records)

@@ -206,3 +206,35 @@ def test_retry_policy() -> None:
     key = idempotency_key("job-1", "invert", (64, 128), "parent-id", 0)
     assert key == "ganviews/job-1/invert/00000064-00000128/parent-id/0"
     assert key != idempotency_key("job-1", "invert", (64, 128), "parent-id", 1)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_training_stages_write_their_models_once(tmp_path, stylegan2_fixtures, harness) -> None:
+    """train_encoder and train_classifier write models.encoder / the classifier, and are skipped afterwards."""
+    from flows.pipeline import pipeline
+    from ganviews.classify import load_classifier
+    from ganviews.encoder import load_encoder
+
+    gen_path = stylegan2_fixtures / "nvidia-ada-res32.pkl"
+    make_dataset(tmp_path, gen_path, n=12)
+    cfg = write_config(tmp_path, gen_path)
+    cfg["models"]["encoder"] = "models/encoder.safetensors"
+    cfg["models"]["classifiers"]["trained"] = {"path": "models/trained.safetensors", "task": "label"}
+    cfg["encoder_training"] = {"enabled": True, "steps": 2, "batch_size": 2, "perceptual": "none", "depth": 18,
+                               "width": 8, "resolution": 32, "norm": "group", "log_every": 1}
+    cfg["classifier_training"] = {"enabled": True, "name": "trained", "data": "manifest", "train_split": "val",
+                                  "val_split": "test", "classifier": {"arch": "smallcnn", "width": 4},
+                                  "train": {"epochs": 1}, "views": {"batch_size": 4}}
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
+    out = pipeline(str(tmp_path / "pipeline.yaml"), stages=["train_encoder", "train_classifier"])
+    assert set(out) == {"train_encoder", "train_classifier"}
+    assert out["train_encoder"]["steps"] == 2 and out["train_classifier"]["n_train"] == 6
+    E = load_encoder(tmp_path / "models" / "encoder.safetensors")
+    G = load_generator(gen_path)
+    assert E.sha256 == out["train_encoder"]["sha256"] and (E.num_ws, E.w_dim) == (G.num_ws, G.w_dim)
+    assert (tmp_path / "models" / "encoder.safetensors.ckpt").is_file()  # resumable training checkpoint
+    C = load_classifier(tmp_path / "models" / "trained.safetensors")
+    assert C.sha256 == out["train_classifier"]["sha256"] and C.name == "trained"
+    again = pipeline(str(tmp_path / "pipeline.yaml"), stages=["train_encoder", "train_classifier"])
+    assert "exists" in again["train_encoder"]["skipped"] and "exists" in again["train_classifier"]["skipped"]
