@@ -225,6 +225,9 @@ def noop_distributed(cluster: Cluster, cfg_path: Path, n_shards: int, workers: i
         "cfg = as_config(sys.argv[1])\n"
         "t0 = time.perf_counter(); f(plain_config(cfg)); print('SECONDS', time.perf_counter() - t0)\n"
     )
+    from tasks.common import as_config, prepare_store
+
+    prepare_store(as_config(cfg_path))
     cluster.set_workers(workers)
     out = subprocess.run([sys.executable, "-c", code, str(cfg_path)], env=cluster.env, capture_output=True, text=True)
     if out.returncode:
@@ -246,6 +249,7 @@ def main() -> int:
     if not FIXTURE.is_file():
         sys.exit(f"fixture generator not found: {FIXTURE} (set GANVIEWS_SHARED_FIXTURES)")
     root = Path(tempfile.mkdtemp(prefix="bench-orch-"))
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the numbers, not every run's log lines
     os.environ.setdefault("PREFECT_HOME", str(root / "prefect-home-local"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
