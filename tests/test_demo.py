@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -64,8 +65,11 @@ def test_demo_runs_the_pipeline_flow_and_resumes_without_recomputing(tmp_path: P
     from storage import LatentStore, read_logits
 
     config, out = _config(tmp_path), tmp_path / "out"
+    environ_before = dict(os.environ)
     assert main(["demo", "--out", str(out), "--config", str(config), "--limit", "6"]) == 0
     first = capsys.readouterr().out
+    # The demo's quiet Prefect settings last for the call only (they once leaked into later tests).
+    assert "PREFECT_LOGGING_LEVEL" not in set(os.environ) - set(environ_before)
     assert "Prefect flow 'ganviews-pipeline'" in first
     assert "n_images=12, shards=3, todo=12, shards_run=3, todo_after=0" in first
     assert f"report: {out / 'report' / 'report.md'}" in first

@@ -88,7 +88,7 @@ def cluster(tmp_path_factory, stylegan2_fixtures):
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(root / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "DO_NOT_TRACK": "1", "PREFECT_API_URL": url, "PREFECT_WORKER_QUERY_SECONDS": "1",
-           "PREFECT_LOGGING_TO_API_ENABLED": "true", "OMP_NUM_THREADS": "1"}
+           "PREFECT_LOGGING_TO_API_ENABLED": "true", "PREFECT_LOGGING_LEVEL": "INFO", "OMP_NUM_THREADS": "1"}
     env.pop("PREFECT_API_KEY", None)
     procs = []
     try:
@@ -125,6 +125,31 @@ def flow_runs(url: str, tag: str):
     with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag, "invert"])))
     return runs
+
+
+def run_log_messages(url: str, run_ids: list, expected: tuple, timeout: float = 60.0) -> list[str]:
+    """Log messages of the given flow runs, read until every ``expected`` predicate matches one
+    or ``timeout`` passes. A run's state can reach Completed before its process has shipped its
+    last log batch to the API (logs travel in batches from a background thread), so one read
+    right after the job may miss the final lines."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    deadline = time.monotonic() + timeout
+    with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+        while True:
+            messages, offset = [], 0
+            while True:  # page through: the server caps one read at its default limit
+                page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=run_ids)),
+                                        offset=offset)
+                messages += [log.message for log in page]
+                offset += len(page)
+                if not page:
+                    break
+            if all(any(p(m) for m in messages) for p in expected) or time.monotonic() > deadline:
+                return messages
+            time.sleep(1.0)
 
 
 def read_latents(store_path: Path) -> dict[str, np.ndarray]:
@@ -174,15 +199,12 @@ def test_job_of_four_shards_runs_on_both_workers(cluster, uninterrupted) -> None
     workers = {r.labels.get("prefect.worker.name") for r in runs}
     assert workers == {"worker1", "worker2"}, workers
     # Progress reaches the runs' logs: the shard summary and the library's per-batch lines.
-    from prefect import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: cluster["url"]}), get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in runs])))
-    messages = [log.message for log in logs]
-    assert any(m.startswith("invert shard 00000008-00000016 on auto") for m in messages), messages[:20]
-    assert any(re.search(r"shard 00000008-00000016: \d/8 items handled", m) for m in messages), messages[:20]
+    messages = run_log_messages(cluster["url"], [r.id for r in runs], expected=(
+        lambda m: m.startswith("invert shard 00000008-00000016 on auto"),
+        lambda m: re.search(r"shard 00000008-00000016: \d/8 items handled", m),
+    ))
+    assert any(m.startswith("invert shard 00000008-00000016 on auto") for m in messages), messages
+    assert any(re.search(r"shard 00000008-00000016: \d/8 items handled", m) for m in messages), messages
     # Each shard ran in its own process, pinned as its worker was started.
     records = [json.loads(p.read_text()) for p in (cluster["root"] / "out_a" / "store.state" / "shards" / "invert").glob("*.json")]
     assert len(records) == 4 and all(r["status"] == "completed" and r["summary"]["done"] == SHARD for r in records)

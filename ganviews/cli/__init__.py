@@ -33,9 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from storage.errors import StoreError
-
     from ganviews.errors import GanviewsError
+    from storage.errors import StoreError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -23,6 +23,9 @@ first. Stage timings go to ``OUT/timings.json``; ``OUT/pipeline.yaml`` is the re
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -145,9 +148,33 @@ def sample_grid(G, path: Path, *, rows: int = 8, cols: int = 16, seed: int = 0, 
     return path
 
 
+@contextlib.contextmanager
+def environ_defaults(**values: str) -> Iterator[None]:
+    """Set the environment variables that are unset, for the duration of the block only: an
+    in-process caller (a notebook, a test) keeps its own environment afterwards."""
+    added = [k for k in values if k not in os.environ]
+    os.environ.update({k: values[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+DEMO_ENVIRON = {
+    "PREFECT_LOGGING_LEVEL": "WARNING",  # the demo prints its own progress
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # offline: no telemetry attempts
+    "DO_NOT_TRACK": "1",
+}
+
+
 def run(args: argparse.Namespace) -> int:
+    with environ_defaults(**DEMO_ENVIRON):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import json
-    import os
     import shutil
     import time
 
@@ -155,9 +182,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ganviews.errors import ConfigError
 
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the demo prints its own progress
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no telemetry attempts
-    os.environ.setdefault("DO_NOT_TRACK", "1")
     out = args.out.resolve()
     if not args.config.is_file():
         raise ConfigError(f"--config: {args.config} not found")
