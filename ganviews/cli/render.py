@@ -2,13 +2,12 @@
 inverted images, writing the logits table (paper Sec. 3.3–3.4; docs/views.md).
 
     ganviews render STORE --generator G.pkl --classifier smile=smile.safetensors:Smiling \
-        --logits LOGITS [--config views.yaml | --preset faces] [--shards all|0,2,5-7] [--device auto]
+        --logits LOGITS [--config views.yaml | --preset faces] [--shards all|a:b|0,2,5-7] [--device auto]
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--preset", choices=["faces", "cars", "cats"], help="settings preset (default faces)"
     )
     parser.add_argument(
-        "--shards", default="all", help="all, or shard indices like 0,2,5-7 (default all)"
+        "--shards", default="all", help="all, a:b (end exclusive), or shard indices like 0,2,5-7 (default all)"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 … (default auto)")
     parser.add_argument("--seed", type=int, default=0, help="base seed of every view (default 0)")
@@ -65,25 +64,8 @@ def parse_classifier(spec: str) -> tuple[str, str, str | None]:
     return name, path, task
 
 
-def parse_shards(text: str, n_shards: int) -> list[int]:
-    """``all`` or ``0,2,5-7`` → shard indices (checked against ``n_shards``)."""
-    from ganviews.errors import ConfigError
-
-    if text == "all":
-        return list(range(n_shards))
-    out: list[int] = []
-    for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not m:
-            raise ConfigError(f"--shards: {part!r} is not an index or a range a-b (got {text!r})")
-        lo, hi = int(m[1]), int(m[2] or m[1])
-        if hi < lo or hi >= n_shards:
-            raise ConfigError(f"--shards: {part!r} outside 0…{n_shards - 1}")
-        out.extend(range(lo, hi + 1))
-    return sorted(set(out))
-
-
 def run(args: argparse.Namespace) -> int:
+    from ganviews.cli.invert import parse_shards
     from ganviews.config import load_yaml
     from ganviews.views import view_config
     from storage import LatentStore
