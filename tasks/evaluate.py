@@ -27,7 +27,10 @@ TABLE_COLUMNS = [
     "test_acc_single", "test_acc_recon", "test_acc_gan_only", "test_acc_oracle", "alpha_oracle",
     "gain", "gain_se", "test_acc_views_se", "n_val", "n_test",
 ]  # fmt: skip
-INLINE_BYTES = 6 << 20  # images inlined into the Markdown artifact, at most this many bytes in all
+# One artifact's data, at most: the server announces each artifact in an event that carries its
+# data, and refuses events over PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES (1.5 MB by default).
+# Images that would not fit are linked by file URI instead of inlined.
+ARTIFACT_BYTES = 1_000_000
 SUMMARY_PLOTS = ("gain_bars__", "ensemble_size__", "alpha_mean__", "gallery")
 
 
@@ -77,28 +80,40 @@ def publish_artifacts(outputs: ReportOutputs, *, prefix: str = "ensemble") -> li
         key=keys[1],
         description="Averages over tasks per (classifier, method, setting)",
     )
+    text_bytes = len(outputs.render_markdown(_file_uri).encode())
     create_markdown_artifact(
-        outputs.render_markdown(_inline_images(outputs)),
+        outputs.render_markdown(_inline_images(ARTIFACT_BYTES - text_bytes)),
         key=keys[2],
         description=str(outputs.report_md),
     )
     for caption, path in outputs.plots:
         if path.name.startswith(SUMMARY_PLOTS):
             key = f"{prefix}-{_key(path.stem)}"
-            create_image_artifact(data_uri(path), key=key, description=caption)
+            image = data_uri(path) if _data_uri_bytes(path) <= ARTIFACT_BYTES else _file_uri(path)
+            create_image_artifact(image, key=key, description=caption)
             keys.append(key)
     return keys
 
 
-def _inline_images(outputs: ReportOutputs):
-    budget = [INLINE_BYTES]
+def _file_uri(path: Path) -> str:
+    return path.resolve().as_uri()
+
+
+def _data_uri_bytes(path: Path) -> int:
+    return len("data:image/png;base64,") + 4 * -(-path.stat().st_size // 3)
+
+
+def _inline_images(budget: int):
+    """Image reference for Markdown whose file-URI rendering is already counted: a data URI
+    while the extra bytes fit in ``budget``, a file URI after that."""
+    left = [budget]
 
     def ref(path: Path) -> str:
-        size = path.stat().st_size
-        if size <= budget[0]:
-            budget[0] -= size
+        extra = _data_uri_bytes(path) - len(_file_uri(path))
+        if extra <= left[0]:
+            left[0] -= extra
             return data_uri(path)
-        return path.resolve().as_uri()
+        return _file_uri(path)
 
     return ref
 

@@ -6,8 +6,15 @@ import pandas as pd
 import pytest
 from test_ensemble import known_table
 
+from ganviews.report import data_uri
 from storage.logits import write_logits
-from tasks.evaluate import _key, evaluate_ensembles_task
+from tasks.evaluate import (
+    ARTIFACT_BYTES,
+    _data_uri_bytes,
+    _inline_images,
+    _key,
+    evaluate_ensembles_task,
+)
 
 CONFIG = {"ensemble": {"bootstrap_draws": 10}, "max_alpha_plots": 1, "grid_max_tasks": 1, "dpi": 50}
 
@@ -30,6 +37,18 @@ def test_task_body_outside_prefect(logits, tmp_path):
 def test_artifact_keys_are_valid():
     assert _key("ensemble_size__R50.v2") == "ensemble-size-r50-v2"
     assert _key("__") == "x"
+
+
+def test_images_are_inlined_only_while_the_artifact_stays_under_the_event_limit(tmp_path):
+    small, big = tmp_path / "small.png", tmp_path / "big.png"
+    small.write_bytes(b"\x89PNG" + bytes(3_000))
+    big.write_bytes(b"\x89PNG" + bytes(30_000))
+    ref = _inline_images(_data_uri_bytes(small) + 1_000)  # room for the small one only
+    assert ref(big) == big.resolve().as_uri()
+    assert ref(small).startswith("data:image/png;base64,")
+    assert ref(small) == small.resolve().as_uri()  # the budget is spent
+    assert _data_uri_bytes(big) == len(data_uri(big)) and _data_uri_bytes(small) == len(data_uri(small))
+    assert ARTIFACT_BYTES < 1_500_000  # Prefect's default PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES
 
 
 @pytest.fixture(scope="session")
