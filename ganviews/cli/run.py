@@ -65,6 +65,9 @@ def prepare_environment(cfg) -> None:
 
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", EXTRA_LOGGERS)
     if cfg.orchestration.mode != "distributed":
+        # Prefect's temporary in-process server (no PREFECT_API_URL): no telemetry from batch jobs,
+        # which on an offline node logged an error on every run; an explicit setting wins.
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         return
     from prefect.settings import PREFECT_API_URL
 
