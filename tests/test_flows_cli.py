@@ -38,3 +38,19 @@ def test_distributed_mode_needs_a_server(tmp_path, stylegan2_fixtures, capsys, m
     write_config(tmp_path, stylegan2_fixtures / "nvidia-ada-res32.pkl")
     assert main(["run", str(tmp_path / "pipeline.yaml"), "--mode", "distributed"]) == 2
     assert "orchestration.mode: distributed needs a Prefect server; set PREFECT_API_URL" in capsys.readouterr().err
+
+
+def test_embedded_run_starts_prefect_without_telemetry_unless_set(tmp_path, stylegan2_fixtures, monkeypatch) -> None:
+    import os
+
+    from ganviews.cli.run import prepare_environment
+    from ganviews.pipeline_config import load_pipeline_config
+
+    write_config(tmp_path, stylegan2_fixtures / "nvidia-ada-res32.pkl")
+    cfg = load_pipeline_config(tmp_path / "pipeline.yaml")
+    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
+    prepare_environment(cfg)
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")  # the user's own choice wins
+    prepare_environment(cfg)
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "true"
