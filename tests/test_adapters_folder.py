@@ -93,6 +93,15 @@ def test_boxes_landmarks_and_explicit_columns(tmp_path):
     assert "note" not in df.columns  # not asked for
 
 
+def test_relative_labels_path_is_looked_up_under_root_then_the_current_directory(tmp_path, monkeypatch):
+    root = write_folder(tmp_path / "r", _table())
+    (root / "labels.csv").rename(tmp_path / "mine.csv")
+    monkeypatch.chdir(tmp_path)
+    assert len(build_folder(root, labels="mine.csv")) == len(build_folder(root, labels=str(tmp_path / "mine.csv")))
+    (tmp_path / "mine.csv").rename(root / "mine.csv")
+    assert len(build_folder(root, labels="mine.csv")) == len(_table())
+
+
 def test_failure_messages(tmp_path):
     root = write_folder(tmp_path / "e", _table())
     with pytest.raises(AnnotationFileMissing, match=r"no labels file in .* \(looked for labels\.csv, labels\.parquet\)"):

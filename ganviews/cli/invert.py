@@ -4,8 +4,8 @@
     ganviews invert MANIFEST STORE --generator G.pkl [--encoder E.safetensors] [--config inv.yaml]
         [--split val,test] [--shards all|0:4|0,2,5-7] [--shard-size 64] [--device auto] [--overwrite]
 
-The YAML holds two optional sections, ``align:`` (AlignConfig) and ``invert:``
-(InversionConfig). The store records the generator's and encoder's content hashes and the
+The YAML holds two optional sections, ``align:`` (AlignConfig; ``resolution`` defaults to
+the generator's) and ``invert:`` (InversionConfig). The store records the generator's and encoder's content hashes and the
 resolved configs; a rerun with the same inputs skips finished items and retries failed
 ones, a different generator, encoder or config is refused (``--overwrite`` starts over).
 """
@@ -69,8 +69,9 @@ def parse_shards(text: str, n_shards: int) -> list[int]:
     return sorted(set(out))
 
 
-def load_config(path: str | None, args: argparse.Namespace):
-    """(AlignConfig, InversionConfig) from the YAML sections and the command-line overrides."""
+def load_config(path: str | None, args: argparse.Namespace, *, resolution: int):
+    """(AlignConfig, InversionConfig) from the YAML sections and the command-line overrides;
+    ``align.resolution`` defaults to ``resolution`` (the generator's)."""
     from ganviews.config import load_yaml
     from ganviews.errors import ConfigError
     from tasks.invert import resolve_configs
@@ -83,7 +84,7 @@ def load_config(path: str | None, args: argparse.Namespace):
     for key, value in (("steps", args.steps), ("batch_size", args.batch_size)):
         if value is not None:
             inv[key] = value
-    return resolve_configs(data.get("align") or {}, inv)
+    return resolve_configs({"resolution": resolution, **(data.get("align") or {})}, inv)
 
 
 def select_splits(manifest, splits: str | None):
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.shard_size < 1:
         raise ConfigError(f"--shard-size: must be ≥ 1, got {args.shard_size}")
-    align_cfg, inv_cfg = load_config(args.config, args)
+    _, inv_cfg = load_config(args.config, args, resolution=256)  # checked before any model is loaded
     manifest = select_splits(read_manifest(args.manifest), args.split)
     if not len(manifest):
         raise ConfigError(f"{args.manifest}: no rows to invert")
@@ -137,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     set_numerics_policy(device)
     G, E, P = load_inversion_models(args.generator, args.encoder, inv_cfg, device=device,
                                     lpips_weights_dir=args.lpips_weights_dir)
+    align_cfg, _ = load_config(args.config, args, resolution=G.resolution)
     store = open_store(args.store, manifest, G, E, align_cfg, inv_cfg, shard_size=args.shard_size,
                        overwrite=args.overwrite)
     shards = parse_shards(args.shards, len(store.shards()))

@@ -75,7 +75,7 @@ def _cats_options(p: argparse.ArgumentParser) -> None:
 
 
 def _folder_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--labels", help="labels CSV/Parquet (default: ROOT/labels.csv or ROOT/labels.parquet)")
+    p.add_argument("--labels", help="labels CSV/Parquet: absolute, or relative to ROOT, else to the current directory (default: ROOT/labels.csv or ROOT/labels.parquet)")
     p.add_argument("--image-column", help="column holding image paths (default: image, file, filename, …)")
     p.add_argument("--split-column", help="column holding train/val/test (default: 'split' when present)")
     p.add_argument("--label-columns", nargs="+", help="label columns (default: every other column)")

@@ -74,10 +74,13 @@ def _resolve_labels(root: Path, labels: str | Path | None) -> Path:
             f"no labels file in {root} (looked for labels.csv, labels.parquet); pass labels= (CLI: --labels)"
         )
     path = Path(labels).expanduser()
-    path = path if path.is_absolute() else root / path
-    if not path.is_file():
-        raise AnnotationFileMissing(f"labels file {str(path)!r} not found")
-    return path.resolve()
+    candidates = [path] if path.is_absolute() else [root / path, Path.cwd() / path]  # ROOT first, then cwd
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise AnnotationFileMissing(
+        f"labels file {str(labels)!r} not found (looked for {', '.join(str(c) for c in candidates)})"
+    )
 
 
 def _split_column(table: pd.DataFrame, path: Path, column: str) -> list[str]:
