@@ -395,18 +395,21 @@ class LatentStore:
 
     def check_identity(self, expect: Mapping[str, Any]) -> None:
         """StoreError naming every key whose stored value differs from ``expect``'s."""
-        stored = self.attrs
+        stored, expect = self.attrs, plain(dict(expect))
         problems = []
-        for key, value in plain(dict(expect)).items():
+        for key, value in expect.items():
             if key not in stored:
                 problems.append(f"{key}: not stored, given {value!r}")
             elif key == "config" and isinstance(value, dict):
                 problems.extend(f"config.{line}" for line in diff_mappings(stored[key], value))
+            elif key == "config_hash" and stored.get("config") != expect.get("config", stored.get("config")):
+                continue  # the config's own differences are listed; its hash adds nothing
             elif stored[key] != value:
                 problems.append(f"{key}: stored {stored[key]!r}, given {value!r}")
         if problems:
-            raise StoreError(f"{self._path} was made by something else — refusing to mix: "
-                             + "; ".join(problems))
+            raise StoreError(f"{self._path} holds latents made with other settings; refusing to mix: "
+                             + "; ".join(problems) + " (use another store, or start this one over: "
+                             "overwrite=True, CLI --overwrite)")
 
     def manifest(self) -> pd.DataFrame | None:
         """The manifest stored with the store (row i = index i), or None."""

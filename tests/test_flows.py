@@ -195,7 +195,7 @@ def test_retry_policy() -> None:
     from tasks.common import is_transient
 
     for exc, retry in ((OSError("stale NFS file handle"), True), (RuntimeError("CUDA out of memory"), True),
-                       (ConfigError("invert.steps: …"), False), (StoreError("made by something else"), False),
+                       (ConfigError("invert.steps: …"), False), (StoreError("holds latents made with other settings"), False),
                        (ValueError("bad shape"), False)):
         assert is_transient(None, None, Failed(data=exc)) is retry, exc
     cfg = load_pipeline_config({"data": {"manifest": "m"}, "paths": {"store": "s", "logits": "l", "report": "r"},
