@@ -153,6 +153,9 @@ def prepare_store(cfg: PipelineConfig) -> dict[str, Any]:
 
         E = load_encoder(cfg.models.encoder, device="cpu")
     align, inv = resolve_configs(cfg.align, cfg.invert)
+    if align.resolution != G.resolution:  # before the store exists, not once per shard
+        raise ConfigError(f"align.resolution: {align.resolution}, but {cfg.models.generator} makes "
+                          f"{G.resolution} px images; set align.resolution: {G.resolution}")
     path = cfg.paths.store
     if (path / "zarr.json").is_file():
         check_store_models(LatentStore.open(path, mode="r"), G, E)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_flows import write_config  # noqa: E402
+from test_flows import harness, make_dataset, write_config  # noqa: E402, F401 (harness: a fixture)
 
 
 def test_cli_errors_are_one_line(tmp_path, stylegan2_fixtures, capsys) -> None:
@@ -54,3 +54,21 @@ def test_embedded_run_starts_prefect_without_telemetry_unless_set(tmp_path, styl
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")  # the user's own choice wins
     prepare_environment(cfg)
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "true"
+
+
+@pytest.mark.usefixtures("harness")
+def test_align_resolution_that_is_not_the_generators_fails_before_the_store_exists(tmp_path, stylegan2_fixtures,
+                                                                                  capsys) -> None:
+    import yaml
+
+    from ganviews.cli import main
+
+    gen = stylegan2_fixtures / "nvidia-ada-res32.pkl"
+    make_dataset(tmp_path, gen, n=2)
+    cfg = write_config(tmp_path, gen)
+    cfg["align"]["resolution"] = 64
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(tmp_path / "pipeline.yaml"), "--stages", "invert"]) == 2
+    err = capsys.readouterr().err
+    assert "align.resolution: 64, but" in err and "set align.resolution: 32" in err
+    assert not (tmp_path / "out" / "store").exists()
