@@ -3,7 +3,8 @@
 Default: 40 tasks × 6 method/settings × 21 α × (10k val + 10k test) images × 32 views, a
 single-logit binary classifier (CelebA-HQ attributes). Times, per stage:
   build      logits [N, V, 1] → probabilities, per group (from dense arrays);
-  table      logits DataFrame (storage schema rows) → dense groups, one task, extrapolated;
+  table      one task's logits Parquet dataset → read → dense groups, extrapolated; logits read
+             as numpy arrays per row and as an Arrow list column (what ``ganviews report`` uses);
   evaluate   α-CV for every group: 21 α on val and test, α*, oracle, single/recon/views-only,
              SEs, McNemar, bootstrap over views (B draws) — ``evaluate_groups``;
   size       ensemble-size curves (0…31 views, B draws) for the best setting per method;
@@ -18,6 +19,7 @@ import contextlib
 import dataclasses
 import os
 import platform
+import tempfile
 import time
 
 import numpy as np
@@ -34,6 +36,7 @@ from ganviews.ensemble import (
     probabilities,
     size_curves,
 )
+from storage.logits import read_logits, write_logits
 
 METHODS = [("isotropic_fine", "0.1"), ("isotropic_fine", "0.2"), ("isotropic_coarse", "0.2"),
            ("pca_fine", "2"), ("pca_coarse", "2"), ("stylemix_fine", "")]  # fmt: skip
@@ -87,8 +90,9 @@ def per_image_loop(probs: np.ndarray, labels: np.ndarray, alphas: np.ndarray) ->
     return correct
 
 
-def table_build(rng, n: int, views: int) -> float:
-    """Seconds to turn one task's logits DataFrame (storage schema) into dense groups."""
+def table_build(rng, n: int, views: int) -> tuple[dict[str, float], int]:
+    """Seconds to turn one task's logits dataset (written with storage.logits) into dense groups:
+    read + build_groups, with the logits read as numpy arrays per row and as an Arrow list column."""
     rows = []
     for method, setting in METHODS:
         for split in ("val", "test"):
@@ -97,14 +101,19 @@ def table_build(rng, n: int, views: int) -> float:
                 "image_id": np.repeat([f"{split}{i:06d}" for i in range(n)], views),
                 "split": split, "task": "t0", "classifier": "resnet50", "method": method, "setting": setting,
                 "view": np.tile(np.arange(views, dtype=np.int32), n),
-                "logits": list(logits.reshape(-1, 1)), "label": np.repeat(labels, views), "seed": None,
+                "logits": list(logits.reshape(-1, 1).astype(np.float32)), "label": np.repeat(labels, views),
+                "seed": pd.array([None] * (n * views), dtype="Int64"),
             }))  # fmt: skip
     frame = pd.concat(rows, ignore_index=True)
-    start = time.perf_counter()
-    groups = build_groups(frame)
-    elapsed = time.perf_counter() - start
-    assert len(groups) == len(METHODS)
-    return elapsed, len(frame)
+    times = {}
+    with tempfile.TemporaryDirectory() as root:
+        write_logits(root, frame, shard="bench")
+        for name, arrow in (("numpy", False), ("arrow", True)):
+            start = time.perf_counter()
+            groups = build_groups(read_logits(root, arrow_logits=arrow))
+            times[name] = time.perf_counter() - start
+            assert len(groups) == len(METHODS)
+    return times, len(frame)
 
 
 def main() -> None:
@@ -193,8 +202,8 @@ def main() -> None:
     per_image_alpha = loop_s / (sub * len(alphas))
     loop_full = per_image_alpha * 2 * args.images * len(alphas) * n_groups
 
-    table_s, table_rows = table_build(rng, args.table_images, args.views)
-    table_full = table_s * args.tasks * args.images / args.table_images
+    table_times, table_rows = table_build(rng, args.table_images, args.views)
+    scale = args.tasks * args.images / args.table_images
 
     print("stage          wall s    cpu s")
     print(f"build        {build:8.2f}           logits → probabilities, {n_groups} groups")
@@ -203,8 +212,11 @@ def main() -> None:
                        ("size", f"ensemble-size curves 0…{args.views - 1} views × {args.draws} draws, {size_groups} groups")):  # fmt: skip
         wall, cpu = clock[name]
         print(f"{name:10s}   {wall:8.2f} {cpu:8.2f}   {what}")
-    print(f"table        {table_s:8.2f}           DataFrame ({table_rows:,} rows, one task) → dense groups; "
-          f"×{args.tasks * args.images // args.table_images} ≈ {table_full:.0f} s for all tasks")  # fmt: skip
+    for name, what in (("numpy", "logits as numpy arrays per row (read_logits default)"),
+                       ("arrow", "logits as an Arrow list column (arrow_logits=True, what `ganviews report` reads)")):
+        print(f"table-{name:5s}  {table_times[name]:8.2f}           Parquet ({table_rows:,} rows, one task) → dense "
+              f"groups, {what}; ×{scale:.0f} ≈ {table_times[name] * scale:.0f} s for all tasks")  # fmt: skip
+    print(f"             table read + build: arrow {table_times['numpy'] / table_times['arrow']:.2f}× the numpy path")
     print(
         f"loop         {loop_s:8.2f}           per-image, per-α numpy loop on {sub} images ({per_image_alpha * 1e6:.1f} µs per image-α)"
     )

@@ -257,11 +257,13 @@ def _filter_values(column: str, value: object) -> list:
 
 
 def read_logits(root: str | Path, filters: Mapping[str, object] | None = None, *,
-                columns: Sequence[str] | None = None) -> pd.DataFrame:
+                columns: Sequence[str] | None = None, arrow_logits: bool = False) -> pd.DataFrame:
     """All logit rows under ``root`` as a DataFrame; ``filters`` maps column → value or list of values.
 
     ``logits`` comes back as one numpy float32 array per row; stack a group with
-    ``np.stack(frame["logits"])``.
+    ``np.stack(frame["logits"])``. ``arrow_logits=True`` keeps it an Arrow list column
+    (``pd.ArrowDtype``) instead: no Python object per row, which is what bulk readers (the
+    ensemble evaluation) want at millions of rows.
     """
     expr = None
     for column, value in (filters or {}).items():
@@ -272,7 +274,13 @@ def read_logits(root: str | Path, filters: Mapping[str, object] | None = None, *
         if unknown:
             raise StoreError(f"unknown column(s) {unknown}; columns: {LOGITS_SCHEMA.names}")
     table = logits_dataset(root, filters).to_table(filter=expr, columns=list(columns) if columns else None)
-    frame = table.to_pandas()
+    if arrow_logits and "logits" in table.column_names:
+        position = table.column_names.index("logits")
+        frame = table.drop_columns(["logits"]).to_pandas()
+        frame.insert(position, "logits", pd.Series(pd.arrays.ArrowExtensionArray(table.column("logits")),
+                                                   index=frame.index))
+    else:
+        frame = table.to_pandas()
     if "seed" in frame.columns:  # nullable (views 0/1 have none); exact for all 63-bit seeds
         frame["seed"] = table.column("seed").to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
     return frame

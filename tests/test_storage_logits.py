@@ -89,6 +89,17 @@ def test_tasks_with_different_class_counts_share_the_dataset(tmp_path):
         write_logits(tmp_path, rows(["b"], task="car_type", n_classes=4, method="crop"), shard="s1")
 
 
+def test_arrow_logits_option_keeps_the_values_without_python_objects(tmp_path):
+    write_logits(tmp_path, pd.concat([rows(["a", "b"], task="car_type", n_classes=3),
+                                      rows(["a"], task="Smiling", n_classes=2)]), shard="s0")
+    plain, arrow = read_logits(tmp_path), read_logits(tmp_path, arrow_logits=True)
+    assert list(arrow.columns) == list(plain.columns) and isinstance(arrow["logits"].dtype, pd.ArrowDtype)
+    assert [np.asarray(v, np.float32).tolist() for v in arrow["logits"]] == [v.tolist() for v in plain["logits"]]
+    assert arrow.drop(columns="logits").equals(plain.drop(columns="logits"))
+    narrow = read_logits(tmp_path, {"task": "Smiling"}, columns=["image_id", "logits"], arrow_logits=True)
+    assert list(narrow.columns) == ["image_id", "logits"] and narrow["logits"].list.len().tolist() == [2] * 4
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
