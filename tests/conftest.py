@@ -40,3 +40,13 @@ def shared_fixtures() -> Path:
 @pytest.fixture(scope="session")
 def stylegan2_fixtures(shared_fixtures: Path) -> Path:
     return shared_fixtures / "stylegan2"
+
+
+@pytest.fixture(scope="session")
+def harness():
+    """One Prefect test harness (a temporary server on SQLite) for the whole session: its first
+    start creates the database, which takes tens of seconds, so the flow tests share it."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=300):
+        yield

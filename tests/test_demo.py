@@ -47,14 +47,6 @@ def _config(root: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=300):
-        yield
-
-
 def _snapshot(out: Path) -> dict[str, int]:
     files = list((out / "logits").rglob("*.parquet")) + [out / "store" / "pca_stats.npz", out / "report" / "report.md"]
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in files}

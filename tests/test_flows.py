@@ -1,8 +1,8 @@
 """The pipeline flows in embedded mode: a few dozen generated images, end to end, under Prefect.
 
 Real modules throughout (alignment, inversion, views, classifiers, store, logits, report)
-with the 32 px fixture generator, a small random classifier, tiny step counts; one Prefect
-test harness for the module (its SQLite database takes a while to create the first time).
+with the 32 px fixture generator, a small random classifier, tiny step counts; runs under
+the session's Prefect test harness (tests/conftest.py: its SQLite database takes a while to create).
 """
 
 from __future__ import annotations
@@ -22,14 +22,6 @@ from storage.latents import LatentStore
 from storage.logits import read_logits
 
 N_IMAGES, SHARD = 24, 8
-
-
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=300):
-        yield
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_flows import harness, make_dataset, write_config  # noqa: E402, F401 (harness: a fixture)
+from test_flows import make_dataset, write_config  # noqa: E402
 
 
 def test_cli_errors_are_one_line(tmp_path, stylegan2_fixtures, capsys) -> None:
@@ -28,15 +28,16 @@ def test_cli_errors_are_one_line(tmp_path, stylegan2_fixtures, capsys) -> None:
 
 
 def test_distributed_mode_needs_a_server(tmp_path, stylegan2_fixtures, capsys, monkeypatch) -> None:
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from ganviews.cli import main
 
-    if PREFECT_API_URL.value():
-        pytest.skip("a Prefect API URL is configured in this environment")
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
     write_config(tmp_path, stylegan2_fixtures / "nvidia-ada-res32.pkl")
-    assert main(["run", str(tmp_path / "pipeline.yaml"), "--mode", "distributed"]) == 2
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # the session's test harness sets one
+        if PREFECT_API_URL.value():
+            pytest.skip("a Prefect API URL is configured in this environment's profile")
+        assert main(["run", str(tmp_path / "pipeline.yaml"), "--mode", "distributed"]) == 2
     assert "orchestration.mode: distributed needs a Prefect server; set PREFECT_API_URL" in capsys.readouterr().err
 
 

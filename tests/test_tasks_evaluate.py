@@ -51,16 +51,8 @@ def test_images_are_inlined_only_while_the_artifact_stays_under_the_event_limit(
     assert ARTIFACT_BYTES < 1_500_000  # Prefect's default PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES
 
 
-@pytest.fixture(scope="session")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=300):
-        yield
-
-
 @pytest.mark.slow
-def test_task_publishes_artifacts_in_a_flow(prefect_harness, logits, tmp_path):
+def test_task_publishes_artifacts_in_a_flow(harness, logits, tmp_path):
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
