@@ -141,7 +141,12 @@ def _selected_manifest(cfg: PipelineConfig):
 def prepare_store(cfg: PipelineConfig) -> dict[str, Any]:
     """Create the latent store from the manifest's selected splits, or reopen it checking its identity."""
     from ganviews.generator import load_generator
-    from tasks.invert import check_store_models, resolve_configs, store_attrs
+    from tasks.invert import (
+        check_align_resolution,
+        check_store_models,
+        resolve_configs,
+        store_attrs,
+    )
 
     manifest = _selected_manifest(cfg)
     if not len(manifest):
@@ -153,9 +158,7 @@ def prepare_store(cfg: PipelineConfig) -> dict[str, Any]:
 
         E = load_encoder(cfg.models.encoder, device="cpu")
     align, inv = resolve_configs(cfg.align, cfg.invert)
-    if align.resolution != G.resolution:  # before the store exists, not once per shard
-        raise ConfigError(f"align.resolution: {align.resolution}, but {cfg.models.generator} makes "
-                          f"{G.resolution} px images; set align.resolution: {G.resolution}")
+    check_align_resolution(align, G)  # before the store exists, not once per shard
     path = cfg.paths.store
     if (path / "zarr.json").is_file():
         check_store_models(LatentStore.open(path, mode="r"), G, E)

@@ -60,6 +60,13 @@ def resolve_configs(align_cfg: Any, inversion_cfg: Any):
     return align, inv
 
 
+def check_align_resolution(align_cfg, G) -> None:
+    """ConfigError unless images are aligned at the generator's resolution."""
+    if align_cfg.resolution != G.resolution:
+        raise ConfigError(f"align.resolution: {align_cfg.resolution}, but the generator makes "
+                          f"{G.resolution} px images; set align.resolution: {G.resolution}")
+
+
 def identity_config(align_cfg, inversion_cfg) -> dict[str, Any]:
     """The configs recorded in (and checked against) the store.
 
@@ -230,9 +237,7 @@ def invert_shard_with(store: LatentStore, shard: int | Sequence[int], G, E, P, *
                       retry_failed: bool = True) -> dict[str, Any]:
     """Invert the pending (+ failed) items of one shard with loaded models → summary dict."""
     start, stop = _shard_range(store, shard)
-    if align_cfg.resolution != G.resolution:
-        raise ConfigError(f"align.resolution={align_cfg.resolution} but the generator makes "
-                          f"{G.resolution} px images; set align.resolution: {G.resolution}")
+    check_align_resolution(align_cfg, G)
     manifest = store.manifest()
     if manifest is None:
         raise ConfigError(f"{store.path} has no manifest.parquet: image paths come from it")

@@ -69,9 +69,10 @@ def parse_shards(text: str, n_shards: int) -> list[int]:
     return sorted(set(out))
 
 
-def load_config(path: str | None, args: argparse.Namespace, *, resolution: int):
-    """(AlignConfig, InversionConfig) from the YAML sections and the command-line overrides;
-    ``align.resolution`` defaults to ``resolution`` (the generator's)."""
+def load_config(path: str | None, args: argparse.Namespace):
+    """(the ``align:`` section, InversionConfig) from the YAML and the command-line overrides.
+    Both are checked here, before any model is loaded; the AlignConfig is resolved once the
+    generator is known (``align.resolution`` defaults to its resolution)."""
     from ganviews.config import load_yaml
     from ganviews.errors import ConfigError
     from tasks.invert import resolve_configs
@@ -84,7 +85,9 @@ def load_config(path: str | None, args: argparse.Namespace, *, resolution: int):
     for key, value in (("steps", args.steps), ("batch_size", args.batch_size)):
         if value is not None:
             inv[key] = value
-    return resolve_configs({"resolution": resolution, **(data.get("align") or {})}, inv)
+    align = dict(data.get("align") or {})
+    resolve_configs(align, None)  # unknown keys and bad values fail here
+    return align, resolve_configs(None, inv)[1]
 
 
 def select_splits(manifest, splits: str | None):
@@ -126,11 +129,11 @@ def run(args: argparse.Namespace) -> int:
     from ganviews.errors import ConfigError
     from ganviews.runtime import resolve_device, set_numerics_policy
     from storage import read_manifest
-    from tasks.invert import invert_shard_with, load_inversion_models
+    from tasks.invert import invert_shard_with, load_inversion_models, resolve_configs
 
     if args.shard_size < 1:
         raise ConfigError(f"--shard-size: must be ≥ 1, got {args.shard_size}")
-    _, inv_cfg = load_config(args.config, args, resolution=256)  # checked before any model is loaded
+    align, inv_cfg = load_config(args.config, args)
     manifest = select_splits(read_manifest(args.manifest), args.split)
     if not len(manifest):
         raise ConfigError(f"{args.manifest}: no rows to invert")
@@ -138,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     set_numerics_policy(device)
     G, E, P = load_inversion_models(args.generator, args.encoder, inv_cfg, device=device,
                                     lpips_weights_dir=args.lpips_weights_dir)
-    align_cfg, _ = load_config(args.config, args, resolution=G.resolution)
+    align_cfg, _ = resolve_configs({"resolution": G.resolution, **align}, inv_cfg)
     store = open_store(args.store, manifest, G, E, align_cfg, inv_cfg, shard_size=args.shard_size,
                        overwrite=args.overwrite)
     shards = parse_shards(args.shards, len(store.shards()))
