@@ -159,6 +159,6 @@ def test_cli_invert_creates_resumes_and_refuses_mixing(tmp_path, gen_path, style
     # --overwrite starts over with the new settings; align.resolution defaults to the generator's.
     (tmp_path / "inv.yaml").write_text("invert:\n  steps: 1\n  lpips_net: lpips-random\n  batch_size: 2\n")
     assert main(["invert", *base, "--generator", str(gen_path), "--overwrite"]) == 0
-    assert LatentStore.open(tmp_path / "store").attrs["config"]["align"]["resolution"] == G.resolution == 32
     store = LatentStore.open(tmp_path / "store")
+    assert store.attrs["config"]["align"]["resolution"] == G.resolution == 32
     assert store.read([0])["iterations"].tolist() == [1]
