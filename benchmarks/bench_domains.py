@@ -8,7 +8,7 @@ chosen device:
 
 * ``t_eval``: one evaluation of the inversion objective per image — loss and gradient of
   masked L1 + LPIPS + encoder consistency, exactly the call L-BFGS makes inside ``invert()``
-  (``ganviews.invert._Objective``), in exact fp32, batch ``--batch``;
+  (``ganviews.inversion.invert._Objective``), in exact fp32, batch ``--batch``;
 * ``t_render``: one ``G.synthesis`` per image (no grad), batch ``--batch``;
 * ``t_cls``: one classifier forward per image (its own preprocessing included).
 
@@ -42,14 +42,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ganviews.classify import build_classifier  # noqa: E402
-from ganviews.encoder import Encoder  # noqa: E402
-from ganviews.generator import Generator, GeneratorConfig  # noqa: E402
-from ganviews.invert import _Objective  # noqa: E402  (the objective invert() minimises)
-from ganviews.perceptual import load_perceptual  # noqa: E402
-from ganviews.pipeline_config import load_pipeline_config  # noqa: E402
-from ganviews.runtime import exact_fp32, resolve_device, set_numerics_policy  # noqa: E402
-from ganviews.views import view_groups  # noqa: E402
+from ganviews.classifiers.model import build_classifier  # noqa: E402
+from ganviews.core.runtime import exact_fp32, resolve_device, set_numerics_policy  # noqa: E402
+from ganviews.inversion.encoder import Encoder  # noqa: E402
+from ganviews.inversion.invert import _Objective  # noqa: E402  (the objective invert() minimises)
+from ganviews.inversion.perceptual import load_perceptual  # noqa: E402
+from ganviews.stylegan.generator import Generator, GeneratorConfig  # noqa: E402
+from ganviews.views.render import view_groups  # noqa: E402
+from tasks.pipeline_config import load_pipeline_config  # noqa: E402
 
 # the released classifiers' architecture and preprocessing per config (docs/classifiers.md)
 CLASSIFIERS = {

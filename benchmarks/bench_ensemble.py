@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from _machine import cpu_name  # benchmarks/ is the script's folder
 
-from ganviews.ensemble import (
+from ganviews.ensemble.evaluate import (
     EnsembleConfig,
     alpha_grid,
     build_groups,

@@ -20,8 +20,8 @@ import time
 import torch
 from _machine import device_name  # benchmarks/ is the script's folder
 
-from ganviews.generator import Generator, GeneratorConfig
-from ganviews.runtime import resolve_device, set_numerics_policy
+from ganviews.core.runtime import resolve_device, set_numerics_policy
+from ganviews.stylegan.generator import Generator, GeneratorConfig
 
 
 def parse_args() -> argparse.Namespace:

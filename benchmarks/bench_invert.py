@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _machine import device_name  # noqa: E402  (benchmarks/ is the script's folder)
 
-from ganviews.encoder import Encoder  # noqa: E402
-from ganviews.generator import Generator, GeneratorConfig, load_generator  # noqa: E402
-from ganviews.invert import invert  # noqa: E402
-from ganviews.perceptual import load_perceptual  # noqa: E402
+from ganviews.inversion.encoder import Encoder  # noqa: E402
+from ganviews.inversion.invert import invert  # noqa: E402
+from ganviews.inversion.perceptual import load_perceptual  # noqa: E402
+from ganviews.stylegan.generator import Generator, GeneratorConfig, load_generator  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "stylegan2" / "nvidia-ada-res32.pkl"
 

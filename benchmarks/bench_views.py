@@ -5,7 +5,7 @@ reconstruction G(w*) and N−1 isotropic fine-layer views (N+1 classified views 
 with a randomly initialised config-f StyleGAN2 generator (cost does not depend on the
 weights' values) and a ResNet-18 classifier with its own on-device preprocessing.
 
-- fused: :func:`ganviews.views.render_and_classify` — batches of ``batch_size`` views across
+- fused: :func:`ganviews.views.render.render_and_classify` — batches of ``batch_size`` views across
   images, perturb → render → preprocess → classify on the device, logits copied once;
 - disk: the same batched rendering, but every view is written as a PNG, read back and then
   classified in batches (render-to-disk-then-classify);
@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ganviews.classify import build_classifier
-from ganviews.generator import Generator, GeneratorConfig
-from ganviews.perturb import perturb_from_seeds, view_seed
-from ganviews.runtime import resolve_device, set_numerics_policy
-from ganviews.views import GanGroup, ViewConfig, render_and_classify, to_uint8
+from ganviews.classifiers.model import build_classifier
+from ganviews.core.runtime import resolve_device, set_numerics_policy
+from ganviews.stylegan.generator import Generator, GeneratorConfig
+from ganviews.views.perturb import perturb_from_seeds, view_seed
+from ganviews.views.render import GanGroup, ViewConfig, render_and_classify, to_uint8
 
 SIGMA = 0.3
 

@@ -13,9 +13,9 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from flows import stages as S
-from ganviews.errors import ConfigError
-from ganviews.pipeline_config import STAGES
+from ganviews.core.errors import ConfigError
 from tasks.common import as_config, check_files, job_name, plain_config
+from tasks.pipeline_config import STAGES
 
 STAGE_FLOWS = {
     "train_encoder": S.train_encoder,

@@ -31,9 +31,9 @@ from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from ganviews.errors import GanviewsError
-from ganviews.pipeline_config import PipelineConfig
+from ganviews.core.errors import GanviewsError
 from tasks.common import as_config, device_list, job_name, plain_config, shard_name, shard_task
+from tasks.pipeline_config import PipelineConfig
 
 SHARD_FLOW = "ganviews-shard"
 

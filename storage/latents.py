@@ -303,7 +303,7 @@ class LatentStore:
         if not isinstance(generator, str) or not generator:
             raise StoreError(
                 "attrs must name generator_sha256 (the generator checkpoint's content hash, "
-                f"e.g. ganviews.runtime.file_sha256), got {generator!r}"
+                f"e.g. ganviews.core.runtime.file_sha256), got {generator!r}"
             )
         config = given.setdefault("config", {})
         if not isinstance(config, dict):

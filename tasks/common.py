@@ -1,4 +1,4 @@
-"""Prefect tasks of the pipeline flows, configured by one :class:`ganviews.pipeline_config.PipelineConfig`.
+"""Prefect tasks of the pipeline flows, configured by one :class:`tasks.pipeline_config.PipelineConfig`.
 
 Chai et al. (CVPR 2021) Sec. 3–4 as a dataset job: the sharded stages (invert, render +
 classify; Sec. 3.2–3.3) run one shard per task through :func:`run_shard`, which calls the
@@ -32,12 +32,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
-from ganviews.config import to_dict
-from ganviews.errors import ConfigError, GanviewsError
-from ganviews.pipeline_config import PipelineConfig, load_pipeline_config, pipeline_config_dict
+from ganviews.core.config import to_dict
+from ganviews.core.errors import ConfigError, GanviewsError
 from storage.atomic import atomic_write_bytes
 from storage.errors import StoreError
 from storage.latents import LatentStore
+from tasks.pipeline_config import PipelineConfig, load_pipeline_config, pipeline_config_dict
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def _selected_manifest(cfg: PipelineConfig):
 
 def prepare_store(cfg: PipelineConfig) -> dict[str, Any]:
     """Create the latent store from the manifest's selected splits, or reopen it checking its identity."""
-    from ganviews.generator import load_generator
+    from ganviews.stylegan.generator import load_generator
     from tasks.invert import (
         check_align_resolution,
         check_store_models,
@@ -154,7 +154,7 @@ def prepare_store(cfg: PipelineConfig) -> dict[str, Any]:
     G = load_generator(cfg.models.generator, device="cpu")
     E = None
     if cfg.models.encoder is not None:
-        from ganviews.encoder import load_encoder
+        from ganviews.inversion.encoder import load_encoder
 
         E = load_encoder(cfg.models.encoder, device="cpu")
     align, inv = resolve_configs(cfg.align, cfg.invert)
@@ -183,7 +183,7 @@ def render_key(cfg: PipelineConfig, image_ids: Sequence[str], hashes: Mapping[st
 
 
 def model_hashes(cfg: PipelineConfig) -> dict[str, str]:
-    from ganviews.runtime import file_sha256
+    from ganviews.core.runtime import file_sha256
 
     out = {"generator": file_sha256(cfg.models.generator)}
     out.update({f"classifier:{k}": file_sha256(v.path) for k, v in cfg.models.classifiers.items()})
@@ -330,9 +330,9 @@ def encoder_done(cfg: PipelineConfig) -> bool:
 @task(name="train-encoder", cache_policy=NO_CACHE)
 def train_encoder_task(config: Mapping[str, Any]) -> dict[str, Any]:
     """Train the RGBM encoder (Eq. 2–3) into ``models.encoder``; continues ``<encoder>.ckpt``."""
-    from ganviews.encoder import EncoderConfig, save_encoder, train_encoder
-    from ganviews.generator import load_generator
-    from ganviews.runtime import resolve_device, set_numerics_policy
+    from ganviews.core.runtime import resolve_device, set_numerics_policy
+    from ganviews.inversion.encoder import EncoderConfig, save_encoder, train_encoder
+    from ganviews.stylegan.generator import load_generator
 
     cfg = as_config(config)
     et, out = cfg.encoder_training, Path(cfg.models.encoder)
@@ -341,7 +341,7 @@ def train_encoder_task(config: Mapping[str, Any]) -> dict[str, Any]:
     G = load_generator(cfg.models.generator, device=device)
     P = None
     if et.perceptual != "none":
-        from ganviews.perceptual import load_perceptual
+        from ganviews.inversion.perceptual import load_perceptual
 
         P = load_perceptual(et.perceptual, device=device, weights_dir=cfg.models.lpips_weights_dir)
     arch = EncoderConfig(num_ws=G.num_ws, w_dim=G.w_dim, img_channels=G.img_channels, depth=et.depth,
@@ -363,7 +363,7 @@ def pca_needed(cfg: PipelineConfig) -> bool:
 
 def pca_done(cfg: PipelineConfig) -> bool:
     """The store's PCA cache exists for this generator, sample count and seed."""
-    from ganviews.runtime import file_sha256
+    from ganviews.core.runtime import file_sha256
     from storage.pca_stats import cache_path, load_pca_stats
 
     path = cache_path(cfg.paths.store)
@@ -380,9 +380,9 @@ def pca_done(cfg: PipelineConfig) -> bool:
 @task(name="pca-stats", cache_policy=NO_CACHE)
 def pca_stats_task(config: Mapping[str, Any]) -> dict[str, Any]:
     """PCA of G's w space → ``<store>/pca_stats.npz`` (read by the render stage)."""
-    from ganviews.generator import load_generator
-    from ganviews.perturb import compute_pca_stats
-    from ganviews.runtime import resolve_device
+    from ganviews.core.runtime import resolve_device
+    from ganviews.stylegan.generator import load_generator
+    from ganviews.views.perturb import compute_pca_stats
     from storage.pca_stats import cache_path, save_pca_stats
 
     cfg = as_config(config)

@@ -20,7 +20,7 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from ganviews.cli.report import run_report
-from ganviews.report import ReportOutputs, data_uri
+from ganviews.report.tables import ReportOutputs, data_uri
 
 TABLE_COLUMNS = [
     "task", "classifier", "method", "setting", "kind", "alpha_star", "val_acc", "test_acc", "test_acc_se",

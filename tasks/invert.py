@@ -1,10 +1,10 @@
 """Prefect task: invert one shard of the latent store (Chai et al. 2021, Sec. 3.2).
 
 For the shard's pending (and failed, to retry) items: read their manifest rows from the
-store, load (:func:`ganviews.images.load_image`) and align
-(:func:`ganviews.align.align_image`) each image — one that cannot be used is marked failed
+store, load (:func:`ganviews.core.images.load_image`) and align
+(:func:`ganviews.inversion.align.align_image`) each image — one that cannot be used is marked failed
 with its reason and the others go on — then encode and invert them in batches of
-``inversion_cfg.batch_size`` (:func:`ganviews.invert.invert`) and write, per batch, ``w``,
+``inversion_cfg.batch_size`` (:func:`ganviews.inversion.invert.invert`) and write, per batch, ``w``,
 ``w_init``, the loss terms, PSNR, LPIPS and iterations plus the uint8 arrays
 ``images/aligned`` (the target actually inverted), ``images/mask`` (255 = known pixel) and
 ``images/recon`` (G(w*)) through :meth:`storage.LatentStore.write`, which marks the items
@@ -34,10 +34,10 @@ from prefect import task
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
-from ganviews.config import from_dict, to_dict
-from ganviews.errors import ConfigError, GanviewsError
-from ganviews.lbfgs import Status
-from ganviews.runtime import file_sha256, resolve_device, set_numerics_policy
+from ganviews.core.config import from_dict, to_dict
+from ganviews.core.errors import ConfigError, GanviewsError
+from ganviews.core.runtime import file_sha256, resolve_device, set_numerics_policy
+from ganviews.inversion.lbfgs import Status
 from storage.latents import LatentStore
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,8 @@ NOT_IDENTITY = ("batch_size",)  # InversionConfig fields that do not change resu
 
 def resolve_configs(align_cfg: Any, inversion_cfg: Any):
     """(AlignConfig, InversionConfig) from dataclasses or mappings (errors name the key)."""
-    from ganviews.align import AlignConfig
-    from ganviews.invert import InversionConfig
+    from ganviews.inversion.align import AlignConfig
+    from ganviews.inversion.invert import InversionConfig
 
     align = align_cfg if isinstance(align_cfg, AlignConfig) else from_dict(AlignConfig, align_cfg or {}, key="align")
     inv = (inversion_cfg if isinstance(inversion_cfg, InversionConfig)
@@ -104,21 +104,21 @@ def check_store_models(store: LatentStore, G, E) -> None:
 
 @functools.lru_cache(maxsize=4)
 def _generator(path: str, sha256: str, device: str):
-    from ganviews.generator import load_generator
+    from ganviews.stylegan.generator import load_generator
 
     return load_generator(path, device=device)
 
 
 @functools.lru_cache(maxsize=4)
 def _encoder(path: str, sha256: str, device: str):
-    from ganviews.encoder import load_encoder
+    from ganviews.inversion.encoder import load_encoder
 
     return load_encoder(path, device=device)
 
 
 @functools.lru_cache(maxsize=4)
 def _perceptual(name: str, device: str, weights_dir: str | None, resolution: int | None):
-    from ganviews.perceptual import load_perceptual
+    from ganviews.inversion.perceptual import load_perceptual
 
     return load_perceptual(name, device=device, weights_dir=weights_dir, resolution=resolution)
 
@@ -149,7 +149,7 @@ def load_inversion_models(generator_path, encoder_path, inversion_cfg, *, device
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[-1, 1] float images → uint8 (clamped, rounded)."""
-    from ganviews.images import signed_to_uint8
+    from ganviews.core.images import signed_to_uint8
 
     return signed_to_uint8(images.detach().float().cpu().numpy())
 
@@ -175,8 +175,8 @@ def _optional(row: pd.Series, column: str) -> Any:
 
 def load_aligned(rows: pd.DataFrame, align_cfg, *, image_root: Path) -> tuple[list[int], list, dict[int, str]]:
     """Load and align manifest ``rows`` → (positions that worked, (image, mask) pairs, {position: reason})."""
-    from ganviews.align import align_image
-    from ganviews.images import load_image
+    from ganviews.core.images import load_image
+    from ganviews.inversion.align import align_image
 
     ok, pairs, failed = [], [], {}
     for pos, (_, row) in enumerate(rows.iterrows()):
@@ -196,7 +196,7 @@ def load_aligned(rows: pd.DataFrame, align_cfg, *, image_root: Path) -> tuple[li
 def invert_batch_into(store: LatentStore, idx: np.ndarray, rows: pd.DataFrame, G, E, P, *,
                       align_cfg, inversion_cfg, image_root: Path) -> dict[str, float]:
     """Load, align, invert and write one batch of store indices ``idx`` (manifest ``rows``)."""
-    from ganviews.invert import invert
+    from ganviews.inversion.invert import invert
 
     ok, pairs, failed = load_aligned(rows, align_cfg, image_root=image_root)
     if failed:
@@ -284,7 +284,7 @@ def run_invert_shard(
     ``seed``: the objective is deterministic (noise "const"), so nothing is drawn; recorded
     for symmetry with the other shard tasks. ``image_root``: base of relative manifest
     paths (default: the store folder). ``lpips_weights_dir``: folder searched first for the
-    LPIPS backbone file (:func:`ganviews.perceptual.load_perceptual`).
+    LPIPS backbone file (:func:`ganviews.inversion.perceptual.load_perceptual`).
     """
     align, inv = resolve_configs(align_cfg, inversion_cfg)
     device = resolve_device(device)

@@ -2,7 +2,7 @@
 
 Chai et al. (CVPR 2021), Sec. 3.3–3.4: for every inverted image of the shard (status done),
 the original, the reconstruction G(w*) and the perturbed / augmented views are classified in
-one fused pass (:func:`ganviews.views.render_and_classify`); the logits go to the Parquet
+one fused pass (:func:`ganviews.views.render.render_and_classify`); the logits go to the Parquet
 dataset under ``logits_dir`` with the shard key ``f"{start:08d}-{stop:08d}"`` (re-running a
 shard replaces its rows of the same groups), and, when ``view_cfg.persist_views`` is set,
 uint8 views go to the store as ``views/<method>/<setting>`` (setting "" → "none"), indexed by
@@ -31,11 +31,11 @@ from prefect import task
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
-from ganviews.config import load_yaml, to_dict
-from ganviews.errors import ConfigError, GanviewsError
-from ganviews.perturb import PCAStats, compute_pca_stats
-from ganviews.runtime import resolve_device, set_numerics_policy
-from ganviews.views import GroupLogits, ViewConfig, render_and_classify, view_config
+from ganviews.core.config import load_yaml, to_dict
+from ganviews.core.errors import ConfigError, GanviewsError
+from ganviews.core.runtime import resolve_device, set_numerics_policy
+from ganviews.views.perturb import PCAStats, compute_pca_stats
+from ganviews.views.render import GroupLogits, ViewConfig, render_and_classify, view_config
 from storage.identity import code_version
 from storage.latents import LatentStore
 from storage.logits import write_logits
@@ -68,8 +68,8 @@ def load_models(
     generator_path: str | Path, classifier_paths: Mapping[str, str | Path], *, device: torch.device
 ) -> tuple[Any, dict[str, Any]]:
     """The generator and the classifiers (name → Classifier), on ``device``, in eval mode."""
-    from ganviews.classify import load_classifier
-    from ganviews.generator import load_generator
+    from ganviews.classifiers.model import load_classifier
+    from ganviews.stylegan.generator import load_generator
 
     if not classifier_paths:
         raise ConfigError("classifier_paths: need at least one NAME → checkpoint path")
@@ -156,9 +156,9 @@ def load_originals(
     if ALIGNED in store.array_names():
         pixels = store.read_array(ALIGNED, idx)  # [k, 3, R, R] uint8
         return torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0)
-    from ganviews.align import AlignConfig, align_image
-    from ganviews.config import from_dict
-    from ganviews.images import load_image
+    from ganviews.core.config import from_dict
+    from ganviews.core.images import load_image
+    from ganviews.inversion.align import AlignConfig, align_image
 
     recorded = (store.attrs.get("config") or {}).get("align")
     spec = align if align is not None else recorded

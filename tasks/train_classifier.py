@@ -7,7 +7,7 @@ the views it is later ensembled over.
 Data comes through storage only:
 
 - a **manifest** (Parquet; ``source="real"`` only): images are loaded with
-  :func:`ganviews.images.load_image`, aligned with :func:`ganviews.align.align_image` and kept
+  :func:`ganviews.core.images.load_image`, aligned with :func:`ganviews.inversion.align.align_image` and kept
   in memory as uint8 (N·3·R² bytes); unreadable images are skipped and listed in the report.
 - a **latent store**: labels and splits from its ``manifest.parquet``; latents ``w`` of the
   done images; real images from ``images/aligned`` (read lazily, one batch ahead), else
@@ -33,17 +33,17 @@ import numpy as np
 import torch
 from prefect import task
 
-from ganviews.classify import build_classifier, load_backbone_weights, save_classifier
-from ganviews.config import from_dict, load_yaml, to_dict
-from ganviews.errors import ConfigError, ImageError
-from ganviews.runtime import resolve_device, set_numerics_policy
-from ganviews.train_classifier import (
+from ganviews.classifiers.model import build_classifier, load_backbone_weights, save_classifier
+from ganviews.classifiers.training import (
     SourceConfig,
     TrainConfig,
     classifier_for_labels,
     make_batches,
     train_classifier,
 )
+from ganviews.core.config import from_dict, load_yaml, to_dict
+from ganviews.core.errors import ConfigError, ImageError
+from ganviews.core.runtime import resolve_device, set_numerics_policy
 from storage.identity import code_version
 from storage.latents import LatentStore
 from storage.manifest import manifest_sha256, read_manifest
@@ -82,8 +82,8 @@ def _label_column(manifest, task_name: str, where: str) -> np.ndarray:
 
 def _manifest_split(path: Path, task_name: str, split: str, align: Any) -> tuple[Split, dict[str, str]]:
     """Real images of one split of a manifest, aligned and held as uint8 (failures skipped)."""
-    from ganviews.align import AlignConfig, align_image
-    from ganviews.images import load_image, signed_to_uint8
+    from ganviews.core.images import load_image, signed_to_uint8
+    from ganviews.inversion.align import AlignConfig, align_image
 
     manifest = read_manifest(path)
     labels = _label_column(manifest, task_name, str(path))
@@ -133,7 +133,7 @@ def _store_split(store: LatentStore, task_name: str, split: str, *, need_w: bool
 
 
 def _generator(path: str | Path | None, store: LatentStore | None, device: torch.device):
-    from ganviews.generator import load_generator
+    from ganviews.stylegan.generator import load_generator
 
     if path is None:
         raise ConfigError("generator_path: sources 'recon' and 'views' render G(w); pass the generator")
@@ -233,7 +233,7 @@ def run_train_classifier(
 def _pca(store: LatentStore | None, G, scfg: SourceConfig, device: torch.device):
     if scfg.source != "views" or scfg.method != "pca":
         return None
-    from ganviews.views import GanGroup, ViewConfig
+    from ganviews.views.render import GanGroup, ViewConfig
     from tasks.render import prepare_pca
 
     probe = ViewConfig(gan=(GanGroup("pca", scfg.layers, (float(scfg.setting or 0.0),)),))

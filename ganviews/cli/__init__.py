@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ganviews.errors import GanviewsError
+    from ganviews.core.errors import GanviewsError
     from storage.errors import StoreError
 
     parser = build_parser()

@@ -73,8 +73,8 @@ def prepare_data(out: Path, *, limit: int | None = None, splits=("val", "test"))
 
 def load_demo_config(path: Path):
     """configs/demo.yaml (a pipeline config) as a validated PipelineConfig."""
-    from ganviews.errors import ConfigError
-    from ganviews.pipeline_config import load_pipeline_config
+    from ganviews.core.errors import ConfigError
+    from tasks.pipeline_config import load_pipeline_config
 
     if not Path(path).is_file():
         raise ConfigError(f"--config: {path} not found")
@@ -85,7 +85,7 @@ def demo_config(config_path: Path, out: Path, manifest: Path):
     """The demo's PipelineConfig with data.manifest and paths.* pointed into OUT."""
     import dataclasses
 
-    from ganviews.pipeline_config import check_pipeline_config
+    from tasks.pipeline_config import check_pipeline_config
 
     cfg = load_demo_config(config_path)
     cfg = dataclasses.replace(
@@ -180,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from ganviews.errors import ConfigError
+    from ganviews.core.errors import ConfigError
 
     out = args.out.resolve()
     if not args.config.is_file():
@@ -204,8 +204,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("; ".join(problems) + " (the demo models ship in ganviews/assets/demo/; docs/demo.md "
                           "has the commands that rebuild them)")
     if args.check_generator:
-        from ganviews.classify import load_classifier
-        from ganviews.generator import load_generator
+        from ganviews.classifiers.model import load_classifier
+        from ganviews.stylegan.generator import load_generator
 
         G = load_generator(cfg.models.generator)
         C = load_classifier(next(iter(cfg.models.classifiers.values())).path)
@@ -216,8 +216,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     from ganviews.cli.run import prepare_environment
-    from ganviews.pipeline_config import STAGES
     from tasks.common import plain_config
+    from tasks.pipeline_config import STAGES
 
     plain = plain_config(cfg)
     (out / "pipeline.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(plain, default=str)), sort_keys=False))

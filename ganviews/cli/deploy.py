@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def names_from(args: argparse.Namespace):
     """(pool, shard queue, control queue, deployment name, config path or None)."""
-    from ganviews.pipeline_config import OrchestrationConfig, load_pipeline_config
+    from tasks.pipeline_config import OrchestrationConfig, load_pipeline_config
 
     orch, config = OrchestrationConfig(), None
     if args.config:
@@ -71,7 +71,7 @@ def ensure_work_pool(client, pool: str, queues: list[str]) -> list[str]:
     try:
         found = client.read_work_pool(pool)
         if found.type != "process":
-            from ganviews.errors import ConfigError
+            from ganviews.core.errors import ConfigError
 
             raise ConfigError(f"--work-pool: {pool!r} exists with type {found.type!r}; shard runs need a "
                               "'process' pool (pick another name)")
@@ -149,7 +149,7 @@ def ensure_zombie_automation(heartbeat: int, after: int) -> str:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from ganviews.errors import ConfigError
+    from ganviews.core.errors import ConfigError
 
     if not os.environ.get("PREFECT_API_URL"):
         from prefect.settings import PREFECT_API_URL

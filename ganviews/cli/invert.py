@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def parse_shards(text: str, n_shards: int) -> list[int]:
     """``all``, ``a:b`` (end exclusive, either side optional) or ``0,2,5-7`` → shard indices."""
-    from ganviews.errors import ConfigError
+    from ganviews.core.errors import ConfigError
 
     text = text.strip()
     if text == "all":
@@ -73,8 +73,8 @@ def load_config(path: str | None, args: argparse.Namespace):
     """(the ``align:`` section, InversionConfig) from the YAML and the command-line overrides.
     Both are checked here, before any model is loaded; the AlignConfig is resolved once the
     generator is known (``align.resolution`` defaults to its resolution)."""
-    from ganviews.config import load_yaml
-    from ganviews.errors import ConfigError
+    from ganviews.core.config import load_yaml
+    from ganviews.core.errors import ConfigError
     from tasks.invert import resolve_configs
 
     data = load_yaml(path) if path else {}
@@ -92,7 +92,7 @@ def load_config(path: str | None, args: argparse.Namespace):
 
 def select_splits(manifest, splits: str | None):
     """Rows of the manifest whose split is in the comma-separated ``splits`` (all when None)."""
-    from ganviews.errors import ConfigError
+    from ganviews.core.errors import ConfigError
 
     if not splits:
         return manifest
@@ -126,8 +126,8 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from ganviews.errors import ConfigError
-    from ganviews.runtime import resolve_device, set_numerics_policy
+    from ganviews.core.errors import ConfigError
+    from ganviews.core.runtime import resolve_device, set_numerics_policy
     from storage import read_manifest
     from tasks.invert import invert_shard_with, load_inversion_models, resolve_configs
 

@@ -39,9 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ganviews.generator import load_generator
-    from ganviews.perturb import compute_pca_stats
-    from ganviews.runtime import resolve_device
+    from ganviews.core.runtime import resolve_device
+    from ganviews.stylegan.generator import load_generator
+    from ganviews.views.perturb import compute_pca_stats
     from storage.pca_stats import save_pca_stats
 
     if args.samples < 2:

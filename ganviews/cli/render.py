@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def parse_classifier(spec: str) -> tuple[str, str, str | None]:
     """``NAME=PATH[:TASK]`` → (name, path, task or None)."""
-    from ganviews.errors import ConfigError
+    from ganviews.core.errors import ConfigError
 
     name, sep, rest = spec.partition("=")
     if not sep or not name or not rest:
@@ -66,15 +66,15 @@ def parse_classifier(spec: str) -> tuple[str, str, str | None]:
 
 def run(args: argparse.Namespace) -> int:
     from ganviews.cli.invert import parse_shards
-    from ganviews.config import load_yaml
-    from ganviews.views import view_config
+    from ganviews.core.config import load_yaml
+    from ganviews.views.render import view_config
     from storage import LatentStore
     from tasks.render import render_shards
 
     specs = [parse_classifier(s) for s in args.classifier]
     names = [s[0] for s in specs]
     if len(set(names)) != len(names):
-        from ganviews.errors import ConfigError
+        from ganviews.core.errors import ConfigError
 
         raise ConfigError(f"--classifier: names must be unique, got {names}")
     data = load_yaml(args.config) if args.config else {}

@@ -55,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
 
 def load_config(config: Any = None):
     """``None`` / a ReportConfig / a mapping / a YAML path → ReportConfig (ConfigError names bad keys)."""
-    from ganviews.config import from_dict, load_yaml
-    from ganviews.errors import ConfigError
-    from ganviews.report import ReportConfig
+    from ganviews.core.config import from_dict, load_yaml
+    from ganviews.core.errors import ConfigError
+    from ganviews.report.tables import ReportConfig
 
     if config is None:
         return ReportConfig()
@@ -79,7 +79,7 @@ def logit_tasks(root: str | Path) -> list[str]:
 
 def evaluate_logits(root: str | Path, config=None):
     """α-CV over a whole logits dataset, one task at a time; size curves for settings chosen over all tasks."""
-    from ganviews.ensemble import (
+    from ganviews.ensemble.evaluate import (
         GROUP_COLUMNS,
         EnsembleConfig,
         EnsembleInputError,
@@ -138,8 +138,8 @@ def load_gallery(store_path: str | Path, table, config):
     """Gallery arrays read from a latent store → (GalleryArrays or None, notes for the report)."""
     import numpy as np
 
-    from ganviews.ensemble import best_settings
-    from ganviews.report import GalleryArrays
+    from ganviews.ensemble.evaluate import best_settings
+    from ganviews.report.tables import GalleryArrays
     from storage import LatentStore
 
     store = LatentStore.open(store_path, mode="r")
@@ -155,7 +155,7 @@ def load_gallery(store_path: str | Path, table, config):
         wanted = list(config.gallery_arrays)
         absent = [n for n in wanted if n not in names]
         if absent:
-            from ganviews.errors import ConfigError
+            from ganviews.core.errors import ConfigError
 
             raise ConfigError(
                 f"report.gallery_arrays: {absent} not in the store (its views: {sorted(n for n in names if n.startswith('views/'))})"
@@ -189,7 +189,7 @@ def run_report(
     config: Any = None,
 ):
     """Evaluate the logits under ``logits_dir`` and write the report into ``out_dir`` → ReportOutputs."""
-    from ganviews.report import write_report
+    from ganviews.report.tables import write_report
 
     config = load_config(config)
     results = evaluate_logits(logits_dir, config.ensemble)

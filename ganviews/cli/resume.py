@@ -40,7 +40,7 @@ def interrupted_shards(state_dir) -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     from ganviews.cli.run import load_job, prepare_environment, print_outcome
-    from ganviews.errors import ConfigError
+    from ganviews.core.errors import ConfigError
 
     cfg = load_job(args)
     if not (cfg.paths.store / "zarr.json").is_file():

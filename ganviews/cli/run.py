@@ -41,7 +41,7 @@ def load_job(args: argparse.Namespace):
     """The PipelineConfig of CONFIG with the command-line overrides applied."""
     import dataclasses
 
-    from ganviews.pipeline_config import check_pipeline_config, load_pipeline_config
+    from tasks.pipeline_config import check_pipeline_config, load_pipeline_config
 
     cfg = load_pipeline_config(args.config)
     changes = {}
@@ -61,7 +61,7 @@ def prepare_environment(cfg) -> None:
     """Library logs into the run logs; distributed mode needs a server (one clear line if unset)."""
     import os
 
-    from ganviews.errors import ConfigError
+    from ganviews.core.errors import ConfigError
 
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", EXTRA_LOGGERS)
     if cfg.orchestration.mode != "distributed":

@@ -61,8 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _sections(path: str | None) -> dict[str, dict]:
-    from ganviews.config import load_yaml
-    from ganviews.errors import ConfigError
+    from ganviews.core.config import load_yaml
+    from ganviews.core.errors import ConfigError
 
     data = load_yaml(path) if path else {}
     unknown = sorted(set(data) - set(_SECTIONS))

@@ -56,13 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from ganviews.encoder import EncoderConfig, save_encoder, train_encoder
-    from ganviews.errors import GanviewsError
-    from ganviews.generator import load_generator
-    from ganviews.runtime import resolve_device, set_numerics_policy
+    from ganviews.core.errors import GanviewsError
+    from ganviews.core.runtime import resolve_device, set_numerics_policy
+    from ganviews.inversion.encoder import EncoderConfig, save_encoder, train_encoder
+    from ganviews.stylegan.generator import load_generator
 
     # training progress (one line per --log-every window) is shown even without -v
-    logging.getLogger("ganviews.encoder").setLevel(min(logging.getLogger().level, logging.INFO))
+    logging.getLogger("ganviews.inversion.encoder").setLevel(min(logging.getLogger().level, logging.INFO))
     checkpoint = args.checkpoint or args.out.with_name(args.out.name + ".ckpt")
     if checkpoint.exists() and not args.resume:
         raise GanviewsError(
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     G = load_generator(args.generator, device=device)
     perceptual = None
     if args.perceptual != "none":
-        from ganviews.perceptual import load_perceptual
+        from ganviews.inversion.perceptual import load_perceptual
 
         perceptual = load_perceptual(args.perceptual, device=device, weights_dir=args.weights_dir)
     config = EncoderConfig(

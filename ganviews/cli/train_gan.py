@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _widths(text: str, flag: str) -> tuple[int, ...]:
-    from ganviews.errors import ConfigError
+    from ganviews.core.errors import ConfigError
 
     try:
         return tuple(int(v) for v in text.split(","))
@@ -59,7 +59,7 @@ def _widths(text: str, flag: str) -> tuple[int, ...]:
 
 def data_paths(data: Path, splits: list[str]) -> list[Path]:
     """The image files ``--data`` names (manifest rows / labelled folder / plain folder)."""
-    from ganviews.errors import GanviewsError
+    from ganviews.core.errors import GanviewsError
 
     if data.is_file():
         from storage.manifest import read_manifest
@@ -89,8 +89,8 @@ def load_uint8(paths: list[Path], resolution: int):
     import torch
     from PIL import Image
 
-    from ganviews.errors import GanviewsError
-    from ganviews.images import load_images
+    from ganviews.core.errors import GanviewsError
+    from ganviews.core.images import load_images
 
     arrays, failures = load_images(paths)
     if failures:
@@ -109,10 +109,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ganviews.runtime import resolve_device
-    from ganviews.train_gan import ShuffledImages, TrainGANConfig, train_gan
+    from ganviews.core.runtime import resolve_device
+    from ganviews.stylegan.training import ShuffledImages, TrainGANConfig, train_gan
 
-    logging.getLogger("ganviews.train_gan").setLevel(min(logging.getLogger().level, logging.INFO))
+    logging.getLogger("ganviews.stylegan.training").setLevel(min(logging.getLogger().level, logging.INFO))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

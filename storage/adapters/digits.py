@@ -14,7 +14,7 @@ Rendering (``render_digit``):
 
 Why 32 px: the source has 8×8 pixels, so anything above it is interpolation; 32 px is the smallest
 StyleGAN2 with num_ws = 2·log2(32) − 2 = 8 w+ entries, enough for distinct coarse / middle / fine
-groups (3 / 2 / 3, ``ganviews.generator.default_layer_groups``); 16 px gives only 2 / 2 / 2 with
+groups (3 / 2 / 3, ``ganviews.stylegan.generator.default_layer_groups``); 16 px gives only 2 / 2 / 2 with
 the "fine" group driving the 16 px layers. Larger sizes cost CPU time without adding information.
 
 Split: stratified by class and seeded (:func:`storage.adapters._common.seeded_split`): per class,

@@ -1,0 +1,727 @@
+"""Classifiers C that score images and GAN views (paper Sec. 3.3: C(x) and C(G(w̃))).
+
+A :class:`Classifier` is a backbone (a torchvision ResNet, or a small CNN for tiny domains)
+plus the preprocessing that belongs to it, applied on the device: images arrive as float
+tensors ``[N, 3, H, W]`` in [-1, 1] at *any* resolution (a real aligned image, a GAN's raw
+output, a perturbed view) and are clamped, trimmed, resized, centre-cropped and normalised
+in torch, batched and differentiable, before the backbone. So the same object scores real
+images and views rendered on the GPU, with no round trip through PIL or disk.
+
+Outputs are raw logits ``[N, K]``: K = 1 is a sigmoid binary classifier, K = 2 a two-logit
+binary classifier, K ≥ 3 multi-class. Probabilities are computed at analysis time.
+
+Weights come from two kinds of file:
+
+* the project's own format: safetensors holding the backbone's state dict, with the
+  :class:`ClassifierConfig` as JSON in the file's metadata (:func:`save_classifier`);
+* plain torchvision ResNet checkpoints written by ``torch.save`` (a state dict, or a dict
+  holding it under ``state_dict`` / ``model`` / ``model_state_dict`` / ``net``, keys possibly
+  prefixed ``module.`` by DataParallel), or a safetensors file without our metadata. These
+  are read with ``torch.load(weights_only=True)``; the architecture and the number of
+  outputs are inferred from the keys and shapes, and the preprocessing, which no such file
+  records, comes from a config (argument, or a YAML file next to the checkpoint).
+
+Facts about the paper's classifiers (official repository chail/gan-ensembling): cars
+(SUV/Sedan/Cab) and cats (12 breeds) use torchvision ResNet-18 on inputs normalised with
+mean = std = 0.5 (i.e. the [-1, 1] range); cars: the 512² GAN frame holds a 512×384 image
+between black bands, which are trimmed before resizing the shorter side to 256 and
+centre-cropping 256; cats: resize 256, centre crop 224. The official CelebA-HQ attribute
+classifiers are not ResNets (a progressive-GAN-discriminator-like net on 256² box-downsampled
+inputs); this project trains ResNet attribute classifiers instead (docs/classifiers.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import pickle
+import re
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from ganviews.core.config import from_dict, load_yaml, to_dict
+from ganviews.core.errors import CheckpointError, ConfigError
+from ganviews.core.runtime import file_sha256
+from ganviews.core.weights_io import read_safetensors, weights_sha256, write_safetensors
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "ganviews.classifier"  # value of the "format" metadata key in our safetensors files
+FORMAT_VERSION = "1"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")  # classifier names become Parquet partition values
+_CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "net")  # where training scripts keep weights
+_SIDECAR_SUFFIXES = (".yaml", ".yml")
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images in [-1, 1] become the backbone's input; applied in this order."""
+
+    clamp: bool = True  # clamp to [-1, 1] first, as an 8-bit image would be (GAN outputs overshoot)
+    trim: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # fraction of H/W cut from top, bottom, left, right
+    resize: int | None = None  # shorter side resized to this many pixels (torchvision Resize(int)); None keeps the size
+    interpolation: Literal["bilinear", "bicubic", "area", "nearest"] = "bilinear"  # resize filter ("area" = box filter)
+    antialias: bool = True  # low-pass when downsampling, like PIL (bilinear/bicubic only)
+    crop: int | None = None  # centre crop to crop × crop after resizing; None = no crop
+    input_range: Literal["unit", "signed"] = "unit"  # range mean/std refer to: [0, 1] (ToTensor convention) or [-1, 1]
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # per-channel mean subtracted (RGB)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)  # per-channel std divided by (RGB)
+
+    def __post_init__(self) -> None:
+        if len(self.trim) != 4 or any(not 0.0 <= t < 0.5 for t in self.trim):
+            raise ConfigError(f"preprocessing.trim: {self.trim!r}; expected 4 fractions in [0, 0.5)")
+        for key in ("resize", "crop"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"preprocessing.{key}: {value!r}; expected a positive integer or null")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ConfigError(f"preprocessing.mean/std: need 3 values each, got {self.mean!r} / {self.std!r}")
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"preprocessing.std: {self.std!r}; every value must be > 0")
+
+
+# Per-domain preprocessing, from the official code (see module docstring) and torchvision.
+PREPROCESSING_PRESETS: dict[str, Preprocessing] = {
+    "identity": Preprocessing(),  # [-1, 1] as is, at the input's own resolution (the demo domain)
+    "celebahq": Preprocessing(resize=256, interpolation="area", antialias=False),  # box-downsample to 256²
+    "car": Preprocessing(trim=(0.125, 0.125, 0.0, 0.0), resize=256, crop=256),  # drop the black bands of 512²
+    "cat": Preprocessing(resize=256, crop=224),
+    "imagenet": Preprocessing(resize=256, crop=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+}
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Everything that defines a classifier except its weights."""
+
+    arch: str  # a key of ARCHITECTURES: resnet18/34/50/101/152, wide_resnet50_2, smallcnn
+    num_outputs: int  # 1 = sigmoid binary, 2 = two-logit binary, K ≥ 3 = K-way softmax
+    task: str = ""  # the manifest label column it predicts (e.g. "Smiling", "car_type")
+    class_names: tuple[str, ...] = ()  # names of the classes by index; binary: (negative, positive)
+    name: str = ""  # name in logit tables; default "<task>-<arch>"
+    width: int = 32  # smallcnn only: channels of its first stage (ResNets ignore it)
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)  # see Preprocessing
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"arch: {self.arch!r} is not known (allowed: {', '.join(ARCHITECTURES)})")
+        if not isinstance(self.num_outputs, int) or self.num_outputs < 1:
+            raise ConfigError(f"num_outputs: {self.num_outputs!r}; expected an integer ≥ 1")
+        classes = max(self.num_outputs, 2)
+        if self.class_names and len(self.class_names) != classes:
+            raise ConfigError(
+                f"class_names: {len(self.class_names)} names {list(self.class_names)} for "
+                f"num_outputs={self.num_outputs} (expected {classes} names, or none)"
+            )
+        if self.name and not _SAFE_NAME.match(self.name):
+            raise ConfigError(f"name: {self.name!r}; use letters, digits, '_', '.', '-' only")
+        if self.width < 1:
+            raise ConfigError(f"width: {self.width!r}; expected a positive integer")
+
+    @property
+    def display_name(self) -> str:
+        """The configured name, else ``<task>-<arch>`` made safe for partition values."""
+        if self.name:
+            return self.name
+        base = f"{self.task}-{self.arch}" if self.task else self.arch
+        return re.sub(r"[^A-Za-z0-9_.\-]", "_", base)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (2 for a single-logit binary classifier)."""
+        return max(self.num_outputs, 2)
+
+
+# ----------------------------------------------------------------------------- architectures
+
+
+class SmallCNN(nn.Module):
+    """A four-stage conv net for tiny domains (e.g. 32² demo digits); keys ``features.*``, ``fc.*``."""
+
+    def __init__(self, num_outputs: int, width: int = 32) -> None:
+        super().__init__()
+        chans = [3, width, 2 * width, 4 * width, 4 * width]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            stride = 1 if i == 0 else 2
+            layers += [
+                nn.Conv2d(chans[i], chans[i + 1], 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(chans[i + 1]),
+                nn.ReLU(inplace=True),
+            ]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(chans[-1], num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)  # [N, 4w, h, w]
+        return self.fc(x.mean(dim=(2, 3)))  # [N, K]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One registry entry: how to build a backbone with K outputs."""
+
+    build: Callable[[int, int], nn.Module]  # (num_outputs, width) → nn.Module
+    description: str  # one line for docs and error messages
+    head: str = "fc."  # name prefix of the output layer's tensors
+    head_weight: str = "fc.weight"  # its weight [K, features]: K = num_outputs
+
+
+class _Bias(nn.Module):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.b = nn.Parameter(torch.zeros(size))
+
+
+class _WScale(nn.Module):
+    """Equalised learning rate: a bias-free layer, output × gain/√fan_in, then + ``wscale.b``."""
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear, fan_in: int, out: int, gain: float) -> None:
+        super().__init__()
+        self.kind = "conv" if isinstance(layer, nn.Conv2d) else "linear"
+        self.add_module(self.kind, layer)
+        self.wscale = _Bias(out)
+        self.scale = gain / math.sqrt(fan_in)
+        nn.init.normal_(layer.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = getattr(self, self.kind)(x) * self.scale
+        return y + (self.wscale.b.view(1, -1, 1, 1) if y.ndim == 4 else self.wscale.b)
+
+
+def _wconv(cin: int, cout: int, k: int, gain: float = math.sqrt(2)) -> _WScale:
+    return _WScale(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), cin * k * k, cout, gain)
+
+
+def _wlinear(cin: int, cout: int, gain: float = math.sqrt(2)) -> _WScale:
+    return _WScale(nn.Linear(cin, cout, bias=False), cin, cout, gain)
+
+
+class AttributeNet(nn.Module):
+    """The official CelebA-HQ attribute classifier's layout (chail/gan-ensembling), written anew.
+
+    A progressive-GAN-discriminator-like net on 256² inputs: 1×1 from-RGB (64 ch), six
+    blocks of two 3×3 equalised-lr convs with 2× average-pool downscaling between the second
+    conv and its activation (256 → 4 px; 64…512 ch), then a 3×3 conv, a dense layer of 512 and
+    a dense layer of K outputs; leaky ReLU 0.2. The official net's single logit is *negative*
+    when the attribute is present; :attr:`sign` = −1 flips it so that logit > 0 means label 1,
+    as everywhere else here.
+    """
+
+    sign = -1.0
+
+    def __init__(self, num_outputs: int = 1, width: int = 0) -> None:
+        super().__init__()
+        nf = {s: min(8192 // 2**s, 512) for s in range(8)}  # channels per stage
+        self.register_buffer("lod_in", torch.zeros((), dtype=torch.float32))  # unused (fixed size)
+        self.fromrgb_lod0 = nn.Module()
+        self.fromrgb_lod0.conv = _wconv(3, nf[7], 1)
+        self.block_names = [f"{2**res}x{2**res}" for res in range(8, 2, -1)]  # 256x256 … 8x8
+        for res, name in zip(range(8, 2, -1), self.block_names, strict=True):
+            block = nn.Module()
+            block.conv0 = _wconv(nf[res - 1], nf[res - 1], 3)
+            block.conv1 = _wconv(nf[res - 1], nf[res - 2], 3)
+            self.add_module(name, block)
+        head = nn.Module()
+        head.conv = _wconv(nf[1], nf[1], 3)
+        head.dense0 = _wlinear(nf[1] * 16, nf[0])
+        head.dense1 = _wlinear(nf[0], num_outputs, gain=1.0)
+        self.add_module("4x4", head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (256, 256):
+            raise ValueError(f"celebahq_attribute: needs 256×256 inputs (preset 'celebahq'), got {list(x.shape[-2:])}")
+        act = functools.partial(F.leaky_relu, negative_slope=0.2)
+        x = act(self.fromrgb_lod0.conv(x))  # [N, 64, 256, 256]
+        for name in self.block_names:
+            block = getattr(self, name)
+            x = act(block.conv0(x))
+            x = act(F.avg_pool2d(block.conv1(x), 2))  # conv → bias → downscale → act
+        head = getattr(self, "4x4")
+        x = act(head.conv(x))  # [N, 512, 4, 4]
+        x = act(head.dense0(x.flatten(1)))  # [N, 512]
+        return self.sign * head.dense1(x)  # [N, K]
+
+
+def _torchvision(name: str) -> Callable[[int, int], nn.Module]:
+    def build(num_outputs: int, width: int) -> nn.Module:
+        return getattr(torchvision.models, name)(weights=None, num_classes=num_outputs)
+
+    return build
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "resnet18": Architecture(_torchvision("resnet18"), "torchvision ResNet-18 (BasicBlock 2-2-2-2)"),
+    "resnet34": Architecture(_torchvision("resnet34"), "torchvision ResNet-34 (BasicBlock 3-4-6-3)"),
+    "resnet50": Architecture(_torchvision("resnet50"), "torchvision ResNet-50 (Bottleneck 3-4-6-3)"),
+    "resnet101": Architecture(_torchvision("resnet101"), "torchvision ResNet-101 (Bottleneck 3-4-23-3)"),
+    "resnet152": Architecture(_torchvision("resnet152"), "torchvision ResNet-152 (Bottleneck 3-8-36-3)"),
+    "wide_resnet50_2": Architecture(_torchvision("wide_resnet50_2"), "torchvision Wide ResNet-50-2"),
+    "smallcnn": Architecture(lambda k, w: SmallCNN(k, w), "4-stage conv net for tiny images (width w)"),
+    "celebahq_attribute": Architecture(
+        lambda k, w: AttributeNet(k), "official CelebA-HQ attribute classifier layout (256² input)",
+        head="4x4.dense1.", head_weight="4x4.dense1.linear.weight",
+    ),
+}
+
+
+# ----------------------------------------------------------------------------- the module
+
+
+class Classifier(nn.Module):
+    """Backbone + its own on-device preprocessing: images in [-1, 1], any size → logits [N, K]."""
+
+    def __init__(self, config: ClassifierConfig, backbone: nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = backbone if backbone is not None else _build_backbone(config)
+        pre = config.preprocessing
+        mean = torch.tensor(pre.mean, dtype=torch.float32)  # [3]
+        std = torch.tensor(pre.std, dtype=torch.float32)  # [3]
+        # x in [-1, 1] → ((x + 1) / 2 - mean) / std  (unit)   or   (x - mean) / std  (signed)
+        scale = (0.5 / std) if pre.input_range == "unit" else (1.0 / std)  # [3]
+        shift = ((0.5 - mean) / std) if pre.input_range == "unit" else (-mean / std)  # [3]
+        self.register_buffer("input_scale", scale.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_shift", shift.view(1, 3, 1, 1), persistent=False)
+        self._source_sha256: str | None = None
+
+    # -- identity
+    @property
+    def name(self) -> str:
+        return self.config.display_name
+
+    @property
+    def arch(self) -> str:
+        return self.config.arch
+
+    @property
+    def num_outputs(self) -> int:
+        return self.config.num_outputs
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.config.class_names
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the file this classifier was loaded from or last saved to, else of its weights."""
+        return self._source_sha256 or weights_sha256(self.backbone)
+
+    # -- computation
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] in [-1, 1] → the backbone's input [N, 3, h, w] (differentiable)."""
+        _check_images(images)
+        pre = self.config.preprocessing
+        x = images
+        if pre.clamp:
+            x = x.clamp(-1.0, 1.0)
+        x = _trim(x, pre.trim)  # [N, 3, H', W']
+        if pre.resize is not None:
+            x = _resize_shorter(x, pre.resize, pre.interpolation, pre.antialias)  # [N, 3, h, w]
+        if pre.crop is not None:
+            x = _center_crop(x, pre.crop)  # [N, 3, crop, crop]
+        return x * self.input_scale.to(x.dtype) + self.input_shift.to(x.dtype)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(images)  # [N, 3, h, w]
+        param = next(self.backbone.parameters())
+        if not torch.is_autocast_enabled(x.device.type):
+            x = x.to(param.dtype)
+        return self.backbone(x)  # [N, K]
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits [N, K] → class probabilities [N, max(K, 2)] (sigmoid for K = 1, else softmax)."""
+        if self.num_outputs == 1:
+            p = torch.sigmoid(logits[:, :1])  # [N, 1]
+            return torch.cat([1.0 - p, p], dim=1)  # [N, 2]
+        return torch.softmax(logits, dim=1)  # [N, K]
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Predicted class index [N] (int64)."""
+        logits = self(images)  # [N, K]
+        if self.num_outputs == 1:
+            return (logits[:, 0] > 0).long()
+        return logits.argmax(dim=1)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, arch={self.arch!r}, num_outputs={self.num_outputs}"
+
+
+def build_classifier(config: ClassifierConfig | Mapping[str, Any]) -> Classifier:
+    """A fresh, randomly initialised, trainable classifier (train mode)."""
+    if not isinstance(config, ClassifierConfig):
+        config = classifier_config(config)
+    return Classifier(config)
+
+
+def _build_backbone(config: ClassifierConfig) -> nn.Module:
+    return ARCHITECTURES[config.arch].build(config.num_outputs, config.width)
+
+
+# ----------------------------------------------------------------------------- preprocessing ops
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images: expected a torch.Tensor [N, 3, H, W], got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images: expected shape [N, 3, H, W] in [-1, 1], got {list(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"images: expected a float tensor in [-1, 1], got dtype {images.dtype}")
+
+
+def _trim(x: torch.Tensor, trim: tuple[float, float, float, float]) -> torch.Tensor:
+    if not any(trim):
+        return x
+    h, w = x.shape[-2:]
+    top, bottom = round(trim[0] * h), round(trim[1] * h)
+    left, right = round(trim[2] * w), round(trim[3] * w)
+    return x[..., top : h - bottom, left : w - right]
+
+
+def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """Output (h, w) when the shorter side becomes ``size`` (torchvision's Resize(int) rule)."""
+    if width <= height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+def _resize_shorter(x: torch.Tensor, size: int, mode: str, antialias: bool) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    out = resized_shape(h, w, size)
+    if out == (h, w):
+        return x
+    if mode == "area":
+        return F.interpolate(x, size=out, mode="area")
+    if mode == "nearest":
+        return F.interpolate(x, size=out, mode="nearest-exact")
+    return F.interpolate(x, size=out, mode=mode, align_corners=False, antialias=antialias)
+
+
+def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    if h < size or w < size:  # pad with black, as torchvision's CenterCrop does
+        pad_h, pad_w = max(size - h, 0), max(size - w, 0)
+        x = F.pad(x, (pad_w // 2, (pad_w + 1) // 2, pad_h // 2, (pad_h + 1) // 2), value=-1.0)
+        h, w = x.shape[-2:]
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return x[..., top : top + size, left : left + size]
+
+
+# ----------------------------------------------------------------------------- configs from data
+
+
+def classifier_config(
+    data: ClassifierConfig | Mapping[str, Any] | str | Path,
+    *,
+    inferred: tuple[str, int] | None = None,
+    source: str = "config",
+) -> ClassifierConfig:
+    """A ClassifierConfig from a config, a mapping or a YAML path.
+
+    ``preprocessing`` may be a preset name (``car``, ``cat``, ``celebahq``, ``imagenet``,
+    ``identity``) or a mapping. With ``inferred=(arch, num_outputs)`` (read off a checkpoint),
+    missing ``arch``/``num_outputs`` are filled in and given ones must agree (else
+    CheckpointError naming ``source``).
+    """
+    if isinstance(data, ClassifierConfig):
+        mapping: dict[str, Any] = to_dict(data)
+    elif isinstance(data, (str, Path)):
+        mapping = load_yaml(data)
+        source = str(data)
+    elif isinstance(data, Mapping):
+        mapping = to_dict(data)  # nested dataclasses (a Preprocessing value) become mappings
+    else:
+        raise TypeError(f"config: expected ClassifierConfig, mapping or YAML path, got {type(data).__name__}")
+    pre = mapping.get("preprocessing")
+    if isinstance(pre, str):
+        if pre not in PREPROCESSING_PRESETS:
+            raise ConfigError(
+                f"preprocessing: unknown preset {pre!r} (allowed: {', '.join(PREPROCESSING_PRESETS)})"
+            )
+        mapping["preprocessing"] = to_dict(PREPROCESSING_PRESETS[pre])
+    if inferred is not None:
+        arch, num_outputs = inferred
+        if mapping.get("arch", arch) != arch:
+            raise CheckpointError(
+                f"{source}: config says arch={mapping['arch']!r} but the checkpoint's keys and "
+                f"shapes match {arch!r}"
+            )
+        if mapping.get("num_outputs", num_outputs) != num_outputs:
+            raise CheckpointError(
+                f"{source}: config says num_outputs={mapping['num_outputs']!r} but the checkpoint's "
+                f"output layer has {num_outputs} output(s)"
+            )
+        mapping["arch"], mapping["num_outputs"] = arch, num_outputs
+    return from_dict(ClassifierConfig, mapping)
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def save_classifier(C: Classifier, path: str | Path) -> Path:
+    """Write the project's format: safetensors of the backbone + config JSON in its metadata."""
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config": json.dumps(to_dict(C.config), sort_keys=True),
+    }
+    path = write_safetensors(C.backbone.state_dict(), path, metadata)
+    C._source_sha256 = file_sha256(path)
+    log.info("saved classifier %s to %s (sha256 %s)", C.name, path, C._source_sha256[:12])
+    return path
+
+
+def load_classifier(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    config: ClassifierConfig | Mapping[str, Any] | str | Path | None = None,
+) -> Classifier:
+    """Load a classifier (eval mode, requires_grad False) from our format or a torchvision checkpoint.
+
+    ``config`` supplies the preprocessing (and optionally task, class names, name) for files
+    that do not record it; when omitted, ``<checkpoint>.yaml`` or ``<checkpoint stem>.yaml``
+    next to the file is used. For our own files a given config must agree on arch and
+    num_outputs and replaces the stored preprocessing/labels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"classifier checkpoint not found: {path} (put the weights file there, or pass the right path)"
+        )
+    state, stored = _read_weights(path)
+    state = _strip_prefix(state)
+    arch, num_outputs, width = infer_architecture(state, source=str(path))
+    if stored is not None and isinstance(config, Mapping):
+        cfg_data: Any = {**stored, **to_dict(config)}  # overrides on top of the recorded config
+    elif config is None:
+        cfg_data = stored if stored is not None else _sidecar_config(path)
+    else:
+        cfg_data = config
+    cfg = classifier_config(cfg_data, inferred=(arch, num_outputs), source=str(path))
+    if arch == "smallcnn" and cfg.width != width:
+        cfg = dataclasses.replace(cfg, width=width)
+    C = Classifier(cfg, backbone=_backbone_from_state(cfg, state, path))
+    C._source_sha256 = file_sha256(path)
+    C = C.to(device).eval().requires_grad_(False)
+    log.info("loaded classifier %s (%s, %d outputs) from %s", C.name, arch, num_outputs, path)
+    return C
+
+
+def _backbone_from_state(config: ClassifierConfig, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+    """Build the backbone on the meta device (no random init) and adopt the checkpoint's tensors."""
+    with torch.device("meta"):
+        backbone = _build_backbone(config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # fp16 files → fp32
+    for key, value in backbone.state_dict().items():  # old files lack num_batches_tracked
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.zeros((), dtype=value.dtype)
+    try:
+        backbone.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:  # inference already matched keys and shapes; anything else lands here
+        raise CheckpointError(f"{path}: weights do not fit {config.arch}: {exc}") from exc
+    return backbone
+
+
+def load_backbone_weights(C: Classifier, path: str | Path) -> list[str]:
+    """Initialise ``C`` from another checkpoint for fine-tuning (e.g. ImageNet ResNet weights).
+
+    Every tensor whose name and shape match is copied; a head of another size (``fc.*``, e.g.
+    1000 ImageNet classes) is left at its fresh initialisation. Returns the names left fresh.
+    Any other mismatch is a CheckpointError naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"initial weights not found: {path}")
+    state, _ = _read_weights(path)
+    state = _strip_prefix(state)
+    own = C.backbone.state_dict()
+    head = ARCHITECTURES[C.arch].head
+    fresh = [k for k in own if k.startswith(head) and (k not in state or state[k].shape != own[k].shape)]
+    body = {k: v for k, v in state.items() if k not in fresh}
+    bad = [f"{k}: {list(v.shape)} vs {list(own[k].shape)}" for k, v in body.items() if k in own and v.shape != own[k].shape]
+    if bad:
+        raise CheckpointError(f"{path}: cannot initialise {C.arch} from it: shape mismatches {bad[:5]}")
+    missing, unexpected = C.backbone.load_state_dict(body, strict=False)
+    missing = [k for k in missing if k not in fresh and not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: cannot initialise {C.arch} from it: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    log.info("initialised %s from %s (fresh: %s)", C.name, path, fresh or "none")
+    return fresh
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(state dict, stored config mapping or None) from a safetensors or torch.save file."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) == 9 and head[8:9] == b"{":
+        return _read_safetensors(path)
+    return _read_torch(path), None
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    meta, state = read_safetensors(path)
+    if meta.get("format") != FORMAT_NAME:
+        return state, None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: classifier format version {meta.get('format_version')!r}; this code reads {FORMAT_VERSION!r}"
+        )
+    try:
+        return state, json.loads(meta["config"])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: metadata 'config' is missing or not JSON: {exc}") from exc
+
+
+def _read_torch(path: Path) -> dict[str, torch.Tensor]:
+    import argparse
+
+    try:
+        # Training scripts often store their args (argparse.Namespace) and numpy scalars (val
+        # accuracy) next to the weights: allow exactly those, nothing that runs code.
+        with torch.serialization.safe_globals([argparse.Namespace, *_numpy_scalar_globals()]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc)) or re.search(r"Unsupported global: ([\w.]+)", str(exc))
+        if not found:  # not a pickle at all, or a corrupt one
+            raise CheckpointError(f"{path}: not a readable torch checkpoint: {_reason(exc)}") from exc
+        raise CheckpointError(
+            f"{path}: refused to unpickle an object a weights-only load does not allow (it needs {found.group(1)!r}); "
+            "save a plain state_dict (torch.save(model.state_dict(), ...)) or safetensors instead"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint: {_reason(exc)}") from exc
+    return _unwrap_state_dict(obj, path)
+
+
+def _numpy_scalar_globals() -> list[Any]:
+    """numpy scalar reconstruction (numpy 2 and numpy 1.x pickle names) and dtype classes."""
+    import numpy as np
+
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return [np.dtype, scalar, (scalar, "numpy.core.multiarray.scalar"), *dtypes]
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative line of a torch.load error (its own text is several paragraphs)."""
+    text = str(exc)
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return (found.group(1) if found else lines[0] if lines else type(exc).__name__)[:300]
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return dict(obj)
+    if isinstance(obj, Mapping):
+        for key in _CONTAINER_KEYS:
+            if key in obj:
+                return _unwrap_state_dict(obj[key], path)
+        keys = sorted(map(str, obj))[:10]
+        raise CheckpointError(
+            f"{path}: no state dict found: top-level keys {keys} are neither tensors nor one of "
+            f"{list(_CONTAINER_KEYS)}"
+        )
+    raise CheckpointError(f"{path}: expected a state dict (mapping of tensors), got {type(obj).__name__}")
+
+
+def _strip_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for prefix in ("module.", "backbone."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _sidecar_config(path: Path) -> dict[str, Any]:
+    candidates = [path.with_name(path.name + s) for s in _SIDECAR_SUFFIXES]
+    candidates += [path.with_suffix(s) for s in _SIDECAR_SUFFIXES]
+    for cand in candidates:
+        if cand.is_file():
+            return load_yaml(cand)
+    tried = ", ".join(str(c) for c in dict.fromkeys(candidates))
+    raise CheckpointError(
+        f"{path}: the checkpoint does not record its preprocessing; pass config= (or --classifier-config) "
+        f"or put a YAML config next to it (looked for {tried}); see docs/classifiers.md"
+    )
+
+
+# ----------------------------------------------------------------------------- architecture inference
+
+
+def infer_architecture(state: Mapping[str, torch.Tensor], *, source: str = "checkpoint") -> tuple[str, int, int]:
+    """(arch, num_outputs, width) whose state-dict keys and shapes match ``state`` exactly.
+
+    ``num_batches_tracked`` entries are ignored (old checkpoints lack them). When nothing
+    matches, the CheckpointError names ``source``, the known architectures and the closest
+    one's missing/unexpected/mis-shaped keys.
+    """
+    heads = {name: a.head_weight for name, a in ARCHITECTURES.items()}
+    fc = next((state[k] for k in dict.fromkeys(heads.values()) if isinstance(state.get(k), torch.Tensor)), None)
+    if fc is None or fc.ndim != 2:
+        sample = sorted(state)[:6]
+        raise CheckpointError(
+            f"{source}: no classifier head ({', '.join(sorted(set(heads.values())))}) [K, features] among "
+            f"its keys (first keys: {sample}); known architectures: {', '.join(ARCHITECTURES)}"
+        )
+    num_outputs = int(fc.shape[0])
+    width = int(state["features.0.weight"].shape[0]) if "features.0.weight" in state else 32
+    got = {k: tuple(v.shape) for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    best: tuple[int, str, list[str], list[str], list[str]] | None = None
+    for arch in ARCHITECTURES:
+        want = _reference_shapes(arch, num_outputs, width)
+        missing = sorted(set(want) - set(got))
+        unexpected = sorted(set(got) - set(want))
+        shapes = [f"{k}: {list(got[k])} vs {list(want[k])}" for k in sorted(set(got) & set(want)) if got[k] != want[k]]
+        if not (missing or unexpected or shapes):
+            return arch, num_outputs, width
+        score = len(missing) + len(unexpected) + len(shapes)
+        if best is None or score < best[0]:
+            best = (score, arch, missing, unexpected, shapes)
+    _, arch, missing, unexpected, shapes = best  # type: ignore[misc]  (ARCHITECTURES is not empty)
+    raise CheckpointError(
+        f"{source}: weights match no known architecture ({', '.join(ARCHITECTURES)}); closest is {arch!r}: "
+        f"missing keys {missing[:5]}{'…' if len(missing) > 5 else ''}, "
+        f"unexpected keys {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}, "
+        f"shape mismatches {shapes[:5]}{'…' if len(shapes) > 5 else ''}"
+    )
+
+
+_SHAPE_CACHE: dict[tuple[str, int, int], dict[str, tuple[int, ...]]] = {}
+
+
+def _reference_shapes(arch: str, num_outputs: int, width: int) -> dict[str, tuple[int, ...]]:
+    key = (arch, num_outputs, width if arch == "smallcnn" else 0)
+    if key not in _SHAPE_CACHE:
+        with torch.device("meta"):  # shapes only: no memory, no init cost
+            model = ARCHITECTURES[arch].build(num_outputs, width)
+        _SHAPE_CACHE[key] = {
+            k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")
+        }
+    return _SHAPE_CACHE[key]

@@ -1,0 +1,1 @@
+"""Foundations every stage shares: errors, config dataclass I/O, devices and seeds, weight files, image decoding."""

@@ -1,0 +1,159 @@
+"""Typed, frozen configuration: YAML/dict → dataclasses, with one clear error per mistake.
+
+Every component declares a frozen dataclass (``InversionConfig``, ``ViewConfig`` …) with a
+comment per field. ``from_dict`` maps a plain mapping onto it, recursing into nested
+dataclasses, and rejects unknown keys and wrong types naming the full key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from ganviews.core.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping top level is a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, key: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; errors name the dotted key (``invert.steps``)."""
+    errors = _collect(cls, data or {}, key)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return _build(cls, data or {})
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass (possibly nested) as plain YAML/JSON-friendly data."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _dotted(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _collect(cls: type, data: Any, prefix: str) -> list[str]:
+    if not isinstance(data, Mapping):
+        return [f"{prefix or '<root>'}: expected a mapping, got {type(data).__name__}"]
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    errors = []
+    for name in data:
+        if name not in fields:
+            allowed = ", ".join(sorted(fields))
+            errors.append(f"{_dotted(prefix, str(name))}: unknown key (allowed: {allowed})")
+    for name, field in fields.items():
+        full = _dotted(prefix, name)
+        if name not in data:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                errors.append(f"{full}: required key is missing")
+            continue
+        errors.extend(_check_value(hints[name], data[name], full))
+    return errors
+
+
+def _check_value(tp: Any, value: Any, key: str) -> list[str]:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return []
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return []
+        for arg in args:
+            if arg is type(None):
+                continue
+            if not _check_value(arg, value, key):
+                return []
+        return [f"{key}: {value!r} does not match {_type_name(tp)}"]
+    if origin is typing.Literal:
+        return [] if value in args else [f"{key}: {value!r} is not one of {list(args)}"]
+    if dataclasses.is_dataclass(tp):
+        return _collect(tp, value, key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return [f"{key}: expected a list, got {value!r}"]
+        inner = args[0] if args else Any
+        return [e for i, v in enumerate(value) for e in _check_value(inner, v, f"{key}[{i}]")]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            return [f"{key}: expected a mapping, got {value!r}"]
+        inner = args[1] if len(args) == 2 else Any
+        return [e for k, v in value.items() for e in _check_value(inner, v, f"{key}.{k}")]
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return [] if ok else [f"{key}: expected a number, got {value!r}"]
+    if tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return [] if ok else [f"{key}: expected an integer, got {value!r}"]
+    if tp is bool:
+        return [] if isinstance(value, bool) else [f"{key}: expected true/false, got {value!r}"]
+    if tp is str:
+        return [] if isinstance(value, str) else [f"{key}: expected a string, got {value!r}"]
+    if tp is Path:
+        return [] if isinstance(value, (str, Path)) else [f"{key}: expected a path, got {value!r}"]
+    return []
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _build(tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        kwargs = {name: _build(hints[name], v) for name, v in value.items()}
+        return tp(**kwargs)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            if arg is not type(None) and not _check_value(arg, value, ""):
+                return _build(arg, value)
+        return value
+    if origin is tuple:
+        inner = args[0] if args else Any
+        return tuple(_build(inner, v) for v in value)
+    if origin is list:
+        inner = args[0] if args else Any
+        return [_build(inner, v) for v in value]
+    if origin is dict:
+        inner = args[1] if len(args) == 2 else Any
+        return {k: _build(inner, v) for k, v in value.items()}
+    if tp is float:
+        return float(value)
+    if tp is Path:
+        return Path(value)
+    return value

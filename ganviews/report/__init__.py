@@ -1,0 +1,1 @@
+"""Result tables, the Markdown/HTML report and its plots."""

@@ -1,0 +1,528 @@
+"""Render and classify views in one pass: GAN views, image views and "combined" views.
+
+Chai et al., "Ensembling with Deep Generative Views" (CVPR 2021), Sec. 3.3–3.4: for each
+image x with inverted latent w*, the classifier sees x (view 0), the reconstruction G(w*)
+(view 1) and N−1 perturbed views G(w̃_n) (views 2..N) per perturbation method and setting;
+the ensemble (1−α)·C(x) + α/N·Σ C(G(·)) is formed later from the logits table.
+
+Groups (one per (method, setting); every group carries its own views 0 and 1, so it can be
+evaluated alone — the logits of views 0/1 are computed once and shared):
+
+- GAN group ``f"{method}_{layers}"`` (e.g. "isotropic_fine"), setting = repr(σ) or "" for
+  style-mixing: views 0, 1, 2..N → N+1 rows per image and classifier.
+- ``f"combined_{method}_{layers}"``: the same renders as its GAN group (same view seeds) with
+  image jitter on top (:func:`ganviews.views.augment.combined_jitter`, seeded by
+  ``jitter_seed(view seed)``): views 0, 1, 2..N.
+- image groups "color" / "crop": view 0 = x, views 1..N−1 = augmented copies of x → N rows.
+
+Work is flattened into jobs (image, group, view) and run in batches of ``batch_size`` across
+images, groups and views: perturb (CPU-seeded draws) → G.synthesis → classifier (which applies
+its own preprocessing on the device). Logits are gathered on the device and copied to the
+host once at the end; nothing goes through disk. Optional uint8 copies of the views are
+returned for persistence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ganviews.core.config import from_dict, to_dict
+from ganviews.core.errors import ConfigError
+from ganviews.core.runtime import assert_shape
+from ganviews.views.augment import (
+    JitterConfig,
+    augment,
+    image_view_seed,
+    jitter_seed,
+)
+from ganviews.views.perturb import (
+    DEFAULT_PCA_COMPONENTS,
+    FIRST_VIEW,
+    PERTURBATIONS,
+    PCAStats,
+    check_pca_stats,
+    format_setting,
+    perturb_from_seeds,
+    view_seed,
+)
+
+log = logging.getLogger(__name__)
+
+IMAGE_METHODS = ("color", "crop")  # image-only groups ("combined" rides on a GAN group)
+_DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass(frozen=True)
+class GanGroup:
+    """One GAN perturbation family on one layer group, with its grid of settings."""
+
+    method: str  # "isotropic" | "pca" | "stylemix"
+    layers: str  # a key of G.layer_groups: "coarse" | "middle" | "fine"
+    settings: tuple[float, ...] = ()  # σ grid for isotropic / pca; empty for stylemix
+    combined: bool = False  # also emit "combined_<method>_<layers>" (these renders + image jitter)
+
+    def __post_init__(self) -> None:
+        if self.method not in PERTURBATIONS:
+            raise ConfigError(f"gan.method: got {self.method!r}, allowed: {sorted(PERTURBATIONS)}")
+        if self.method == "stylemix" and self.settings:
+            raise ConfigError(
+                f"gan.settings: stylemix takes no settings, got {list(self.settings)}"
+            )
+        if self.method != "stylemix":
+            if not self.settings:
+                raise ConfigError(f"gan.settings: {self.method} needs a σ grid, got none")
+            bad = [s for s in self.settings if not (float(s) >= 0)]
+            if bad:
+                raise ConfigError(f"gan.settings: σ must be ≥ 0, got {bad}")
+            if len(set(map(float, self.settings))) != len(self.settings):
+                raise ConfigError(f"gan.settings: duplicate values in {list(self.settings)}")
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """Which views to render and classify, and how. No GAN groups by default: start from a
+    preset (``view_config(preset="faces")``, PRESETS) for the official grids."""
+
+    n_views: int = 32  # N per group: reconstruction + N−1 perturbed (image groups: x + N−1 copies)
+    gan: tuple[GanGroup, ...] = ()  # GAN groups; empty → none (use a preset for the official grid)
+    image_methods: tuple[str, ...] = IMAGE_METHODS  # image-only groups: "color", "crop"
+    jitter: JitterConfig = field(default_factory=JitterConfig)  # image-jitter strengths
+    pca_components: int = DEFAULT_PCA_COMPONENTS  # PCA: d drawn among the top this many
+    batch_size: int = 64  # views rendered + classified per forward pass
+    noise_mode: Literal["const", "none"] = "const"  # synthesis noise (both reproducible)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # autocast for render+classify
+    persist_views: bool = (
+        False  # also return uint8 views (for the store's views/<method>/<setting>)
+    )
+    persist_resolution: int = 0  # side of persisted views; 0 → the generator's resolution
+
+    def __post_init__(self) -> None:
+        if self.n_views < 2:
+            raise ConfigError(
+                f"n_views: got {self.n_views}, must be ≥ 2 (reconstruction + ≥ 1 view)"
+            )
+        unknown = [m for m in self.image_methods if m not in IMAGE_METHODS]
+        if unknown:
+            raise ConfigError(f"image_methods: got {unknown}, allowed: {list(IMAGE_METHODS)}")
+        if len(set(self.image_methods)) != len(self.image_methods):
+            raise ConfigError(f"image_methods: duplicates in {list(self.image_methods)}")
+        keys = [(g.method, g.layers) for g in self.gan]
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"gan: (method, layers) pairs must be unique, got {keys}")
+        if self.pca_components < 1:
+            raise ConfigError(f"pca_components: got {self.pca_components}, must be ≥ 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: got {self.batch_size}, must be ≥ 1")
+        if self.noise_mode not in ("const", "none"):
+            raise ConfigError(f"noise_mode: got {self.noise_mode!r}, allowed: ['const', 'none']")
+        if self.dtype not in _DTYPES:
+            raise ConfigError(f"dtype: got {self.dtype!r}, allowed: {list(_DTYPES)}")
+        if self.persist_resolution < 0:
+            raise ConfigError(f"persist_resolution: got {self.persist_resolution}, must be ≥ 0")
+
+
+def _official_gan(iso_fine, iso_coarse, pca_grid) -> tuple[GanGroup, ...]:
+    return (
+        GanGroup("isotropic", "fine", iso_fine),
+        GanGroup("isotropic", "coarse", iso_coarse),
+        GanGroup("pca", "fine", pca_grid),
+        GanGroup("pca", "coarse", pca_grid),
+        GanGroup("stylemix", "fine"),
+        GanGroup("stylemix", "coarse"),
+    )
+
+
+# Official grids (chail/gan-ensembling, networks/perturb_settings.py) and image jitter
+# (data/data_*.py). Cars: the official crop takes a 256 window from a 342×256 resize of a
+# de-padded 512×384 render; our aligned cars are square, so a uniform 1.125 up-scale stands in.
+PRESETS: dict[str, ViewConfig] = {
+    "faces": ViewConfig(
+        gan=_official_gan((0.1, 0.2, 0.3), (0.1, 0.2, 0.3), (1.0, 2.0, 3.0)),
+        jitter=JitterConfig(crop_scale=1056 / 1024, combined_color=True),
+    ),
+    "cars": ViewConfig(
+        gan=_official_gan((0.3, 0.5, 0.7), (1.0, 1.5, 2.0), (1.0, 2.0, 3.0)),
+        jitter=JitterConfig(crop_scale=1.125, combined_color=False),
+    ),
+    "cats": ViewConfig(
+        gan=_official_gan((0.1, 0.2, 0.3), (0.5, 0.7, 1.0), (0.5, 0.7, 1.0)),
+        jitter=JitterConfig(crop_scale=256 / 224, combined_color=False),
+    ),
+}
+
+
+def view_config(data: Mapping[str, Any] | None = None, *, preset: str | None = None) -> ViewConfig:
+    """A ViewConfig from a mapping (YAML); ``preset`` (argument or key) supplies the defaults.
+
+    Keys given in ``data`` replace the preset's values wholesale (``gan`` is replaced, not merged).
+    """
+    data = dict(data or {})
+    name = data.pop("preset", None) or preset
+    base: dict[str, Any] = {}
+    if name is not None:
+        if name not in PRESETS:
+            raise ConfigError(f"preset: got {name!r}, allowed: {sorted(PRESETS)}")
+        base = to_dict(PRESETS[name])
+    if isinstance(data.get("jitter"), Mapping) and "jitter" in base:
+        data["jitter"] = {**base["jitter"], **data["jitter"]}
+    return from_dict(ViewConfig, {**base, **data})
+
+
+# ---------------------------------------------------------------------------------------------
+# groups of the logits table
+
+
+@dataclass(frozen=True)
+class ViewGroup:
+    """One (method, setting) group of the logits table."""
+
+    method: str  # the table's method string, e.g. "isotropic_fine", "combined_pca_coarse", "crop"
+    setting: str  # the table's setting string ("" when none)
+    kind: Literal["gan", "combined", "image"]  # how its views ≥ 1 (image) / ≥ 2 (GAN) are made
+    base: str  # perturbation ("isotropic" | "pca" | "stylemix") or image method ("color" | "crop")
+    layers: str  # GAN layer group ("" for image groups)
+    sigma: float | None  # σ for isotropic / pca, else None
+    num_views: int  # views per image in this group (N+1 for GAN groups, N for image groups)
+
+
+def view_groups(config: ViewConfig) -> list[ViewGroup]:
+    """All groups the config produces, in output order."""
+    out = []
+    for g in config.gan:
+        settings: Sequence[float | None] = g.settings or (None,)
+        for s in settings:
+            name = f"{g.method}_{g.layers}"
+            sigma = None if s is None else float(s)
+            out.append(
+                ViewGroup(
+                    name, format_setting(s), "gan", g.method, g.layers, sigma, config.n_views + 1
+                )
+            )
+            if g.combined:
+                out.append(
+                    ViewGroup(
+                        f"combined_{name}",
+                        format_setting(s),
+                        "combined",
+                        g.method,
+                        g.layers,
+                        sigma,
+                        config.n_views + 1,
+                    )
+                )
+    for m in config.image_methods:
+        out.append(ViewGroup(m, "", "image", m, "", None, config.n_views))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class GroupLogits:
+    """Logits of one group for a batch of images, rows ordered by (image, view)."""
+
+    group: ViewGroup
+    image_index: np.ndarray  # [M] int64 row of the input batch
+    view: np.ndarray  # [M] int32 view index (0 original, 1 reconstruction / first copy, …)
+    seed: np.ndarray  # [M] int64 the view's seed (0 where has_seed is False)
+    has_seed: (
+        np.ndarray
+    )  # [M] bool — False for views 0 and 1 of GAN groups and view 0 of image groups
+    logits: dict[str, np.ndarray]  # classifier name → [M, K] float32 raw outputs
+    views: np.ndarray | None = None  # [N_images, num_views, 3, R, R] uint8 when persisting
+
+    @property
+    def method(self) -> str:
+        return self.group.method
+
+    @property
+    def setting(self) -> str:
+        return self.group.setting
+
+
+def to_uint8(images: torch.Tensor, resolution: int = 0) -> torch.Tensor:
+    """[-1, 1] float images → uint8 [N, C, R, R] (area-resized when ``resolution`` differs)."""
+    x = images.float()
+    if resolution and x.shape[-1] != resolution:
+        mode = "area" if x.shape[-1] > resolution else "bilinear"
+        x = F.interpolate(x, size=(resolution, resolution), mode=mode)
+    return ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused render → classify pass
+
+
+@dataclass(frozen=True)
+class _Job:
+    image: int  # row of the batch
+    group: int  # index into view_groups(config), or ORIGINAL / RECONSTRUCTION (shared views)
+    view: int  # table view index
+    seed: int  # the view's seed
+
+
+class _Sink:
+    """Device-side accumulators: per group a seed table and, per classifier, a logits table."""
+
+    def __init__(self, groups: list[ViewGroup], n_images: int, names: Sequence[str], device):
+        self.groups, self.n, self.names, self.device = groups, n_images, list(names), device
+        self.logits: dict[tuple[int, str], torch.Tensor] = {}
+        self.filled: dict[tuple[int, str], np.ndarray] = {}  # which rows were written
+        self.seed = [np.zeros((n_images, g.num_views), np.int64) for g in groups]
+        self.has_seed = [np.zeros((n_images, g.num_views), bool) for g in groups]
+        self.views: list[np.ndarray | None] = [None] * len(groups)
+
+    def put(
+        self, gi: int, images: Sequence[int], views: Sequence[int], name: str, logits: torch.Tensor
+    ):
+        key = (gi, name)
+        if key not in self.logits:
+            shape = (self.n, self.groups[gi].num_views, logits.shape[1])
+            self.logits[key] = torch.zeros(shape, device=self.device)
+            self.filled[key] = np.zeros(shape[:2], bool)
+        self.filled[key][list(images), list(views)] = True
+        rows = torch.as_tensor(images, device=self.device)
+        cols = torch.as_tensor(views, device=self.device)
+        self.logits[key][rows, cols] = logits.float()
+
+    def put_seeds(self, gi: int, images: Sequence[int], views: Sequence[int], seeds: Sequence[int]):
+        self.seed[gi][images, views] = seeds
+        self.has_seed[gi][images, views] = True
+
+    def put_views(
+        self, gi: int, images: Sequence[int], views: Sequence[int], pixels: torch.Tensor, res: int
+    ):
+        if self.views[gi] is None:
+            self.views[gi] = np.zeros((self.n, self.groups[gi].num_views, 3, res, res), np.uint8)
+        self.views[gi][list(images), list(views)] = pixels.cpu().numpy()
+
+    def results(self) -> list[GroupLogits]:
+        out = []
+        host = {key: t.cpu().numpy() for key, t in self.logits.items()}  # the one copy to the host
+        for gi, g in enumerate(self.groups):
+            v = g.num_views
+            image_index = np.repeat(np.arange(self.n, dtype=np.int64), v)
+            view = np.tile(np.arange(v, dtype=np.int32), self.n)
+            logits = {name: host[(gi, name)].reshape(self.n * v, -1) for name in self.names}
+            missing = [name for name in self.names if not self.filled[(gi, name)].all()]
+            if missing:
+                raise RuntimeError(
+                    f"internal: group {g.method}/{g.setting}: rows of {missing} never written"
+                )
+            out.append(
+                GroupLogits(
+                    g,
+                    image_index,
+                    view,
+                    self.seed[gi].reshape(-1),
+                    self.has_seed[gi].reshape(-1),
+                    logits,
+                    self.views[gi],
+                )
+            )
+        return out
+
+
+def _chunks(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _classify(classifiers: Mapping[str, Any], images: torch.Tensor) -> dict[str, torch.Tensor]:
+    out = {}
+    images = images.float()  # renders may be half under autocast; preprocessing runs in fp32
+    for name, C in classifiers.items():
+        logits = C(images)
+        if logits.ndim != 2 or logits.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"classifier {name!r}: expected logits [N, K], got {list(logits.shape)}"
+            )
+        out[name] = logits
+    return out
+
+
+@torch.no_grad()
+def render_and_classify(
+    G,
+    classifiers: Mapping[str, Any],
+    w: torch.Tensor,
+    images: torch.Tensor,
+    *,
+    image_ids: Sequence[str],
+    config: ViewConfig,
+    device: torch.device | str,
+    seed: int,
+    c: torch.Tensor | None = None,
+    pca: PCAStats | None = None,
+) -> list[GroupLogits]:
+    """Classify views 0, 1, 2..N of every group for a batch of images (see the module doc).
+
+    w [N, num_ws, w_dim] (the inverted w*), images [N, 3, H, W] in [-1, 1] (the aligned
+    originals), image_ids [N] (seed keys), classifiers: name → module mapping [B, 3, h, w] in
+    [-1, 1] to logits [B, K] (its own preprocessing). c [N, c_dim]: classes for a conditional
+    G (style-mixing). Returns one :class:`GroupLogits` per :func:`view_groups` entry.
+    """
+    device = torch.device(device)
+    n = w.shape[0]
+    assert_shape(w, [None, G.num_ws, G.w_dim], "w")
+    assert_shape(images, [n, 3, None, None], "images")
+    if n == 0:
+        raise ValueError("w: got 0 images; render_and_classify needs at least one")
+    image_ids = [str(i) for i in image_ids]
+    if len(image_ids) != n:
+        raise ValueError(f"image_ids: expected {n} ids (one per row of w), got {len(image_ids)}")
+    if len(set(image_ids)) != n:
+        raise ValueError("image_ids: ids must be unique within a call (they key the view seeds)")
+    if not classifiers:
+        raise ValueError("classifiers: need at least one classifier")
+    groups = view_groups(config)
+    for g in groups:
+        if g.kind != "image" and g.layers not in G.layer_groups:
+            raise ValueError(
+                f"layers: group {g.method} needs {g.layers!r}, G has {sorted(G.layer_groups)}"
+            )
+    pca = pca if pca is not None else getattr(G, "pca_stats", None)
+    if pca is None and any(g.base == "pca" for g in groups if g.kind == "gan"):
+        raise ValueError("pca: the config has PCA groups but no PCA statistics were given")
+    check_pca_stats(G, pca)
+    pca = None if pca is None else pca.to(device)
+    w = w.to(device=device, dtype=torch.float32)
+    images = images.to(device=device, dtype=torch.float32)
+    c = None if c is None else c.to(device=device, dtype=torch.float32)
+    res = config.persist_resolution or G.resolution
+    autocast = (
+        torch.autocast(device.type, dtype=_DTYPES[config.dtype])
+        if _DTYPES[config.dtype] is not None
+        else contextlib.nullcontext()
+    )
+    sink = _Sink(groups, n, list(classifiers), device)
+    with autocast:
+        _gan_views(G, classifiers, w, groups, sink, config, image_ids, seed, c, pca, res)
+        _image_views(classifiers, images, groups, sink, config, image_ids, seed, res)
+    return sink.results()
+
+
+ORIGINAL, RECONSTRUCTION = -1, -2  # pseudo-groups of views 0 and 1, shared by every group
+
+
+def _targets(groups: Sequence[ViewGroup], gi: int) -> list[int]:
+    """The groups a job's logits go to: itself, or every group sharing view 0 / view 1."""
+    if gi == ORIGINAL:
+        return list(range(len(groups)))
+    if gi == RECONSTRUCTION:
+        return [gj for gj, g in enumerate(groups) if g.kind != "image"]
+    return [gi]
+
+
+def _twins(groups: Sequence[ViewGroup]) -> dict[int, int]:
+    """GAN group index → its "combined_" twin's index, where the config asks for one."""
+    out = {}
+    for gi, g in enumerate(groups):
+        for gj, h in enumerate(groups):
+            if (
+                g.kind == "gan"
+                and h.kind == "combined"
+                and h.method == "combined_" + g.method
+                and h.setting == g.setting
+            ):
+                out[gi] = gj
+    return out
+
+
+def _gan_views(G, classifiers, w, groups, sink, config, image_ids, seed, c, pca, res):
+    """View 1 (G(w*)) and views 2..N of every GAN group and its combined twin, in batches
+    that mix images, groups and views; the combined copies join the same classifier call."""
+    plain = [gi for gi, g in enumerate(groups) if g.kind == "gan"]
+    if not plain:
+        return
+    twin = _twins(groups)
+    jobs = [_Job(i, RECONSTRUCTION, 1, 0) for i in range(w.shape[0])] + [
+        _Job(i, gi, v, view_seed(seed, image_ids[i], g.base, g.layers, g.sigma, v))
+        for gi in plain
+        for g in [groups[gi]]
+        for i in range(w.shape[0])
+        for v in range(FIRST_VIEW, config.n_views + 1)
+    ]
+    for batch in _chunks(jobs, config.batch_size):
+        ws = torch.empty(len(batch), G.num_ws, G.w_dim, device=w.device)  # [B, L, C]
+        for gi in sorted({j.group for j in batch}):
+            pos = [k for k, j in enumerate(batch) if j.group == gi]
+            rows = [batch[k].image for k in pos]
+            if gi == RECONSTRUCTION:
+                ws[pos] = w[rows]
+                continue
+            g = groups[gi]
+            with torch.autocast(w.device.type, enabled=False):  # w-space maths stays in fp32
+                ws[pos] = perturb_from_seeds(
+                    G, w[rows], [batch[k].seed for k in pos], method=g.base, layers=g.layers,
+                    setting=g.sigma, pca=pca, pca_components=config.pca_components,
+                    c=None if c is None else c[rows],
+                )  # fmt: skip
+        pixels = G.synthesis(ws, noise_mode=config.noise_mode)  # [B, 3, R, R]
+        combo = [k for k, j in enumerate(batch) if j.group in twin]
+        if combo:
+            seeds = [jitter_seed(batch[k].seed) for k in combo]
+            jittered = augment(
+                pixels[combo], seeds, "combined", config=config.jitter
+            )  # [B', 3, R, R]
+            pixels = torch.cat([pixels, jittered.to(pixels.dtype)])  # [B + B', 3, R, R]
+            batch = [
+                *batch,
+                *(dataclasses.replace(batch[k], group=twin[batch[k].group]) for k in combo),
+            ]
+        _emit(classifiers, pixels, batch, groups, sink, config, res)
+
+
+def _image_views(classifiers, images, groups, sink, config, image_ids, seed, res):
+    """View 0 (the original) of every group and views 1..N−1 of the image groups."""
+    jobs = [_Job(i, ORIGINAL, 0, 0) for i in range(images.shape[0])] + [
+        _Job(i, gi, v, image_view_seed(seed, image_ids[i], g.base, v))
+        for gi, g in enumerate(groups)
+        if g.kind == "image"
+        for i in range(images.shape[0])
+        for v in range(1, config.n_views)
+    ]
+    for batch in _chunks(jobs, config.batch_size):
+        out = torch.empty(len(batch), *images.shape[1:], device=images.device)  # [B, 3, H, W]
+        for gi in sorted({j.group for j in batch}):
+            pos = [k for k, j in enumerate(batch) if j.group == gi]
+            rows = [batch[k].image for k in pos]
+            if gi == ORIGINAL:
+                out[pos] = images[rows]
+                continue
+            seeds = [batch[k].seed for k in pos]
+            out[pos] = augment(images[rows], seeds, groups[gi].base, config=config.jitter).float()
+        _emit(classifiers, out, batch, groups, sink, config, res)
+
+
+def _emit(
+    classifiers, pixels, batch: Sequence[_Job], groups, sink: _Sink, config: ViewConfig, res: int
+):
+    """Classify one batch and scatter its logits (and uint8 copies) into the groups' tables."""
+    logits = _classify(classifiers, pixels)
+    small = to_uint8(pixels, res) if config.persist_views else None
+    for gi in sorted({j.group for j in batch}):
+        pos = [k for k, j in enumerate(batch) if j.group == gi]
+        rows, views = [batch[k].image for k in pos], [batch[k].view for k in pos]
+        for gt in _targets(groups, gi):
+            for name in classifiers:
+                sink.put(gt, rows, views, name, logits[name][pos])
+            if gi >= 0:
+                sink.put_seeds(gt, rows, views, [batch[k].seed for k in pos])
+            if small is not None:
+                sink.put_views(gt, rows, views, small[pos], res)

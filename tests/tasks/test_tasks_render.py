@@ -1,0 +1,280 @@
+"""The render shard task end to end: store → fused views → Parquet logits (+ views in the store)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from ganviews.classifiers.model import build_classifier, load_classifier, save_classifier
+from ganviews.cli import main
+from ganviews.core.errors import ConfigError, GanviewsError
+from ganviews.stylegan.generator import load_generator
+from ganviews.views.perturb import PCAStats
+from ganviews.views.render import GanGroup, ViewConfig, render_and_classify
+from storage.latents import LatentStore
+from storage.logits import read_logits, read_logits_metadata
+from storage.pca_stats import load_pca_stats
+from tasks.render import load_originals, render_shard_task, run_render_shard
+
+N_IMAGES, SHARD = 6, 4
+CFG = ViewConfig(
+    n_views=2,
+    gan=(
+        GanGroup("isotropic", "fine", (0.3,)),
+        GanGroup("pca", "coarse", (1.0,)),
+        GanGroup("stylemix", "fine"),
+    ),
+    image_methods=("crop",),
+    batch_size=8,
+)
+
+
+@pytest.fixture(scope="module")
+def gen_path(stylegan2_fixtures):
+    return stylegan2_fixtures / "nvidia-ada-res32.pkl"
+
+
+@pytest.fixture(scope="module")
+def G(gen_path):
+    return load_generator(gen_path)
+
+
+@pytest.fixture(scope="module")
+def classifier_paths(tmp_path_factory):
+    root = tmp_path_factory.mktemp("classifiers")
+    torch.manual_seed(0)
+    paths = {}
+    for name, k, task in (("smile", 1, "smiling"), ("kind", 3, "")):
+        C = build_classifier({"arch": "smallcnn", "num_outputs": k, "task": task, "width": 4})
+        paths[name] = save_classifier(C.eval(), root / f"{name}.safetensors")
+    return paths
+
+
+def _manifest(root) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(N_IMAGES):
+        p = root / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    frame = pd.DataFrame({
+        "image_id": [f"im{i}" for i in range(N_IMAGES)],
+        "path": paths,
+        "split": ["val", "val", "test", "test", "val", "test"],
+        "smiling": [0, 1, 1, 0, 1, 0],
+        "kind": [2, 0, 1, 1, 0, 2],
+    })  # fmt: skip
+    frame.attrs["label_columns"] = ["smiling", "kind"]
+    return frame
+
+
+def _make_store(tmp_path, G, *, aligned: bool = True) -> LatentStore:
+    manifest = _manifest(tmp_path)
+    store = LatentStore.create(
+        tmp_path / "store", N_IMAGES, G.num_ws, G.w_dim, SHARD,
+        attrs={"generator_sha256": G.sha256}, manifest=manifest,
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(3)
+    w = G.mapping(torch.randn(N_IMAGES, G.z_dim, generator=gen)).numpy()
+    done = [0, 1, 3, 4, 5]
+    store.write(done, w=w[done], loss=np.ones(len(done), np.float32))
+    store.mark_failed([2], "no face found")
+    if aligned:
+        store.ensure_array("images/aligned", (3, 32, 32), np.uint8)
+        pixels = np.stack([np.asarray(Image.open(p)).transpose(2, 0, 1) for p in manifest["path"]])
+        store.write_array("images/aligned", np.arange(N_IMAGES), pixels)
+    return store
+
+
+def _kwargs(gen_path, classifier_paths, logits, **extra):
+    return dict(
+        generator_path=gen_path, classifier_paths=classifier_paths, tasks={"kind": "kind"},
+        view_cfg=CFG, logits_dir=logits, device="cpu", seed=4, pca_samples=2000, **extra,
+    )  # fmt: skip
+
+
+def test_shard_end_to_end(tmp_path, G, gen_path, classifier_paths):
+    store = _make_store(tmp_path, G)
+    logits = tmp_path / "logits"
+    summary = run_render_shard(store.path, 0, **_kwargs(gen_path, classifier_paths, logits))
+    # images 0, 1, 3 are done in shard [0, 4); image 2 failed and is skipped
+    per_image = 3 * (CFG.n_views + 1) + CFG.n_views  # three GAN groups + crop
+    assert summary == {
+        "shard": "00000000-00000004",
+        "images": 3,
+        "rows": 2 * 3 * per_image,
+        "files": 8,
+    }
+    rows = read_logits(logits)
+    assert len(rows) == summary["rows"]
+    assert set(rows["image_id"]) == {"im0", "im1", "im3"}
+    counts = rows.groupby(["classifier", "method", "setting"]).size().to_dict()
+    assert counts == {
+        (c, m, s): 3 * (CFG.n_views + (m != "crop"))
+        for c in ("smile", "kind")
+        for m, s in (
+            ("isotropic_fine", "0.3"),
+            ("pca_coarse", "1.0"),
+            ("stylemix_fine", ""),
+            ("crop", ""),
+        )
+    }
+    assert dict(zip(rows["classifier"], rows["task"], strict=True)) == {
+        "smile": "smiling",
+        "kind": "kind",
+    }
+    labels = {"im0": (0, 2, "val"), "im1": (1, 0, "val"), "im3": (0, 1, "test")}
+    for _, r in rows.iterrows():
+        smile, kind, split = labels[r["image_id"]]
+        assert r["label"] == (smile if r["task"] == "smiling" else kind) and r["split"] == split
+        assert len(r["logits"]) == (1 if r["classifier"] == "smile" else 3)
+    gan = rows["method"] != "crop"
+    assert rows.loc[gan & (rows["view"] <= 1), "seed"].isna().all()
+    assert rows.loc[gan & (rows["view"] >= 2), "seed"].notna().all()
+    assert rows.loc[~gan & (rows["view"] == 0), "seed"].isna().all()
+    # PCA statistics were computed once and cached next to the store, for this generator
+    cached = load_pca_stats(store.path / "pca_stats.npz", generator_sha256=G.sha256)
+    assert cached["n_samples"] == 2000
+    meta = read_logits_metadata(logits)["metadata"].iloc[0]
+    assert (
+        meta["seed"] == 4
+        and meta["generator_sha256"] == G.sha256
+        and meta["view_config"]["n_views"] == CFG.n_views
+    )
+
+    # the rows are exactly what the library computes for those images
+    classifiers = {n: load_classifier(p) for n, p in classifier_paths.items()}
+    idx = [0, 1, 3]
+    pca = PCAStats.from_arrays(cached["mean"], cached["components"], cached["stdevs"])
+    images = torch.from_numpy(
+        store.read_array("images/aligned", idx).astype(np.float32) / 127.5 - 1
+    )
+    direct = render_and_classify(
+        G, classifiers, torch.from_numpy(store.read(idx, ["w"])["w"]), images,
+        image_ids=["im0", "im1", "im3"], config=CFG, device="cpu", seed=4, pca=pca,
+    )  # fmt: skip
+    g = direct[1]  # pca_coarse
+    sel = rows[(rows["classifier"] == "kind") & (rows["method"] == "pca_coarse")].sort_values(
+        ["image_id", "view"]
+    )
+    np.testing.assert_allclose(np.stack(sel["logits"]), g.logits["kind"], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(
+        sel["seed"].fillna(0).to_numpy(np.int64), np.where(g.has_seed, g.seed, 0)
+    )
+
+    # re-running the shard replaces its rows (no duplicates, same values); the other shard adds its own
+    run_render_shard(store.path, (0, 4), **_kwargs(gen_path, classifier_paths, logits))
+    again = read_logits(logits)
+    assert len(again) == len(rows)
+    key = ["classifier", "method", "setting", "image_id", "view"]
+    a, b = rows.sort_values(key), again.sort_values(key)
+    np.testing.assert_array_equal(
+        np.concatenate(list(a["logits"])), np.concatenate(list(b["logits"]))
+    )
+    second = render_shard_task.fn(store.path, 1, **_kwargs(gen_path, classifier_paths, logits))
+    assert second["images"] == 2 and len(read_logits(logits)) == len(rows) + second["rows"]
+
+
+def test_persisted_views_go_to_the_store(tmp_path, G, gen_path, classifier_paths):
+    store = _make_store(tmp_path, G)
+    cfg = ViewConfig(n_views=2, gan=(GanGroup("stylemix", "coarse"),), image_methods=("crop",), persist_views=True,
+                     persist_resolution=16)  # fmt: skip
+    kw = _kwargs(gen_path, classifier_paths, tmp_path / "logits")
+    kw["view_cfg"] = cfg
+    run_render_shard(store.path, 1, **kw)
+    store = LatentStore.open(store.path)
+    assert {"views/stylemix_coarse/none", "views/crop/none"} <= set(store.array_names())
+    views = store.read_array("views/stylemix_coarse/none", [4, 5, 0])
+    assert views.shape == (3, 3, 3, 16, 16) and views.dtype == np.uint8
+    assert views[:2].any() and not views[2].any()  # shard 1 written, shard 0 untouched
+    assert not (store.path / "pca_stats.npz").exists()  # no PCA group, no statistics
+
+
+def test_originals_realigned_from_the_manifest_when_not_stored(
+    tmp_path, G, gen_path, classifier_paths
+):
+    store = _make_store(tmp_path, G, aligned=False)
+    kw = _kwargs(gen_path, classifier_paths, tmp_path / "logits")
+    with pytest.raises(ConfigError, match="has no 'images/aligned' array and no align config"):
+        run_render_shard(store.path, 1, **kw)
+    summary = run_render_shard(store.path, 1, **kw, align={"mode": "none", "resolution": 32})
+    assert summary["images"] == 2 and summary["rows"] > 0
+    # the re-aligned originals are the stored ones (align mode "none" at the same size)
+    (tmp_path / "b").mkdir()
+    other = _make_store(tmp_path / "b", G)
+    manifest = store.manifest()
+    again = load_originals(
+        store, np.array([4, 5]), manifest, align={"mode": "none", "resolution": 32}
+    )
+    stored = load_originals(other, np.array([4, 5]), manifest)
+    assert again.shape == stored.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(again, stored, rtol=0, atol=1 / 127.5 + 1e-6)
+
+
+def test_task_errors(tmp_path, G, gen_path, classifier_paths, stylegan2_fixtures):
+    store = _make_store(tmp_path, G)
+    kw = _kwargs(gen_path, classifier_paths, tmp_path / "logits")
+    with pytest.raises(
+        GanviewsError, match="holds latents of generator sha256 .* render with the generator"
+    ):
+        run_render_shard(
+            store.path, 0, **{**kw, "generator_path": stylegan2_fixtures / "rosinality-res32.pt"}
+        )
+    with pytest.raises(ConfigError, match=r"classifier 'kind': no task \(label column\) given"):
+        run_render_shard(store.path, 0, **{**kw, "tasks": None})
+    with pytest.raises(
+        ConfigError,
+        match=r"task 'age' is not a label column of the manifest \(label columns: \['smiling', 'kind'\]\)",
+    ):
+        run_render_shard(store.path, 0, **{**kw, "tasks": {"kind": "age"}})
+    with pytest.raises(
+        ConfigError, match=r"shard: index 7 out of range \(the store has 2 shards\)"
+    ):
+        run_render_shard(store.path, 7, **kw)
+    with pytest.raises(ConfigError, match=r"shard: \(1, 3\) is not a shard"):
+        run_render_shard(store.path, (1, 3), **kw)
+    assert not (tmp_path / "logits").exists()
+
+
+def test_cli_pca_stats_and_render(tmp_path, G, gen_path, classifier_paths, capsys):
+    store = _make_store(tmp_path, G)
+    out = tmp_path / "stats.npz"
+    assert (
+        main(
+            [
+                "pca-stats",
+                "--generator",
+                str(gen_path),
+                "--out",
+                str(out),
+                "--samples",
+                "500",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert load_pca_stats(out, generator_sha256=G.sha256)["components"].shape == (G.w_dim, G.w_dim)
+    (tmp_path / "views.yaml").write_text(
+        "preset: cats\nn_views: 2\nimage_methods: [color]\n"
+        "gan:\n  - {method: isotropic, layers: coarse, settings: [0.5]}\n"
+    )
+    args = ["render", str(store.path), "--generator", str(gen_path), "--logits", str(tmp_path / "logits"),
+            "--classifier", f"smile={classifier_paths['smile']}",
+            "--classifier", f"k3={classifier_paths['kind']}:kind",
+            "--config", str(tmp_path / "views.yaml"), "--shards", "1", "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "shard 00000004-00000006: 2 images → 20 rows" in printed
+    rows = read_logits(tmp_path / "logits")
+    assert set(rows["classifier"]) == {"smile", "k3"} and set(rows["task"]) == {"smiling", "kind"}
+    assert set(rows["method"]) == {"isotropic_coarse", "color"}
+    assert main([*args[:-4], "--shards", "0-5", "--device", "cpu"]) == 2
+    assert "--shards: '0-5' outside 0…1" in capsys.readouterr().err
+    bad = [a if not a.startswith("smile=") else "smile" for a in args]
+    assert main(bad) == 2
+    assert "--classifier: expected NAME=PATH[:TASK], got 'smile'" in capsys.readouterr().err
