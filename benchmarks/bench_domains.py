@@ -107,7 +107,9 @@ def bench_config(path: Path, args, device: torch.device) -> dict:
     R = cfg.align.resolution
     gen = torch.Generator().manual_seed(0)
     G = Generator(GeneratorConfig(img_resolution=R)).eval().requires_grad_(False).to(device)
-    E = Encoder.for_generator(G, depth=cfg.encoder_training.depth, resolution=cfg.encoder_training.resolution)
+    E = Encoder.for_generator(
+        G, depth=cfg.encoder_training.depth, resolution=cfg.encoder_training.resolution
+    )
     E = E.eval().requires_grad_(False).to(device)
     P = load_perceptual("lpips-random", device=device)
     C = build_classifier(CLASSIFIERS[path.name]).eval().requires_grad_(False).to(device)
@@ -118,15 +120,28 @@ def bench_config(path: Path, args, device: torch.device) -> dict:
     res = {}
     with torch.no_grad():
         enc_ref = E(images, masks)  # [B, num_ws, w_dim]: the start and the latent target
-    objective = _Objective(G, images, masks, perceptual=P, encoder=E, latent_mode=cfg.invert.latent_term,
-                           w_ref=enc_ref, enc_ref=enc_ref, cfg=cfg.invert)
+    objective = _Objective(
+        G,
+        images,
+        masks,
+        perceptual=P,
+        encoder=E,
+        latent_mode=cfg.invert.latent_term,
+        w_ref=enc_ref,
+        enc_ref=enc_ref,
+        cfg=cfg.invert,
+    )
     x0 = enc_ref.reshape(B, -1)  # [B, num_ws·w_dim]: what L-BFGS hands the objective
     rows = torch.arange(B, device=device)
     with exact_fp32(device):  # as in invert(): TF32 off
-        t_eval = timed(lambda: objective(x0, rows), device, args.rounds) / B  # loss + gradient, per image
+        t_eval = (
+            timed(lambda: objective(x0, rows), device, args.rounds) / B
+        )  # loss + gradient, per image
 
     with torch.no_grad():
-        ws = G.mapping(torch.randn(B, G.z_dim, generator=gen).to(device), None)  # [B, num_ws, w_dim]
+        ws = G.mapping(
+            torch.randn(B, G.z_dim, generator=gen).to(device), None
+        )  # [B, num_ws, w_dim]
         t_render = timed(lambda: G.synthesis(ws, noise_mode="const"), device, args.rounds) / B
         t_cls = timed(lambda: C(images), device, args.rounds) / B
 
@@ -144,18 +159,40 @@ def bench_config(path: Path, args, device: torch.device) -> dict:
         "render": renders * t_render,
         "classify": n_cls * calls * t_cls,
     }
-    return {"cfg": cfg, "R": R, "t_eval": t_eval, "t_render": t_render, "t_cls": t_cls,
-            "renders": renders, "calls": calls, "n_cls": n_cls, "per_image": per_image, **res}
+    return {
+        "cfg": cfg,
+        "R": R,
+        "t_eval": t_eval,
+        "t_render": t_render,
+        "t_cls": t_cls,
+        "renders": renders,
+        "calls": calls,
+        "n_cls": n_cls,
+        "per_image": per_image,
+        **res,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("configs", nargs="*", type=Path,
-                        default=[ROOT / "configs" / n for n in ("cats.yaml", "cars.yaml", "celebahq.yaml")])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "configs",
+        nargs="*",
+        type=Path,
+        default=[ROOT / "configs" / n for n in ("cats.yaml", "cars.yaml", "celebahq.yaml")],
+    )
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch", type=int, default=None, help="images per batch (default 1 on CPU, 16 on CUDA)")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per unit after a warm-up (best kept)")
-    parser.add_argument("--evals-per-step", type=float, default=1.04, help="objective evaluations per L-BFGS step")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="images per batch (default 1 on CPU, 16 on CUDA)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="timed rounds per unit after a warm-up (best kept)"
+    )
+    parser.add_argument(
+        "--evals-per-step", type=float, default=1.04, help="objective evaluations per L-BFGS step"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="smoke run: cats only, 1 round")
     args = parser.parse_args()
@@ -166,21 +203,30 @@ def main() -> None:
     device = resolve_device(args.device)
     set_numerics_policy(device)
     args.batch = args.batch or (16 if device.type == "cuda" else 1)
-    print(f"machine: {machine(device)}; torch {torch.__version__}, {torch.get_num_threads()} threads; float32; "
-          f"batch {args.batch}, best of {args.rounds} rounds, {args.evals_per_step} evals/step; random weights")
-    print("| config | R | t_eval s/img | t_render s/img | t_cls s/img | renders/img | cls calls/img × classifiers "
-          "| invert h/1k | render h/1k | classify h/1k | total h/1k |")
+    print(
+        f"machine: {machine(device)}; torch {torch.__version__}, {torch.get_num_threads()} threads; float32; "
+        f"batch {args.batch}, best of {args.rounds} rounds, {args.evals_per_step} evals/step; random weights"
+    )
+    print(
+        "| config | R | t_eval s/img | t_render s/img | t_cls s/img | renders/img | cls calls/img × classifiers "
+        "| invert h/1k | render h/1k | classify h/1k | total h/1k |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for path in args.configs:
         r = bench_config(Path(path), args, device)
         p = {k: v * 1000 / 3600 for k, v in r["per_image"].items()}
-        print(f"| {Path(path).name} | {r['R']} | {r['t_eval']:.3f} | {r['t_render']:.3f} | {r['t_cls']:.4f} | "
-              f"{r['renders']} | {r['calls']} × {r['n_cls']} | {p['invert']:.1f} | {p['render']:.1f} | "
-              f"{p['classify']:.1f} | {sum(p.values()):.1f} |", flush=True)
+        print(
+            f"| {Path(path).name} | {r['R']} | {r['t_eval']:.3f} | {r['t_render']:.3f} | {r['t_cls']:.4f} | "
+            f"{r['renders']} | {r['calls']} × {r['n_cls']} | {p['invert']:.1f} | {p['render']:.1f} | "
+            f"{p['classify']:.1f} | {sum(p.values()):.1f} |",
+            flush=True,
+        )
         if "flop_eval" in r:
-            print(f"  FLOPs per image: G fwd+bwd {r['flop_eval'] / 1e9:.0f} G, render {r['flop_render'] / 1e9:.0f} G, "
-                  f"classifier {r['flop_cls'] / 1e9:.1f} G",
-                  flush=True)
+            print(
+                f"  FLOPs per image: G fwd+bwd {r['flop_eval'] / 1e9:.0f} G, render {r['flop_render'] / 1e9:.0f} G, "
+                f"classifier {r['flop_cls'] / 1e9:.1f} G",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -212,11 +212,18 @@ def main() -> None:
                        ("size", f"ensemble-size curves 0…{args.views - 1} views × {args.draws} draws, {size_groups} groups")):  # fmt: skip
         wall, cpu = clock[name]
         print(f"{name:10s}   {wall:8.2f} {cpu:8.2f}   {what}")
-    for name, what in (("numpy", "logits as numpy arrays per row (read_logits default)"),
-                       ("arrow", "logits as an Arrow list column (arrow_logits=True, what `ganviews report` reads)")):
+    for name, what in (
+        ("numpy", "logits as numpy arrays per row (read_logits default)"),
+        (
+            "arrow",
+            "logits as an Arrow list column (arrow_logits=True, what `ganviews report` reads)",
+        ),
+    ):
         print(f"table-{name:5s}  {table_times[name]:8.2f}           Parquet ({table_rows:,} rows, one task) → dense "
               f"groups, {what}; ×{scale:.0f} ≈ {table_times[name] * scale:.0f} s for all tasks")  # fmt: skip
-    print(f"             table read + build: arrow {table_times['numpy'] / table_times['arrow']:.2f}× the numpy path")
+    print(
+        f"             table read + build: arrow {table_times['numpy'] / table_times['arrow']:.2f}× the numpy path"
+    )
     print(
         f"loop         {loop_s:8.2f}           per-image, per-α numpy loop on {sub} images ({per_image_alpha * 1e6:.1f} µs per image-α)"
     )

@@ -25,16 +25,32 @@ from ganviews.stylegan.generator import Generator, GeneratorConfig
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--resolution", type=int, default=None, help="image size (default 32 on CPU, 256 on CUDA)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--resolution", type=int, default=None, help="image size (default 32 on CPU, 256 on CUDA)"
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--max-batch", type=int, default=64, help="largest batch size (powers of two from 1)")
-    p.add_argument("--amp", choices=["none", "fp16", "bf16"], default="none", help="autocast dtype (CUDA only)")
-    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per measurement")
-    p.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds (best is kept)")
-    p.add_argument("--warmup-max-batch", type=int, default=64,
-                   help="skip the warm-up call above this batch size (slow CPUs: the smaller "
-                   "batches already warmed the allocator; primitive creation costs milliseconds)")
+    p.add_argument(
+        "--max-batch", type=int, default=64, help="largest batch size (powers of two from 1)"
+    )
+    p.add_argument(
+        "--amp", choices=["none", "fp16", "bf16"], default="none", help="autocast dtype (CUDA only)"
+    )
+    p.add_argument(
+        "--min-time", type=float, default=1.0, help="seconds of timed calls per measurement"
+    )
+    p.add_argument(
+        "--rounds", type=int, default=3, help="alternating measurement rounds (best is kept)"
+    )
+    p.add_argument(
+        "--warmup-max-batch",
+        type=int,
+        default=64,
+        help="skip the warm-up call above this batch size (slow CPUs: the smaller "
+        "batches already warmed the allocator; primitive creation costs milliseconds)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--paths", default="fused,nonfused", help="which modulated-conv paths to time")
     p.add_argument("--quick", action="store_true", help="smoke run: batches 1-4, short timing")
@@ -47,7 +63,9 @@ def sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def images_per_second(G, ws, *, fused: bool, amp: str, min_time: float, device: torch.device) -> float:
+def images_per_second(
+    G, ws, *, fused: bool, amp: str, min_time: float, device: torch.device
+) -> float:
     """Time whole calls until ``min_time`` has passed (at least one call); images/s."""
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
     calls, start = 0, time.perf_counter()
@@ -65,7 +83,15 @@ def images_per_second(G, ws, *, fused: bool, amp: str, min_time: float, device: 
 
 
 def measure(
-    G, ws, paths, *, rounds: int, amp: str, min_time: float, device: torch.device, warmup: bool = True
+    G,
+    ws,
+    paths,
+    *,
+    rounds: int,
+    amp: str,
+    min_time: float,
+    device: torch.device,
+    warmup: bool = True,
 ) -> dict[str, float]:
     """Best of ``rounds`` alternating measurements per path (after one warm-up call each).
 
@@ -93,21 +119,31 @@ def main() -> int:
     if args.amp != "none" and device.type != "cuda":
         raise SystemExit("--amp needs a CUDA device")
     resolution = args.resolution or (256 if device.type == "cuda" else 32)
-    max_batch, min_time, rounds = (4, 0.2, 1) if args.quick else (args.max_batch, args.min_time, args.rounds)
+    max_batch, min_time, rounds = (
+        (4, 0.2, 1) if args.quick else (args.max_batch, args.min_time, args.rounds)
+    )
     batches = [b for b in (2**i for i in range(0, 11)) if b <= max_batch]
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
 
     torch.manual_seed(0)
-    cfg = GeneratorConfig(z_dim=512, w_dim=512, img_resolution=resolution, mapping_layers=8, conv_clamp=256)
+    cfg = GeneratorConfig(
+        z_dim=512, w_dim=512, img_resolution=resolution, mapping_layers=8, conv_clamp=256
+    )
     G = Generator(cfg).eval().requires_grad_(False).to(device)
     n_params = sum(p.numel() for p in G.synthesis.parameters())
-    print(f"device: {device} ({device_name(device)}), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"device: {device} ({device_name(device)}), torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
     print(f"dtype: float32 weights, compute {args.amp if args.amp != 'none' else 'float32'}")
-    print(f"generator: config-f, {resolution} px, z=w=512, num_ws={G.num_ws}, widths {cfg.block_channels()}, "
-          f"{n_params / 1e6:.1f} M synthesis parameters")
-    print(f"timing: synthesis only, noise const, best of {rounds} alternating rounds of >= "
-          f"{min_time / rounds:.2f} s (at least one call) per path, after one warm-up call "
-          f"(up to batch {args.warmup_max_batch})\n")
+    print(
+        f"generator: config-f, {resolution} px, z=w=512, num_ws={G.num_ws}, widths {cfg.block_channels()}, "
+        f"{n_params / 1e6:.1f} M synthesis parameters"
+    )
+    print(
+        f"timing: synthesis only, noise const, best of {rounds} alternating rounds of >= "
+        f"{min_time / rounds:.2f} s (at least one call) per path, after one warm-up call "
+        f"(up to batch {args.warmup_max_batch})\n"
+    )
 
     results: dict[tuple[str, int], float] = {}
     header = f"{'batch':>5}" + "".join(f" | {p + ' img/s':>14} {'x b1':>6}" for p in paths)
@@ -117,8 +153,16 @@ def main() -> int:
     for batch in batches:
         ws = G.mapping(torch.randn(batch, 512, device=device))  # [N, L, 512]
         row = f"{batch:>5}"
-        best = measure(G, ws, paths, rounds=rounds, amp=args.amp, min_time=min_time, device=device,
-                       warmup=batch <= args.warmup_max_batch)
+        best = measure(
+            G,
+            ws,
+            paths,
+            rounds=rounds,
+            amp=args.amp,
+            min_time=min_time,
+            device=device,
+            warmup=batch <= args.warmup_max_batch,
+        )
         for path in paths:
             ips = results[(path, batch)] = best[path]
             row += f" | {ips:>14.2f} {ips / results[(path, 1)]:>6.2f}"

@@ -36,7 +36,13 @@ from ganviews.inversion.invert import invert  # noqa: E402
 from ganviews.inversion.perceptual import load_perceptual  # noqa: E402
 from ganviews.stylegan.generator import Generator, GeneratorConfig, load_generator  # noqa: E402
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "stylegan2" / "nvidia-ada-res32.pkl"
+FIXTURE = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "fixtures"
+    / "stylegan2"
+    / "nvidia-ada-res32.pkl"
+)
 
 
 def machine(device: torch.device) -> str:
@@ -48,8 +54,14 @@ def build_generator(resolution: int, device: torch.device):
         return load_generator(FIXTURE, device=device), f"fixture {FIXTURE.name}"
     torch.manual_seed(0)
     if resolution <= 64:  # a small config-f-like net for CPU runs
-        cfg = GeneratorConfig(z_dim=128, w_dim=128, img_resolution=resolution, mapping_layers=4,
-                              channel_base=4096, channel_max=128)
+        cfg = GeneratorConfig(
+            z_dim=128,
+            w_dim=128,
+            img_resolution=resolution,
+            mapping_layers=4,
+            channel_base=4096,
+            channel_max=128,
+        )
         label = "random small config-f"
     else:
         cfg = GeneratorConfig(img_resolution=resolution)  # config-f: 512-d z/w, 8 mapping layers
@@ -69,8 +81,15 @@ def run_one(G, E, P, images, steps: int, batch: int, lpips_resolution):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(images.device)
     t0 = time.perf_counter()
-    res = invert(G, images, encoder=E, perceptual=P, steps=steps, batch_size=batch,
-                 lpips_resolution=lpips_resolution)
+    res = invert(
+        G,
+        images,
+        encoder=E,
+        perceptual=P,
+        steps=steps,
+        batch_size=batch,
+        lpips_resolution=lpips_resolution,
+    )
     if images.device.type == "cuda":
         torch.cuda.synchronize()
     return res, time.perf_counter() - t0
@@ -81,16 +100,23 @@ def bench_resolution(resolution: int, args, device: torch.device) -> None:
     E = None
     if not args.no_encoder:
         torch.manual_seed(1)
-        E = Encoder.for_generator(G, depth=args.encoder_depth).to(device).eval().requires_grad_(False)
+        E = (
+            Encoder.for_generator(G, depth=args.encoder_depth)
+            .to(device)
+            .eval()
+            .requires_grad_(False)
+        )
     P = load_perceptual("lpips-random", device=device, resolution=args.lpips_resolution)
     gen = torch.Generator(device="cpu").manual_seed(0)
     pool = max(args.batches)
     z = torch.randn(pool, G.z_dim, generator=gen).to(device)
     with torch.no_grad():
         images = G.synthesis(G.mapping(z, truncation_psi=0.7)).clamp(-1, 1)  # [pool, 3, R, R]
-    print(f"\n== {label}: num_ws={G.num_ws}, w_dim={G.w_dim}; encoder: "
-          f"{'none' if E is None else f'ResNet-{args.encoder_depth} at {E.resolution} px'}; "
-          f"LPIPS at {args.lpips_resolution or 'full'} resolution; {args.steps} L-BFGS steps")
+    print(
+        f"\n== {label}: num_ws={G.num_ws}, w_dim={G.w_dim}; encoder: "
+        f"{'none' if E is None else f'ResNet-{args.encoder_depth} at {E.resolution} px'}; "
+        f"LPIPS at {args.lpips_resolution or 'full'} resolution; {args.steps} L-BFGS steps"
+    )
     base_n = min(args.baseline_images, pool)
     t_base, base_loss = 0.0, []
     for i in range(base_n):
@@ -98,10 +124,14 @@ def bench_resolution(resolution: int, args, device: torch.device) -> None:
         t_base += sec
         base_loss.append(float(res.loss[0]))
     base_ips = base_n / t_base
-    print(f"{'batch':>5} {'images':>6} {'sec':>8} {'img/s':>8} {'evals/img':>9} "
-          f"{'loss p10/p50/p90':>22} {'max|Δloss| vs B=1':>18}  peak memory")
-    print(f"{1:>5} {base_n:>6} {t_base:>8.1f} {base_ips:>8.3f} {'':>9} "
-          f"{'(per-image loop)':>22} {'0':>18}  {peak_memory(device)}")
+    print(
+        f"{'batch':>5} {'images':>6} {'sec':>8} {'img/s':>8} {'evals/img':>9} "
+        f"{'loss p10/p50/p90':>22} {'max|Δloss| vs B=1':>18}  peak memory"
+    )
+    print(
+        f"{1:>5} {base_n:>6} {t_base:>8.1f} {base_ips:>8.3f} {'':>9} "
+        f"{'(per-image loop)':>22} {'0':>18}  {peak_memory(device)}"
+    )
     best = (1, base_ips)
     for batch in args.batches:
         if batch == 1:
@@ -112,11 +142,15 @@ def bench_resolution(resolution: int, args, device: torch.device) -> None:
         k = min(base_n, batch)
         diff = max(abs(float(res.loss[i]) - base_loss[i]) for i in range(k))
         evals = float(res.evaluations.float().mean())
-        print(f"{batch:>5} {batch:>6} {sec:>8.1f} {ips:>8.3f} {evals:>9.1f} "
-              f"{q[0]:>7.4f}/{q[1]:.4f}/{q[2]:.4f} {diff:>18.2e}  {peak_memory(device)}")
+        print(
+            f"{batch:>5} {batch:>6} {sec:>8.1f} {ips:>8.3f} {evals:>9.1f} "
+            f"{q[0]:>7.4f}/{q[1]:.4f}/{q[2]:.4f} {diff:>18.2e}  {peak_memory(device)}"
+        )
         if ips > best[1]:
             best = (batch, ips)
-    print(f"best: batch {best[0]} at {best[1]:.3f} img/s = {best[1] / base_ips:.1f}x the per-image loop")
+    print(
+        f"best: batch {best[0]} at {best[1]:.3f} img/s = {best[1] / base_ips:.1f}x the per-image loop"
+    )
 
 
 def lpips_cost(args, device: torch.device) -> None:
@@ -127,7 +161,11 @@ def lpips_cost(args, device: torch.device) -> None:
         for res in (None, 256, 128):
             if res is not None and res >= size:
                 continue
-            P = P_full if res is None else load_perceptual("lpips-random", device=device, resolution=res)
+            P = (
+                P_full
+                if res is None
+                else load_perceptual("lpips-random", device=device, resolution=res)
+            )
             x = torch.rand(args.lpips_batch, 3, size, size, device=device) * 2 - 1
             y = (torch.rand_like(x) * 2 - 1).requires_grad_(True)
             P(y, x).sum().backward()  # warm-up
@@ -145,29 +183,47 @@ def lpips_cost(args, device: torch.device) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--steps", type=int, default=500, help="L-BFGS steps per image (default 500)")
+    parser.add_argument(
+        "--steps", type=int, default=500, help="L-BFGS steps per image (default 500)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 10 steps, batches 1, 4")
     parser.add_argument("--batches", default="1,4,16,64")
     parser.add_argument("--resolutions", default=None, help="default: 32 on CPU, 256,1024 on GPU")
-    parser.add_argument("--baseline-images", type=int, default=2, help="images inverted one by one for B=1")
-    parser.add_argument("--lpips-resolution", type=int, default=None, help="e.g. 256 (NVIDIA projector style)")
-    parser.add_argument("--no-encoder", action="store_true", help="latent term ℓ2 to mean w instead")
+    parser.add_argument(
+        "--baseline-images", type=int, default=2, help="images inverted one by one for B=1"
+    )
+    parser.add_argument(
+        "--lpips-resolution", type=int, default=None, help="e.g. 256 (NVIDIA projector style)"
+    )
+    parser.add_argument(
+        "--no-encoder", action="store_true", help="latent term ℓ2 to mean w instead"
+    )
     parser.add_argument("--encoder-depth", type=int, default=34)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--lpips-cost", metavar="SIZES", help="only time LPIPS at these sizes, e.g. 256,1024")
+    parser.add_argument(
+        "--lpips-cost", metavar="SIZES", help="only time LPIPS at these sizes, e.g. 256,1024"
+    )
     parser.add_argument("--lpips-batch", type=int, default=4)
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     args.batches = sorted({int(b) for b in args.batches.split(",")} | {1})
     if args.quick:
         args.steps, args.batches = 10, [1, 4]
-    resolutions = ([int(r) for r in args.resolutions.split(",")] if args.resolutions
-                   else ([256, 1024] if device.type == "cuda" else [32]))
-    print(f"bench_invert: {machine(device)}; torch {torch.__version__}; float32 "
-          f"(TF32 off during L-BFGS); batches {args.batches}; {args.steps} steps")
+    resolutions = (
+        [int(r) for r in args.resolutions.split(",")]
+        if args.resolutions
+        else ([256, 1024] if device.type == "cuda" else [32])
+    )
+    print(
+        f"bench_invert: {machine(device)}; torch {torch.__version__}; float32 "
+        f"(TF32 off during L-BFGS); batches {args.batches}; {args.steps} steps"
+    )
     if args.lpips_cost:
         lpips_cost(args, device)
         return 0

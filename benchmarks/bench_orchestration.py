@@ -30,7 +30,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-FIXTURE = Path(os.environ.get("GANVIEWS_SHARED_FIXTURES", REPO.parent / "shared" / "fixtures")) / "stylegan2" / "nvidia-ada-res32.pkl"
+FIXTURE = (
+    Path(os.environ.get("GANVIEWS_SHARED_FIXTURES", REPO.parent / "shared" / "fixtures"))
+    / "stylegan2"
+    / "nvidia-ada-res32.pkl"
+)
 
 
 def machine() -> str:
@@ -39,12 +43,18 @@ def machine() -> str:
 
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"CPU {cpu} ({os.cpu_count()} cores), GPU {gpu}, torch {torch.__version__}, prefect {prefect.__version__}, "
-            f"python {platform.python_version()}, dtype float32")
+    return (
+        f"CPU {cpu} ({os.cpu_count()} cores), GPU {gpu}, torch {torch.__version__}, prefect {prefect.__version__}, "
+        f"python {platform.python_version()}, dtype float32"
+    )
 
 
 # ----------------------------------------------------------------------------- data and configs
@@ -64,18 +74,29 @@ def make_job(root: Path, n_images: int, shard_size: int, steps: int) -> Path:
 
     G = load_generator(FIXTURE)
     with torch.no_grad():
-        imgs = G.synthesis(G.mapping(torch.randn(n_images, G.z_dim, generator=torch.Generator().manual_seed(0))))
+        imgs = G.synthesis(
+            G.mapping(torch.randn(n_images, G.z_dim, generator=torch.Generator().manual_seed(0)))
+        )
     pixels = ((imgs.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     (root / "images").mkdir(parents=True, exist_ok=True)
     for i in range(n_images):
         Image.fromarray(pixels[i]).save(root / "images" / f"{i:04d}.png")
-    frame = pd.DataFrame({"image_id": [f"im{i:04d}" for i in range(n_images)],
-                          "path": [f"images/{i:04d}.png" for i in range(n_images)],
-                          "split": ["test"] * n_images, "label": np.arange(n_images) % 2})
+    frame = pd.DataFrame(
+        {
+            "image_id": [f"im{i:04d}" for i in range(n_images)],
+            "path": [f"images/{i:04d}.png" for i in range(n_images)],
+            "split": ["test"] * n_images,
+            "label": np.arange(n_images) % 2,
+        }
+    )
     frame.attrs["label_columns"] = ["label"]
     write_manifest(frame, root / "manifest.parquet")
-    save_classifier(build_classifier({"arch": "smallcnn", "num_outputs": 1, "task": "label", "width": 4}).eval(),
-                    root / "clf.safetensors")
+    save_classifier(
+        build_classifier(
+            {"arch": "smallcnn", "num_outputs": 1, "task": "label", "width": 4}
+        ).eval(),
+        root / "clf.safetensors",
+    )
     cfg = {
         "data": {"manifest": "manifest.parquet", "splits": ["test"]},
         "paths": {"store": "store", "logits": "logits", "report": "report"},
@@ -113,7 +134,9 @@ def free_port() -> int:
 
 def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -133,35 +156,79 @@ class Cluster:
     def __init__(self, root: Path, cfg_path: Path):
         self.root, self.port = root, free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
-        self.env = {**os.environ, "PREFECT_HOME": str(root / "prefect-home"), "PREFECT_API_URL": self.url,
-                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                    "PREFECT_WORKER_QUERY_SECONDS": "1", "OMP_NUM_THREADS": "1"}
+        self.env = {
+            **os.environ,
+            "PREFECT_HOME": str(root / "prefect-home"),
+            "PREFECT_API_URL": self.url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "OMP_NUM_THREADS": "1",
+        }
         self.procs: list[subprocess.Popen] = []
         self.workers: list[subprocess.Popen] = []
         server_env = {k: v for k, v in self.env.items() if k != "PREFECT_API_URL"}
         t0 = time.perf_counter()
-        self.procs.append(start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                 str(self.port), "--no-ui"], server_env, root / "server.log"))
+        self.procs.append(
+            start(
+                [
+                    str(BIN / "prefect"),
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--no-ui",
+                ],
+                server_env,
+                root / "server.log",
+            )
+        )
         while True:
             try:
                 urllib.request.urlopen(self.url + "/health", timeout=2)
                 break
             except OSError:
                 if self.procs[0].poll() is not None or time.perf_counter() - t0 > 180:
-                    raise RuntimeError("prefect server did not start; see " + str(root / "server.log")) from None
+                    raise RuntimeError(
+                        "prefect server did not start; see " + str(root / "server.log")
+                    ) from None
                 time.sleep(0.5)
         self.server_start = time.perf_counter() - t0
-        subprocess.run([str(BIN / "ganviews"), "deploy", "--config", str(cfg_path)], env=self.env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [str(BIN / "ganviews"), "deploy", "--config", str(cfg_path)],
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
 
     def set_workers(self, n: int) -> None:
         while len(self.workers) > n:
             stop(self.workers.pop())
         while len(self.workers) < n:
             i = len(self.workers) + 1
-            self.workers.append(start([str(BIN / "prefect"), "worker", "start", "--pool", "bench", "--work-queue",
-                                       "shards", "--type", "process", "--limit", "1", "--name", f"w{i}"], self.env,
-                                      self.root / f"worker{i}.log"))
+            self.workers.append(
+                start(
+                    [
+                        str(BIN / "prefect"),
+                        "worker",
+                        "start",
+                        "--pool",
+                        "bench",
+                        "--work-queue",
+                        "shards",
+                        "--type",
+                        "process",
+                        "--limit",
+                        "1",
+                        "--name",
+                        f"w{i}",
+                    ],
+                    self.env,
+                    self.root / f"worker{i}.log",
+                )
+            )
         time.sleep(3)  # let them register and poll
 
     def close(self) -> None:
@@ -172,8 +239,12 @@ class Cluster:
 def run_job(cfg_path: Path, env: dict, stages: str = "invert") -> float:
     """Wall seconds of `ganviews run CONFIG --stages ...` (a fresh process, like a user's)."""
     t0 = time.perf_counter()
-    out = subprocess.run([str(BIN / "ganviews"), "run", str(cfg_path), "--stages", stages], env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [str(BIN / "ganviews"), "run", str(cfg_path), "--stages", stages],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if out.returncode:
         raise RuntimeError(out.stdout[-3000:] + out.stderr[-3000:])
     return time.perf_counter() - t0
@@ -192,7 +263,9 @@ def noop_embedded(cfg_path: Path, n_shards: int) -> tuple[float, float]:
 
     cfg = as_config(cfg_path)
     prepare_store(cfg)
-    shards = [tuple(s) for s in __import__("storage").LatentStore.open(cfg.paths.store).shards()][:n_shards]
+    shards = [tuple(s) for s in __import__("storage").LatentStore.open(cfg.paths.store).shards()][
+        :n_shards
+    ]
     t0 = time.perf_counter()
     for s in shards:
         run_shard(cfg, "noop", s, device="cpu")
@@ -229,10 +302,14 @@ def noop_distributed(cluster: Cluster, cfg_path: Path, n_shards: int, workers: i
 
     prepare_store(as_config(cfg_path))
     cluster.set_workers(workers)
-    out = subprocess.run([sys.executable, "-c", code, str(cfg_path)], env=cluster.env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(cfg_path)], env=cluster.env, capture_output=True, text=True
+    )
     if out.returncode:
         raise RuntimeError(out.stdout[-3000:] + out.stderr[-3000:])
-    seconds = float(next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("SECONDS")))
+    seconds = float(
+        next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("SECONDS"))
+    )
     return seconds / n_shards
 
 
@@ -240,8 +317,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: few shards, few steps")
     parser.add_argument("--shards", type=int, default=8, help="shards per job (default 8)")
-    parser.add_argument("--images-per-shard", type=int, default=8, help="images per shard (default 8)")
-    parser.add_argument("--steps", type=int, default=60, help="L-BFGS steps per image in the scaling job (default 60)")
+    parser.add_argument(
+        "--images-per-shard", type=int, default=8, help="images per shard (default 8)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=60,
+        help="L-BFGS steps per image in the scaling job (default 60)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
     if args.quick:
@@ -249,34 +333,53 @@ def main() -> int:
     if not FIXTURE.is_file():
         sys.exit(f"fixture generator not found: {FIXTURE} (set GANVIEWS_SHARED_FIXTURES)")
     root = Path(tempfile.mkdtemp(prefix="bench-orch-"))
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the numbers, not every run's log lines
+    os.environ.setdefault(
+        "PREFECT_LOGGING_LEVEL", "WARNING"
+    )  # the numbers, not every run's log lines
     os.environ.setdefault("PREFECT_HOME", str(root / "prefect-home-local"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     print(machine())
     n = args.shards * args.images_per_shard
-    print(f"job: {n} images of 32 px in {args.shards} shards of {args.images_per_shard}; inversion L-BFGS "
-          f"{args.steps} steps, L1 only, batch 4; 1 torch thread per shard; one `ganviews run` process per job")
+    print(
+        f"job: {n} images of 32 px in {args.shards} shards of {args.images_per_shard}; inversion L-BFGS "
+        f"{args.steps} steps, L1 only, batch 4; 1 torch thread per shard; one `ganviews run` process per job"
+    )
     base = make_job(root, n, args.images_per_shard, args.steps)
     cluster = None
     try:
-        direct, embedded = noop_embedded(with_orchestration(base, root, "noop-embedded"), args.shards)
+        direct, embedded = noop_embedded(
+            with_orchestration(base, root, "noop-embedded"), args.shards
+        )
         print(f"\nno-op shard, direct call:              {direct * 1000:8.1f} ms/shard (baseline)")
-        print(f"no-op shard, embedded flow (1 device):  {embedded * 1000:8.1f} ms/shard "
-              f"(+{(embedded - direct) * 1000:.1f} ms orchestration)")
+        print(
+            f"no-op shard, embedded flow (1 device):  {embedded * 1000:8.1f} ms/shard "
+            f"(+{(embedded - direct) * 1000:.1f} ms orchestration)"
+        )
         cluster = Cluster(root, base)
         print(f"prefect server start (new SQLite database): {cluster.server_start:.1f} s")
         for w in (1, 2):
-            per = noop_distributed(cluster, with_orchestration(base, root, f"noop-dist{w}", mode="distributed"),
-                                   args.shards, w)
-            print(f"no-op shard, server + {w} worker(s):      {per * 1000:8.1f} ms/shard "
-                  f"(+{(per - direct) * 1000:.0f} ms: a flow run in a new process per shard)")
+            per = noop_distributed(
+                cluster,
+                with_orchestration(base, root, f"noop-dist{w}", mode="distributed"),
+                args.shards,
+                w,
+            )
+            print(
+                f"no-op shard, server + {w} worker(s):      {per * 1000:8.1f} ms/shard "
+                f"(+{(per - direct) * 1000:.0f} ms: a flow run in a new process per shard)"
+            )
         print("\nscaling, the same inversion job (wall seconds of `ganviews run --stages invert`):")
         rows = []
         for label, name, orch, workers in (
             ("embedded, devices [cpu]", "emb1", {"devices": ["cpu"]}, None),
             ("embedded, devices [cpu, cpu]", "emb2", {"devices": ["cpu", "cpu"]}, None),
-            ("embedded, process runner [cpu, cpu]", "emb2p", {"devices": ["cpu", "cpu"], "task_runner": "process"}, None),
+            (
+                "embedded, process runner [cpu, cpu]",
+                "emb2p",
+                {"devices": ["cpu", "cpu"], "task_runner": "process"},
+                None,
+            ),
             ("distributed, 1 worker", "dist1", {"mode": "distributed"}, 1),
             ("distributed, 2 workers", "dist2", {"mode": "distributed"}, 2),
         ):

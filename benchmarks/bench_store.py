@@ -59,8 +59,9 @@ def bench_store(latents: np.ndarray, root: Path, *, shard: int, durable: bool) -
     n = len(latents)
     path = root / f"store-{'durable' if durable else 'plain'}.zarr"
     shutil.rmtree(path, ignore_errors=True)
-    store = LatentStore.create(path, n, NUM_WS, W_DIM, shard, attrs={"generator_sha256": "bench"},
-                               durable=durable)
+    store = LatentStore.create(
+        path, n, NUM_WS, W_DIM, shard, attrs={"generator_sha256": "bench"}, durable=durable
+    )
     loss = np.zeros(shard, np.float32)
     t0 = time.perf_counter()
     for start, stop in store.shards():
@@ -78,8 +79,13 @@ def bench_store(latents: np.ndarray, root: Path, *, shard: int, durable: bool) -
     for i in picks:
         reader.read([int(i)], fields=["w"])
     t_random = time.perf_counter() - t0
-    return {"write_s": t_write, "read_s": t_read, "random_ms": 1000 * t_random / len(picks),
-            "bytes": dir_bytes(path / "w"), "total_bytes": dir_bytes(path)}
+    return {
+        "write_s": t_write,
+        "read_s": t_read,
+        "random_ms": 1000 * t_random / len(picks),
+        "bytes": dir_bytes(path / "w"),
+        "total_bytes": dir_bytes(path),
+    }
 
 
 def bench_pth(latents: np.ndarray, root: Path) -> dict[str, float]:
@@ -102,8 +108,13 @@ def bench_pth(latents: np.ndarray, root: Path) -> dict[str, float]:
     for i in picks:
         torch.load(folder / f"{int(i):06d}.pth", weights_only=True)
     t_random = time.perf_counter() - t0
-    return {"write_s": t_write, "read_s": t_read, "random_ms": 1000 * t_random / len(picks),
-            "bytes": dir_bytes(folder), "total_bytes": dir_bytes(folder)}
+    return {
+        "write_s": t_write,
+        "read_s": t_read,
+        "random_ms": 1000 * t_random / len(picks),
+        "bytes": dir_bytes(folder),
+        "total_bytes": dir_bytes(folder),
+    }
 
 
 CODECS = {
@@ -112,7 +123,9 @@ CODECS = {
     "blosc-lz4 + shuffle": [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=4)],
     "blosc-lz4 + bitshuffle": [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=4)],
     "blosc-zstd-5 + shuffle": [BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=4)],
-    "blosc-zstd-5 + bitshuffle": [BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle", typesize=4)],
+    "blosc-zstd-5 + bitshuffle": [
+        BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle", typesize=4)
+    ],
 }
 
 
@@ -129,8 +142,14 @@ def bench_codecs(n: int) -> None:
     for pname, data in profiles.items():
         for cname, codecs in CODECS.items():
             store = MemoryStore()
-            arr = zarr.create_array(store, shape=data.shape, chunks=(64, NUM_WS, W_DIM), dtype="float32",
-                                    compressors=codecs, fill_value=0.0)
+            arr = zarr.create_array(
+                store,
+                shape=data.shape,
+                chunks=(64, NUM_WS, W_DIM),
+                dtype="float32",
+                compressors=codecs,
+                fill_value=0.0,
+            )
             t0 = time.perf_counter()
             arr[:] = data
             t_enc = time.perf_counter() - t0
@@ -138,9 +157,15 @@ def bench_codecs(n: int) -> None:
             back = arr[:]
             t_dec = time.perf_counter() - t0
             assert np.array_equal(back, data)
-            stored = sum(len(v.to_bytes()) for k, v in store._store_dict.items() if not k.endswith("zarr.json"))
+            stored = sum(
+                len(v.to_bytes())
+                for k, v in store._store_dict.items()
+                if not k.endswith("zarr.json")
+            )
             mb = data.nbytes / 1e6
-            print(f"{pname:36s} {cname:28s} {data.nbytes / stored:6.3f} {mb / t_enc:9.0f} {mb / t_dec:9.0f}")
+            print(
+                f"{pname:36s} {cname:28s} {data.nbytes / stored:6.3f} {mb / t_enc:9.0f} {mb / t_dec:9.0f}"
+            )
 
 
 def main() -> None:
@@ -148,7 +173,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1,000 latents instead of 10,000")
     parser.add_argument("--n", type=int, default=None, help="number of latents")
     parser.add_argument("--shard", type=int, default=64, help="shard size (images per chunk)")
-    parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="scratch folder (default: a temp dir)"
+    )
     parser.add_argument("--codecs-only", action="store_true", help="only the compression table")
     args = parser.parse_args()
     n = args.n or (1000 if args.quick else 10_000)
@@ -157,10 +184,14 @@ def main() -> None:
         return
 
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, zarr {zarr.__version__}, "
-          f"numpy {np.__version__}")
-    print(f"latents: {n} × {NUM_WS} × {W_DIM} float32 ({n * NUM_WS * W_DIM * 4 / 1e6:.1f} MB raw), "
-          f"shard size {args.shard}; reads from the page cache")
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, zarr {zarr.__version__}, "
+        f"numpy {np.__version__}"
+    )
+    print(
+        f"latents: {n} × {NUM_WS} × {W_DIM} float32 ({n * NUM_WS * W_DIM * 4 / 1e6:.1f} MB raw), "
+        f"shard size {args.shard}; reads from the page cache"
+    )
     print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     latents = realistic_latents(n)
     raw_mb = latents.nbytes / 1e6
@@ -168,21 +199,29 @@ def main() -> None:
     try:
         results = {
             "torch .pth per image (baseline)": bench_pth(latents, root),
-            "LatentStore, durable (fsync)": bench_store(latents, root, shard=args.shard, durable=True),
+            "LatentStore, durable (fsync)": bench_store(
+                latents, root, shard=args.shard, durable=True
+            ),
             "LatentStore, no fsync": bench_store(latents, root, shard=args.shard, durable=False),
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
     base = results["torch .pth per image (baseline)"]
-    print(f"\n{'format':34s} {'write MB/s':>10s} {'read MB/s':>10s} {'1 random read':>14s} "
-          f"{'bytes/latent':>13s} {'vs .pth: write':>15s} {'read':>6s} {'size':>6s}")
+    print(
+        f"\n{'format':34s} {'write MB/s':>10s} {'read MB/s':>10s} {'1 random read':>14s} "
+        f"{'bytes/latent':>13s} {'vs .pth: write':>15s} {'read':>6s} {'size':>6s}"
+    )
     for name, r in results.items():
-        print(f"{name:34s} {raw_mb / r['write_s']:10.1f} {raw_mb / r['read_s']:10.1f} "
-              f"{r['random_ms']:11.3f} ms {r['bytes'] / n:13.0f} "
-              f"{base['write_s'] / r['write_s']:14.2f}× {base['read_s'] / r['read_s']:5.2f}× "
-              f"{r['bytes'] / base['bytes']:5.2f}×")
-    print(f"(raw float32 latent: {NUM_WS * W_DIM * 4} bytes; store totals incl. status/metrics: "
-          f"{results['LatentStore, durable (fsync)']['total_bytes'] / n:.0f} bytes/image)")
+        print(
+            f"{name:34s} {raw_mb / r['write_s']:10.1f} {raw_mb / r['read_s']:10.1f} "
+            f"{r['random_ms']:11.3f} ms {r['bytes'] / n:13.0f} "
+            f"{base['write_s'] / r['write_s']:14.2f}× {base['read_s'] / r['read_s']:5.2f}× "
+            f"{r['bytes'] / base['bytes']:5.2f}×"
+        )
+    print(
+        f"(raw float32 latent: {NUM_WS * W_DIM * 4} bytes; store totals incl. status/metrics: "
+        f"{results['LatentStore, durable (fsync)']['total_bytes'] / n:.0f} bytes/image)"
+    )
     bench_codecs(min(n, 2048))
     print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 

@@ -31,10 +31,14 @@ def select_stages(stages: list[str] | str | None) -> list[str]:
     """Stages in pipeline order; ConfigError naming an unknown one."""
     if stages is None or stages == "all" or stages == ["all"]:
         return list(STAGES)
-    wanted = [s.strip() for s in (stages.split(",") if isinstance(stages, str) else stages) if s.strip()]
+    wanted = [
+        s.strip() for s in (stages.split(",") if isinstance(stages, str) else stages) if s.strip()
+    ]
     unknown = [s for s in wanted if s not in STAGES]
     if unknown or not wanted:
-        raise ConfigError(f"stages: {unknown or wanted} not known; choose from {list(STAGES)} (or all)")
+        raise ConfigError(
+            f"stages: {unknown or wanted} not known; choose from {list(STAGES)} (or all)"
+        )
     return [s for s in STAGES if s in wanted]
 
 
@@ -45,6 +49,8 @@ def pipeline(config: str | dict[str, Any], stages: list[str] | None = None) -> d
     chosen = select_stages(stages)
     check_files(cfg, chosen)
     logger = get_run_logger()
-    logger.info("job %s: stages %s, %s mode", job_name(cfg), ", ".join(chosen), cfg.orchestration.mode)
+    logger.info(
+        "job %s: stages %s, %s mode", job_name(cfg), ", ".join(chosen), cfg.orchestration.mode
+    )
     params = plain_config(cfg)
     return {stage: STAGE_FLOWS[stage](params) for stage in chosen}

@@ -57,7 +57,9 @@ def artifact_key(*parts: str) -> str:
 
 def _retrying(cfg: PipelineConfig):
     orch = cfg.orchestration
-    return shard_task.with_options(retries=orch.retries, retry_delay_seconds=list(orch.retry_delay_seconds))
+    return shard_task.with_options(
+        retries=orch.retries, retry_delay_seconds=list(orch.retry_delay_seconds)
+    )
 
 
 class _Progress:
@@ -66,13 +68,21 @@ class _Progress:
     def __init__(self, cfg: PipelineConfig, stage: str, total: int):
         self.total, self.finished, self.stage, self.logger = total, 0, stage, get_run_logger()
         self.key = artifact_key(job_name(cfg), stage, "progress")
-        self.id = create_progress_artifact(0.0, key=self.key, description=f"{stage}: shards finished of {total}")
+        self.id = create_progress_artifact(
+            0.0, key=self.key, description=f"{stage}: shards finished of {total}"
+        )
 
     def step(self, shard: Sequence[int], outcome: str) -> None:
         self.finished += 1
         update_progress_artifact(self.id, 100.0 * self.finished / self.total)
-        self.logger.info("%s: shard %s %s (%d/%d shards finished)", self.stage, shard_name(shard), outcome,
-                         self.finished, self.total)
+        self.logger.info(
+            "%s: shard %s %s (%d/%d shards finished)",
+            self.stage,
+            shard_name(shard),
+            outcome,
+            self.finished,
+            self.total,
+        )
 
 
 def run_shards(cfg: PipelineConfig, stage: str, shards: Sequence[Sequence[int]]) -> ShardReport:
@@ -86,29 +96,47 @@ def run_shards(cfg: PipelineConfig, stage: str, shards: Sequence[Sequence[int]])
         _run_embedded(cfg, stage, shards, progress, report)
     else:
         _run_distributed(cfg, stage, shards, progress, report)
-    rows = [{k: v for k, v in s.items() if not isinstance(v, (dict, list))} for s in report.summaries]
+    rows = [
+        {k: v for k, v in s.items() if not isinstance(v, (dict, list))} for s in report.summaries
+    ]
     rows += [{"shard": k, "stage": stage, "error": v} for k, v in report.failures.items()]
-    create_table_artifact(rows, key=artifact_key(job_name(cfg), stage, "shards"),
-                          description=f"{stage}: one row per shard of this run")
+    create_table_artifact(
+        rows,
+        key=artifact_key(job_name(cfg), stage, "shards"),
+        description=f"{stage}: one row per shard of this run",
+    )
     if report.failures:
         first = next(iter(report.failures.items()))
-        raise ShardsFailed(f"{stage}: {len(report.failures)} of {len(shards)} shards did not complete "
-                           f"(first: {first[0]}: {first[1]}); `ganviews resume CONFIG` runs them again")
+        raise ShardsFailed(
+            f"{stage}: {len(report.failures)} of {len(shards)} shards did not complete "
+            f"(first: {first[0]}: {first[1]}); `ganviews resume CONFIG` runs them again"
+        )
     return report
 
 
-def _run_embedded(cfg: PipelineConfig, stage: str, shards, progress: _Progress, report: ShardReport) -> None:
+def _run_embedded(
+    cfg: PipelineConfig, stage: str, shards, progress: _Progress, report: ShardReport
+) -> None:
     devices = device_list(cfg.orchestration.devices)
-    runner_type = ThreadPoolTaskRunner if cfg.orchestration.task_runner == "thread" else ProcessPoolTaskRunner
+    runner_type = (
+        ThreadPoolTaskRunner if cfg.orchestration.task_runner == "thread" else ProcessPoolTaskRunner
+    )
     task, params = _retrying(cfg), plain_config(cfg)
     queue, free, running = deque(shards), list(devices), {}
-    get_run_logger().info("%s: %d shards on %s (%s task runner)", stage, len(shards), ", ".join(devices),
-                          cfg.orchestration.task_runner)
+    get_run_logger().info(
+        "%s: %d shards on %s (%s task runner)",
+        stage,
+        len(shards),
+        ", ".join(devices),
+        cfg.orchestration.task_runner,
+    )
     with runner_type(max_workers=len(devices)) as runner:
         while queue or running:
             while queue and free:  # each free device takes the next shard
                 device, shard = free.pop(0), queue.popleft()
-                future = runner.submit(task, {"config": params, "stage": stage, "shard": list(shard), "device": device})
+                future = runner.submit(
+                    task, {"config": params, "stage": stage, "shard": list(shard), "device": device}
+                )
                 running[future] = (device, shard)
             future = next(as_completed(list(running)))
             device, shard = running.pop(future)
@@ -126,7 +154,9 @@ def idempotency_key(job: str, stage: str, shard: Sequence[int], parent: str, att
     return f"ganviews/{job}/{stage}/{shard_name(shard)}/{parent}/{attempt}"
 
 
-def _run_distributed(cfg: PipelineConfig, stage: str, shards, progress: _Progress, report: ShardReport) -> None:
+def _run_distributed(
+    cfg: PipelineConfig, stage: str, shards, progress: _Progress, report: ShardReport
+) -> None:
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.deployments import run_deployment
@@ -152,24 +182,43 @@ def _run_distributed(cfg: PipelineConfig, stage: str, shards, progress: _Progres
     with get_client(sync_client=True) as client:
         while runs:
             time.sleep(orch.poll_seconds)
-            found = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(runs))))
+            found = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(runs)))
+            )
             for run in found:
                 if run.state is None or not run.state.is_final():
                     continue
                 shard, attempt = runs.pop(run.id)
                 worker = (run.labels or {}).get("prefect.worker.name", "?")
                 if run.state.is_completed():
-                    report.summaries.append({"shard": shard_name(shard), "stage": stage, "flow_run": run.name,
-                                             "worker": worker, "state": run.state.name})
+                    report.summaries.append(
+                        {
+                            "shard": shard_name(shard),
+                            "stage": stage,
+                            "flow_run": run.name,
+                            "worker": worker,
+                            "state": run.state.name,
+                        }
+                    )
                     progress.step(shard, f"completed by worker {worker}")
                 elif attempt + 1 < orch.shard_attempts:
-                    logger.warning("%s: shard %s run %s ended %s; attempt %d", stage, shard_name(shard), run.name,
-                                   run.state.name, attempt + 2)
+                    logger.warning(
+                        "%s: shard %s run %s ended %s; attempt %d",
+                        stage,
+                        shard_name(shard),
+                        run.name,
+                        run.state.name,
+                        attempt + 2,
+                    )
                     again = submit(shard, attempt + 1)
                     runs[again.id] = (shard, attempt + 1)
                 else:
-                    report.failures[shard_name(shard)] = f"{run.state.name}: {run.state.message or ''}".strip()
-                    progress.step(shard, f"{run.state.name.upper()} (run {run.name}, worker {worker})")
+                    report.failures[shard_name(shard)] = (
+                        f"{run.state.name}: {run.state.message or ''}".strip()
+                    )
+                    progress.step(
+                        shard, f"{run.state.name.upper()} (run {run.name}, worker {worker})"
+                    )
 
 
 @flow(name=SHARD_FLOW)

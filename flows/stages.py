@@ -58,7 +58,12 @@ def invert_dataset(config: Config) -> dict[str, Any]:
     cfg = as_config(config)
     store = prepare_store_task(plain_config(cfg))
     report = run_shards(cfg, "invert", plan_invert(cfg))
-    return {"stage": "invert", **store, "shards_run": report.planned, "todo_after": len(plan_invert(cfg))}
+    return {
+        "stage": "invert",
+        **store,
+        "shards_run": report.planned,
+        "todo_after": len(plan_invert(cfg)),
+    }
 
 
 @flow(name="compute-pca-stats")
@@ -77,8 +82,11 @@ def render_and_classify(config: Config) -> dict[str, Any]:
     """Render + classify the views of every shard whose logits are missing or stale (Sec. 3.3)."""
     cfg = as_config(config)
     report = run_shards(cfg, "render", plan_render(cfg))
-    return {"stage": "render", "shards_run": report.planned,
-            "rows": sum(int(s.get("rows", 0)) for s in report.summaries)}
+    return {
+        "stage": "render",
+        "shards_run": report.planned,
+        "rows": sum(int(s.get("rows", 0)) for s in report.summaries),
+    }
 
 
 @flow(name="train-classifier")
@@ -88,7 +96,10 @@ def train_classifier(config: Config) -> dict[str, Any]:
     if not cfg.classifier_training.enabled:
         return _skip("train_classifier", "classifier_training.enabled is false")
     if classifier_done(cfg):
-        return _skip("train_classifier", f"{cfg.models.classifiers[cfg.classifier_training.name].path} exists")
+        return _skip(
+            "train_classifier",
+            f"{cfg.models.classifiers[cfg.classifier_training.name].path} exists",
+        )
     return train_classifier_stage_task(plain_config(cfg))
 
 
@@ -98,7 +109,12 @@ def evaluate_ensembles(config: Config) -> dict[str, Any]:
     cfg = as_config(config)
     if evaluate_done(cfg):
         return _skip("evaluate", "the report is current for these logits")
-    outputs = evaluate_ensembles_task(cfg.paths.logits, cfg.paths.report, store=cfg.paths.store, config=cfg.report,
-                                      artifact_prefix=job_name(cfg))
+    outputs = evaluate_ensembles_task(
+        cfg.paths.logits,
+        cfg.paths.report,
+        store=cfg.paths.store,
+        config=cfg.report,
+        artifact_prefix=job_name(cfg),
+    )
     record_evaluation(cfg, outputs)
     return {"stage": "evaluate", **outputs}

@@ -40,8 +40,9 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes | memoryview, *, durable: bool = True,
-                       exclusive: bool = False) -> int:
+def atomic_write_bytes(
+    path: str | Path, data: bytes | memoryview, *, durable: bool = True, exclusive: bool = False
+) -> int:
     """Write ``data`` to ``path`` so readers see either the old file or the complete new one.
 
     ``exclusive``: fail with FileExistsError instead of replacing an existing file.
@@ -109,8 +110,9 @@ class DurableLocalStore(LocalStore):
         self._check_writable()
         if not isinstance(value, Buffer):
             raise TypeError(f"store value for {key!r} must be a zarr Buffer, got {type(value)}")
-        atomic_write_bytes(self.root / key, value.as_buffer_like(), durable=self.durable,
-                           exclusive=exclusive)
+        atomic_write_bytes(
+            self.root / key, value.as_buffer_like(), durable=self.durable, exclusive=exclusive
+        )
 
     async def set(self, key: str, value: Buffer) -> None:
         if not self._is_open:

@@ -165,18 +165,27 @@ class LatentStore:
         stored = cls._identity(attrs)
         if frame is not None:
             stored["manifest_sha256"] = manifest_sha256(frame)
-        stored.update(format=FORMAT, n_images=n_images, num_ws=num_ws, w_dim=w_dim,
-                      shard_size=shard_size, created_at=_now())
+        stored.update(
+            format=FORMAT,
+            n_images=n_images,
+            num_ws=num_ws,
+            w_dim=w_dim,
+            shard_size=shard_size,
+            created_at=_now(),
+        )
         if path.exists():
             if not overwrite:
                 raise StoreError(f"{path} already exists; pass overwrite=True to replace it")
             if path.is_file() or (any(path.iterdir()) and not _is_store_dir(path)):
-                raise StoreError(f"refusing to overwrite {path}: it exists and is not a latent store")
+                raise StoreError(
+                    f"refusing to overwrite {path}: it exists and is not a latent store"
+                )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:12]}")
         try:
-            group = zarr.create_group(store=DurableLocalStore(tmp, durable=durable),
-                                      attributes=stored, zarr_format=3)
+            group = zarr.create_group(
+                store=DurableLocalStore(tmp, durable=durable), attributes=stored, zarr_format=3
+            )
             cls._create_core_arrays(group, n_images, num_ws, w_dim, shard_size)
             group["image_id"][:] = np.asarray(ids, dtype=object)
             if frame is not None:
@@ -199,8 +208,9 @@ class LatentStore:
         try:
             os.rename(tmp, path)
         except OSError as exc:
-            raise StoreError(f"{path} appeared while the store was being created (another "
-                             f"process?): {exc}") from exc
+            raise StoreError(
+                f"{path} appeared while the store was being created (another process?): {exc}"
+            ) from exc
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -231,8 +241,10 @@ class LatentStore:
         except (FileNotFoundError, ValueError, TypeError, KeyError) as exc:
             raise StoreError(f"{path} is not a latent store: {exc}") from exc
         if group.attrs.get("format") != FORMAT:
-            raise StoreError(f"{path} is a Zarr group but not a ganviews latent store "
-                             f"(attribute format={group.attrs.get('format')!r}, expected {FORMAT!r})")
+            raise StoreError(
+                f"{path} is a Zarr group but not a ganviews latent store "
+                f"(attribute format={group.attrs.get('format')!r}, expected {FORMAT!r})"
+            )
         missing_layout = [k for k in LAYOUT_KEYS if k not in group.attrs]
         if missing_layout:
             raise StoreError(f"{path}: store attributes lack {missing_layout}")
@@ -269,8 +281,17 @@ class LatentStore:
         path = Path(path)
         if not _is_store_dir(path):
             try:
-                return cls.create(path, n_images, num_ws, w_dim, shard_size, attrs=attrs,
-                                  image_ids=image_ids, manifest=manifest, durable=durable)
+                return cls.create(
+                    path,
+                    n_images,
+                    num_ws,
+                    w_dim,
+                    shard_size,
+                    attrs=attrs,
+                    image_ids=image_ids,
+                    manifest=manifest,
+                    durable=durable,
+                )
             except StoreError:
                 if not _is_store_dir(path):  # not a lost creation race: a real error
                     raise
@@ -285,12 +306,18 @@ class LatentStore:
             stored = self.image_ids
             if not np.array_equal(stored, np.asarray(ids, dtype=object)):
                 first = int(np.flatnonzero(stored != np.asarray(ids, dtype=object))[0])
-                raise StoreError(f"{path}: image ids differ from the stored ones, first at index "
-                                 f"{first}: stored {stored[first]!r}, given {ids[first]!r}")
+                raise StoreError(
+                    f"{path}: image ids differ from the stored ones, first at index "
+                    f"{first}: stored {stored[first]!r}, given {ids[first]!r}"
+                )
         given_version = (attrs or {}).get("code_version", code_version())
         if given_version != self._attrs.get("code_version"):
-            log.warning("%s was created by code version %s; now writing with %s", path,
-                        self._attrs.get("code_version"), given_version)
+            log.warning(
+                "%s was created by code version %s; now writing with %s",
+                path,
+                self._attrs.get("code_version"),
+                given_version,
+            )
         return self
 
     @staticmethod
@@ -325,8 +352,9 @@ class LatentStore:
         return frame
 
     @staticmethod
-    def _resolve_ids(n_images: int, image_ids: Sequence[str] | None,
-                     frame: pd.DataFrame | None) -> list[str]:
+    def _resolve_ids(
+        n_images: int, image_ids: Sequence[str] | None, frame: pd.DataFrame | None
+    ) -> list[str]:
         if frame is not None:
             if len(frame) != n_images:
                 raise StoreError(f"manifest has {len(frame)} rows but n_images={n_images}")
@@ -351,30 +379,61 @@ class LatentStore:
     @staticmethod
     def _create_core_arrays(group: zarr.Group, n: int, num_ws: int, w_dim: int, shard: int) -> None:
         for name in LATENTS:
-            group.create_array(name, shape=(n, num_ws, w_dim), chunks=(shard, num_ws, w_dim),
-                               dtype="float32", fill_value=np.nan, compressors=[LATENT_CODEC],
-                               dimension_names=("image", "layer", "channel"))
+            group.create_array(
+                name,
+                shape=(n, num_ws, w_dim),
+                chunks=(shard, num_ws, w_dim),
+                dtype="float32",
+                fill_value=np.nan,
+                compressors=[LATENT_CODEC],
+                dimension_names=("image", "layer", "channel"),
+            )
         for name, (dtype, fill) in METRICS.items():
-            group.create_array(name, shape=(n,), chunks=(shard,), dtype=dtype, fill_value=fill,
-                               compressors=[SMALL_CODEC], dimension_names=("image",))
-        group.create_array("status", shape=(n,), chunks=(shard,), dtype="uint8", fill_value=PENDING,
-                           compressors=[SMALL_CODEC], dimension_names=("image",))
+            group.create_array(
+                name,
+                shape=(n,),
+                chunks=(shard,),
+                dtype=dtype,
+                fill_value=fill,
+                compressors=[SMALL_CODEC],
+                dimension_names=("image",),
+            )
+        group.create_array(
+            "status",
+            shape=(n,),
+            chunks=(shard,),
+            dtype="uint8",
+            fill_value=PENDING,
+            compressors=[SMALL_CODEC],
+            dimension_names=("image",),
+        )
         for name in TEXT:
-            group.create_array(name, shape=(n,), chunks=(shard,), dtype=str, fill_value="",
-                               dimension_names=("image",))
+            group.create_array(
+                name,
+                shape=(n,),
+                chunks=(shard,),
+                dtype=str,
+                fill_value="",
+                dimension_names=("image",),
+            )
 
     def _check_arrays(self) -> None:
         names = set(self._member_arrays())
         missing = [name for name in CORE_ARRAYS if name not in names]
         if missing:
             raise StoreError(f"{self._path}: latent store is missing array(s) {missing}")
-        n, shapes = self.n_images, {"w": (self.num_ws, self.w_dim), "w_init": (self.num_ws, self.w_dim)}
+        n, shapes = (
+            self.n_images,
+            {"w": (self.num_ws, self.w_dim), "w_init": (self.num_ws, self.w_dim)},
+        )
         for name in CORE_ARRAYS:
             arr = self._array(name)
             want = (n, *shapes.get(name, ()))
             if tuple(arr.shape) != want or arr.chunks[0] != self.shard_size:
-                raise StoreError(f"{self._path}: array {name!r} has shape {arr.shape} and chunks "
-                                 f"{arr.chunks}, expected shape {want} in chunks of {self.shard_size}")
+                raise StoreError(
+                    f"{self._path}: array {name!r} has shape {arr.shape} and chunks "
+                    f"{arr.chunks}, expected shape {want} in chunks of {self.shard_size}"
+                )
 
     # ------------------------------------------------------------------ identity
 
@@ -402,14 +461,21 @@ class LatentStore:
                 problems.append(f"{key}: not stored, given {value!r}")
             elif key == "config" and isinstance(value, dict):
                 problems.extend(f"config.{line}" for line in diff_mappings(stored[key], value))
-            elif key == "config_hash" and "config" in expect and stored.get("config") != expect["config"]:
+            elif (
+                key == "config_hash"
+                and "config" in expect
+                and stored.get("config") != expect["config"]
+            ):
                 continue  # the config's own differences are listed; its hash adds nothing
             elif stored[key] != value:
                 problems.append(f"{key}: stored {stored[key]!r}, given {value!r}")
         if problems:
-            raise StoreError(f"{self._path} holds latents made with other settings; refusing to mix: "
-                             + "; ".join(problems) + " (use another store, or start this one over: "
-                             "overwrite=True, CLI --overwrite)")
+            raise StoreError(
+                f"{self._path} holds latents made with other settings; refusing to mix: "
+                + "; ".join(problems)
+                + " (use another store, or start this one over: "
+                "overwrite=True, CLI --overwrite)"
+            )
 
     def manifest(self) -> pd.DataFrame | None:
         """The manifest stored with the store (row i = index i), or None."""
@@ -457,7 +523,9 @@ class LatentStore:
     def failed(self) -> np.ndarray:
         return np.flatnonzero(self._status() == FAILED).astype(np.int64)
 
-    def todo(self, *, retry_failed: bool = True, shard: tuple[int, int] | None = None) -> np.ndarray:
+    def todo(
+        self, *, retry_failed: bool = True, shard: tuple[int, int] | None = None
+    ) -> np.ndarray:
         """Indices still to process: pending (and failed, for a retry), optionally in one shard."""
         status = self._status()
         want = (status == PENDING) | ((status == FAILED) if retry_failed else False)
@@ -474,20 +542,30 @@ class LatentStore:
         rows = []
         for k, (start, stop) in enumerate(self.shards()):
             counts = np.bincount(status[start:stop], minlength=3)
-            rows.append({"shard": k, "start": start, "stop": stop, "pending": int(counts[PENDING]),
-                         "done": int(counts[DONE]), "failed": int(counts[FAILED])})
+            rows.append(
+                {
+                    "shard": k,
+                    "start": start,
+                    "stop": stop,
+                    "pending": int(counts[PENDING]),
+                    "done": int(counts[DONE]),
+                    "failed": int(counts[FAILED]),
+                }
+            )
         return pd.DataFrame(rows, columns=["shard", "start", "stop", "pending", "done", "failed"])
 
     def failures(self) -> pd.DataFrame:
         """One row per failed item: index, image_id, reason, shard."""
         idx = self.failed()
         reasons = self._read_rows("reason", idx) if len(idx) else np.empty(0, dtype=object)
-        return pd.DataFrame({
-            "index": idx,
-            "image_id": self.image_ids[idx].astype(str) if len(idx) else np.empty(0, dtype=str),
-            "reason": np.asarray(reasons, dtype=object).astype(str),
-            "shard": idx // self.shard_size,
-        })
+        return pd.DataFrame(
+            {
+                "index": idx,
+                "image_id": self.image_ids[idx].astype(str) if len(idx) else np.empty(0, dtype=str),
+                "reason": np.asarray(reasons, dtype=object).astype(str),
+                "shard": idx // self.shard_size,
+            }
+        )
 
     # ------------------------------------------------------------------ writing
 
@@ -519,8 +597,10 @@ class LatentStore:
             values["w_init"] = self._check_values("w_init", w_init, latent_shape, np.float32)
         unknown = sorted(set(metrics) - set(METRICS))
         if unknown:
-            raise StoreError(f"unknown metric(s) {unknown}; allowed: {sorted(METRICS)} (other "
-                             "per-image values: ensure_array + arrays=)")
+            raise StoreError(
+                f"unknown metric(s) {unknown}; allowed: {sorted(METRICS)} (other "
+                "per-image values: ensure_array + arrays=)"
+            )
         for name, value in metrics.items():
             if value is not None:
                 values[name] = self._check_metric(name, value, k)
@@ -535,8 +615,10 @@ class LatentStore:
         if not overwrite:
             already = idx_sorted[status == DONE]
             if len(already):
-                raise StoreError(f"{self._path}: indices {already[:10].tolist()} are already done "
-                                 "(pass overwrite=True to replace finished results)")
+                raise StoreError(
+                    f"{self._path}: indices {already[:10].tolist()} are already done "
+                    "(pass overwrite=True to replace finished results)"
+                )
         for name, value in values.items():
             self._write_rows(name, idx_sorted, value[order])
             self._fire("after_array", name)
@@ -546,8 +628,13 @@ class LatentStore:
         if len(stale):  # the reason of an earlier failure no longer applies
             self._write_rows("reason", stale, np.full(len(stale), "", dtype=object))
 
-    def mark_failed(self, indices: Sequence[int] | np.ndarray, reasons: str | Sequence[str], *,
-                    overwrite: bool = False) -> None:
+    def mark_failed(
+        self,
+        indices: Sequence[int] | np.ndarray,
+        reasons: str | Sequence[str],
+        *,
+        overwrite: bool = False,
+    ) -> None:
         """Record ``reasons`` (one string, or one per index) and mark ``indices`` failed."""
         self._writable()
         idx = self._indices(indices)
@@ -563,8 +650,10 @@ class LatentStore:
         if not overwrite:
             already = idx[self._read_rows("status", idx) == DONE]
             if len(already):
-                raise StoreError(f"{self._path}: indices {already[:10].tolist()} are done; pass "
-                                 "overwrite=True to mark finished items failed")
+                raise StoreError(
+                    f"{self._path}: indices {already[:10].tolist()} are done; pass "
+                    "overwrite=True to mark finished items failed"
+                )
         order = np.argsort(idx, kind="stable")
         self._write_rows("reason", idx[order], np.asarray(texts, dtype=object)[order])
         self._write_rows("status", idx[order], np.full(len(idx), FAILED, np.uint8))
@@ -579,8 +668,9 @@ class LatentStore:
 
     # ------------------------------------------------------------------ reading
 
-    def read(self, indices: Sequence[int] | np.ndarray,
-             fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def read(
+        self, indices: Sequence[int] | np.ndarray, fields: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """``{"w", "w_init", <metrics>, "status", "image_id", "reason"}`` for ``indices``, in order.
 
         Items not written hold NaN (floats) and -1 (iterations); check ``status``.
@@ -589,8 +679,10 @@ class LatentStore:
         names = list(fields) if fields is not None else list(CORE_ARRAYS)
         unknown = [n for n in names if n not in CORE_ARRAYS]
         if unknown:
-            raise StoreError(f"unknown field(s) {unknown}; fields: {list(CORE_ARRAYS)} "
-                             "(extra arrays: read_array)")
+            raise StoreError(
+                f"unknown field(s) {unknown}; fields: {list(CORE_ARRAYS)} "
+                "(extra arrays: read_array)"
+            )
         out = {name: self._read_rows(name, idx) for name in names}
         for name in TEXT:
             if name in out:
@@ -599,8 +691,9 @@ class LatentStore:
 
     # ------------------------------------------------------------------ extra arrays
 
-    def ensure_array(self, name: str, tail_shape: Sequence[int], dtype: Any,
-                     fill_value: Any = 0) -> None:
+    def ensure_array(
+        self, name: str, tail_shape: Sequence[int], dtype: Any, fill_value: Any = 0
+    ) -> None:
         """Create the per-image array ``name`` ``[N, *tail_shape]`` unless it exists (then check it).
 
         Chunked by shard along axis 0; images (≥ 16 KiB per item) get one inner chunk per image.
@@ -617,8 +710,10 @@ class LatentStore:
         existing = self._array(name, missing_ok=True)
         if existing is not None:
             if tuple(existing.shape) != shape or existing.dtype != dtype:
-                raise StoreError(f"array {name!r} exists with shape {existing.shape} and dtype "
-                                 f"{existing.dtype}; asked for {shape} {dtype}")
+                raise StoreError(
+                    f"array {name!r} exists with shape {existing.shape} and dtype "
+                    f"{existing.dtype}; asked for {shape} {dtype}"
+                )
             return
         self._writable()
         item_bytes = int(np.prod(tail, dtype=np.int64)) * dtype.itemsize
@@ -626,8 +721,13 @@ class LatentStore:
         inner = (1, *tail) if item_bytes >= _INNER_CHUNK_MIN_BYTES else None
         try:
             self._group.create_array(
-                name, shape=shape, chunks=inner or outer, shards=outer if inner else None,
-                dtype=dtype, fill_value=fill_value, compressors=[_codec_for(dtype)],
+                name,
+                shape=shape,
+                chunks=inner or outer,
+                shards=outer if inner else None,
+                dtype=dtype,
+                fill_value=fill_value,
+                compressors=[_codec_for(dtype)],
                 dimension_names=("image", *(f"dim_{i}" for i in range(1, len(shape)))),
             )
         except (ContainsArrayError, ContainsGroupError):  # created concurrently: check it
@@ -636,7 +736,9 @@ class LatentStore:
         except ValueError as exc:
             raise StoreError(f"array {name!r} cannot be created: {exc}") from exc
 
-    def write_array(self, name: str, indices: Sequence[int] | np.ndarray, values: np.ndarray) -> None:
+    def write_array(
+        self, name: str, indices: Sequence[int] | np.ndarray, values: np.ndarray
+    ) -> None:
         """Write rows of an extra array (validated first). Does not change any status."""
         self._writable()
         arr = self._extra(name)
@@ -659,8 +761,11 @@ class LatentStore:
     def _member_arrays(self) -> list[str]:
         with warnings.catch_warnings():  # manifest.parquet is ours, not a stray object
             warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr")
-            return [name for name, node in self._group.members(max_depth=None)
-                    if isinstance(node, zarr.Array)]
+            return [
+                name
+                for name, node in self._group.members(max_depth=None)
+                if isinstance(node, zarr.Array)
+            ]
 
     def _array(self, name: str, missing_ok: bool = False) -> zarr.Array | None:
         arr = self._arrays.get(name)
@@ -672,7 +777,9 @@ class LatentStore:
             if not isinstance(node, zarr.Array):
                 if missing_ok:
                     return None
-                raise StoreError(f"{self._path}: no array named {name!r}; arrays: {self.array_names()}")
+                raise StoreError(
+                    f"{self._path}: no array named {name!r}; arrays: {self.array_names()}"
+                )
             arr = self._arrays[name] = node
         return arr
 
@@ -681,16 +788,21 @@ class LatentStore:
             raise StoreError(f"{name!r} is a core array; use write()/read()/mark_failed()")
         arr = self._array(name, missing_ok=True)
         if arr is None:
-            raise StoreError(f"{self._path}: no array named {name!r}; create it with ensure_array "
-                             f"(existing: {self.array_names()})")
+            raise StoreError(
+                f"{self._path}: no array named {name!r}; create it with ensure_array "
+                f"(existing: {self.array_names()})"
+            )
         return arr
 
     def _check_name(self, name: str) -> None:
         parts = name.split("/") if isinstance(name, str) else [None]
-        if not parts or any(p is None or not _NAME_PART.match(p) or p.startswith("__") or
-                            p in (".", "..") for p in parts):
-            raise StoreError(f"array name {name!r}: use '/'-separated parts of letters, digits, "
-                             "'_', '.', '-'")
+        if not parts or any(
+            p is None or not _NAME_PART.match(p) or p.startswith("__") or p in (".", "..")
+            for p in parts
+        ):
+            raise StoreError(
+                f"array name {name!r}: use '/'-separated parts of letters, digits, '_', '.', '-'"
+            )
         if name in CORE_ARRAYS or parts[0] in CORE_ARRAYS:
             raise StoreError(f"array name {name!r} collides with core array {parts[0]!r}")
 
@@ -712,8 +824,10 @@ class LatentStore:
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= self.n_images:
             bad = lo if lo < 0 else hi
-            raise StoreError(f"index {bad} out of range for a store of {self.n_images} images "
-                             f"(valid: 0…{self.n_images - 1})")
+            raise StoreError(
+                f"index {bad} out of range for a store of {self.n_images} images "
+                f"(valid: 0…{self.n_images - 1})"
+            )
         if unique and len(np.unique(idx)) != len(idx):
             vals, counts = np.unique(idx, return_counts=True)
             raise StoreError(f"indices must be unique; {vals[counts > 1][:5].tolist()} repeat")
@@ -722,8 +836,10 @@ class LatentStore:
     @staticmethod
     def _check_values(name: str, value: Any, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         if not isinstance(value, np.ndarray):
-            raise StoreError(f"{name} must be a numpy array, got {type(value).__name__} "
-                             "(convert tensors with .cpu().numpy())")
+            raise StoreError(
+                f"{name} must be a numpy array, got {type(value).__name__} "
+                "(convert tensors with .cpu().numpy())"
+            )
         if tuple(value.shape) != tuple(shape):
             raise StoreError(f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
         if value.dtype != np.dtype(dtype):
@@ -781,6 +897,8 @@ class LatentStore:
 
     def __repr__(self) -> str:
         counts = np.bincount(self._status(), minlength=3)
-        return (f"LatentStore({str(self._path)!r}, mode={self._mode!r}, n_images={self.n_images}, "
-                f"num_ws={self.num_ws}, w_dim={self.w_dim}, shard_size={self.shard_size}, "
-                f"done={counts[DONE]}, failed={counts[FAILED]}, pending={counts[PENDING]})")
+        return (
+            f"LatentStore({str(self._path)!r}, mode={self._mode!r}, n_images={self.n_images}, "
+            f"num_ws={self.num_ws}, w_dim={self.w_dim}, shard_size={self.shard_size}, "
+            f"done={counts[DONE]}, failed={counts[FAILED]}, pending={counts[PENDING]})"
+        )

@@ -42,7 +42,9 @@ LOGITS_SCHEMA = pa.schema(
         pa.field("split", pa.string(), nullable=False),  # train / val / test
         pa.field("task", pa.string(), nullable=False),  # e.g. "Smiling", "car_type"
         pa.field("classifier", pa.string(), nullable=False),  # classifier name
-        pa.field("method", pa.string(), nullable=False),  # e.g. "isotropic_fine", "stylemix_coarse", "crop"
+        pa.field(
+            "method", pa.string(), nullable=False
+        ),  # e.g. "isotropic_fine", "stylemix_coarse", "crop"
         pa.field("setting", pa.string(), nullable=False),  # e.g. "0.3"; "" when the method has none
         pa.field("view", pa.int32(), nullable=False),  # 0 original, 1 reconstruction, ≥2 views
         pa.field("logits", pa.list_(pa.float32()), nullable=False),  # raw classifier outputs
@@ -75,7 +77,9 @@ def to_table(frame: pd.DataFrame) -> pa.Table:
     if extra:
         raise StoreError(f"logit rows have unknown columns {extra}; schema: {LOGITS_SCHEMA.names}")
     try:
-        table = pa.Table.from_pandas(frame[LOGITS_SCHEMA.names], schema=LOGITS_SCHEMA, preserve_index=False)
+        table = pa.Table.from_pandas(
+            frame[LOGITS_SCHEMA.names], schema=LOGITS_SCHEMA, preserve_index=False
+        )
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
         raise StoreError(f"logit rows do not fit the schema: {exc}") from exc
     _validate(table)
@@ -86,7 +90,9 @@ def _validate(table: pa.Table) -> None:
     """Row-level rules the Arrow schema cannot express (nulls, lengths, duplicates, splits)."""
     for field in LOGITS_SCHEMA:
         if not field.nullable and table[field.name].null_count:
-            raise StoreError(f"logits column {field.name!r} has {table[field.name].null_count} null(s)")
+            raise StoreError(
+                f"logits column {field.name!r} has {table[field.name].null_count} null(s)"
+            )
     values = pc.list_flatten(table["logits"])
     if values.null_count:
         raise StoreError("logits column 'logits' holds missing (null/NaN) values inside the lists")
@@ -96,7 +102,9 @@ def _validate(table: pa.Table) -> None:
     if bad_split:
         raise StoreError(f"logits column 'split': values {sorted(bad_split)} not in {list(SPLITS)}")
     if table.num_rows and pc.min(table["view"]).as_py() < 0:
-        raise StoreError("logits column 'view' must be ≥ 0 (0 original, 1 reconstruction, ≥2 views)")
+        raise StoreError(
+            "logits column 'view' must be ≥ 0 (0 original, 1 reconstruction, ≥2 views)"
+        )
     lengths = pc.list_value_length(table["logits"])
     if table.num_rows and pc.min(lengths).as_py() == 0:
         raise StoreError("logits column 'logits' holds an empty list")
@@ -104,13 +112,19 @@ def _validate(table: pa.Table) -> None:
     spread = per.group_by(["task", "classifier"]).aggregate([("n", "min"), ("n", "max")])
     for row in spread.to_pylist():
         if row["n_min"] != row["n_max"]:
-            raise StoreError(f"logits of task {row['task']!r}, classifier {row['classifier']!r} "
-                             f"have lengths {row['n_min']}…{row['n_max']}; one length per classifier")
-    keys = table.select(list(KEY_COLUMNS)).group_by(list(KEY_COLUMNS)).aggregate([([], "count_all")])
+            raise StoreError(
+                f"logits of task {row['task']!r}, classifier {row['classifier']!r} "
+                f"have lengths {row['n_min']}…{row['n_max']}; one length per classifier"
+            )
+    keys = (
+        table.select(list(KEY_COLUMNS)).group_by(list(KEY_COLUMNS)).aggregate([([], "count_all")])
+    )
     dupes = keys.filter(pc.greater(keys["count_all"], 1))
     if dupes.num_rows:
         first = {k: v for k, v in dupes.slice(0, 1).to_pylist()[0].items() if k != "count_all"}
-        raise StoreError(f"{dupes.num_rows} duplicate logit row key(s) {list(KEY_COLUMNS)}, e.g. {first}")
+        raise StoreError(
+            f"{dupes.num_rows} duplicate logit row key(s) {list(KEY_COLUMNS)}, e.g. {first}"
+        )
 
 
 def _num_classes(table: pa.Table) -> dict[str, int]:
@@ -133,8 +147,10 @@ def _check_class_count(folder: Path, task: str, classifier: str, n: int) -> None
     for other in sorted(folder.parent.glob("method=*/shard-*.parquet"))[:1]:
         stored = _file_meta(other).get("num_classes", {}).get(f"{task}/{classifier}")
         if stored is not None and stored != n:
-            raise StoreError(f"logits of task {task!r}, classifier {classifier!r} have length {n}, "
-                             f"but {other} holds length {stored}")
+            raise StoreError(
+                f"logits of task {task!r}, classifier {classifier!r} have length {n}, "
+                f"but {other} holds length {stored}"
+            )
 
 
 def write_logits(
@@ -161,7 +177,9 @@ def write_logits(
     elif isinstance(rows, pd.DataFrame):
         table = to_table(rows)
     else:
-        raise StoreError(f"rows must be a pandas DataFrame or a pyarrow Table, got {type(rows).__name__}")
+        raise StoreError(
+            f"rows must be a pandas DataFrame or a pyarrow Table, got {type(rows).__name__}"
+        )
     try:
         user_meta = json.loads(json.dumps(dict(metadata or {}), default=str, sort_keys=True))
     except (TypeError, ValueError) as exc:
@@ -169,16 +187,22 @@ def write_logits(
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise StoreError(f"logits root {root} exists and is not a directory")
-    groups = table.group_by(list(PARTITION_COLUMNS)).aggregate([]).to_pylist() if table.num_rows else []
+    groups = (
+        table.group_by(list(PARTITION_COLUMNS)).aggregate([]).to_pylist() if table.num_rows else []
+    )
     for group in groups:  # check every partition before writing any file
         for column in PARTITION_COLUMNS:
             _check_partition_value(column, group[column])
     classes = _num_classes(table)
     written: list[Path] = []
     for group in groups:
-        mask = pc.and_(pc.and_(pc.equal(table["task"], group["task"]),
-                               pc.equal(table["classifier"], group["classifier"])),
-                       pc.equal(table["method"], group["method"]))
+        mask = pc.and_(
+            pc.and_(
+                pc.equal(table["task"], group["task"]),
+                pc.equal(table["classifier"], group["classifier"]),
+            ),
+            pc.equal(table["method"], group["method"]),
+        )
         part = table.filter(mask)
         folder = root.joinpath(*(f"{c}={group[c]}" for c in PARTITION_COLUMNS))
         key = f"{group['task']}/{group['classifier']}"
@@ -193,9 +217,13 @@ def write_logits(
             kept = set(old.filter(keep)["setting"].to_pylist())
             old_meta = _file_meta(final).get("metadata", {})
             per_setting.update({k: v for k, v in old_meta.items() if k in kept})
-        part = part.sort_by([("setting", "ascending"), ("image_id", "ascending"), ("view", "ascending")])
+        part = part.sort_by(
+            [("setting", "ascending"), ("image_id", "ascending"), ("view", "ascending")]
+        )
         file_meta = {"metadata": per_setting, "num_classes": {key: classes[key]}, "shard": shard}
-        part = part.replace_schema_metadata({METADATA_KEY: json.dumps(file_meta, sort_keys=True).encode()})
+        part = part.replace_schema_metadata(
+            {METADATA_KEY: json.dumps(file_meta, sort_keys=True).encode()}
+        )
         atomic_write_parquet(part, final)
         remove_stale_partials(folder)
         written.append(final)
@@ -210,8 +238,13 @@ def _read_file(path: Path) -> pa.Table:
 
 def _check_schema(path: Path, schema: pa.Schema) -> None:
     got = {f.name: f.type for f in schema}
-    problems = [f"{f.name} missing" if f.name not in got else f"{f.name} is {got[f.name]}, expected {f.type}"
-                for f in LOGITS_SCHEMA if got.get(f.name) != f.type]
+    problems = [
+        f"{f.name} missing"
+        if f.name not in got
+        else f"{f.name} is {got[f.name]}, expected {f.type}"
+        for f in LOGITS_SCHEMA
+        if got.get(f.name) != f.type
+    ]
     if problems:
         raise StoreError(f"{path}: not a ganviews logits file ({'; '.join(problems)})")
 
@@ -240,8 +273,9 @@ def logits_files(root: str | Path, filters: Mapping[str, object] | None = None) 
 
 def logits_dataset(root: str | Path, filters: Mapping[str, object] | None = None) -> ds.Dataset:
     """A pyarrow dataset over the (schema-checked) files, for DuckDB or streaming readers."""
-    return ds.dataset([str(p) for p in logits_files(root, filters)], schema=LOGITS_SCHEMA,
-                      format="parquet")
+    return ds.dataset(
+        [str(p) for p in logits_files(root, filters)], schema=LOGITS_SCHEMA, format="parquet"
+    )
 
 
 def _filter_values(column: str, value: object) -> list:
@@ -251,13 +285,20 @@ def _filter_values(column: str, value: object) -> list:
     if column in _STRING_COLUMNS:
         bad = [v for v in values if not isinstance(v, str)]
         if bad:
-            raise StoreError(f"filter on {column!r}: {bad[0]!r} is not text (the column holds "
-                             "strings, e.g. setting '0.3')")
+            raise StoreError(
+                f"filter on {column!r}: {bad[0]!r} is not text (the column holds "
+                "strings, e.g. setting '0.3')"
+            )
     return values
 
 
-def read_logits(root: str | Path, filters: Mapping[str, object] | None = None, *,
-                columns: Sequence[str] | None = None, arrow_logits: bool = False) -> pd.DataFrame:
+def read_logits(
+    root: str | Path,
+    filters: Mapping[str, object] | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    arrow_logits: bool = False,
+) -> pd.DataFrame:
     """All logit rows under ``root`` as a DataFrame; ``filters`` maps column → value or list of values.
 
     ``logits`` comes back as one numpy float32 array per row; stack a group with
@@ -273,16 +314,23 @@ def read_logits(root: str | Path, filters: Mapping[str, object] | None = None, *
         unknown = [c for c in columns if c not in LOGITS_SCHEMA.names]
         if unknown:
             raise StoreError(f"unknown column(s) {unknown}; columns: {LOGITS_SCHEMA.names}")
-    table = logits_dataset(root, filters).to_table(filter=expr, columns=list(columns) if columns else None)
+    table = logits_dataset(root, filters).to_table(
+        filter=expr, columns=list(columns) if columns else None
+    )
     if arrow_logits and "logits" in table.column_names:
         position = table.column_names.index("logits")
         frame = table.drop_columns(["logits"]).to_pandas()
-        frame.insert(position, "logits", pd.Series(pd.arrays.ArrowExtensionArray(table.column("logits")),
-                                                   index=frame.index))
+        frame.insert(
+            position,
+            "logits",
+            pd.Series(pd.arrays.ArrowExtensionArray(table.column("logits")), index=frame.index),
+        )
     else:
         frame = table.to_pandas()
     if "seed" in frame.columns:  # nullable (views 0/1 have none); exact for all 63-bit seeds
-        frame["seed"] = table.column("seed").to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+        frame["seed"] = table.column("seed").to_pandas(
+            types_mapper={pa.int64(): pd.Int64Dtype()}.get
+        )
     return frame
 
 
@@ -295,9 +343,15 @@ def read_logits_metadata(root: str | Path) -> pd.DataFrame:
         meta = _file_meta(path)
         parts = dict(p.split("=", 1) for p in path.relative_to(root).parts[:-1] if "=" in p)
         for setting, user_meta in sorted(meta.get("metadata", {}).items()):
-            rows.append({"path": str(path), **{c: parts.get(c) for c in PARTITION_COLUMNS},
-                         "shard": meta.get("shard"), "setting": setting,
-                         "num_classes": next(iter(meta.get("num_classes", {}).values()), None),
-                         "metadata": user_meta})
+            rows.append(
+                {
+                    "path": str(path),
+                    **{c: parts.get(c) for c in PARTITION_COLUMNS},
+                    "shard": meta.get("shard"),
+                    "setting": setting,
+                    "num_classes": next(iter(meta.get("num_classes", {}).values()), None),
+                    "metadata": user_meta,
+                }
+            )
     columns = ["path", *PARTITION_COLUMNS, "shard", "setting", "num_classes", "metadata"]
     return pd.DataFrame(rows, columns=columns)

@@ -74,8 +74,9 @@ def _check_points(frame: pd.DataFrame, column: str, width: int | None) -> pa.Arr
     return pa.array(values, type=kind)
 
 
-def validate_manifest(frame: pd.DataFrame, *, label_columns: Sequence[str] | None = None
-                      ) -> tuple[pa.Table, list[str]]:
+def validate_manifest(
+    frame: pd.DataFrame, *, label_columns: Sequence[str] | None = None
+) -> tuple[pa.Table, list[str]]:
     """Check a manifest DataFrame; return it as an Arrow table and its label columns.
 
     ``label_columns`` default to ``frame.attrs["label_columns"]`` (what the adapters set), else
@@ -102,7 +103,9 @@ def validate_manifest(frame: pd.DataFrame, *, label_columns: Sequence[str] | Non
             )
     dupes = frame["image_id"][frame["image_id"].duplicated()].unique().tolist()
     if dupes:
-        raise StoreError(f"manifest column 'image_id': duplicate ids {dupes[:5]} ({len(dupes)} in all)")
+        raise StoreError(
+            f"manifest column 'image_id': duplicate ids {dupes[:5]} ({len(dupes)} in all)"
+        )
     bad_split = sorted(set(frame["split"].tolist()) - set(SPLITS), key=str)
     if bad_split:
         raise StoreError(f"manifest column 'split': values {bad_split} not in {list(SPLITS)}")
@@ -114,7 +117,9 @@ def validate_manifest(frame: pd.DataFrame, *, label_columns: Sequence[str] | Non
         labels = list(label_columns)
         for column in labels:
             if column not in frame.columns:
-                raise StoreError(f"manifest label column {column!r} not found; columns: {list(frame.columns)}")
+                raise StoreError(
+                    f"manifest label column {column!r} not found; columns: {list(frame.columns)}"
+                )
             if column in fixed:
                 raise StoreError(f"manifest column {column!r} is reserved and cannot be a label")
     if not labels:
@@ -177,8 +182,9 @@ def _table_to_frame(table: pa.Table) -> pd.DataFrame:
     return frame
 
 
-def write_manifest(frame: pd.DataFrame, path: str | Path, *,
-                   label_columns: Sequence[str] | None = None) -> Path:
+def write_manifest(
+    frame: pd.DataFrame, path: str | Path, *, label_columns: Sequence[str] | None = None
+) -> Path:
     """Validate and write a manifest atomically; returns the path."""
     table, _ = validate_manifest(frame, label_columns=label_columns)
     return atomic_write_parquet(table, path)

@@ -33,20 +33,26 @@ VIEWS = ("logits", "manifest", "latents_status")
 def latents_status_frame(store: LatentStore) -> pd.DataFrame:
     """One row per image of a latent store: index, image_id, shard, status, reason, metrics."""
     status = store.read(np.arange(store.n_images), fields=["status", "reason", *METRICS])
-    frame = pd.DataFrame({
-        "index": np.arange(store.n_images, dtype=np.int64),
-        "image_id": store.image_ids.astype(str),
-        "shard": np.arange(store.n_images, dtype=np.int64) // store.shard_size,
-        "status": pd.Series(status["status"]).map(STATUS_NAMES).astype(str),
-        "reason": status["reason"].astype(str),
-    })
+    frame = pd.DataFrame(
+        {
+            "index": np.arange(store.n_images, dtype=np.int64),
+            "image_id": store.image_ids.astype(str),
+            "shard": np.arange(store.n_images, dtype=np.int64) // store.shard_size,
+            "status": pd.Series(status["status"]).map(STATUS_NAMES).astype(str),
+            "reason": status["reason"].astype(str),
+        }
+    )
     for name in METRICS:
         frame[name] = status[name]
     return frame
 
 
-def connect(*, logits: str | Path | None = None, manifest: str | Path | None = None,
-            store: str | Path | LatentStore | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    *,
+    logits: str | Path | None = None,
+    manifest: str | Path | None = None,
+    store: str | Path | LatentStore | None = None,
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the views for whatever sources were given."""
     con = duckdb.connect(database=":memory:")
     # Only the registered views: never let DuckDB resolve a table name to a Python variable.
@@ -66,12 +72,19 @@ def connect(*, logits: str | Path | None = None, manifest: str | Path | None = N
     return con
 
 
-def sql(query: str, *, logits: str | Path | None = None, manifest: str | Path | None = None,
-        store: str | Path | LatentStore | None = None) -> pd.DataFrame:
+def sql(
+    query: str,
+    *,
+    logits: str | Path | None = None,
+    manifest: str | Path | None = None,
+    store: str | Path | LatentStore | None = None,
+) -> pd.DataFrame:
     """Run ``query`` over the views ``logits``, ``manifest`` and ``latents_status``; a DataFrame."""
     if not isinstance(query, str) or not query.strip():
         raise StoreError("query must be a non-empty SQL string")
-    given = [name for name, src in zip(VIEWS, (logits, manifest, store), strict=True) if src is not None]
+    given = [
+        name for name, src in zip(VIEWS, (logits, manifest, store), strict=True) if src is not None
+    ]
     if manifest is None and store is not None:
         given.insert(1, "manifest (from the store, if it has one)")
     con = connect(logits=logits, manifest=manifest, store=store)
@@ -79,6 +92,8 @@ def sql(query: str, *, logits: str | Path | None = None, manifest: str | Path | 
         return con.execute(query).df()
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0]
-        raise StoreError(f"SQL failed: {first} (views available: {', '.join(given) or 'none'})") from exc
+        raise StoreError(
+            f"SQL failed: {first} (views available: {', '.join(given) or 'none'})"
+        ) from exc
     finally:
         con.close()

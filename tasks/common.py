@@ -42,7 +42,11 @@ from tasks.pipeline_config import PipelineConfig, load_pipeline_config, pipeline
 log = logging.getLogger(__name__)
 
 LIBRARY_LOGGERS = ("ganviews", "tasks", "storage")
-SHARD_STAGES = ("invert", "render", "noop")  # "noop": opens the store and counts (overhead benchmarks)
+SHARD_STAGES = (
+    "invert",
+    "render",
+    "noop",
+)  # "noop": opens the store and counts (overhead benchmarks)
 
 
 # ----------------------------------------------------------------------------- config and devices
@@ -89,7 +93,9 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    atomic_write_bytes(path, (json.dumps(payload, indent=2, default=str, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(
+        path, (json.dumps(payload, indent=2, default=str, sort_keys=True) + "\n").encode()
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -108,16 +114,32 @@ def check_files(cfg: PipelineConfig, stages: Sequence[str]) -> None:
     need: list[tuple[str, Path | None]] = [("models.generator", cfg.models.generator)]
     if "invert" in stages:
         need.append(("data.manifest", cfg.data.manifest))
-        if cfg.models.encoder is not None and not ("train_encoder" in stages and cfg.encoder_training.enabled):
+        if cfg.models.encoder is not None and not (
+            "train_encoder" in stages and cfg.encoder_training.enabled
+        ):
             need.append(("models.encoder", cfg.models.encoder))
-    trained = cfg.classifier_training.name if cfg.classifier_training.enabled and "train_classifier" in stages else None
+    trained = (
+        cfg.classifier_training.name
+        if cfg.classifier_training.enabled and "train_classifier" in stages
+        else None
+    )
     if "render" in stages:
         if not cfg.models.classifiers:
             raise ConfigError("models.classifiers: the render stage needs at least one classifier")
-        need += [(f"models.classifiers.{k}.path", v.path) for k, v in cfg.models.classifiers.items() if k != trained]
-    missing = [f"{key}: {path} not found" for key, path in need if path is not None and not Path(path).is_file()]
+        need += [
+            (f"models.classifiers.{k}.path", v.path)
+            for k, v in cfg.models.classifiers.items()
+            if k != trained
+        ]
+    missing = [
+        f"{key}: {path} not found"
+        for key, path in need
+        if path is not None and not Path(path).is_file()
+    ]
     if missing:
-        raise ConfigError("\n".join(missing) + "\n(put the files there or fix the paths in the config)")
+        raise ConfigError(
+            "\n".join(missing) + "\n(put the files there or fix the paths in the config)"
+        )
 
 
 # ----------------------------------------------------------------------------- the latent store
@@ -132,7 +154,9 @@ def _selected_manifest(cfg: PipelineConfig):
     present = sorted(set(manifest["split"]))
     missing = [s for s in cfg.data.splits if s not in present]
     if missing:
-        raise ConfigError(f"data.splits: {missing} not in {cfg.data.manifest} (its splits: {present})")
+        raise ConfigError(
+            f"data.splits: {missing} not in {cfg.data.manifest} (its splits: {present})"
+        )
     frame = manifest[manifest["split"].isin(list(cfg.data.splits))].reset_index(drop=True)
     frame.attrs = dict(manifest.attrs)
     return frame
@@ -162,11 +186,21 @@ def prepare_store(cfg: PipelineConfig) -> dict[str, Any]:
     path = cfg.paths.store
     if (path / "zarr.json").is_file():
         check_store_models(LatentStore.open(path, mode="r"), G, E)
-    store = LatentStore.open_or_create(path, n_images=len(manifest), num_ws=G.num_ws, w_dim=G.w_dim,
-                                       shard_size=cfg.orchestration.shard_size,
-                                       attrs=store_attrs(G, E, align, inv), manifest=manifest)
-    return {"store": str(store.path), "n_images": store.n_images, "shards": len(store.shards()),
-            "todo": int(len(store.todo()))}
+    store = LatentStore.open_or_create(
+        path,
+        n_images=len(manifest),
+        num_ws=G.num_ws,
+        w_dim=G.w_dim,
+        shard_size=cfg.orchestration.shard_size,
+        attrs=store_attrs(G, E, align, inv),
+        manifest=manifest,
+    )
+    return {
+        "store": str(store.path),
+        "n_images": store.n_images,
+        "shards": len(store.shards()),
+        "todo": int(len(store.todo())),
+    }
 
 
 def plan_invert(cfg: PipelineConfig) -> list[tuple[int, int]]:
@@ -177,9 +211,16 @@ def plan_invert(cfg: PipelineConfig) -> list[tuple[int, int]]:
 
 def render_key(cfg: PipelineConfig, image_ids: Sequence[str], hashes: Mapping[str, str]) -> str:
     """What a shard's logits depend on: models (file hashes), view config, seed and its images."""
-    return _digest({"models": dict(hashes), "views": to_dict(cfg.views), "seed": cfg.seed,
-                    "tasks": {k: v.task for k, v in cfg.models.classifiers.items()},
-                    "class_column": cfg.models.class_column, "ids": [str(i) for i in image_ids]})
+    return _digest(
+        {
+            "models": dict(hashes),
+            "views": to_dict(cfg.views),
+            "seed": cfg.seed,
+            "tasks": {k: v.task for k, v in cfg.models.classifiers.items()},
+            "class_column": cfg.models.class_column,
+            "ids": [str(i) for i in image_ids],
+        }
+    )
 
 
 def model_hashes(cfg: PipelineConfig) -> dict[str, str]:
@@ -206,7 +247,9 @@ def plan_render(cfg: PipelineConfig) -> list[tuple[int, int]]:
     todo = []
     for shard in store.shards():
         ids = _shard_ids(store, shard)
-        if len(ids) and _read_json(_render_marker(cfg, shard)).get("key") != render_key(cfg, ids, hashes):
+        if len(ids) and _read_json(_render_marker(cfg, shard)).get("key") != render_key(
+            cfg, ids, hashes
+        ):
             todo.append(shard)
     return todo
 
@@ -220,9 +263,14 @@ class ShardProgress:
     def __init__(self, cfg: PipelineConfig, stage: str, shard: Sequence[int], device: str):
         self.path = cfg.state_dir / "shards" / stage / f"{shard_name(shard)}.json"
         self.record: dict[str, Any] = {
-            "stage": stage, "shard": shard_name(shard), "device": device, "pid": os.getpid(),
-            "host": socket.gethostname(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "flow_run_id": os.environ.get("PREFECT__FLOW_RUN_ID"), "status": "running",
+            "stage": stage,
+            "shard": shard_name(shard),
+            "device": device,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "flow_run_id": os.environ.get("PREFECT__FLOW_RUN_ID"),
+            "status": "running",
             "started": time.time(),
         }
 
@@ -231,14 +279,21 @@ class ShardProgress:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.record.update(finished=time.time(), status="failed" if exc is not None else "completed")
+        self.record.update(
+            finished=time.time(), status="failed" if exc is not None else "completed"
+        )
         if exc is not None:
             self.record["error"] = f"{type(exc).__name__}: {exc}"
         _write_json(self.path, self.record)
 
 
-def run_shard(config: PipelineConfig | Mapping[str, Any], stage: str, shard: Sequence[int], *,
-              device: str = "auto") -> dict[str, Any]:
+def run_shard(
+    config: PipelineConfig | Mapping[str, Any],
+    stage: str,
+    shard: Sequence[int],
+    *,
+    device: str = "auto",
+) -> dict[str, Any]:
     """Run ``stage`` on one shard ``(start, stop)`` of the store → the shard's summary."""
     cfg = as_config(config)
     if stage not in SHARD_STAGES:
@@ -251,8 +306,13 @@ def run_shard(config: PipelineConfig | Mapping[str, Any], stage: str, shard: Seq
     t0 = time.perf_counter()
     with ShardProgress(cfg, stage, shard, device) as progress:
         summary = _SHARD_FUNCTIONS[stage](cfg, shard, device)
-        summary.update(stage=stage, device=device, pid=os.getpid(), host=socket.gethostname(),
-                       wall_seconds=round(time.perf_counter() - t0, 3))
+        summary.update(
+            stage=stage,
+            device=device,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            wall_seconds=round(time.perf_counter() - t0, 3),
+        )
         progress.record["summary"] = summary
     return summary
 
@@ -260,10 +320,18 @@ def run_shard(config: PipelineConfig | Mapping[str, Any], stage: str, shard: Seq
 def _invert(cfg: PipelineConfig, shard: tuple[int, int], device: str) -> dict[str, Any]:
     from tasks.invert import run_invert_shard
 
-    return run_invert_shard(cfg.paths.store, shard, generator_path=cfg.models.generator,
-                            encoder_path=cfg.models.encoder, align_cfg=cfg.align, inversion_cfg=cfg.invert,
-                            device=device, seed=cfg.seed, image_root=cfg.image_root,
-                            lpips_weights_dir=cfg.models.lpips_weights_dir)
+    return run_invert_shard(
+        cfg.paths.store,
+        shard,
+        generator_path=cfg.models.generator,
+        encoder_path=cfg.models.encoder,
+        align_cfg=cfg.align,
+        inversion_cfg=cfg.invert,
+        device=device,
+        seed=cfg.seed,
+        image_root=cfg.image_root,
+        lpips_weights_dir=cfg.models.lpips_weights_dir,
+    )
 
 
 def _render(cfg: PipelineConfig, shard: tuple[int, int], device: str) -> dict[str, Any]:
@@ -297,17 +365,34 @@ def is_transient(task: Any, task_run: Any, state: Any) -> bool:
     return not isinstance(exc, (ConfigError, GanviewsError, StoreError, TypeError, ValueError))
 
 
-@task(name="shard", cache_policy=NO_CACHE, retry_condition_fn=is_transient,
-      task_run_name="{stage}-{shard[0]}-{shard[1]}")
-def shard_task(config: Mapping[str, Any], stage: str, shard: Sequence[int], device: str = "auto") -> dict[str, Any]:
+@task(
+    name="shard",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=is_transient,
+    task_run_name="{stage}-{shard[0]}-{shard[1]}",
+)
+def shard_task(
+    config: Mapping[str, Any], stage: str, shard: Sequence[int], device: str = "auto"
+) -> dict[str, Any]:
     """Prefect task around :func:`run_shard` (no result cache: the store says what is done)."""
-    for name in LIBRARY_LOGGERS:  # their per-batch progress reaches the run's logs (PREFECT_LOGGING_EXTRA_LOGGERS)
+    for name in (
+        LIBRARY_LOGGERS
+    ):  # their per-batch progress reaches the run's logs (PREFECT_LOGGING_EXTRA_LOGGERS)
         if logging.getLogger(name).level == logging.NOTSET:
             logging.getLogger(name).setLevel(logging.INFO)
     summary = run_shard(config, stage, shard, device=device)
-    _logger().info("%s shard %s on %s (pid %d): %s", stage, summary.get("shard", shard_name(shard)), device,
-                   os.getpid(), {k: v for k, v in summary.items() if k in ("todo", "done", "failed", "images", "rows",
-                                                                           "mean_psnr", "wall_seconds")})
+    _logger().info(
+        "%s shard %s on %s (pid %d): %s",
+        stage,
+        summary.get("shard", shard_name(shard)),
+        device,
+        os.getpid(),
+        {
+            k: v
+            for k, v in summary.items()
+            if k in ("todo", "done", "failed", "images", "rows", "mean_psnr", "wall_seconds")
+        },
+    )
     return summary
 
 
@@ -318,8 +403,13 @@ def shard_task(config: Mapping[str, Any], stage: str, shard: Sequence[int], devi
 def prepare_store_task(config: Mapping[str, Any]) -> dict[str, Any]:
     """Prefect task around :func:`prepare_store`."""
     out = prepare_store(as_config(config))
-    _logger().info("store %s: %d images in %d shards, %d to do", out["store"], out["n_images"], out["shards"],
-                   out["todo"])
+    _logger().info(
+        "store %s: %d images in %d shards, %d to do",
+        out["store"],
+        out["n_images"],
+        out["shards"],
+        out["todo"],
+    )
     return out
 
 
@@ -344,15 +434,38 @@ def train_encoder_task(config: Mapping[str, Any]) -> dict[str, Any]:
         from ganviews.inversion.perceptual import load_perceptual
 
         P = load_perceptual(et.perceptual, device=device, weights_dir=cfg.models.lpips_weights_dir)
-    arch = EncoderConfig(num_ws=G.num_ws, w_dim=G.w_dim, img_channels=G.img_channels, depth=et.depth,
-                         resolution=et.resolution or min(G.resolution, 256), width=et.width, norm=et.norm)
+    arch = EncoderConfig(
+        num_ws=G.num_ws,
+        w_dim=G.w_dim,
+        img_channels=G.img_channels,
+        depth=et.depth,
+        resolution=et.resolution or min(G.resolution, 256),
+        width=et.width,
+        norm=et.norm,
+    )
     ckpt = out.with_name(out.name + ".ckpt")
-    result = train_encoder(G, steps=et.steps, batch_size=et.batch_size, lr=et.lr, lambda_latent=et.lambda_latent,
-                           perceptual=P, config=arch, truncation_psi=et.truncation_psi,
-                           style_mix_prob=et.style_mix_prob, device=device, seed=cfg.seed, checkpoint=ckpt,
-                           checkpoint_every=et.checkpoint_every, resume=True, log_every=et.log_every)
-    save_encoder(result.encoder, out, metadata={"steps": str(result.steps), "perceptual": et.perceptual,
-                                                "seed": str(cfg.seed)})
+    result = train_encoder(
+        G,
+        steps=et.steps,
+        batch_size=et.batch_size,
+        lr=et.lr,
+        lambda_latent=et.lambda_latent,
+        perceptual=P,
+        config=arch,
+        truncation_psi=et.truncation_psi,
+        style_mix_prob=et.style_mix_prob,
+        device=device,
+        seed=cfg.seed,
+        checkpoint=ckpt,
+        checkpoint_every=et.checkpoint_every,
+        resume=True,
+        log_every=et.log_every,
+    )
+    save_encoder(
+        result.encoder,
+        out,
+        metadata={"steps": str(result.steps), "perceptual": et.perceptual, "seed": str(cfg.seed)},
+    )
     _logger().info("encoder %s: %d steps in %.0f s", out, result.steps, result.seconds)
     return {"encoder": str(out), "sha256": result.encoder.sha256, "steps": result.steps}
 
@@ -373,8 +486,9 @@ def pca_done(cfg: PipelineConfig) -> bool:
         data = load_pca_stats(path)
     except StoreError:
         return False
-    return (data["n_samples"], data["seed"]) == (cfg.pca.samples, cfg.pca.seed) and \
-        data["generator_sha256"] == file_sha256(cfg.models.generator)
+    return (data["n_samples"], data["seed"]) == (cfg.pca.samples, cfg.pca.seed) and data[
+        "generator_sha256"
+    ] == file_sha256(cfg.models.generator)
 
 
 @task(name="pca-stats", cache_policy=NO_CACHE)
@@ -388,10 +502,20 @@ def pca_stats_task(config: Mapping[str, Any]) -> dict[str, Any]:
     cfg = as_config(config)
     device = resolve_device(cfg.device)
     G = load_generator(cfg.models.generator, device=device)
-    stats = compute_pca_stats(G, n_samples=cfg.pca.samples, seed=cfg.pca.seed, device=device,
-                              batch_size=cfg.pca.batch_size)
-    path = save_pca_stats(cache_path(cfg.paths.store), **stats.as_arrays(), generator_sha256=G.sha256,
-                          n_samples=stats.n_samples, seed=cfg.pca.seed)
+    stats = compute_pca_stats(
+        G,
+        n_samples=cfg.pca.samples,
+        seed=cfg.pca.seed,
+        device=device,
+        batch_size=cfg.pca.batch_size,
+    )
+    path = save_pca_stats(
+        cache_path(cfg.paths.store),
+        **stats.as_arrays(),
+        generator_sha256=G.sha256,
+        n_samples=stats.n_samples,
+        seed=cfg.pca.seed,
+    )
     _logger().info("PCA statistics of %d w samples → %s", stats.n_samples, path)
     return {"path": str(path), "components": int(stats.components.shape[0])}
 
@@ -412,7 +536,9 @@ def train_classifier_stage_task(config: Mapping[str, Any]) -> dict[str, Any]:
     ref = cfg.models.classifiers[ct.name]
     out = Path(ref.path)
     if not ref.task:
-        raise ConfigError(f"models.classifiers.{ct.name}.task: name the label column the trained classifier predicts")
+        raise ConfigError(
+            f"models.classifiers.{ct.name}.task: name the label column the trained classifier predicts"
+        )
     report = run_train_classifier(
         cfg.paths.store if ct.data == "store" else cfg.data.manifest, task=ref.task,
         config={**ct.classifier, "name": ct.classifier.get("name") or ct.name}, out=out, source=ct.source,
@@ -420,21 +546,35 @@ def train_classifier_stage_task(config: Mapping[str, Any]) -> dict[str, Any]:
         align=cfg.align, init_from=ct.init_from, resume=out.with_name(out.name + ".ckpt").is_file(),
         train_split=ct.train_split, val_split=ct.val_split, class_column=cfg.models.class_column,
     )  # fmt: skip
-    _logger().info("classifier %s: %d train images, best val acc %s", out, report["n_train"], report["best_val_acc"])
+    _logger().info(
+        "classifier %s: %d train images, best val acc %s",
+        out,
+        report["n_train"],
+        report["best_val_acc"],
+    )
     return {"classifier": str(out), "sha256": report["sha256"], "n_train": report["n_train"]}
 
 
 def evaluate_key(cfg: PipelineConfig) -> str:
     """What the report depends on: every logits file (size, mtime) and the report config."""
     root = Path(cfg.paths.logits)
-    files = sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
-                   for p in root.rglob("*.parquet") if not p.name.startswith((".", "_"))) if root.is_dir() else []
+    files = (
+        sorted(
+            (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*.parquet")
+            if not p.name.startswith((".", "_"))
+        )
+        if root.is_dir()
+        else []
+    )
     return _digest({"files": files, "report": to_dict(cfg.report), "store": str(cfg.paths.store)})
 
 
 def evaluate_done(cfg: PipelineConfig) -> bool:
     results = Path(cfg.paths.report) / "results.csv"
-    return results.is_file() and _read_json(cfg.state_dir / "evaluate.json").get("key") == evaluate_key(cfg)
+    return results.is_file() and _read_json(cfg.state_dir / "evaluate.json").get(
+        "key"
+    ) == evaluate_key(cfg)
 
 
 def record_evaluation(cfg: PipelineConfig, outputs: Mapping[str, str]) -> None:

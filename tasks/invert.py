@@ -54,17 +54,26 @@ def resolve_configs(align_cfg: Any, inversion_cfg: Any):
     from ganviews.inversion.align import AlignConfig
     from ganviews.inversion.invert import InversionConfig
 
-    align = align_cfg if isinstance(align_cfg, AlignConfig) else from_dict(AlignConfig, align_cfg or {}, key="align")
-    inv = (inversion_cfg if isinstance(inversion_cfg, InversionConfig)
-           else from_dict(InversionConfig, inversion_cfg or {}, key="invert"))
+    align = (
+        align_cfg
+        if isinstance(align_cfg, AlignConfig)
+        else from_dict(AlignConfig, align_cfg or {}, key="align")
+    )
+    inv = (
+        inversion_cfg
+        if isinstance(inversion_cfg, InversionConfig)
+        else from_dict(InversionConfig, inversion_cfg or {}, key="invert")
+    )
     return align, inv
 
 
 def check_align_resolution(align_cfg, G) -> None:
     """ConfigError unless images are aligned at the generator's resolution."""
     if align_cfg.resolution != G.resolution:
-        raise ConfigError(f"align.resolution: {align_cfg.resolution}, but the generator makes "
-                          f"{G.resolution} px images; set align.resolution: {G.resolution}")
+        raise ConfigError(
+            f"align.resolution: {align_cfg.resolution}, but the generator makes "
+            f"{G.resolution} px images; set align.resolution: {G.resolution}"
+        )
 
 
 def identity_config(align_cfg, inversion_cfg) -> dict[str, Any]:
@@ -89,8 +98,10 @@ def store_attrs(G, E, align_cfg, inversion_cfg) -> dict[str, Any]:
 def check_store_models(store: LatentStore, G, E) -> None:
     """GanviewsError when the store was inverted with another generator or encoder."""
     attrs = store.attrs
-    for what, stored, given in (("generator", attrs.get("generator_sha256"), G.sha256),
-                                ("encoder", attrs.get("encoder_sha256"), None if E is None else E.sha256)):
+    for what, stored, given in (
+        ("generator", attrs.get("generator_sha256"), G.sha256),
+        ("encoder", attrs.get("encoder_sha256"), None if E is None else E.sha256),
+    ):
         if stored != given:
             raise GanviewsError(
                 f"{store.path} holds latents made with {what} sha256 {str(stored)[:16]}…, but the "
@@ -123,8 +134,14 @@ def _perceptual(name: str, device: str, weights_dir: str | None, resolution: int
     return load_perceptual(name, device=device, weights_dir=weights_dir, resolution=resolution)
 
 
-def load_inversion_models(generator_path, encoder_path, inversion_cfg, *, device: torch.device,
-                          lpips_weights_dir: str | Path | None = None):
+def load_inversion_models(
+    generator_path,
+    encoder_path,
+    inversion_cfg,
+    *,
+    device: torch.device,
+    lpips_weights_dir: str | Path | None = None,
+):
     """(G, E or None, LPIPS module or None when λ = 0), cached per process by path + sha256."""
     path = str(Path(generator_path).resolve())
     G = _generator(path, file_sha256(path), str(device))
@@ -140,7 +157,9 @@ def load_inversion_models(generator_path, encoder_path, inversion_cfg, *, device
     P = None
     if inversion_cfg.lambda_lpips > 0:
         weights = None if lpips_weights_dir is None else str(lpips_weights_dir)
-        P = _perceptual(inversion_cfg.lpips_net, str(device), weights, inversion_cfg.lpips_resolution)
+        P = _perceptual(
+            inversion_cfg.lpips_net, str(device), weights, inversion_cfg.lpips_resolution
+        )
     return G, E, P
 
 
@@ -158,11 +177,15 @@ def _shard_range(store: LatentStore, shard: int | Sequence[int]) -> tuple[int, i
     shards = store.shards()
     if isinstance(shard, (int, np.integer)):
         if not 0 <= int(shard) < len(shards):
-            raise ConfigError(f"shard: index {shard} out of range (the store has {len(shards)} shards)")
+            raise ConfigError(
+                f"shard: index {shard} out of range (the store has {len(shards)} shards)"
+            )
         return shards[int(shard)]
     start, stop = (int(v) for v in shard)
     if (start, stop) not in shards:
-        raise ConfigError(f"shard: {(start, stop)} is not a shard of {store.path} (shards: {shards[:4]}…)")
+        raise ConfigError(
+            f"shard: {(start, stop)} is not a shard of {store.path} (shards: {shards[:4]}…)"
+        )
     return start, stop
 
 
@@ -173,7 +196,9 @@ def _optional(row: pd.Series, column: str) -> Any:
     return value
 
 
-def load_aligned(rows: pd.DataFrame, align_cfg, *, image_root: Path) -> tuple[list[int], list, dict[int, str]]:
+def load_aligned(
+    rows: pd.DataFrame, align_cfg, *, image_root: Path
+) -> tuple[list[int], list, dict[int, str]]:
     """Load and align manifest ``rows`` → (positions that worked, (image, mask) pairs, {position: reason})."""
     from ganviews.core.images import load_image
     from ganviews.inversion.align import align_image
@@ -183,8 +208,12 @@ def load_aligned(rows: pd.DataFrame, align_cfg, *, image_root: Path) -> tuple[li
         path = Path(row["path"])
         path = path if path.is_absolute() else image_root / path
         try:
-            img, mask = align_image(load_image(path), align_cfg, bbox=_optional(row, "bbox"),
-                                    landmarks=_optional(row, "landmarks"))
+            img, mask = align_image(
+                load_image(path),
+                align_cfg,
+                bbox=_optional(row, "bbox"),
+                landmarks=_optional(row, "landmarks"),
+            )
         except GanviewsError as exc:
             failed[pos] = getattr(exc, "reason", None) or str(exc)
             continue
@@ -193,8 +222,18 @@ def load_aligned(rows: pd.DataFrame, align_cfg, *, image_root: Path) -> tuple[li
     return ok, pairs, failed
 
 
-def invert_batch_into(store: LatentStore, idx: np.ndarray, rows: pd.DataFrame, G, E, P, *,
-                      align_cfg, inversion_cfg, image_root: Path) -> dict[str, float]:
+def invert_batch_into(
+    store: LatentStore,
+    idx: np.ndarray,
+    rows: pd.DataFrame,
+    G,
+    E,
+    P,
+    *,
+    align_cfg,
+    inversion_cfg,
+    image_root: Path,
+) -> dict[str, float]:
     """Load, align, invert and write one batch of store indices ``idx`` (manifest ``rows``)."""
     from ganviews.inversion.invert import invert
 
@@ -222,19 +261,42 @@ def invert_batch_into(store: LatentStore, idx: np.ndarray, rows: pd.DataFrame, G
         return t.detach()[sel].cpu().numpy().astype(dtype)
 
     store.write(
-        done_idx, w=col(res.w), w_init=col(res.w_init), loss=col(res.loss), loss_l1=col(res.loss_l1),
-        loss_lpips=col(res.loss_lpips), loss_latent=col(res.loss_latent), psnr=col(res.psnr),
-        lpips=col(res.lpips), iterations=col(res.iterations, np.int32),
-        arrays={ALIGNED: aligned[sel], MASK: (masks[sel] * 255).round().astype(np.uint8),
-                RECON: to_uint8(res.recon[sel])},
+        done_idx,
+        w=col(res.w),
+        w_init=col(res.w_init),
+        loss=col(res.loss),
+        loss_l1=col(res.loss_l1),
+        loss_lpips=col(res.loss_lpips),
+        loss_latent=col(res.loss_latent),
+        psnr=col(res.psnr),
+        lpips=col(res.lpips),
+        iterations=col(res.iterations, np.int32),
+        arrays={
+            ALIGNED: aligned[sel],
+            MASK: (masks[sel] * 255).round().astype(np.uint8),
+            RECON: to_uint8(res.recon[sel]),
+        },
     )
-    return {"done": int(len(sel)), "failed": len(failed) + len(ok) - int(len(sel)),
-            "loss": float(res.loss[sel].sum()), "psnr": float(res.psnr[sel].sum())}
+    return {
+        "done": int(len(sel)),
+        "failed": len(failed) + len(ok) - int(len(sel)),
+        "loss": float(res.loss[sel].sum()),
+        "psnr": float(res.psnr[sel].sum()),
+    }
 
 
-def invert_shard_with(store: LatentStore, shard: int | Sequence[int], G, E, P, *, align_cfg,
-                      inversion_cfg, image_root: str | Path | None = None,
-                      retry_failed: bool = True) -> dict[str, Any]:
+def invert_shard_with(
+    store: LatentStore,
+    shard: int | Sequence[int],
+    G,
+    E,
+    P,
+    *,
+    align_cfg,
+    inversion_cfg,
+    image_root: str | Path | None = None,
+    retry_failed: bool = True,
+) -> dict[str, Any]:
     """Invert the pending (+ failed) items of one shard with loaded models → summary dict."""
     start, stop = _shard_range(store, shard)
     check_align_resolution(align_cfg, G)
@@ -245,14 +307,30 @@ def invert_shard_with(store: LatentStore, shard: int | Sequence[int], G, E, P, *
     for name, channels in ((ALIGNED, G.img_channels), (MASK, 1), (RECON, G.img_channels)):
         store.ensure_array(name, (channels, R, R), np.uint8)
     todo = store.todo(retry_failed=retry_failed, shard=(start, stop))
-    summary = {"shard": f"{start:08d}-{stop:08d}", "todo": int(len(todo)), "done": 0, "failed": 0,
-               "mean_loss": float("nan"), "mean_psnr": float("nan"), "seconds": 0.0}
+    summary = {
+        "shard": f"{start:08d}-{stop:08d}",
+        "todo": int(len(todo)),
+        "done": 0,
+        "failed": 0,
+        "mean_loss": float("nan"),
+        "mean_psnr": float("nan"),
+        "seconds": 0.0,
+    }
     t0, loss_sum, psnr_sum = time.perf_counter(), 0.0, 0.0
     root = Path(image_root) if image_root is not None else store.path
     for b in range(0, len(todo), inversion_cfg.batch_size):
         idx = todo[b : b + inversion_cfg.batch_size]
-        out = invert_batch_into(store, idx, manifest.iloc[idx], G, E, P, align_cfg=align_cfg,
-                                inversion_cfg=inversion_cfg, image_root=root)
+        out = invert_batch_into(
+            store,
+            idx,
+            manifest.iloc[idx],
+            G,
+            E,
+            P,
+            align_cfg=align_cfg,
+            inversion_cfg=inversion_cfg,
+            image_root=root,
+        )
         summary["done"] += out["done"]
         summary["failed"] += out["failed"]
         loss_sum, psnr_sum = loss_sum + out["loss"], psnr_sum + out["psnr"]
@@ -289,14 +367,24 @@ def run_invert_shard(
     align, inv = resolve_configs(align_cfg, inversion_cfg)
     device = resolve_device(device)
     set_numerics_policy(device)
-    G, E, P = load_inversion_models(generator_path, encoder_path, inv, device=device,
-                                    lpips_weights_dir=lpips_weights_dir)
+    G, E, P = load_inversion_models(
+        generator_path, encoder_path, inv, device=device, lpips_weights_dir=lpips_weights_dir
+    )
     expect = store_attrs(G, E, align, inv)
     store = LatentStore.open(store_path, mode="a")
     check_store_models(store, G, E)
     store.check_identity({"config": expect["config"]})
-    summary = invert_shard_with(store, shard, G, E, P, align_cfg=align, inversion_cfg=inv,
-                                image_root=image_root, retry_failed=retry_failed)
+    summary = invert_shard_with(
+        store,
+        shard,
+        G,
+        E,
+        P,
+        align_cfg=align,
+        inversion_cfg=inv,
+        image_root=image_root,
+        retry_failed=retry_failed,
+    )
     summary["seed"] = seed
     return summary
 
@@ -316,12 +404,27 @@ def invert_shard(
     lpips_weights_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Prefect task around :func:`run_invert_shard` (same arguments) → the shard summary."""
-    summary = run_invert_shard(store_path, shard, generator_path=generator_path, encoder_path=encoder_path,
-                               align_cfg=align_cfg, inversion_cfg=inversion_cfg, device=device, seed=seed,
-                               image_root=image_root, lpips_weights_dir=lpips_weights_dir)
+    summary = run_invert_shard(
+        store_path,
+        shard,
+        generator_path=generator_path,
+        encoder_path=encoder_path,
+        align_cfg=align_cfg,
+        inversion_cfg=inversion_cfg,
+        device=device,
+        seed=seed,
+        image_root=image_root,
+        lpips_weights_dir=lpips_weights_dir,
+    )
     try:
-        get_run_logger().info("invert %s: %d done, %d failed, mean PSNR %.2f dB, %.0f s", summary["shard"],
-                              summary["done"], summary["failed"], summary["mean_psnr"], summary["seconds"])
+        get_run_logger().info(
+            "invert %s: %d done, %d failed, mean PSNR %.2f dB, %.0f s",
+            summary["shard"],
+            summary["done"],
+            summary["failed"],
+            summary["mean_psnr"],
+            summary["seconds"],
+        )
     except MissingContextError:  # called as .fn outside a run
         pass
     return summary

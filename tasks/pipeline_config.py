@@ -38,7 +38,10 @@ class DataConfig:
 
     manifest: Path  # dataset manifest (Parquet): image_id, path, split, label columns
     image_root: Path | None = None  # base of relative manifest paths (None: the manifest's folder)
-    splits: tuple[str, ...] = ("val", "test")  # manifest splits inverted and evaluated (empty: every row)
+    splits: tuple[str, ...] = (
+        "val",
+        "test",
+    )  # manifest splits inverted and evaluated (empty: every row)
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,13 @@ class ModelsConfig:
     """Checkpoints (local files; nothing is downloaded)."""
 
     generator: Path  # StyleGAN2 checkpoint (.pkl / .pt / .safetensors)
-    encoder: Path | None = None  # RGBM encoder (None: inversion starts at G's mean w); train_encoder writes it
+    encoder: Path | None = (
+        None  # RGBM encoder (None: inversion starts at G's mean w); train_encoder writes it
+    )
     classifiers: dict[str, ClassifierRef] = field(default_factory=dict)  # name → checkpoint + task
-    lpips_weights_dir: Path | None = None  # folder holding the LPIPS backbone weights (alexnet/vgg .pth)
+    lpips_weights_dir: Path | None = (
+        None  # folder holding the LPIPS backbone weights (alexnet/vgg .pth)
+    )
     class_column: str | None = None  # label column fed to a class-conditional generator (c_dim > 0)
 
 
@@ -79,7 +86,9 @@ class EncoderTrainingConfig:
     batch_size: int = 8  # (w, G(w)) pairs per step
     lr: float = 1e-4  # Adam learning rate
     lambda_latent: float = 1.0  # weight of the latent ℓ2 term
-    perceptual: Literal["lpips-alex", "lpips-vgg", "lpips-random", "none"] = "lpips-alex"  # image term besides L1
+    perceptual: Literal["lpips-alex", "lpips-vgg", "lpips-random", "none"] = (
+        "lpips-alex"  # image term besides L1
+    )
     depth: Literal[18, 34, 50] = 34  # ResNet depth
     resolution: int | None = None  # encoder input side (None: min(generator resolution, 256))
     width: int = 64  # ResNet stem width
@@ -105,12 +114,24 @@ class ClassifierTrainingConfig:
 
     enabled: bool = False  # run the stage
     name: str = ""  # which models.classifiers entry is trained (its path is the output)
-    data: Literal["store", "manifest"] = "store"  # images from the latent store or straight from the manifest
-    source: Literal["real", "recon", "views"] = "real"  # real images, G(w*) mixed in, or perturbed views G(w̃)
-    classifier: dict[str, Any] = field(default_factory=lambda: {"arch": "resnet18"})  # ClassifierConfig keys (num_outputs defaults to the label count)
-    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation (epochs, lr, scheduler …)
-    views: SourceConfig = field(default_factory=SourceConfig)  # the Eq. 8 mixture (its source is `source`)
-    init_from: Path | None = None  # backbone weights to start from (e.g. ImageNet), None: random init
+    data: Literal["store", "manifest"] = (
+        "store"  # images from the latent store or straight from the manifest
+    )
+    source: Literal["real", "recon", "views"] = (
+        "real"  # real images, G(w*) mixed in, or perturbed views G(w̃)
+    )
+    classifier: dict[str, Any] = field(
+        default_factory=lambda: {"arch": "resnet18"}
+    )  # ClassifierConfig keys (num_outputs defaults to the label count)
+    train: TrainConfig = field(
+        default_factory=TrainConfig
+    )  # optimisation (epochs, lr, scheduler …)
+    views: SourceConfig = field(
+        default_factory=SourceConfig
+    )  # the Eq. 8 mixture (its source is `source`)
+    init_from: Path | None = (
+        None  # backbone weights to start from (e.g. ImageNet), None: random init
+    )
     train_split: str = "train"  # manifest split trained on
     val_split: str | None = "val"  # split for validation accuracy (None: none)
 
@@ -119,17 +140,31 @@ class ClassifierTrainingConfig:
 class OrchestrationConfig:
     """How stages are split into shards and where the shards run (docs/orchestration.md)."""
 
-    shard_size: int = 64  # images per shard = the store's chunk along the image axis (fixed at creation)
-    mode: Literal["embedded", "distributed"] = "embedded"  # in-process, or runs of a deployment on a work pool
-    devices: str | tuple[str, ...] = "auto"  # embedded: one concurrent shard per entry ("cuda:0", "cpu" …); "auto" = every visible GPU, else the CPU
-    task_runner: Literal["thread", "process"] = "thread"  # embedded: threads (one process) or a process pool (isolation)
+    shard_size: int = (
+        64  # images per shard = the store's chunk along the image axis (fixed at creation)
+    )
+    mode: Literal["embedded", "distributed"] = (
+        "embedded"  # in-process, or runs of a deployment on a work pool
+    )
+    devices: str | tuple[str, ...] = (
+        "auto"  # embedded: one concurrent shard per entry ("cuda:0", "cpu" …); "auto" = every visible GPU, else the CPU
+    )
+    task_runner: Literal["thread", "process"] = (
+        "thread"  # embedded: threads (one process) or a process pool (isolation)
+    )
     cpu_threads: int = 0  # torch threads per shard on CPU (0: leave torch's default)
     work_pool: str = "ganviews"  # distributed: the process work pool
-    shard_queue: str = "shards"  # distributed: queue the per-GPU workers (--limit 1) pull shard runs from
+    shard_queue: str = (
+        "shards"  # distributed: queue the per-GPU workers (--limit 1) pull shard runs from
+    )
     control_queue: str = "control"  # distributed: queue of the stage / pipeline runs (a CPU worker)
     deployment: str = "ganviews"  # distributed: deployment name (ganviews-shard/<deployment>)
     retries: int = 2  # retries of a shard after a transient error (same process / same flow run)
-    retry_delay_seconds: tuple[float, ...] = (10.0, 60.0, 300.0)  # back-off before retry 1, 2, … (last repeats)
+    retry_delay_seconds: tuple[float, ...] = (
+        10.0,
+        60.0,
+        300.0,
+    )  # back-off before retry 1, 2, … (last repeats)
     shard_attempts: int = 1  # distributed: new child runs per shard in one job when one crashes (1: leave it to `resume`)
     poll_seconds: float = 2.0  # distributed: how often the parent polls its child runs
     job: str = ""  # job name in run names and idempotency keys ("": derived from the store path)
@@ -146,11 +181,17 @@ class PipelineConfig:
     device: str = "auto"  # device of the non-sharded stages (train_encoder, pca, train_classifier)
     align: AlignConfig = field(default_factory=AlignConfig)  # ganviews.inversion.align.AlignConfig
     encoder_training: EncoderTrainingConfig = field(default_factory=EncoderTrainingConfig)
-    invert: InversionConfig = field(default_factory=InversionConfig)  # ganviews.inversion.invert.InversionConfig
+    invert: InversionConfig = field(
+        default_factory=InversionConfig
+    )  # ganviews.inversion.invert.InversionConfig
     pca: PCAConfig = field(default_factory=PCAConfig)
-    views: ViewConfig = field(default_factory=ViewConfig)  # ganviews.views.render.ViewConfig (`preset:` allowed)
+    views: ViewConfig = field(
+        default_factory=ViewConfig
+    )  # ganviews.views.render.ViewConfig (`preset:` allowed)
     classifier_training: ClassifierTrainingConfig = field(default_factory=ClassifierTrainingConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)  # ganviews.report.tables.ReportConfig (with `ensemble:`)
+    report: ReportConfig = field(
+        default_factory=ReportConfig
+    )  # ganviews.report.tables.ReportConfig (with `ensemble:`)
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
 
     @property
@@ -166,7 +207,9 @@ class PipelineConfig:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_pipeline_config(source: str | Path | Mapping[str, Any], *, base_dir: str | Path | None = None) -> PipelineConfig:
+def load_pipeline_config(
+    source: str | Path | Mapping[str, Any], *, base_dir: str | Path | None = None
+) -> PipelineConfig:
     """A PipelineConfig from a YAML path or a mapping (ConfigError: one line per mistake, naming the key).
 
     Relative paths are resolved against the YAML's folder (or ``base_dir`` for a mapping,
@@ -182,7 +225,9 @@ def load_pipeline_config(source: str | Path | Mapping[str, Any], *, base_dir: st
         raise ConfigError(f"config: expected a YAML path or a mapping, got {type(source).__name__}")
     data = _expand_view_preset(data)
     _validate_sections(data)
-    cfg = from_dict(PipelineConfig, data)  # sections are valid: only top-level scalars can fail here
+    cfg = from_dict(
+        PipelineConfig, data
+    )  # sections are valid: only top-level scalars can fail here
     cfg = _resolve_paths(cfg, base)
     check_pipeline_config(cfg)
     return cfg
@@ -215,7 +260,9 @@ def _validate_sections(data: Mapping[str, Any]) -> None:
     """
     fields = {f.name: f for f in dataclasses.fields(PipelineConfig)}
     hints = typing.get_type_hints(PipelineConfig)
-    errors = [f"{k}: unknown key (allowed: {', '.join(sorted(fields))})" for k in data if k not in fields]
+    errors = [
+        f"{k}: unknown key (allowed: {', '.join(sorted(fields))})" for k in data if k not in fields
+    ]
     for name, f in fields.items():
         if name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -270,16 +317,22 @@ def check_pipeline_config(cfg: PipelineConfig) -> None:
         problems.append(f"orchestration.shard_size: {orch.shard_size} must be ≥ 1")
     devices = (orch.devices,) if isinstance(orch.devices, str) else orch.devices
     if not devices:
-        problems.append("orchestration.devices: needs at least one entry (\"auto\", \"cpu\", \"cuda:0\" …)")
+        problems.append(
+            'orchestration.devices: needs at least one entry ("auto", "cpu", "cuda:0" …)'
+        )
     for i, dev in enumerate(devices):
-        if dev != "auto" and not (dev == "cpu" or dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        if dev != "auto" and not (
+            dev == "cpu" or dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())
+        ):
             problems.append(f"orchestration.devices[{i}]: {dev!r} is not auto, cpu, cuda or cuda:N")
     if "auto" in devices and len(devices) > 1:
-        problems.append(f"orchestration.devices: \"auto\" stands alone, got {list(devices)}")
+        problems.append(f'orchestration.devices: "auto" stands alone, got {list(devices)}')
     if orch.retries < 0:
         problems.append(f"orchestration.retries: {orch.retries} must be ≥ 0")
     if not orch.retry_delay_seconds or min(orch.retry_delay_seconds) < 0:
-        problems.append(f"orchestration.retry_delay_seconds: {list(orch.retry_delay_seconds)} must be ≥ 0 seconds, at least one value")
+        problems.append(
+            f"orchestration.retry_delay_seconds: {list(orch.retry_delay_seconds)} must be ≥ 0 seconds, at least one value"
+        )
     if orch.shard_attempts < 1:
         problems.append(f"orchestration.shard_attempts: {orch.shard_attempts} must be ≥ 1")
     if orch.poll_seconds <= 0:
@@ -289,18 +342,31 @@ def check_pipeline_config(cfg: PipelineConfig) -> None:
     if cfg.pca.samples < 2:
         problems.append(f"pca.samples: {cfg.pca.samples} must be ≥ 2")
     if cfg.encoder_training.enabled and cfg.models.encoder is None:
-        problems.append("encoder_training.enabled: true needs models.encoder (the file the encoder is written to)")
+        problems.append(
+            "encoder_training.enabled: true needs models.encoder (the file the encoder is written to)"
+        )
     ct = cfg.classifier_training
     if ct.enabled and ct.name not in cfg.models.classifiers:
-        problems.append(f"classifier_training.name: {ct.name!r} is not a key of models.classifiers "
-                        f"({sorted(cfg.models.classifiers)})")
-    if ct.enabled and ct.data == "store" and cfg.data.splits and ct.train_split not in cfg.data.splits:
-        problems.append(f"classifier_training.train_split: {ct.train_split!r} is not in data.splits "
-                        f"{list(cfg.data.splits)}; the store holds only those (add it, or use data: manifest)")
+        problems.append(
+            f"classifier_training.name: {ct.name!r} is not a key of models.classifiers "
+            f"({sorted(cfg.models.classifiers)})"
+        )
+    if (
+        ct.enabled
+        and ct.data == "store"
+        and cfg.data.splits
+        and ct.train_split not in cfg.data.splits
+    ):
+        problems.append(
+            f"classifier_training.train_split: {ct.train_split!r} is not in data.splits "
+            f"{list(cfg.data.splits)}; the store holds only those (add it, or use data: manifest)"
+        )
     if ct.enabled and ct.data == "manifest" and ct.source != "real":
         problems.append(f"classifier_training.source: {ct.source!r} needs latents; set data: store")
     for name in cfg.models.classifiers:
         if not name or not all(c.isalnum() or c in "_.-" for c in name):
-            problems.append(f"models.classifiers.{name}: names use letters, digits, '_', '.', '-' only")
+            problems.append(
+                f"models.classifiers.{name}: names use letters, digits, '_', '.', '-' only"
+            )
     if problems:
         raise ConfigError("\n".join(problems))

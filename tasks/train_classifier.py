@@ -76,24 +76,34 @@ def _as_config(cls: type, value: Any, key: str) -> Any:
 def _label_column(manifest, task_name: str, where: str) -> np.ndarray:
     labels = list(manifest.attrs.get("label_columns") or [])
     if task_name not in labels:
-        raise ConfigError(f"task: {task_name!r} is not a label column of {where} (label columns: {labels})")
+        raise ConfigError(
+            f"task: {task_name!r} is not a label column of {where} (label columns: {labels})"
+        )
     return manifest[task_name].to_numpy()
 
 
-def _manifest_split(path: Path, task_name: str, split: str, align: Any) -> tuple[Split, dict[str, str]]:
+def _manifest_split(
+    path: Path, task_name: str, split: str, align: Any
+) -> tuple[Split, dict[str, str]]:
     """Real images of one split of a manifest, aligned and held as uint8 (failures skipped)."""
     from ganviews.core.images import load_image, signed_to_uint8
     from ganviews.inversion.align import AlignConfig, align_image
 
     manifest = read_manifest(path)
     labels = _label_column(manifest, task_name, str(path))
-    cfg = align if isinstance(align, AlignConfig) else from_dict(AlignConfig, align or {}, key="align")
+    cfg = (
+        align
+        if isinstance(align, AlignConfig)
+        else from_dict(AlignConfig, align or {}, key="align")
+    )
     rows, images, failed = [], [], {}
     for i in np.flatnonzero(manifest["split"].to_numpy() == split):
         row = manifest.iloc[int(i)]
         file = Path(row["path"]) if Path(row["path"]).is_absolute() else path.parent / row["path"]
         try:
-            img, _ = align_image(load_image(file), cfg, bbox=row.get("bbox"), landmarks=row.get("landmarks"))
+            img, _ = align_image(
+                load_image(file), cfg, bbox=row.get("bbox"), landmarks=row.get("landmarks")
+            )
         except ImageError as exc:
             failed[str(row["image_id"])] = getattr(exc, "reason", str(exc))
             continue
@@ -106,7 +116,9 @@ def _manifest_split(path: Path, task_name: str, split: str, align: Any) -> tuple
     return Split(ids, labels[rows].astype(np.int64), stack), failed
 
 
-def _store_split(store: LatentStore, task_name: str, split: str, *, need_w: bool, align: Any) -> Split:
+def _store_split(
+    store: LatentStore, task_name: str, split: str, *, need_w: bool, align: Any
+) -> Split:
     """One split of a latent store; with ``need_w`` only images whose inversion is done."""
     from tasks.render import load_originals
 
@@ -119,24 +131,35 @@ def _store_split(store: LatentStore, task_name: str, split: str, *, need_w: bool
     if need_w or has_aligned:  # latents and persisted aligned pixels exist for done images only
         done = np.intersect1d(idx, store.done())
         if len(done) < len(idx):
-            log.warning("%s split %s: %d of %d images not inverted (pending/failed), left out",
-                        store.path, split, len(idx) - len(done), len(idx))
+            log.warning(
+                "%s split %s: %d of %d images not inverted (pending/failed), left out",
+                store.path,
+                split,
+                len(idx) - len(done),
+                len(idx),
+            )
         idx = done
     if has_aligned:
         images: Any = lambda sub: store.read_array(ALIGNED, idx[sub])  # noqa: E731 - uint8 rows
     else:
         images = lambda sub: load_originals(store, idx[sub], manifest, align=align)  # noqa: E731
         if len(idx):
-            images(np.array([0]))  # fail now, not after an epoch, if the originals cannot be aligned
+            images(
+                np.array([0])
+            )  # fail now, not after an epoch, if the originals cannot be aligned
     ws = (lambda sub: store.read(idx[sub], ["w"])["w"]) if need_w else None
-    return Split(store.image_ids[idx].astype(str).tolist(), labels[idx].astype(np.int64), images, ws)
+    return Split(
+        store.image_ids[idx].astype(str).tolist(), labels[idx].astype(np.int64), images, ws
+    )
 
 
 def _generator(path: str | Path | None, store: LatentStore | None, device: torch.device):
     from ganviews.stylegan.generator import load_generator
 
     if path is None:
-        raise ConfigError("generator_path: sources 'recon' and 'views' render G(w); pass the generator")
+        raise ConfigError(
+            "generator_path: sources 'recon' and 'views' render G(w); pass the generator"
+        )
     G = load_generator(path, device=device)
     expected = store.attrs.get("generator_sha256") if store is not None else None
     if expected and G.sha256 != expected:
@@ -177,16 +200,24 @@ def run_train_classifier(
     dev = resolve_device(device)
     set_numerics_policy(dev)
     tcfg = _as_config(TrainConfig, train, "train")
-    scfg = from_dict(SourceConfig, {**to_dict(_as_config(SourceConfig, views, "views")), "source": source}, key="views")
+    scfg = from_dict(
+        SourceConfig,
+        {**to_dict(_as_config(SourceConfig, views, "views")), "source": source},
+        key="views",
+    )
     ckpt = out.with_name(out.name + ".ckpt")
     if ckpt.exists() and not resume:
-        raise ConfigError(f"{ckpt} exists from an earlier run: pass resume (--resume) to continue it, or delete it")
+        raise ConfigError(
+            f"{ckpt} exists from an earlier run: pass resume (--resume) to continue it, or delete it"
+        )
     need_w = scfg.source != "real"
     store = LatentStore.open(data, mode="r") if data.is_dir() else None
     failed: dict[str, str] = {}
     if store is None:
         if need_w:
-            raise ConfigError(f"source: {scfg.source!r} needs latents; {data} is a manifest, pass a latent store")
+            raise ConfigError(
+                f"source: {scfg.source!r} needs latents; {data} is a manifest, pass a latent store"
+            )
         tr, failed = _manifest_split(data, task, train_split, align)
         va = _manifest_split(data, task, val_split, align)[0] if val_split else None
     else:
@@ -204,27 +235,60 @@ def run_train_classifier(
     pca = _pca(store, G, scfg, dev)
     c = _classes(store, G, class_column, train_split)
     try:
-        batches = make_batches(scfg, labels=tr.labels, image_ids=tr.ids, images=tr.images, ws=tr.ws, G=G,
-                               pca=pca, c=c, seed=seed)
+        batches = make_batches(
+            scfg,
+            labels=tr.labels,
+            image_ids=tr.ids,
+            images=tr.images,
+            ws=tr.ws,
+            G=G,
+            pca=pca,
+            c=c,
+            seed=seed,
+        )
     except ValueError as exc:  # argument checks of the batch source → one clean line in the CLI
         raise ConfigError(f"views: {exc}") from exc
-    val = make_batches(SourceConfig(source="real", batch_size=scfg.batch_size, flip=False), labels=va.labels,
-                       image_ids=va.ids, images=va.images, shuffle=False) if va is not None else None
+    val = (
+        make_batches(
+            SourceConfig(source="real", batch_size=scfg.batch_size, flip=False),
+            labels=va.labels,
+            image_ids=va.ids,
+            images=va.images,
+            shuffle=False,
+        )
+        if va is not None
+        else None
+    )
     if val is None and (tcfg.scheduler == "plateau" or tcfg.select == "best"):
-        raise ConfigError(f"train: scheduler={tcfg.scheduler!r} / select={tcfg.select!r} need a validation split")
+        raise ConfigError(
+            f"train: scheduler={tcfg.scheduler!r} / select={tcfg.select!r} need a validation split"
+        )
     hyper = asdict(tcfg)
-    result = train_classifier(C, batches, device=dev, seed=seed, checkpoint=ckpt, resume=resume,
-                              val_batches=val, **hyper)
+    result = train_classifier(
+        C, batches, device=dev, seed=seed, checkpoint=ckpt, resume=resume, val_batches=val, **hyper
+    )
     save_classifier(C, out)
     report = {
-        "classifier": str(out), "sha256": C.sha256, "name": C.name, "task": task,
-        "config": to_dict(C.config), "train": to_dict(tcfg), "views": to_dict(scfg), "seed": seed,
-        "data": str(data), "n_train": len(tr.labels), "n_val": 0 if va is None else len(va.labels),
+        "classifier": str(out),
+        "sha256": C.sha256,
+        "name": C.name,
+        "task": task,
+        "config": to_dict(C.config),
+        "train": to_dict(tcfg),
+        "views": to_dict(scfg),
+        "seed": seed,
+        "data": str(data),
+        "n_train": len(tr.labels),
+        "n_val": 0 if va is None else len(va.labels),
         "manifest_sha256": manifest_sha256(store.manifest() if store is not None else data),
-        "generator_sha256": getattr(G, "sha256", None), "init_from": str(init_from) if init_from else None,
-        "code_version": code_version(), "skipped_images": failed,
-        "best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
-        "selected_epoch": result.selected_epoch, "history": [asdict(h) for h in result.history],
+        "generator_sha256": getattr(G, "sha256", None),
+        "init_from": str(init_from) if init_from else None,
+        "code_version": code_version(),
+        "skipped_images": failed,
+        "best_epoch": result.best_epoch,
+        "best_val_acc": result.best_val_acc,
+        "selected_epoch": result.selected_epoch,
+        "history": [asdict(h) for h in result.history],
     }
     out.with_name(out.name + ".train.json").write_text(json.dumps(report, indent=2, default=str))
     return report
@@ -240,15 +304,21 @@ def _pca(store: LatentStore | None, G, scfg: SourceConfig, device: torch.device)
     return prepare_pca(store.path, G, probe, device=device)
 
 
-def _classes(store: LatentStore | None, G, class_column: str | None, split: str) -> torch.Tensor | None:
+def _classes(
+    store: LatentStore | None, G, class_column: str | None, split: str
+) -> torch.Tensor | None:
     if G is None or not G.c_dim:
         return None
     if class_column is None:
-        raise ConfigError(f"class_column: G is class-conditional (c_dim={G.c_dim}); name the label column")
+        raise ConfigError(
+            f"class_column: G is class-conditional (c_dim={G.c_dim}); name the label column"
+        )
     manifest = store.manifest()
     idx = np.flatnonzero(manifest["split"].to_numpy() == split)
     idx = np.intersect1d(idx, store.done())
-    return torch.nn.functional.one_hot(torch.as_tensor(manifest[class_column].to_numpy()[idx]), G.c_dim).float()
+    return torch.nn.functional.one_hot(
+        torch.as_tensor(manifest[class_column].to_numpy()[idx]), G.c_dim
+    ).float()
 
 
 @task(name="train-classifier")

@@ -22,7 +22,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_FIXTURES = Path(os.environ.get("GANVIEWS_SHARED_FIXTURES", REPO.parent / "shared" / "fixtures"))
+SHARED_FIXTURES = Path(
+    os.environ.get("GANVIEWS_SHARED_FIXTURES", REPO.parent / "shared" / "fixtures")
+)
 
 
 @pytest.fixture(scope="session")

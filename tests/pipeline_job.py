@@ -19,7 +19,9 @@ def make_dataset(root, gen_path, n=N_IMAGES) -> None:
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         imgs = G.synthesis(G.mapping(torch.randn(n, G.z_dim, generator=gen))).clamp(-1, 1)
-    pixels = ((imgs + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # [n, 32, 32, 3]
+    pixels = (
+        ((imgs + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    )  # [n, 32, 32, 3]
     (root / "images").mkdir(parents=True)
     for i in range(n):
         Image.fromarray(pixels[i]).save(root / "images" / f"img{i:03d}.png")

@@ -60,7 +60,12 @@ log = logging.getLogger(__name__)
 FORMAT_NAME = "ganviews.classifier"  # value of the "format" metadata key in our safetensors files
 FORMAT_VERSION = "1"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")  # classifier names become Parquet partition values
-_CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "net")  # where training scripts keep weights
+_CONTAINER_KEYS = (
+    "state_dict",
+    "model",
+    "model_state_dict",
+    "net",
+)  # where training scripts keep weights
 _SIDECAR_SUFFIXES = (".yaml", ".yml")
 
 
@@ -72,24 +77,41 @@ class Preprocessing:
     """How images in [-1, 1] become the backbone's input; applied in this order."""
 
     clamp: bool = True  # clamp to [-1, 1] first, as an 8-bit image would be (GAN outputs overshoot)
-    trim: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # fraction of H/W cut from top, bottom, left, right
-    resize: int | None = None  # shorter side resized to this many pixels (torchvision Resize(int)); None keeps the size
-    interpolation: Literal["bilinear", "bicubic", "area", "nearest"] = "bilinear"  # resize filter ("area" = box filter)
+    trim: tuple[float, float, float, float] = (
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+    )  # fraction of H/W cut from top, bottom, left, right
+    resize: int | None = (
+        None  # shorter side resized to this many pixels (torchvision Resize(int)); None keeps the size
+    )
+    interpolation: Literal["bilinear", "bicubic", "area", "nearest"] = (
+        "bilinear"  # resize filter ("area" = box filter)
+    )
     antialias: bool = True  # low-pass when downsampling, like PIL (bilinear/bicubic only)
     crop: int | None = None  # centre crop to crop × crop after resizing; None = no crop
-    input_range: Literal["unit", "signed"] = "unit"  # range mean/std refer to: [0, 1] (ToTensor convention) or [-1, 1]
+    input_range: Literal["unit", "signed"] = (
+        "unit"  # range mean/std refer to: [0, 1] (ToTensor convention) or [-1, 1]
+    )
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # per-channel mean subtracted (RGB)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)  # per-channel std divided by (RGB)
 
     def __post_init__(self) -> None:
         if len(self.trim) != 4 or any(not 0.0 <= t < 0.5 for t in self.trim):
-            raise ConfigError(f"preprocessing.trim: {self.trim!r}; expected 4 fractions in [0, 0.5)")
+            raise ConfigError(
+                f"preprocessing.trim: {self.trim!r}; expected 4 fractions in [0, 0.5)"
+            )
         for key in ("resize", "crop"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"preprocessing.{key}: {value!r}; expected a positive integer or null")
+                raise ConfigError(
+                    f"preprocessing.{key}: {value!r}; expected a positive integer or null"
+                )
         if len(self.mean) != 3 or len(self.std) != 3:
-            raise ConfigError(f"preprocessing.mean/std: need 3 values each, got {self.mean!r} / {self.std!r}")
+            raise ConfigError(
+                f"preprocessing.mean/std: need 3 values each, got {self.mean!r} / {self.std!r}"
+            )
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"preprocessing.std: {self.std!r}; every value must be > 0")
 
@@ -97,10 +119,16 @@ class Preprocessing:
 # Per-domain preprocessing, from the official code (see module docstring) and torchvision.
 PREPROCESSING_PRESETS: dict[str, Preprocessing] = {
     "identity": Preprocessing(),  # [-1, 1] as is, at the input's own resolution (the demo domain)
-    "celebahq": Preprocessing(resize=256, interpolation="area", antialias=False),  # box-downsample to 256²
-    "car": Preprocessing(trim=(0.125, 0.125, 0.0, 0.0), resize=256, crop=256),  # drop the black bands of 512²
+    "celebahq": Preprocessing(
+        resize=256, interpolation="area", antialias=False
+    ),  # box-downsample to 256²
+    "car": Preprocessing(
+        trim=(0.125, 0.125, 0.0, 0.0), resize=256, crop=256
+    ),  # drop the black bands of 512²
     "cat": Preprocessing(resize=256, crop=224),
-    "imagenet": Preprocessing(resize=256, crop=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    "imagenet": Preprocessing(
+        resize=256, crop=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+    ),
 }
 
 
@@ -118,7 +146,9 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
-            raise ConfigError(f"arch: {self.arch!r} is not known (allowed: {', '.join(ARCHITECTURES)})")
+            raise ConfigError(
+                f"arch: {self.arch!r} is not known (allowed: {', '.join(ARCHITECTURES)})"
+            )
         if not isinstance(self.num_outputs, int) or self.num_outputs < 1:
             raise ConfigError(f"num_outputs: {self.num_outputs!r}; expected an integer ≥ 1")
         classes = max(self.num_outputs, 2)
@@ -244,7 +274,9 @@ class AttributeNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (256, 256):
-            raise ValueError(f"celebahq_attribute: needs 256×256 inputs (preset 'celebahq'), got {list(x.shape[-2:])}")
+            raise ValueError(
+                f"celebahq_attribute: needs 256×256 inputs (preset 'celebahq'), got {list(x.shape[-2:])}"
+            )
         act = functools.partial(F.leaky_relu, negative_slope=0.2)
         x = act(self.fromrgb_lod0.conv(x))  # [N, 64, 256, 256]
         for name in self.block_names:
@@ -265,16 +297,32 @@ def _torchvision(name: str) -> Callable[[int, int], nn.Module]:
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "resnet18": Architecture(_torchvision("resnet18"), "torchvision ResNet-18 (BasicBlock 2-2-2-2)"),
-    "resnet34": Architecture(_torchvision("resnet34"), "torchvision ResNet-34 (BasicBlock 3-4-6-3)"),
-    "resnet50": Architecture(_torchvision("resnet50"), "torchvision ResNet-50 (Bottleneck 3-4-6-3)"),
-    "resnet101": Architecture(_torchvision("resnet101"), "torchvision ResNet-101 (Bottleneck 3-4-23-3)"),
-    "resnet152": Architecture(_torchvision("resnet152"), "torchvision ResNet-152 (Bottleneck 3-8-36-3)"),
-    "wide_resnet50_2": Architecture(_torchvision("wide_resnet50_2"), "torchvision Wide ResNet-50-2"),
-    "smallcnn": Architecture(lambda k, w: SmallCNN(k, w), "4-stage conv net for tiny images (width w)"),
+    "resnet18": Architecture(
+        _torchvision("resnet18"), "torchvision ResNet-18 (BasicBlock 2-2-2-2)"
+    ),
+    "resnet34": Architecture(
+        _torchvision("resnet34"), "torchvision ResNet-34 (BasicBlock 3-4-6-3)"
+    ),
+    "resnet50": Architecture(
+        _torchvision("resnet50"), "torchvision ResNet-50 (Bottleneck 3-4-6-3)"
+    ),
+    "resnet101": Architecture(
+        _torchvision("resnet101"), "torchvision ResNet-101 (Bottleneck 3-4-23-3)"
+    ),
+    "resnet152": Architecture(
+        _torchvision("resnet152"), "torchvision ResNet-152 (Bottleneck 3-8-36-3)"
+    ),
+    "wide_resnet50_2": Architecture(
+        _torchvision("wide_resnet50_2"), "torchvision Wide ResNet-50-2"
+    ),
+    "smallcnn": Architecture(
+        lambda k, w: SmallCNN(k, w), "4-stage conv net for tiny images (width w)"
+    ),
     "celebahq_attribute": Architecture(
-        lambda k, w: AttributeNet(k), "official CelebA-HQ attribute classifier layout (256² input)",
-        head="4x4.dense1.", head_weight="4x4.dense1.linear.weight",
+        lambda k, w: AttributeNet(k),
+        "official CelebA-HQ attribute classifier layout (256² input)",
+        head="4x4.dense1.",
+        head_weight="4x4.dense1.linear.weight",
     ),
 }
 
@@ -385,9 +433,13 @@ def _build_backbone(config: ClassifierConfig) -> nn.Module:
 
 def _check_images(images: torch.Tensor) -> None:
     if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images: expected a torch.Tensor [N, 3, H, W], got {type(images).__name__}")
+        raise TypeError(
+            f"images: expected a torch.Tensor [N, 3, H, W], got {type(images).__name__}"
+        )
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images: expected shape [N, 3, H, W] in [-1, 1], got {list(images.shape)}")
+        raise ValueError(
+            f"images: expected shape [N, 3, H, W] in [-1, 1], got {list(images.shape)}"
+        )
     if not images.is_floating_point():
         raise TypeError(f"images: expected a float tensor in [-1, 1], got dtype {images.dtype}")
 
@@ -455,7 +507,9 @@ def classifier_config(
     elif isinstance(data, Mapping):
         mapping = to_dict(data)  # nested dataclasses (a Preprocessing value) become mappings
     else:
-        raise TypeError(f"config: expected ClassifierConfig, mapping or YAML path, got {type(data).__name__}")
+        raise TypeError(
+            f"config: expected ClassifierConfig, mapping or YAML path, got {type(data).__name__}"
+        )
     pre = mapping.get("preprocessing")
     if isinstance(pre, str):
         if pre not in PREPROCESSING_PRESETS:
@@ -532,17 +586,23 @@ def load_classifier(
     return C
 
 
-def _backbone_from_state(config: ClassifierConfig, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+def _backbone_from_state(
+    config: ClassifierConfig, state: dict[str, torch.Tensor], path: Path
+) -> nn.Module:
     """Build the backbone on the meta device (no random init) and adopt the checkpoint's tensors."""
     with torch.device("meta"):
         backbone = _build_backbone(config)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # fp16 files → fp32
+    state = {
+        k: v.float() if v.is_floating_point() else v for k, v in state.items()
+    }  # fp16 files → fp32
     for key, value in backbone.state_dict().items():  # old files lack num_batches_tracked
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = torch.zeros((), dtype=value.dtype)
     try:
         backbone.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as exc:  # inference already matched keys and shapes; anything else lands here
+    except (
+        RuntimeError
+    ) as exc:  # inference already matched keys and shapes; anything else lands here
         raise CheckpointError(f"{path}: weights do not fit {config.arch}: {exc}") from exc
     return backbone
 
@@ -561,11 +621,19 @@ def load_backbone_weights(C: Classifier, path: str | Path) -> list[str]:
     state = _strip_prefix(state)
     own = C.backbone.state_dict()
     head = ARCHITECTURES[C.arch].head
-    fresh = [k for k in own if k.startswith(head) and (k not in state or state[k].shape != own[k].shape)]
+    fresh = [
+        k for k in own if k.startswith(head) and (k not in state or state[k].shape != own[k].shape)
+    ]
     body = {k: v for k, v in state.items() if k not in fresh}
-    bad = [f"{k}: {list(v.shape)} vs {list(own[k].shape)}" for k, v in body.items() if k in own and v.shape != own[k].shape]
+    bad = [
+        f"{k}: {list(v.shape)} vs {list(own[k].shape)}"
+        for k, v in body.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if bad:
-        raise CheckpointError(f"{path}: cannot initialise {C.arch} from it: shape mismatches {bad[:5]}")
+        raise CheckpointError(
+            f"{path}: cannot initialise {C.arch} from it: shape mismatches {bad[:5]}"
+        )
     missing, unexpected = C.backbone.load_state_dict(body, strict=False)
     missing = [k for k in missing if k not in fresh and not k.endswith("num_batches_tracked")]
     if missing or unexpected:
@@ -608,9 +676,13 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals([argparse.Namespace, *_numpy_scalar_globals()]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc)) or re.search(r"Unsupported global: ([\w.]+)", str(exc))
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc)) or re.search(
+            r"Unsupported global: ([\w.]+)", str(exc)
+        )
         if not found:  # not a pickle at all, or a corrupt one
-            raise CheckpointError(f"{path}: not a readable torch checkpoint: {_reason(exc)}") from exc
+            raise CheckpointError(
+                f"{path}: not a readable torch checkpoint: {_reason(exc)}"
+            ) from exc
         raise CheckpointError(
             f"{path}: refused to unpickle an object a weights-only load does not allow (it needs {found.group(1)!r}); "
             "save a plain state_dict (torch.save(model.state_dict(), ...)) or safetensors instead"
@@ -649,7 +721,9 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
             f"{path}: no state dict found: top-level keys {keys} are neither tensors nor one of "
             f"{list(_CONTAINER_KEYS)}"
         )
-    raise CheckpointError(f"{path}: expected a state dict (mapping of tensors), got {type(obj).__name__}")
+    raise CheckpointError(
+        f"{path}: expected a state dict (mapping of tensors), got {type(obj).__name__}"
+    )
 
 
 def _strip_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -675,7 +749,9 @@ def _sidecar_config(path: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- architecture inference
 
 
-def infer_architecture(state: Mapping[str, torch.Tensor], *, source: str = "checkpoint") -> tuple[str, int, int]:
+def infer_architecture(
+    state: Mapping[str, torch.Tensor], *, source: str = "checkpoint"
+) -> tuple[str, int, int]:
     """(arch, num_outputs, width) whose state-dict keys and shapes match ``state`` exactly.
 
     ``num_batches_tracked`` entries are ignored (old checkpoints lack them). When nothing
@@ -683,7 +759,10 @@ def infer_architecture(state: Mapping[str, torch.Tensor], *, source: str = "chec
     one's missing/unexpected/mis-shaped keys.
     """
     heads = {name: a.head_weight for name, a in ARCHITECTURES.items()}
-    fc = next((state[k] for k in dict.fromkeys(heads.values()) if isinstance(state.get(k), torch.Tensor)), None)
+    fc = next(
+        (state[k] for k in dict.fromkeys(heads.values()) if isinstance(state.get(k), torch.Tensor)),
+        None,
+    )
     if fc is None or fc.ndim != 2:
         sample = sorted(state)[:6]
         raise CheckpointError(
@@ -698,7 +777,11 @@ def infer_architecture(state: Mapping[str, torch.Tensor], *, source: str = "chec
         want = _reference_shapes(arch, num_outputs, width)
         missing = sorted(set(want) - set(got))
         unexpected = sorted(set(got) - set(want))
-        shapes = [f"{k}: {list(got[k])} vs {list(want[k])}" for k in sorted(set(got) & set(want)) if got[k] != want[k]]
+        shapes = [
+            f"{k}: {list(got[k])} vs {list(want[k])}"
+            for k in sorted(set(got) & set(want))
+            if got[k] != want[k]
+        ]
         if not (missing or unexpected or shapes):
             return arch, num_outputs, width
         score = len(missing) + len(unexpected) + len(shapes)
@@ -722,6 +805,8 @@ def _reference_shapes(arch: str, num_outputs: int, width: int) -> dict[str, tupl
         with torch.device("meta"):  # shapes only: no memory, no init cost
             model = ARCHITECTURES[arch].build(num_outputs, width)
         _SHAPE_CACHE[key] = {
-            k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")
+            k: tuple(v.shape)
+            for k, v in model.state_dict().items()
+            if not k.endswith("num_batches_tracked")
         }
     return _SHAPE_CACHE[key]

@@ -67,7 +67,9 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # the official scripts use Adam
     betas: tuple[float, float] = (0.9, 0.999)  # Adam(W) betas
     momentum: float = 0.9  # SGD momentum (Nesterov off)
-    backbone_lr_scale: float = 1.0  # lr factor for all but the output layer (official ImageNet fine-tuning: 0.1)
+    backbone_lr_scale: float = (
+        1.0  # lr factor for all but the output layer (official ImageNet fine-tuning: 0.1)
+    )
     scheduler: Literal["cosine", "constant", "plateau"] = "cosine"  # per-epoch lr schedule
     label_smoothing: float = 0.0  # CE / BCE label smoothing
     select: Literal["last", "best"] = "last"  # keep the last epoch or the best validation accuracy
@@ -92,22 +94,32 @@ class TrainConfig:
 class SourceConfig:
     """What each training sample is (paper Eq. 8): a real image, G(w*) or a perturbed view G(w̃)."""
 
-    source: Literal["real", "recon", "views"] = "real"  # real images only, reconstructions, or perturbed views
-    p_generated: float = 0.5  # chance a sample is its GAN image instead of the real one (1 without real images)
+    source: Literal["real", "recon", "views"] = (
+        "real"  # real images only, reconstructions, or perturbed views
+    )
+    p_generated: float = (
+        0.5  # chance a sample is its GAN image instead of the real one (1 without real images)
+    )
     method: Literal["isotropic", "pca", "stylemix"] = "isotropic"  # views: perturbation family
     layers: str = "fine"  # views: layer group of w+ perturbed ("coarse" / "fine" / "middle")
-    setting: float | None = None  # views: σ for isotropic / pca (official picks: docs/classifiers.md)
+    setting: float | None = (
+        None  # views: σ for isotropic / pca (official picks: docs/classifiers.md)
+    )
     batch_size: int = 32  # samples per optimisation step
     flip: bool = True  # random horizontal flip of every training sample (p = 0.5)
     noise_mode: Literal["const", "none"] = "const"  # synthesis noise (both reproducible)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.p_generated <= 1.0:
-            raise ConfigError(f"views.p_generated: {self.p_generated!r}; expected a probability in [0, 1]")
+            raise ConfigError(
+                f"views.p_generated: {self.p_generated!r}; expected a probability in [0, 1]"
+            )
         if self.batch_size < 1:
             raise ConfigError(f"views.batch_size: {self.batch_size!r}; expected ≥ 1")
         if self.source == "views" and self.method != "stylemix" and self.setting is None:
-            raise ConfigError(f"views.setting: method {self.method!r} needs σ; see docs/classifiers.md for the official values")
+            raise ConfigError(
+                f"views.setting: method {self.method!r} needs σ; see docs/classifiers.md for the official values"
+            )
 
 
 def make_batches(
@@ -127,14 +139,38 @@ def make_batches(
     if cfg.source == "real":
         if images is None:
             raise ValueError("images: source 'real' needs the real images")
-        return ImageBatches(images, labels, image_ids=image_ids, batch_size=cfg.batch_size, seed=seed,
-                            shuffle=shuffle, flip=cfg.flip)
+        return ImageBatches(
+            images,
+            labels,
+            image_ids=image_ids,
+            batch_size=cfg.batch_size,
+            seed=seed,
+            shuffle=shuffle,
+            flip=cfg.flip,
+        )
     if G is None or ws is None:
-        raise ValueError(f"G, ws: source {cfg.source!r} renders G(w) and needs the generator and the latents")
-    return GanBatches(G, ws, labels, image_ids=image_ids, images=images, source=cfg.source,
-                      p_generated=cfg.p_generated, method=cfg.method, layers=cfg.layers, setting=cfg.setting,
-                      pca=pca, c=c, noise_mode=cfg.noise_mode, batch_size=cfg.batch_size, seed=seed,
-                      shuffle=shuffle, flip=cfg.flip)
+        raise ValueError(
+            f"G, ws: source {cfg.source!r} renders G(w) and needs the generator and the latents"
+        )
+    return GanBatches(
+        G,
+        ws,
+        labels,
+        image_ids=image_ids,
+        images=images,
+        source=cfg.source,
+        p_generated=cfg.p_generated,
+        method=cfg.method,
+        layers=cfg.layers,
+        setting=cfg.setting,
+        pca=pca,
+        c=c,
+        noise_mode=cfg.noise_mode,
+        batch_size=cfg.batch_size,
+        seed=seed,
+        shuffle=shuffle,
+        flip=cfg.flip,
+    )
 
 
 @dataclass(frozen=True)
@@ -156,7 +192,9 @@ class EpochStats:
 class TrainResult:
     """The outcome of :func:`train_classifier`; the classifier itself is trained in place."""
 
-    history: list[EpochStats] = field(default_factory=list)  # one row per epoch, resumed ones included
+    history: list[EpochStats] = field(
+        default_factory=list
+    )  # one row per epoch, resumed ones included
     best_epoch: int | None = None  # epoch of the best validation accuracy (None without validation)
     best_val_acc: float | None = None  # that accuracy
     selected_epoch: int = -1  # the epoch whose weights C holds now
@@ -182,7 +220,9 @@ class _Rows:
             if data.shape[0] != n:
                 raise ValueError(f"{name}: {data.shape[0]} rows, expected {n} (one per label)")
         elif not callable(data):
-            raise TypeError(f"{name}: expected a tensor, an array or a reader(indices), got {type(data).__name__}")
+            raise TypeError(
+                f"{name}: expected a tensor, an array or a reader(indices), got {type(data).__name__}"
+            )
         self.data, self.n, self.name = data, n, name
 
     def __call__(self, idx: np.ndarray) -> torch.Tensor:
@@ -193,7 +233,9 @@ class _Rows:
         order = np.argsort(idx, kind="stable")  # readers (Zarr) like sorted indices
         rows = torch.as_tensor(np.asarray(self.data(idx[order])))
         if rows.shape[0] != len(idx):
-            raise ValueError(f"{self.name}: reader returned {rows.shape[0]} rows for {len(idx)} indices")
+            raise ValueError(
+                f"{self.name}: reader returned {rows.shape[0]} rows for {len(idx)} indices"
+            )
         out = torch.empty_like(rows)
         out[torch.as_tensor(order)] = rows
         return out
@@ -224,15 +266,23 @@ class _Source:
     ) -> None:
         self.labels = torch.as_tensor(np.asarray(labels)).long()  # [N]
         if self.labels.ndim != 1 or len(self.labels) == 0:
-            raise ValueError(f"labels: expected a non-empty 1-D array, got shape {list(self.labels.shape)}")
+            raise ValueError(
+                f"labels: expected a non-empty 1-D array, got shape {list(self.labels.shape)}"
+            )
         n = len(self.labels)
-        self.image_ids = [str(i) for i in image_ids] if image_ids is not None else [str(i) for i in range(n)]
+        self.image_ids = (
+            [str(i) for i in image_ids] if image_ids is not None else [str(i) for i in range(n)]
+        )
         if len(self.image_ids) != n:
             raise ValueError(f"image_ids: {len(self.image_ids)} ids for {n} labels")
         if batch_size < 1:
             raise ValueError(f"batch_size: {batch_size!r}; expected ≥ 1")
         self.batch_size, self.seed, self.shuffle, self.flip, self.drop_last = (
-            batch_size, seed, shuffle, flip, drop_last,
+            batch_size,
+            seed,
+            shuffle,
+            flip,
+            drop_last,
         )
 
     def __len__(self) -> int:
@@ -243,7 +293,9 @@ class _Source:
     def num_samples(self) -> int:
         return len(self.labels)
 
-    def _plan(self, epoch: int, p_generated: float) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor]:
+    def _plan(
+        self, epoch: int, p_generated: float
+    ) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor]:
         """Index batches, per-sample 'generated' coin [N] and flip coin [N] of one epoch."""
         n = len(self.labels)
         gen = torch.Generator().manual_seed(item_seed(self.seed, "train-epoch", epoch))
@@ -251,15 +303,22 @@ class _Source:
         use_gen = torch.rand(n, generator=gen) < p_generated  # [N], by dataset index
         flips = (torch.rand(n, generator=gen) < 0.5) & self.flip  # [N]
         stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
-        batches = [order[i : min(i + self.batch_size, stop)].numpy() for i in range(0, stop, self.batch_size)]
+        batches = [
+            order[i : min(i + self.batch_size, stop)].numpy()
+            for i in range(0, stop, self.batch_size)
+        ]
         return batches, use_gen, flips
 
 
-def _read_ahead(fn: Callable[[np.ndarray], Any], items: Sequence[np.ndarray], depth: int = 2) -> Iterator[Any]:
+def _read_ahead(
+    fn: Callable[[np.ndarray], Any], items: Sequence[np.ndarray], depth: int = 2
+) -> Iterator[Any]:
     """``fn(item)`` for each item in order, computed ``depth`` items ahead in one worker thread."""
     if not items:
         return
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+    with concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="read-ahead"
+    ) as pool:
         pending = [pool.submit(fn, items[i]) for i in range(min(depth, len(items)))]
         for i in range(len(items)):
             result = pending.pop(0).result()
@@ -290,14 +349,26 @@ class ImageBatches(_Source):
         flip: bool = True,
         drop_last: bool = False,
     ) -> None:
-        super().__init__(labels, image_ids, batch_size=batch_size, seed=seed, shuffle=shuffle, flip=flip, drop_last=drop_last)
+        super().__init__(
+            labels,
+            image_ids,
+            batch_size=batch_size,
+            seed=seed,
+            shuffle=shuffle,
+            flip=flip,
+            drop_last=drop_last,
+        )
         self.images = _Rows(images, len(self.labels), "images")
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         batches, _, flips = self._plan(epoch, 0.0)
         for idx, raw in zip(batches, _read_ahead(self.images, batches), strict=True):
             t = torch.as_tensor(idx)
-            yield Batch(_flip(to_signed(raw), flips[t]), self.labels[t], torch.zeros(len(idx), dtype=torch.bool))
+            yield Batch(
+                _flip(to_signed(raw), flips[t]),
+                self.labels[t],
+                torch.zeros(len(idx), dtype=torch.bool),
+            )
 
 
 class GanBatches(_Source):
@@ -331,9 +402,19 @@ class GanBatches(_Source):
         flip: bool = True,
         drop_last: bool = False,
     ) -> None:
-        super().__init__(labels, image_ids, batch_size=batch_size, seed=seed, shuffle=shuffle, flip=flip, drop_last=drop_last)
+        super().__init__(
+            labels,
+            image_ids,
+            batch_size=batch_size,
+            seed=seed,
+            shuffle=shuffle,
+            flip=flip,
+            drop_last=drop_last,
+        )
         if source not in ("recon", "views"):
-            raise ValueError(f"source: {source!r}; allowed: 'recon', 'views' (real images: ImageBatches)")
+            raise ValueError(
+                f"source: {source!r}; allowed: 'recon', 'views' (real images: ImageBatches)"
+            )
         if not 0.0 <= p_generated <= 1.0:
             raise ValueError(f"p_generated: {p_generated!r}; expected a probability in [0, 1]")
         if images is None:
@@ -346,7 +427,9 @@ class GanBatches(_Source):
             if layers not in G.layer_groups:
                 raise ValueError(f"layers: {layers!r}; allowed: {sorted(G.layer_groups)}")
             if method in ("isotropic", "pca") and setting is None:
-                raise ValueError(f"setting: method {method!r} needs σ (official: see docs/classifiers.md)")
+                raise ValueError(
+                    f"setting: method {method!r} needs σ (official: see docs/classifiers.md)"
+                )
             if method == "pca":
                 if pca is None:
                     raise ValueError("pca: method 'pca' needs the generator's PCA statistics")
@@ -369,7 +452,9 @@ class GanBatches(_Source):
         """The perturbation seed of each sample's training view in this epoch."""
         return [item_seed(self.seed, "train-view", self.image_ids[i], epoch) for i in idx]
 
-    def _read(self, task: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _read(
+        self, task: tuple[np.ndarray, np.ndarray]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         gen_idx, real_idx = task
         ws = self.ws(gen_idx) if len(gen_idx) else torch.empty(0)
         real = self.images(real_idx) if (self.images is not None and len(real_idx)) else None
@@ -385,8 +470,14 @@ class GanBatches(_Source):
 
             c = None if self.c is None else self.c[torch.as_tensor(idx)].to(dev)
             w = perturb_from_seeds(
-                self.G, w, self.view_seeds(idx, epoch), method=self.method, layers=self.layers,
-                setting=self.setting, pca=self.pca, c=c,
+                self.G,
+                w,
+                self.view_seeds(idx, epoch),
+                method=self.method,
+                layers=self.layers,
+                setting=self.setting,
+                pca=self.pca,
+                c=c,
             )  # [B, L, C]
         return self.G.synthesis(w, noise_mode=self.noise_mode)  # [B, 3, R, R]
 
@@ -394,12 +485,20 @@ class GanBatches(_Source):
         batches, use_gen, flips = self._plan(epoch, self.p_generated)
         splits = [(idx[use_gen[idx].numpy()], idx[~use_gen[idx].numpy()]) for idx in batches]
         dev = self.device
-        for (gen_idx, real_idx), (ws, real) in zip(splits, _read_ahead(self._read, splits), strict=True):
+        for (gen_idx, real_idx), (ws, real) in zip(
+            splits, _read_ahead(self._read, splits), strict=True
+        ):
             parts, order = [], []
             if len(gen_idx):
                 fake = self.render(ws, gen_idx, epoch).float()  # [g, 3, R, R]
                 if real is not None and fake.shape[-2:] != real.shape[-2:]:
-                    fake = F.interpolate(fake, size=tuple(real.shape[-2:]), mode="bilinear", antialias=True, align_corners=False)
+                    fake = F.interpolate(
+                        fake,
+                        size=tuple(real.shape[-2:]),
+                        mode="bilinear",
+                        antialias=True,
+                        align_corners=False,
+                    )
                 parts.append(fake)
                 order.append(gen_idx)
             if real is not None:
@@ -419,7 +518,9 @@ def _make_optimizer(C: Classifier, cfg: TrainConfig) -> torch.optim.Optimizer:
     body = [p for n, p in C.backbone.named_parameters() if not n.startswith(prefix)]
     groups = [{"params": head}, {"params": body, "lr": cfg.lr * cfg.backbone_lr_scale}]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
@@ -432,7 +533,9 @@ def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
-def _loss(C: Classifier, logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+def _loss(
+    C: Classifier, logits: torch.Tensor, labels: torch.Tensor, smoothing: float
+) -> torch.Tensor:
     if C.num_outputs == 1:
         target = labels.float() * (1 - smoothing) + 0.5 * smoothing  # [B]
         return F.binary_cross_entropy_with_logits(logits[:, 0].float(), target, reduction="sum")
@@ -475,8 +578,15 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
 
 
 @torch.no_grad()
-def evaluate(C: Classifier, batches: Any, *, device: str | torch.device = "cpu", epoch: int = 0,
-             label_smoothing: float = 0.0, autocast: bool = False) -> tuple[float, float]:
+def evaluate(
+    C: Classifier,
+    batches: Any,
+    *,
+    device: str | torch.device = "cpu",
+    epoch: int = 0,
+    label_smoothing: float = 0.0,
+    autocast: bool = False,
+) -> tuple[float, float]:
     """(mean loss, accuracy) of C in eval mode over a batch source."""
     device = resolve_device(device)
     was_training = C.training
@@ -532,9 +642,18 @@ def train_classifier(
     Returns the history; afterwards C is in eval mode with requires_grad off.
     """
     cfg = TrainConfig(
-        epochs=epochs, lr=lr, weight_decay=weight_decay, optimizer=optimizer, betas=tuple(betas),
-        momentum=momentum, backbone_lr_scale=backbone_lr_scale, scheduler=scheduler,
-        label_smoothing=label_smoothing, select=select, autocast=autocast, log_every=log_every,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        optimizer=optimizer,
+        betas=tuple(betas),
+        momentum=momentum,
+        backbone_lr_scale=backbone_lr_scale,
+        scheduler=scheduler,
+        label_smoothing=label_smoothing,
+        select=select,
+        autocast=autocast,
+        log_every=log_every,
     )
     if val_batches is None and (scheduler == "plateau" or select == "best"):
         raise ValueError(f"val_batches: required by scheduler={scheduler!r} / select={select!r}")
@@ -553,12 +672,20 @@ def train_classifier(
     for epoch in range(result.resumed_from, cfg.epochs):
         stats = _run_epoch(C, batches, opt, cfg, device, seed, epoch)
         if val_batches is not None:
-            val_loss, val_acc = evaluate(C, val_batches, device=device, epoch=0,
-                                         label_smoothing=cfg.label_smoothing, autocast=cfg.autocast)
+            val_loss, val_acc = evaluate(
+                C,
+                val_batches,
+                device=device,
+                epoch=0,
+                label_smoothing=cfg.label_smoothing,
+                autocast=cfg.autocast,
+            )
             stats = EpochStats(**{**asdict(stats), "val_loss": val_loss, "val_acc": val_acc})
             if result.best_val_acc is None or val_acc > result.best_val_acc:
                 result.best_epoch, result.best_val_acc = epoch, val_acc
-                best_state = copy.deepcopy(C.backbone.state_dict()) if cfg.select == "best" else None
+                best_state = (
+                    copy.deepcopy(C.backbone.state_dict()) if cfg.select == "best" else None
+                )
         if cfg.scheduler == "plateau":
             sched.step(stats.val_acc)
         else:
@@ -580,7 +707,9 @@ def train_classifier(
 
 
 def _run_epoch(C, batches, opt, cfg: TrainConfig, device, seed: int, epoch: int) -> EpochStats:
-    torch.manual_seed(item_seed(seed, "train-global-rng", epoch))  # any global draw (dropout) is per epoch
+    torch.manual_seed(
+        item_seed(seed, "train-global-rng", epoch)
+    )  # any global draw (dropout) is per epoch
     C.train()
     start = time.perf_counter()
     total, n_gen, loss_sum, correct = 0, 0, 0.0, 0
@@ -598,12 +727,24 @@ def _run_epoch(C, batches, opt, cfg: TrainConfig, device, seed: int, epoch: int)
         loss_sum += float(loss.detach())
         correct += _correct(C, logits.detach(), labels)
         if cfg.log_every and (step + 1) % cfg.log_every == 0:
-            log.info("%s epoch %d step %d: loss %.4f acc %.3f", C.name, epoch, step + 1, loss_sum / total, correct / total)
+            log.info(
+                "%s epoch %d step %d: loss %.4f acc %.3f",
+                C.name,
+                epoch,
+                step + 1,
+                loss_sum / total,
+                correct / total,
+            )
     if total == 0:
         raise ValueError(f"batches: yielded no samples in epoch {epoch}")
     return EpochStats(
-        epoch=epoch, train_loss=loss_sum / total, train_acc=correct / total, n_train=total,
-        n_generated=n_gen, lr=float(opt.param_groups[0]["lr"]), seconds=time.perf_counter() - start,
+        epoch=epoch,
+        train_loss=loss_sum / total,
+        train_acc=correct / total,
+        n_train=total,
+        n_generated=n_gen,
+        lr=float(opt.param_groups[0]["lr"]),
+        seconds=time.perf_counter() - start,
     )
 
 
@@ -620,7 +761,9 @@ def _identity(C: Classifier, cfg: TrainConfig, seed: int) -> dict[str, Any]:
     return {"classifier": to_dict(C.config), "train": hyper, "seed": seed}
 
 
-def _save_checkpoint(path: Path, C, opt, sched, result: TrainResult, identity, epoch: int, best_state) -> None:
+def _save_checkpoint(
+    path: Path, C, opt, sched, result: TrainResult, identity, epoch: int, best_state
+) -> None:
     state = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -662,7 +805,11 @@ def _restore(path: Path, C, opt, sched, result: TrainResult, identity, cfg: Trai
     result.history, result.resumed_from = history, done
     result.best_epoch, result.best_val_acc = best["epoch"], best["val_acc"]
     best_state = state.get("best_model")
-    return {k: v.to(next(C.parameters()).device) for k, v in best_state.items()} if best_state else None
+    return (
+        {k: v.to(next(C.parameters()).device) for k, v in best_state.items()}
+        if best_state
+        else None
+    )
 
 
 def _stored_tmax(state: dict[str, Any]) -> int:

@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Deep generative views: invert, perturb, classify and ensemble.",
     )
     parser.add_argument("--version", action="version", version=f"ganviews {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):

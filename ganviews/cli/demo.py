@@ -41,15 +41,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Digits → align → invert (val, test) → store → views → logits → α-CV → report, as one "
         "Prefect flow run. A rerun resumes and skips finished work.",
     )
-    p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: %(default)s)")
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="pipeline YAML (default: configs/demo.yaml)")
+    p.add_argument(
+        "--out", type=Path, default=Path("demo-out"), help="output folder (default: %(default)s)"
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help="pipeline YAML (default: configs/demo.yaml)",
+    )
     p.add_argument("--fresh", action="store_true", help="delete OUT's demo folders and start over")
-    p.add_argument("--data-only", action="store_true", help="only render the digits and write the manifest")
-    p.add_argument("--limit", type=int, metavar="N",
-                   help="smoke run: only the first N images of each evaluated split")
-    p.add_argument("--check-generator", action="store_true",
-                   help="only write OUT/generator_samples.png and OUT/generator_check.json (how the "
-                   "real-data classifier labels 2000 samples of the demo generator)")
+    p.add_argument(
+        "--data-only", action="store_true", help="only render the digits and write the manifest"
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="smoke run: only the first N images of each evaluated split",
+    )
+    p.add_argument(
+        "--check-generator",
+        action="store_true",
+        help="only write OUT/generator_samples.png and OUT/generator_check.json (how the "
+        "real-data classifier labels 2000 samples of the demo generator)",
+    )
     p.set_defaults(func=run)
 
 
@@ -62,8 +78,12 @@ def prepare_data(out: Path, *, limit: int | None = None, splits=("val", "test"))
     frame = build_digits(root)
     if limit is not None:  # the first `limit` images of each evaluated split, plus the train split
         attrs = dict(frame.attrs)
-        keep = frame[frame["split"].isin(list(splits))].groupby("split", sort=False).head(int(limit))
-        frame = frame[(~frame["split"].isin(list(splits))) | frame.index.isin(keep.index)].reset_index(drop=True)
+        keep = (
+            frame[frame["split"].isin(list(splits))].groupby("split", sort=False).head(int(limit))
+        )
+        frame = frame[
+            (~frame["split"].isin(list(splits))) | frame.index.isin(keep.index)
+        ].reset_index(drop=True)
         frame.attrs = attrs
     path = root / "manifest.parquet"
     if not path.is_file() or not read_manifest(path)[list(frame.columns)].equals(frame):
@@ -91,8 +111,13 @@ def demo_config(config_path: Path, out: Path, manifest: Path):
     cfg = dataclasses.replace(
         cfg,
         data=dataclasses.replace(cfg.data, manifest=manifest, image_root=None),
-        paths=dataclasses.replace(cfg.paths, store=out / "store", logits=out / "logits", report=out / "report",
-                                  state=out / "state"),
+        paths=dataclasses.replace(
+            cfg.paths,
+            store=out / "store",
+            logits=out / "logits",
+            report=out / "report",
+            state=out / "state",
+        ),
     )
     check_pipeline_config(cfg)
     return cfg
@@ -109,7 +134,9 @@ def missing_models(cfg) -> list[str]:
     return [f"{key}: {path} not found" for key, path in need if not Path(path).is_file()]
 
 
-def generator_check(G, C, *, n: int = 2000, seed: int = 0, batch: int = 250, truncation_psi: float = 1.0) -> dict:
+def generator_check(
+    G, C, *, n: int = 2000, seed: int = 0, batch: int = 250, truncation_psi: float = 1.0
+) -> dict:
     """How the real-data classifier labels ``n`` samples of G: confidence and class balance."""
     import numpy as np
     import torch
@@ -119,7 +146,9 @@ def generator_check(G, C, *, n: int = 2000, seed: int = 0, batch: int = 250, tru
     with torch.no_grad():
         for start in range(0, n, batch):
             z = torch.randn([min(batch, n - start), G.z_dim], generator=gen)  # [B, z_dim]
-            img = G(z.to(G.mean_w.device), truncation_psi=truncation_psi, noise_mode="const")  # [B, 3, R, R]
+            img = G(
+                z.to(G.mean_w.device), truncation_psi=truncation_psi, noise_mode="const"
+            )  # [B, 3, R, R]
             probs.append(torch.softmax(C(img.clamp(-1, 1)), dim=1).cpu())  # [B, K]
     p = torch.cat(probs).numpy()  # [n, K]
     counts = np.bincount(p.argmax(1), minlength=p.shape[1])
@@ -130,11 +159,15 @@ def generator_check(G, C, *, n: int = 2000, seed: int = 0, batch: int = 250, tru
         "share_confidence_above_0.9": float((p.max(1) > 0.9).mean()),
         "class_counts": counts.tolist(),
         "class_share_min_max": [float(counts.min() / n), float(counts.max() / n)],
-        "entropy_of_class_balance_bits": float(-(counts / n * np.log2(np.maximum(counts / n, 1e-12))).sum()),
+        "entropy_of_class_balance_bits": float(
+            -(counts / n * np.log2(np.maximum(counts / n, 1e-12))).sum()
+        ),
     }
 
 
-def sample_grid(G, path: Path, *, rows: int = 8, cols: int = 16, seed: int = 0, truncation_psi: float = 1.0) -> Path:
+def sample_grid(
+    G, path: Path, *, rows: int = 8, cols: int = 16, seed: int = 0, truncation_psi: float = 1.0
+) -> Path:
     """An 8×16 grid of G's samples (constant noise) as a PNG."""
     import torch
     from torchvision.utils import save_image
@@ -142,7 +175,9 @@ def sample_grid(G, path: Path, *, rows: int = 8, cols: int = 16, seed: int = 0, 
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn([rows * cols, G.z_dim], generator=gen)  # [n, z_dim]
     with torch.no_grad():
-        img = G(z.to(G.mean_w.device), truncation_psi=truncation_psi, noise_mode="const")  # [n, 3, R, R]
+        img = G(
+            z.to(G.mean_w.device), truncation_psi=truncation_psi, noise_mode="const"
+        )  # [n, 3, R, R]
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image((img.clamp(-1, 1) + 1) / 2, path, nrow=cols, padding=2, pad_value=0.5)
     return path
@@ -201,8 +236,10 @@ def _run(args: argparse.Namespace) -> int:
     cfg = demo_config(args.config, out, manifest)
     problems = missing_models(cfg)
     if problems:
-        raise ConfigError("; ".join(problems) + " (the demo models ship in ganviews/assets/demo/; docs/demo.md "
-                          "has the commands that rebuild them)")
+        raise ConfigError(
+            "; ".join(problems) + " (the demo models ship in ganviews/assets/demo/; docs/demo.md "
+            "has the commands that rebuild them)"
+        )
     if args.check_generator:
         from ganviews.classifiers.model import load_classifier
         from ganviews.stylegan.generator import load_generator
@@ -220,19 +257,31 @@ def _run(args: argparse.Namespace) -> int:
     from tasks.pipeline_config import STAGES
 
     plain = plain_config(cfg)
-    (out / "pipeline.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(plain, default=str)), sort_keys=False))
+    (out / "pipeline.yaml").write_text(
+        yaml.safe_dump(json.loads(json.dumps(plain, default=str)), sort_keys=False)
+    )
     prepare_environment(cfg)
     from flows.pipeline import pipeline
 
-    print(f"pipeline: Prefect flow 'ganviews-pipeline' (embedded, {cfg.orchestration.devices}) → {out}", flush=True)
+    print(
+        f"pipeline: Prefect flow 'ganviews-pipeline' (embedded, {cfg.orchestration.devices}) → {out}",
+        flush=True,
+    )
     outcome = {}
     for stage in STAGES:  # one flow run per stage, so each stage's wall time is measured
         t = time.perf_counter()
         outcome.update(pipeline(plain, stages=[stage]))
         times[stage] = round(time.perf_counter() - t, 2)
         result = outcome[stage]
-        what = f"skipped ({result['skipped']})" if "skipped" in result else ", ".join(
-            f"{k}={v}" for k, v in result.items() if k != "stage" and not isinstance(v, (dict, list)))
+        what = (
+            f"skipped ({result['skipped']})"
+            if "skipped" in result
+            else ", ".join(
+                f"{k}={v}"
+                for k, v in result.items()
+                if k != "stage" and not isinstance(v, (dict, list))
+            )
+        )
         print(f"  {stage:17s} {times[stage]:6.1f} s  {what}", flush=True)
     times["total"] = round(time.perf_counter() - t0, 2)
     (out / "timings.json").write_text(json.dumps(times, indent=2) + "\n")

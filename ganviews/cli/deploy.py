@@ -33,18 +33,37 @@ SHARD_ENTRYPOINT = "flows.shards:shard_flow"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "deploy", help="register work pool, deployments and the zombie-run automation on a Prefect server",
+        "deploy",
+        help="register work pool, deployments and the zombie-run automation on a Prefect server",
         description="Create the process work pool and its queues, register the shard, stage and pipeline "
         "deployments, set up heartbeat-based zombie detection; idempotent. Needs PREFECT_API_URL.",
     )
-    parser.add_argument("--work-pool", help="work pool name (default: the config's orchestration.work_pool, else ganviews)")
-    parser.add_argument("--config", metavar="CONFIG", help="pipeline YAML: default `config` parameter of the stage "
-                        "and pipeline deployments, and the source of pool / queue / deployment names")
-    parser.add_argument("--name", help="deployment name (default: orchestration.deployment, else ganviews)")
-    parser.add_argument("--heartbeat-seconds", type=int, default=60,
-                        help="flow-run heartbeat period (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, ≥ 30; default 60)")
-    parser.add_argument("--zombie-after", type=int, default=0, metavar="SECONDS",
-                        help="mark a run Crashed after this long without a heartbeat (default 3 × heartbeat)")
+    parser.add_argument(
+        "--work-pool",
+        help="work pool name (default: the config's orchestration.work_pool, else ganviews)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="CONFIG",
+        help="pipeline YAML: default `config` parameter of the stage "
+        "and pipeline deployments, and the source of pool / queue / deployment names",
+    )
+    parser.add_argument(
+        "--name", help="deployment name (default: orchestration.deployment, else ganviews)"
+    )
+    parser.add_argument(
+        "--heartbeat-seconds",
+        type=int,
+        default=60,
+        help="flow-run heartbeat period (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, ≥ 30; default 60)",
+    )
+    parser.add_argument(
+        "--zombie-after",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="mark a run Crashed after this long without a heartbeat (default 3 × heartbeat)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -58,8 +77,13 @@ def names_from(args: argparse.Namespace):
 
         orch = load_pipeline_config(args.config).orchestration
         config = str(Path(args.config).resolve())
-    return (args.work_pool or orch.work_pool, orch.shard_queue, orch.control_queue, args.name or orch.deployment,
-            config)
+    return (
+        args.work_pool or orch.work_pool,
+        orch.shard_queue,
+        orch.control_queue,
+        args.name or orch.deployment,
+        config,
+    )
 
 
 def ensure_work_pool(client, pool: str, queues: list[str]) -> list[str]:
@@ -73,8 +97,10 @@ def ensure_work_pool(client, pool: str, queues: list[str]) -> list[str]:
         if found.type != "process":
             from ganviews.core.errors import ConfigError
 
-            raise ConfigError(f"--work-pool: {pool!r} exists with type {found.type!r}; shard runs need a "
-                              "'process' pool (pick another name)")
+            raise ConfigError(
+                f"--work-pool: {pool!r} exists with type {found.type!r}; shard runs need a "
+                "'process' pool (pick another name)"
+            )
     except ObjectNotFound:
         client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
         created.append(f"work pool {pool} (process)")
@@ -89,8 +115,9 @@ def ensure_work_pool(client, pool: str, queues: list[str]) -> list[str]:
     return created
 
 
-def apply_deployments(pool: str, shard_queue: str, control_queue: str, name: str, config: str | None,
-                      heartbeat: int) -> list[str]:
+def apply_deployments(
+    pool: str, shard_queue: str, control_queue: str, name: str, config: str | None, heartbeat: int
+) -> list[str]:
     """Register the shard deployment and the stage / pipeline deployments → their full names."""
     from prefect.deployments.runner import EntrypointType
     from prefect.flows import load_flow_from_entrypoint
@@ -98,8 +125,13 @@ def apply_deployments(pool: str, shard_queue: str, control_queue: str, name: str
     from ganviews import __version__
     from ganviews.cli.run import EXTRA_LOGGERS
 
-    env = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat), "PREFECT_LOGGING_EXTRA_LOGGERS": EXTRA_LOGGERS}
-    specs = [(SHARD_ENTRYPOINT, shard_queue, None)] + [(e, control_queue, config) for e in STAGE_ENTRYPOINTS.values()]
+    env = {
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat),
+        "PREFECT_LOGGING_EXTRA_LOGGERS": EXTRA_LOGGERS,
+    }
+    specs = [(SHARD_ENTRYPOINT, shard_queue, None)] + [
+        (e, control_queue, config) for e in STAGE_ENTRYPOINTS.values()
+    ]
     out = []
     for entrypoint, queue, default_config in specs:
         flow = load_flow_from_entrypoint(entrypoint)
@@ -132,14 +164,22 @@ def ensure_zombie_automation(heartbeat: int, after: int) -> str:
         for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
         within=timedelta(seconds=after),
     )  # fmt: skip
-    actions = [ChangeFlowRunState(state=StateType.CRASHED,
-                                  message=f"no heartbeat for {after} s (heartbeats every {heartbeat} s): "
-                                  "the worker or its machine is gone; `ganviews resume CONFIG` reruns the shard")]
+    actions = [
+        ChangeFlowRunState(
+            state=StateType.CRASHED,
+            message=f"no heartbeat for {after} s (heartbeats every {heartbeat} s): "
+            "the worker or its machine is gone; `ganviews resume CONFIG` reruns the shard",
+        )
+    ]
     try:
         existing = Automation.read(name=ZOMBIE_AUTOMATION)
     except ValueError:
-        Automation(name=ZOMBIE_AUTOMATION, trigger=trigger, actions=actions,
-                   description="ganviews deploy: zombie flow-run detection").create()
+        Automation(
+            name=ZOMBIE_AUTOMATION,
+            trigger=trigger,
+            actions=actions,
+            description="ganviews deploy: zombie flow-run detection",
+        ).create()
         return "created"
     existing.trigger, existing.actions, existing.enabled = trigger, actions, True
     existing.update()
@@ -155,13 +195,17 @@ def run(args: argparse.Namespace) -> int:
         from prefect.settings import PREFECT_API_URL
 
         if not PREFECT_API_URL.value():
-            raise ConfigError("PREFECT_API_URL is not set: point it at the Prefect server, e.g. "
-                              "PREFECT_API_URL=http://HOST:4200/api ganviews deploy")
+            raise ConfigError(
+                "PREFECT_API_URL is not set: point it at the Prefect server, e.g. "
+                "PREFECT_API_URL=http://HOST:4200/api ganviews deploy"
+            )
     if args.heartbeat_seconds < 30:
         raise ConfigError(f"--heartbeat-seconds: {args.heartbeat_seconds}; Prefect needs ≥ 30")
     after = args.zombie_after or 3 * args.heartbeat_seconds
     if after <= args.heartbeat_seconds:
-        raise ConfigError(f"--zombie-after: {after} s must exceed the heartbeat period ({args.heartbeat_seconds} s)")
+        raise ConfigError(
+            f"--zombie-after: {after} s must exceed the heartbeat period ({args.heartbeat_seconds} s)"
+        )
     pool, shard_queue, control_queue, name, config = names_from(args)
     from prefect import get_client
 
@@ -170,10 +214,14 @@ def run(args: argparse.Namespace) -> int:
         created = ensure_work_pool(client, pool, [shard_queue, control_queue])
     for line in created:
         print(f"created {line}")
-    for full in apply_deployments(pool, shard_queue, control_queue, name, config, args.heartbeat_seconds):
+    for full in apply_deployments(
+        pool, shard_queue, control_queue, name, config, args.heartbeat_seconds
+    ):
         print(f"deployment {full}")
-    print(f"automation {ZOMBIE_AUTOMATION!r} {ensure_zombie_automation(args.heartbeat_seconds, after)} "
-          f"(Crashed after {after} s without heartbeat)")
+    print(
+        f"automation {ZOMBIE_AUTOMATION!r} {ensure_zombie_automation(args.heartbeat_seconds, after)} "
+        f"(Crashed after {after} s without heartbeat)"
+    )
     print(f"""
 start one worker per GPU (each takes one shard at a time), and one control worker:
   for i in 0 1 2 3; do

@@ -28,19 +28,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("manifest", metavar="MANIFEST", help="dataset manifest (Parquet)")
     parser.add_argument("store", metavar="STORE", help="latent store (Zarr), created if absent")
-    parser.add_argument("--generator", required=True, metavar="G", help="generator checkpoint (.pkl/.pt/.safetensors)")
-    parser.add_argument("--encoder", metavar="E", help="RGBM encoder checkpoint (default: start from G's mean w)")
-    parser.add_argument("--config", metavar="YAML", help="YAML with `align:` and `invert:` sections")
-    parser.add_argument("--split", metavar="S[,S]", help="only these manifest splits, e.g. val,test (default all rows)")
-    parser.add_argument("--shards", default="all", help="all, a:b (end exclusive) or 0,2,5-7 (default all)")
-    parser.add_argument("--shard-size", type=int, default=64, metavar="K", help="images per shard (default 64)")
+    parser.add_argument(
+        "--generator",
+        required=True,
+        metavar="G",
+        help="generator checkpoint (.pkl/.pt/.safetensors)",
+    )
+    parser.add_argument(
+        "--encoder", metavar="E", help="RGBM encoder checkpoint (default: start from G's mean w)"
+    )
+    parser.add_argument(
+        "--config", metavar="YAML", help="YAML with `align:` and `invert:` sections"
+    )
+    parser.add_argument(
+        "--split",
+        metavar="S[,S]",
+        help="only these manifest splits, e.g. val,test (default all rows)",
+    )
+    parser.add_argument(
+        "--shards", default="all", help="all, a:b (end exclusive) or 0,2,5-7 (default all)"
+    )
+    parser.add_argument(
+        "--shard-size", type=int, default=64, metavar="K", help="images per shard (default 64)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 … (default auto)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming it")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing store instead of resuming it"
+    )
     parser.add_argument("--steps", type=int, metavar="N", help="override invert.steps")
     parser.add_argument("--batch-size", type=int, metavar="B", help="override invert.batch_size")
-    parser.add_argument("--lpips-weights-dir", metavar="DIR",
-                        help="folder holding alexnet-owt-7be5be79.pth / vgg16-397923af.pth (searched before the torch cache)")
-    parser.add_argument("--image-root", metavar="DIR", help="base of relative manifest paths (default: the manifest's folder)")
+    parser.add_argument(
+        "--lpips-weights-dir",
+        metavar="DIR",
+        help="folder holding alexnet-owt-7be5be79.pth / vgg16-397923af.pth (searched before the torch cache)",
+    )
+    parser.add_argument(
+        "--image-root",
+        metavar="DIR",
+        help="base of relative manifest paths (default: the manifest's folder)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -55,13 +81,17 @@ def parse_shards(text: str, n_shards: int) -> list[int]:
     if m:
         lo, hi = int(m[1] or 0), int(m[2] or n_shards)
         if not lo < hi <= n_shards:
-            raise ConfigError(f"--shards {text!r}: need 0 ≤ a < b ≤ {n_shards} (the store has {n_shards} shards)")
+            raise ConfigError(
+                f"--shards {text!r}: need 0 ≤ a < b ≤ {n_shards} (the store has {n_shards} shards)"
+            )
         return list(range(lo, hi))
     out: list[int] = []
     for part in text.split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not m:
-            raise ConfigError(f"--shards: {part!r} is not all, a:b, an index or a range a-b (got {text!r})")
+            raise ConfigError(
+                f"--shards: {part!r} is not all, a:b, an index or a range a-b (got {text!r})"
+            )
         lo, hi = int(m[1]), int(m[2] or m[1])
         if hi < lo or hi >= n_shards:
             raise ConfigError(f"--shards: {part!r} outside 0…{n_shards - 1}")
@@ -139,26 +169,50 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.manifest}: no rows to invert")
     device = resolve_device(args.device)
     set_numerics_policy(device)
-    G, E, P = load_inversion_models(args.generator, args.encoder, inv_cfg, device=device,
-                                    lpips_weights_dir=args.lpips_weights_dir)
+    G, E, P = load_inversion_models(
+        args.generator,
+        args.encoder,
+        inv_cfg,
+        device=device,
+        lpips_weights_dir=args.lpips_weights_dir,
+    )
     align_cfg, _ = resolve_configs({"resolution": G.resolution, **align}, inv_cfg)
-    store = open_store(args.store, manifest, G, E, align_cfg, inv_cfg, shard_size=args.shard_size,
-                       overwrite=args.overwrite)
+    store = open_store(
+        args.store,
+        manifest,
+        G,
+        E,
+        align_cfg,
+        inv_cfg,
+        shard_size=args.shard_size,
+        overwrite=args.overwrite,
+    )
     shards = parse_shards(args.shards, len(store.shards()))
     image_root = Path(args.image_root) if args.image_root else Path(args.manifest).resolve().parent
-    print(f"inverting {len(shards)} of {len(store.shards())} shards of {store.path} on {device} "
-          f"({inv_cfg.optimizer}, {inv_cfg.steps} steps, batch {inv_cfg.batch_size})", flush=True)
+    print(
+        f"inverting {len(shards)} of {len(store.shards())} shards of {store.path} on {device} "
+        f"({inv_cfg.optimizer}, {inv_cfg.steps} steps, batch {inv_cfg.batch_size})",
+        flush=True,
+    )
     done = failed = 0
     t0 = time.perf_counter()
     for k in shards:
-        s = invert_shard_with(store, k, G, E, P, align_cfg=align_cfg, inversion_cfg=inv_cfg,
-                              image_root=image_root)
+        s = invert_shard_with(
+            store, k, G, E, P, align_cfg=align_cfg, inversion_cfg=inv_cfg, image_root=image_root
+        )
         done, failed = done + s["done"], failed + s["failed"]
-        extra = f", mean loss {s['mean_loss']:.4f}, PSNR {s['mean_psnr']:.2f} dB" if s["done"] else ""
-        print(f"shard {k} [{s['shard']}]: {s['todo']} to do → {s['done']} done, {s['failed']} failed"
-              f"{extra}, {s['seconds']:.1f} s", flush=True)
+        extra = (
+            f", mean loss {s['mean_loss']:.4f}, PSNR {s['mean_psnr']:.2f} dB" if s["done"] else ""
+        )
+        print(
+            f"shard {k} [{s['shard']}]: {s['todo']} to do → {s['done']} done, {s['failed']} failed"
+            f"{extra}, {s['seconds']:.1f} s",
+            flush=True,
+        )
     total = len(store.done())
-    print(f"{done} images inverted, {failed} failed in {time.perf_counter() - t0:.1f} s; "
-          f"the store now has {total}/{store.n_images} done, {len(store.failed())} failed "
-          f"(`ganviews status {args.store}` lists the reasons)")
+    print(
+        f"{done} images inverted, {failed} failed in {time.perf_counter() - t0:.1f} s; "
+        f"the store now has {total}/{store.n_images} done, {len(store.failed())} failed "
+        f"(`ganviews status {args.store}` lists the reasons)"
+    )
     return 0

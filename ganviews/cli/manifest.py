@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     datasets = parser.add_subparsers(dest="dataset", metavar="DATASET", required=True)
     for name, summary in _DATASETS.items():
-        sub = datasets.add_parser(name, help=summary, description=f"{summary}. Files and rules: docs/datasets.md.")
+        sub = datasets.add_parser(
+            name, help=summary, description=f"{summary}. Files and rules: docs/datasets.md."
+        )
         sub.add_argument("root", type=Path, metavar="ROOT", help="the dataset's root folder")
         sub.add_argument("--out", type=Path, required=True, help="manifest Parquet file to write")
         sub.add_argument(
@@ -44,8 +46,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _celebahq_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image-dir", default="CelebA-HQ-img", help="image folder under ROOT (default: %(default)s)")
-    p.add_argument("--partition-file", type=Path, help="CelebA's list_eval_partition.txt if not in ROOT or ROOT/Eval")
+    p.add_argument(
+        "--image-dir",
+        default="CelebA-HQ-img",
+        help="image folder under ROOT (default: %(default)s)",
+    )
+    p.add_argument(
+        "--partition-file",
+        type=Path,
+        help="CelebA's list_eval_partition.txt if not in ROOT or ROOT/Eval",
+    )
 
 
 def _split_options(p: argparse.ArgumentParser) -> None:
@@ -56,8 +66,15 @@ def _split_options(p: argparse.ArgumentParser) -> None:
         help="official: train/val from the official training part, official test; "
         "paper: the official code's per-class 1/2, 1/4, 1/4 split (default: %(default)s)",
     )
-    p.add_argument("--val-fraction", type=float, default=0.25, help="official scheme: val share per class (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="official scheme: split seed (default: %(default)s)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.25,
+        help="official scheme: val share per class (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="official scheme: split seed (default: %(default)s)"
+    )
 
 
 def _cars_options(p: argparse.ArgumentParser) -> None:
@@ -75,9 +92,16 @@ def _cats_options(p: argparse.ArgumentParser) -> None:
 
 
 def _folder_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--labels", help="labels CSV/Parquet: absolute, or relative to ROOT, else to the current directory (default: ROOT/labels.csv or ROOT/labels.parquet)")
-    p.add_argument("--image-column", help="column holding image paths (default: image, file, filename, …)")
-    p.add_argument("--split-column", help="column holding train/val/test (default: 'split' when present)")
+    p.add_argument(
+        "--labels",
+        help="labels CSV/Parquet: absolute, or relative to ROOT, else to the current directory (default: ROOT/labels.csv or ROOT/labels.parquet)",
+    )
+    p.add_argument(
+        "--image-column", help="column holding image paths (default: image, file, filename, …)"
+    )
+    p.add_argument(
+        "--split-column", help="column holding train/val/test (default: 'split' when present)"
+    )
     p.add_argument("--label-columns", nargs="+", help="label columns (default: every other column)")
     p.add_argument(
         "--fractions",
@@ -105,7 +129,13 @@ def _options(args: argparse.Namespace) -> dict[str, object]:
         return {**common, "image_dir": args.image_dir, "partition_file": args.partition_file}
     if args.dataset in ("cars", "cats"):
         extra = {"body_types": tuple(args.body_types)} if args.dataset == "cars" else {}
-        return {**common, "scheme": args.scheme, "val_fraction": args.val_fraction, "seed": args.seed, **extra}
+        return {
+            **common,
+            "scheme": args.scheme,
+            "val_fraction": args.val_fraction,
+            "seed": args.seed,
+            **extra,
+        }
     return {
         **common,
         "labels": args.labels,
@@ -135,11 +165,15 @@ def format_counts(df: pd.DataFrame, labels: list[str]) -> str:
     import pandas as pd
 
     splits = [s for s in ("train", "val", "test") if s in set(df["split"])]
-    lines = ["images per split: " + ", ".join(f"{s} {int((df['split'] == s).sum())}" for s in splits)]
+    lines = [
+        "images per split: " + ", ".join(f"{s} {int((df['split'] == s).sum())}" for s in splits)
+    ]
     if "has_bbox" in df.columns:
         missing = df.loc[~df["has_bbox"].astype(bool), "split"].value_counts()
         if len(missing):
-            lines.append("without bbox: " + ", ".join(f"{s} {int(missing.get(s, 0))}" for s in splits))
+            lines.append(
+                "without bbox: " + ", ".join(f"{s} {int(missing.get(s, 0))}" for s in splits)
+            )
     for column in labels:
         values = df[column]
         if values.nunique() > _MAX_LEVELS:

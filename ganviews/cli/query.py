@@ -11,26 +11,46 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("query", help="inspect latents or run SQL over the tables",
-                                   description="Inspect latents in a store, or query the logits, "
-                                               "manifest and store status with SQL (DuckDB).")
+    parser = subparsers.add_parser(
+        "query",
+        help="inspect latents or run SQL over the tables",
+        description="Inspect latents in a store, or query the logits, "
+        "manifest and store status with SQL (DuckDB).",
+    )
     sub = parser.add_subparsers(dest="query_command", metavar="WHAT")
 
     latents = sub.add_parser("latents", help="shape and statistics of stored latents")
     latents.add_argument("store", metavar="STORE", help="path of the latent store")
-    latents.add_argument("--ids", nargs="+", metavar="ID", default=None,
-                         help="store indices (5), ranges (10:20) or image ids; default: all done")
+    latents.add_argument(
+        "--ids",
+        nargs="+",
+        metavar="ID",
+        default=None,
+        help="store indices (5), ranges (10:20) or image ids; default: all done",
+    )
     latents.add_argument("--array", default="w", help="w (default), w_init, or an extra array name")
     latents.add_argument("--out", type=Path, default=None, help="save the selected rows as .npy")
     latents.set_defaults(func=run_latents)
 
     query = sub.add_parser("sql", help="SQL over the views logits, manifest, latents_status")
-    query.add_argument("query", metavar="SQL", help='e.g. "SELECT task, count(*) FROM logits GROUP BY task"')
-    query.add_argument("--logits", type=Path, default=None, help="logits dataset folder (view: logits)")
-    query.add_argument("--manifest", type=Path, default=None,
-                       help="manifest Parquet (view: manifest; default: the store's copy)")
-    query.add_argument("--store", type=Path, default=None, help="latent store (view: latents_status)")
-    query.add_argument("--out", type=Path, default=None, help="write the result (.csv, .parquet or .json)")
+    query.add_argument(
+        "query", metavar="SQL", help='e.g. "SELECT task, count(*) FROM logits GROUP BY task"'
+    )
+    query.add_argument(
+        "--logits", type=Path, default=None, help="logits dataset folder (view: logits)"
+    )
+    query.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        help="manifest Parquet (view: manifest; default: the store's copy)",
+    )
+    query.add_argument(
+        "--store", type=Path, default=None, help="latent store (view: latents_status)"
+    )
+    query.add_argument(
+        "--out", type=Path, default=None, help="write the result (.csv, .parquet or .json)"
+    )
     query.add_argument("--max-rows", type=int, default=50, help="rows to print (default 50)")
     query.set_defaults(func=run_sql)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
@@ -45,7 +65,9 @@ def _select(store, tokens: list[str] | None):
     names: list[str] = []
     for token in tokens:
         for part in filter(None, token.split(",")):
-            if ":" in part and all(p.strip().lstrip("-").isdigit() or not p.strip() for p in part.split(":")):
+            if ":" in part and all(
+                p.strip().lstrip("-").isdigit() or not p.strip() for p in part.split(":")
+            ):
                 start, _, stop = part.partition(":")
                 picked.extend(range(int(start or 0), int(stop) if stop else store.n_images))
             elif part.lstrip("-").isdigit():
@@ -73,16 +95,22 @@ def run_latents(args: argparse.Namespace) -> int:
         data = store.read(idx, fields=["status", "image_id", "loss", "psnr", "lpips"])
         values = store.read_array(args.array, idx)
     status = data["status"]
-    print(f"{args.array}: shape {values.shape} dtype {values.dtype} "
-          f"({int((status == DONE).sum())} of {len(idx)} selected done)")
+    print(
+        f"{args.array}: shape {values.shape} dtype {values.dtype} "
+        f"({int((status == DONE).sum())} of {len(idx)} selected done)"
+    )
     if values.dtype.kind == "f":
         finite = values[np.isfinite(values)]
         if finite.size:
-            print(f"  mean {finite.mean():.6g}  std {finite.std():.6g}  min {finite.min():.6g}  "
-                  f"max {finite.max():.6g}  (NaN: {values.size - finite.size})")
+            print(
+                f"  mean {finite.mean():.6g}  std {finite.std():.6g}  min {finite.min():.6g}  "
+                f"max {finite.max():.6g}  (NaN: {values.size - finite.size})"
+            )
         if values.ndim >= 2:
             norms = np.linalg.norm(values.reshape(len(values), -1), axis=1)
-            print(f"  per-image L2 norm: mean {np.nanmean(norms) if np.isfinite(norms).any() else float('nan'):.6g}")
+            print(
+                f"  per-image L2 norm: mean {np.nanmean(norms) if np.isfinite(norms).any() else float('nan'):.6g}"
+            )
         if values.ndim == 3 and values.shape[1] > 1:
             spread = np.nanmean(np.linalg.norm(values - values.mean(axis=1, keepdims=True), axis=2))
             print(f"  mean distance of a layer's w from the image's mean w: {spread:.6g}")
@@ -92,10 +120,18 @@ def run_latents(args: argparse.Namespace) -> int:
         import pandas as pd
 
         names = {0: "pending", 1: "done", 2: "failed"}
-        print(pd.DataFrame({"index": idx, "image_id": data["image_id"],
-                            "status": [names.get(int(s), str(s)) for s in status],
-                            "loss": data["loss"], "psnr": data["psnr"],
-                            "lpips": data["lpips"]}).to_string(index=False))
+        print(
+            pd.DataFrame(
+                {
+                    "index": idx,
+                    "image_id": data["image_id"],
+                    "status": [names.get(int(s), str(s)) for s in status],
+                    "loss": data["loss"],
+                    "psnr": data["psnr"],
+                    "lpips": data["lpips"],
+                }
+            ).to_string(index=False)
+        )
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         np.save(args.out, values)
@@ -124,7 +160,8 @@ def run_sql(args: argparse.Namespace) -> int:
         else:
             raise StoreError(f"--out {args.out}: use a .csv, .parquet or .json name")
         print(f"wrote {len(frame)} rows to {args.out}")
-    with pd.option_context("display.max_rows", args.max_rows, "display.width", 160,
-                           "display.max_columns", 30):
+    with pd.option_context(
+        "display.max_rows", args.max_rows, "display.width", 160, "display.max_columns", 30
+    ):
         print(frame if len(frame) else "(no rows)")
     return 0

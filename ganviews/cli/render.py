@@ -35,7 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--preset", choices=["faces", "cars", "cats"], help="settings preset (default faces)"
     )
     parser.add_argument(
-        "--shards", default="all", help="all, a:b (end exclusive), or shard indices like 0,2,5-7 (default all)"
+        "--shards",
+        default="all",
+        help="all, a:b (end exclusive), or shard indices like 0,2,5-7 (default all)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 … (default auto)")
     parser.add_argument("--seed", type=int, default=0, help="base seed of every view (default 0)")

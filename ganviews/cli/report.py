@@ -99,7 +99,8 @@ def evaluate_logits(root: str | Path, config=None):
     else:
         first = dataclasses.replace(config, size_curve="none")
         results = concat_results(
-            [evaluate(read_logits(root, {"task": t}, arrow_logits=True), first) for t in tasks], config
+            [evaluate(read_logits(root, {"task": t}, arrow_logits=True), first) for t in tasks],
+            config,
         )
         if config.size_curve != "none" and not results.table.empty:
             plain = results.table[results.table["kind"] != "combined"]
@@ -113,7 +114,9 @@ def evaluate_logits(root: str | Path, config=None):
                 mine = {k for k in keys if k[0] == t}
                 if not mine:
                     continue
-                frame = read_logits(root, {"task": t, "method": sorted({k[2] for k in mine})}, arrow_logits=True)
+                frame = read_logits(
+                    root, {"task": t, "method": sorted({k[2] for k in mine})}, arrow_logits=True
+                )
                 groups = [g for g in build_groups(frame, config) if g.key in mine]
                 sizes.append(
                     size_curves(

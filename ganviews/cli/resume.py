@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from ganviews.cli.run import add_job_arguments
 
     parser = subparsers.add_parser(
-        "resume", help="resume an interrupted job: only pending and failed items",
+        "resume",
+        help="resume an interrupted job: only pending and failed items",
         description="Show what an earlier run of CONFIG left undone (pending / failed images, interrupted shards) "
         "and run it; done images and complete stages are skipped.",
     )
@@ -44,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_job(args)
     if not (cfg.paths.store / "zarr.json").is_file():
-        raise ConfigError(f"paths.store: no latent store at {cfg.paths.store}; nothing to resume (use `ganviews run`)")
+        raise ConfigError(
+            f"paths.store: no latent store at {cfg.paths.store}; nothing to resume (use `ganviews run`)"
+        )
     prepare_environment(cfg)
     from flows.pipeline import pipeline, select_stages
     from storage import LatentStore
@@ -52,11 +55,17 @@ def run(args: argparse.Namespace) -> int:
 
     store = LatentStore.open(cfg.paths.store, mode="r")
     table = store.status_table()
-    print(f"ganviews resume: job {job_name(cfg)}: {int(table['done'].sum())} done, {int(table['pending'].sum())} "
-          f"pending, {int(table['failed'].sum())} failed images in {store.path}", flush=True)
+    print(
+        f"ganviews resume: job {job_name(cfg)}: {int(table['done'].sum())} done, {int(table['pending'].sum())} "
+        f"pending, {int(table['failed'].sum())} failed images in {store.path}",
+        flush=True,
+    )
     for rec in interrupted_shards(cfg.state_dir):
-        print(f"  interrupted: {rec.get('stage')} shard {rec.get('shard')} (pid {rec.get('pid')} on "
-              f"{rec.get('host')}, device {rec.get('device')})", flush=True)
+        print(
+            f"  interrupted: {rec.get('stage')} shard {rec.get('shard')} (pid {rec.get('pid')} on "
+            f"{rec.get('host')}, device {rec.get('device')})",
+            flush=True,
+        )
     stages = select_stages(args.stages)
     check_files(cfg, stages)
     print_outcome(pipeline(plain_config(cfg), stages=stages))

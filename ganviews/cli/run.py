@@ -17,18 +17,32 @@ EXTRA_LOGGERS = "ganviews,tasks,storage,flows"  # library loggers forwarded to t
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", metavar="CONFIG", help="pipeline YAML (configs/example.yaml documents every key)")
-    parser.add_argument("--stages", default="all",
-                        help="comma-separated subset of train_encoder,invert,train_classifier,pca,render,evaluate "
-                        "(default all)")
-    parser.add_argument("--mode", choices=("embedded", "distributed"), help="override orchestration.mode")
-    parser.add_argument("--devices", metavar="D[,D]", help="override orchestration.devices, e.g. cuda:0,cuda:1 or cpu")
-    parser.add_argument("--job", metavar="NAME", help="override orchestration.job (run names, idempotency keys)")
+    parser.add_argument(
+        "config", metavar="CONFIG", help="pipeline YAML (configs/example.yaml documents every key)"
+    )
+    parser.add_argument(
+        "--stages",
+        default="all",
+        help="comma-separated subset of train_encoder,invert,train_classifier,pca,render,evaluate "
+        "(default all)",
+    )
+    parser.add_argument(
+        "--mode", choices=("embedded", "distributed"), help="override orchestration.mode"
+    )
+    parser.add_argument(
+        "--devices",
+        metavar="D[,D]",
+        help="override orchestration.devices, e.g. cuda:0,cuda:1 or cpu",
+    )
+    parser.add_argument(
+        "--job", metavar="NAME", help="override orchestration.job (run names, idempotency keys)"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "run", help="run the pipeline (or some stages) from one YAML config",
+        "run",
+        help="run the pipeline (or some stages) from one YAML config",
         description="Encoder training, inversion, classifier training, PCA statistics, views + logits and the "
         "ensemble report, from one YAML. Complete outputs are skipped; shards run one per device (embedded) or "
         "as deployment runs on a work pool (distributed).",
@@ -52,7 +66,9 @@ def load_job(args: argparse.Namespace):
     if args.job:
         changes["job"] = args.job
     if changes:
-        cfg = dataclasses.replace(cfg, orchestration=dataclasses.replace(cfg.orchestration, **changes))
+        cfg = dataclasses.replace(
+            cfg, orchestration=dataclasses.replace(cfg.orchestration, **changes)
+        )
         check_pipeline_config(cfg)
     return cfg
 
@@ -72,8 +88,10 @@ def prepare_environment(cfg) -> None:
     from prefect.settings import PREFECT_API_URL
 
     if not (os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()):
-        raise ConfigError("orchestration.mode: distributed needs a Prefect server; set PREFECT_API_URL "
-                          "(e.g. http://HOST:4200/api) — see `ganviews deploy` and docs/orchestration.md")
+        raise ConfigError(
+            "orchestration.mode: distributed needs a Prefect server; set PREFECT_API_URL "
+            "(e.g. http://HOST:4200/api) — see `ganviews deploy` and docs/orchestration.md"
+        )
 
 
 def print_outcome(outcome: dict) -> None:
@@ -81,7 +99,9 @@ def print_outcome(outcome: dict) -> None:
         if "skipped" in result:
             print(f"{stage:17s} skipped: {result['skipped']}")
         else:
-            shown = {k: v for k, v in result.items() if k != "stage" and not isinstance(v, (dict, list))}
+            shown = {
+                k: v for k, v in result.items() if k != "stage" and not isinstance(v, (dict, list))
+            }
             print(f"{stage:17s} " + ", ".join(f"{k}={v}" for k, v in shown.items()))
 
 
@@ -93,7 +113,10 @@ def run(args: argparse.Namespace) -> int:
 
     stages = select_stages(args.stages)
     check_files(cfg, stages)  # before any flow starts: a missing file is one line, at once
-    print(f"ganviews run: job {job_name(cfg)}, stages {', '.join(stages)}, {cfg.orchestration.mode} mode", flush=True)
+    print(
+        f"ganviews run: job {job_name(cfg)}, stages {', '.join(stages)}, {cfg.orchestration.mode} mode",
+        flush=True,
+    )
     print_outcome(pipeline(plain_config(cfg), stages=stages))
     print(f"store status: ganviews status {cfg.paths.store}")
     return 0

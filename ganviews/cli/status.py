@@ -7,15 +7,24 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "status", help="per-shard progress and failures of a latent store",
+        "status",
+        help="per-shard progress and failures of a latent store",
         description="Show a latent store's identity, per-shard progress (pending/done/failed) "
-                    "and its failures grouped by reason.",
+        "and its failures grouped by reason.",
     )
     parser.add_argument("store", metavar="STORE", help="path of the latent store (Zarr)")
-    parser.add_argument("--all", action="store_true",
-                        help="list every shard (default: all when ≤ 40, else only unfinished ones)")
-    parser.add_argument("--failures", type=int, default=10, metavar="N",
-                        help="list up to N failed images (default 10)")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="list every shard (default: all when ≤ 40, else only unfinished ones)",
+    )
+    parser.add_argument(
+        "--failures",
+        type=int,
+        default=10,
+        metavar="N",
+        help="list up to N failed images (default 10)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -28,9 +37,13 @@ def run(args: argparse.Namespace) -> int:
     done, failed, pending = (int(table[c].sum()) for c in ("done", "failed", "pending"))
     n = store.n_images
     print(f"store      {store.path}")
-    print(f"images     {n}  (w+ {store.num_ws}×{store.w_dim}, {len(table)} shards of {store.shard_size})")
-    print(f"generator  {str(attrs.get('generator_sha256'))[:16]}…  encoder "
-          f"{str(attrs.get('encoder_sha256'))[:16]}  config {str(attrs.get('config_hash'))[:16]}")
+    print(
+        f"images     {n}  (w+ {store.num_ws}×{store.w_dim}, {len(table)} shards of {store.shard_size})"
+    )
+    print(
+        f"generator  {str(attrs.get('generator_sha256'))[:16]}…  encoder "
+        f"{str(attrs.get('encoder_sha256'))[:16]}  config {str(attrs.get('config_hash'))[:16]}"
+    )
     print(f"created    {attrs.get('created_at')}  code {attrs.get('code_version')}")
     print(f"progress   done {done} ({100 * done / n:.1f}%)  failed {failed}  pending {pending}")
     print()
@@ -39,8 +52,12 @@ def run(args: argparse.Namespace) -> int:
     if len(shown) < len(table):
         print(f"{int(finished.sum())} complete shards not shown (--all lists them)")
     if len(shown):
-        shown = shown.assign(progress=[_bar(d, stop - start)
-                                       for d, start, stop in zip(shown["done"], shown["start"], shown["stop"], strict=True)])
+        shown = shown.assign(
+            progress=[
+                _bar(d, stop - start)
+                for d, start, stop in zip(shown["done"], shown["start"], shown["stop"], strict=True)
+            ]
+        )
         print(shown.to_string(index=False))
     failures = store.failures()
     if len(failures):

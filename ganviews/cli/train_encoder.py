@@ -24,10 +24,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train the RGBM ResNet encoder on (w, G(w)) pairs with random masks: "
         "L1 + LPIPS on images + λ·ℓ2 on latents (paper Eq. 2–3).",
     )
-    p.add_argument("--generator", type=Path, required=True, help="generator file (.pkl, .pt or .safetensors)")
+    p.add_argument(
+        "--generator", type=Path, required=True, help="generator file (.pkl, .pt or .safetensors)"
+    )
     p.add_argument("--out", type=Path, required=True, help="encoder .safetensors file to write")
-    p.add_argument("--steps", type=int, required=True, help="optimiser steps in total (resumed steps count)")
-    p.add_argument("--batch-size", type=int, default=8, help="pairs per step (default: %(default)s)")
+    p.add_argument(
+        "--steps", type=int, required=True, help="optimiser steps in total (resumed steps count)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="pairs per step (default: %(default)s)"
+    )
     p.add_argument(
         "--perceptual",
         choices=_PERCEPTUAL,
@@ -35,21 +41,74 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="image perceptual term; lpips-random has a random backbone (tests/demo only, not a "
         "perceptual metric); none = L1 only (default: %(default)s)",
     )
-    p.add_argument("--weights-dir", type=Path, help="folder holding the LPIPS backbone's torchvision weights")
-    p.add_argument("--depth", type=int, choices=(18, 34, 50), default=34, help="ResNet depth (default: %(default)s)")
-    p.add_argument("--resolution", type=int, help="encoder input size (default: min(generator resolution, 256))")
+    p.add_argument(
+        "--weights-dir", type=Path, help="folder holding the LPIPS backbone's torchvision weights"
+    )
+    p.add_argument(
+        "--depth",
+        type=int,
+        choices=(18, 34, 50),
+        default=34,
+        help="ResNet depth (default: %(default)s)",
+    )
+    p.add_argument(
+        "--resolution",
+        type=int,
+        help="encoder input size (default: min(generator resolution, 256))",
+    )
     p.add_argument("--width", type=int, default=64, help="ResNet stem width (default: %(default)s)")
-    p.add_argument("--norm", choices=("batch", "group"), default="batch", help="normalisation (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--lambda-latent", type=float, default=1.0, help="weight λ of the latent ℓ2 term (default: %(default)s)")
-    p.add_argument("--truncation-psi", type=float, default=1.0, help="ψ of the sampled w (default: %(default)s)")
-    p.add_argument("--style-mix-prob", type=float, default=0.9, help="share of style-mixed samples (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampled pairs and masks (default: %(default)s)")
+    p.add_argument(
+        "--norm",
+        choices=("batch", "group"),
+        default="batch",
+        help="normalisation (default: %(default)s)",
+    )
+    p.add_argument(
+        "--lr", type=float, default=1e-4, help="Adam learning rate (default: %(default)s)"
+    )
+    p.add_argument(
+        "--lambda-latent",
+        type=float,
+        default=1.0,
+        help="weight λ of the latent ℓ2 term (default: %(default)s)",
+    )
+    p.add_argument(
+        "--truncation-psi",
+        type=float,
+        default=1.0,
+        help="ψ of the sampled w (default: %(default)s)",
+    )
+    p.add_argument(
+        "--style-mix-prob",
+        type=float,
+        default=0.9,
+        help="share of style-mixed samples (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the sampled pairs and masks (default: %(default)s)",
+    )
     p.add_argument("--checkpoint", type=Path, help="training checkpoint file (default: OUT.ckpt)")
-    p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (default: %(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue the training checkpoint if it exists")
-    p.add_argument("--log-every", type=int, default=100, help="steps per logged loss average (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1000,
+        help="steps between checkpoints (default: %(default)s)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the training checkpoint if it exists"
+    )
+    p.add_argument(
+        "--log-every",
+        type=int,
+        default=100,
+        help="steps per logged loss average (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: %(default)s)"
+    )
     p.set_defaults(func=run)
 
 
@@ -62,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
     from ganviews.stylegan.generator import load_generator
 
     # training progress (one line per --log-every window) is shown even without -v
-    logging.getLogger("ganviews.inversion.encoder").setLevel(min(logging.getLogger().level, logging.INFO))
+    logging.getLogger("ganviews.inversion.encoder").setLevel(
+        min(logging.getLogger().level, logging.INFO)
+    )
     checkpoint = args.checkpoint or args.out.with_name(args.out.name + ".ckpt")
     if checkpoint.exists() and not args.resume:
         raise GanviewsError(
@@ -105,11 +166,17 @@ def run(args: argparse.Namespace) -> int:
     save_encoder(
         result.encoder,
         args.out,
-        metadata={"steps": str(result.steps), "perceptual": args.perceptual, "seed": str(args.seed)},
+        metadata={
+            "steps": str(result.steps),
+            "perceptual": args.perceptual,
+            "seed": str(args.seed),
+        },
     )
     last = result.history[-1] if result.history else {}
     losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step")
-    print(f"encoder: {args.out} (sha256 {result.encoder.sha256[:12]}…), {result.steps} steps, {result.seconds:.1f} s")
+    print(
+        f"encoder: {args.out} (sha256 {result.encoder.sha256[:12]}…), {result.steps} steps, {result.seconds:.1f} s"
+    )
     if losses:
         print(f"last window (step {last['step']}): {losses}")
     return 0

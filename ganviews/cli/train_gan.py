@@ -24,26 +24,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a StyleGAN2 generator (own .safetensors format) on an image folder or manifest",
         description="StyleGAN2 training: non-saturating logistic loss, lazy R1, style mixing, EMA of G.",
     )
-    p.add_argument("--data", type=Path, required=True, help="manifest .parquet, labelled folder, or image folder")
-    p.add_argument("--splits", default="train", help="comma-separated splits used from a manifest (default: %(default)s)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="manifest .parquet, labelled folder, or image folder",
+    )
+    p.add_argument(
+        "--splits",
+        default="train",
+        help="comma-separated splits used from a manifest (default: %(default)s)",
+    )
     p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument("--resolution", type=int, default=32, help="image size (default: %(default)s)")
-    p.add_argument("--kimg", type=float, required=True, help="training length in thousands of real images")
+    p.add_argument(
+        "--kimg", type=float, required=True, help="training length in thousands of real images"
+    )
     p.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
     p.add_argument("--z-dim", type=int, default=64, help="default: %(default)s")
     p.add_argument("--w-dim", type=int, default=64, help="default: %(default)s")
     p.add_argument("--mapping-layers", type=int, default=2, help="default: %(default)s")
-    p.add_argument("--g-channels", default="128,128,64,64", help="G widths for 4…R px (default: %(default)s)")
-    p.add_argument("--d-channels", default="64,64,128,128", help="D widths for R…4 px (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=0.0025, help="G and D learning rate (default: %(default)s)")
-    p.add_argument("--r1-gamma", type=float, default=0.01, help="R1 weight γ (default: %(default)s)")
+    p.add_argument(
+        "--g-channels", default="128,128,64,64", help="G widths for 4…R px (default: %(default)s)"
+    )
+    p.add_argument(
+        "--d-channels", default="64,64,128,128", help="D widths for R…4 px (default: %(default)s)"
+    )
+    p.add_argument(
+        "--lr", type=float, default=0.0025, help="G and D learning rate (default: %(default)s)"
+    )
+    p.add_argument(
+        "--r1-gamma", type=float, default=0.01, help="R1 weight γ (default: %(default)s)"
+    )
     p.add_argument("--style-mixing-prob", type=float, default=0.9, help="default: %(default)s")
-    p.add_argument("--ema-kimg", type=float, default=10.0, help="G_ema half-life in kimg (default: %(default)s)")
+    p.add_argument(
+        "--ema-kimg",
+        type=float,
+        default=10.0,
+        help="G_ema half-life in kimg (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default: %(default)s)")
-    p.add_argument("--log-every", type=int, default=50, help="steps between log lines (default: %(default)s)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=200,
+        help="steps between checkpoints (default: %(default)s)",
+    )
+    p.add_argument(
+        "--log-every", type=int, default=50, help="steps between log lines (default: %(default)s)"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
+    p.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: %(default)s)"
+    )
     p.add_argument("--resume", action="store_true", help="continue DIR/checkpoint.pt")
     p.set_defaults(func=run)
 
@@ -95,11 +128,15 @@ def load_uint8(paths: list[Path], resolution: int):
     arrays, failures = load_images(paths)
     if failures:
         first = next(iter(failures.items()))
-        raise GanviewsError(f"--data: {len(failures)} unreadable images, e.g. {paths[first[0]]}: {first[1]}")
+        raise GanviewsError(
+            f"--data: {len(failures)} unreadable images, e.g. {paths[first[0]]}: {first[1]}"
+        )
     out = []
     for arr in arrays:
         if arr.shape[:2] != (resolution, resolution):
-            arr = np.asarray(Image.fromarray(arr).resize((resolution, resolution), Image.Resampling.BICUBIC))
+            arr = np.asarray(
+                Image.fromarray(arr).resize((resolution, resolution), Image.Resampling.BICUBIC)
+            )
         out.append(arr)
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()  # [N, 3, R, R]
 
@@ -112,7 +149,9 @@ def run(args: argparse.Namespace) -> int:
     from ganviews.core.runtime import resolve_device
     from ganviews.stylegan.training import ShuffledImages, TrainGANConfig, train_gan
 
-    logging.getLogger("ganviews.stylegan.training").setLevel(min(logging.getLogger().level, logging.INFO))
+    logging.getLogger("ganviews.stylegan.training").setLevel(
+        min(logging.getLogger().level, logging.INFO)
+    )
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -133,8 +172,12 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
     )
-    images = load_uint8(data_paths(args.data, [s.strip() for s in args.splits.split(",")]), args.resolution)
-    print(f"train-gan: {images.shape[0]} images of {args.resolution} px, {config.total_steps} steps on {device}")
+    images = load_uint8(
+        data_paths(args.data, [s.strip() for s in args.splits.split(",")]), args.resolution
+    )
+    print(
+        f"train-gan: {images.shape[0]} images of {args.resolution} px, {config.total_steps} steps on {device}"
+    )
     data = ShuffledImages(images, batch_size=config.batch_size, seed=config.seed, device=device)
 
     def write_samples(state) -> None:
@@ -146,7 +189,14 @@ def run(args: argparse.Namespace) -> int:
             img = state.G_ema(z, noise_mode="const")  # [64, 3, R, R]
         save_image((img.clamp(-1, 1) + 1) / 2, args.out / "samples.png", nrow=8, padding=1)
 
-    train_gan(config, data, out_dir=args.out, device=device, resume=args.resume, log_every=args.log_every,
-              on_checkpoint=write_samples)
+    train_gan(
+        config,
+        data,
+        out_dir=args.out,
+        device=device,
+        resume=args.resume,
+        log_every=args.log_every,
+        on_checkpoint=write_samples,
+    )
     print(f"train-gan: generator written to {args.out / 'generator.safetensors'}")
     return 0

@@ -75,7 +75,10 @@ def _collect(cls: type, data: Any, prefix: str) -> list[str]:
     for name, field in fields.items():
         full = _dotted(prefix, name)
         if name not in data:
-            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            if (
+                field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING
+            ):
                 errors.append(f"{full}: required key is missing")
             continue
         errors.extend(_check_value(hints[name], data[name], full))

@@ -43,7 +43,9 @@ from ganviews.core.errors import ImageError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_PIXELS = 1 << 26  # 67,108,864 px (8192²): ~200 MB as uint8 RGB; larger is treated as a bomb
+DEFAULT_MAX_PIXELS = (
+    1 << 26
+)  # 67,108,864 px (8192²): ~200 MB as uint8 RGB; larger is treated as a bomb
 DEFAULT_MIN_SIZE = 16  # shortest side in pixels; smaller images carry too little to invert
 DEFAULT_BACKGROUND = (255, 255, 255)  # transparent pixels are composited over white
 

@@ -60,7 +60,9 @@ def item_seed(base_seed: int, *keys: object) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def item_generator(base_seed: int, *keys: object, device: torch.device | str = "cpu") -> torch.Generator:
+def item_generator(
+    base_seed: int, *keys: object, device: torch.device | str = "cpu"
+) -> torch.Generator:
     """A ``torch.Generator`` seeded by :func:`item_seed`, for one item's randomness only."""
     gen = torch.Generator(device=device)
     gen.manual_seed(item_seed(base_seed, *keys))

@@ -60,35 +60,59 @@ class AlignConfig:
     mode: Literal["none", "face", "object"] = "none"  # alignment kind
     resolution: int = 256  # output side R (the generator's resolution)
     fill: float = 0.0  # value in [-1, 1] written where the mask is 0 (pad_mode "constant")
-    pad_mode: Literal["constant", "reflect"] = "constant"  # unknown pixels: constant fill or mirrored content (mask stays 0)
+    pad_mode: Literal["constant", "reflect"] = (
+        "constant"  # unknown pixels: constant fill or mirrored content (mask stays 0)
+    )
     frame_aspect: float = 1.0  # width / height of the generator's content area inside R×R (LSUN cars: 4/3); outside it mask 0
-    object_scale: Literal["bbox", "image"] = "bbox"  # "bbox": box scaled to object_fraction of the frame; "image": image fitted to the frame, only shifted
-    object_fraction: float = 0.8  # "bbox" scale: the box fills this fraction of the frame along its tighter axis
-    object_without_bbox: Literal["whole_image", "reject"] = "whole_image"  # object mode, no bbox: use the full image as the box, or reject
+    object_scale: Literal["bbox", "image"] = (
+        "bbox"  # "bbox": box scaled to object_fraction of the frame; "image": image fitted to the frame, only shifted
+    )
+    object_fraction: float = (
+        0.8  # "bbox" scale: the box fills this fraction of the frame along its tighter axis
+    )
+    object_without_bbox: Literal["whole_image", "reject"] = (
+        "whole_image"  # object mode, no bbox: use the full image as the box, or reject
+    )
     face_eye_factor: float = 2.0  # FFHQ: quad half-size ≥ this × eye distance
     face_mouth_factor: float = 1.8  # FFHQ: quad half-size ≥ this × eye-to-mouth distance
     face_center_shift: float = 0.1  # FFHQ: quad centre = eye midpoint + this × eye-to-mouth vector
-    face_detector: Literal["haar", "none"] = "haar"  # without landmarks: OpenCV Haar cascades, or reject
-    face_mouth_ratio: float = 1.15  # detector path: eye-to-mouth / eye distance (ArcFace 5-point template)
+    face_detector: Literal["haar", "none"] = (
+        "haar"  # without landmarks: OpenCV Haar cascades, or reject
+    )
+    face_mouth_ratio: float = (
+        1.15  # detector path: eye-to-mouth / eye distance (ArcFace 5-point template)
+    )
 
     def __post_init__(self) -> None:
         checks = [
             (self.mode in ("none", "face", "object"), "mode", "one of 'none', 'face', 'object'"),
-            (isinstance(self.resolution, int) and self.resolution >= 8, "resolution", "an integer >= 8"),
+            (
+                isinstance(self.resolution, int) and self.resolution >= 8,
+                "resolution",
+                "an integer >= 8",
+            ),
             (-1.0 <= self.fill <= 1.0, "fill", "within [-1, 1]"),
             (self.pad_mode in ("constant", "reflect"), "pad_mode", "'constant' or 'reflect'"),
             (0.1 <= self.frame_aspect <= 10.0, "frame_aspect", "within [0.1, 10]"),
             (self.object_scale in ("bbox", "image"), "object_scale", "'bbox' or 'image'"),
             (0.0 < self.object_fraction <= 2.0, "object_fraction", "within (0, 2]"),
-            (self.face_eye_factor > 0 and self.face_mouth_factor > 0, "face_eye_factor/face_mouth_factor", "> 0"),
+            (
+                self.face_eye_factor > 0 and self.face_mouth_factor > 0,
+                "face_eye_factor/face_mouth_factor",
+                "> 0",
+            ),
             (self.face_detector in ("haar", "none"), "face_detector", "'haar' or 'none'"),
             (self.face_mouth_ratio > 0, "face_mouth_ratio", "> 0"),
         ]
         for ok, name, allowed in checks:
             if not ok:
-                raise ConfigError(f"align.{name}: got {getattr(self, name.split('/')[0])!r}, expected {allowed}")
+                raise ConfigError(
+                    f"align.{name}: got {getattr(self, name.split('/')[0])!r}, expected {allowed}"
+                )
         if self.mode == "face" and self.frame_aspect != 1.0:
-            raise ConfigError(f"align.frame_aspect: got {self.frame_aspect}, face mode needs 1.0 (FFHQ quad is square)")
+            raise ConfigError(
+                f"align.frame_aspect: got {self.frame_aspect}, face mode needs 1.0 (FFHQ quad is square)"
+            )
 
     def frame_size(self) -> tuple[int, int]:
         """(width, height) of the content area, centred in the R×R output."""
@@ -116,7 +140,11 @@ def align_image(
 
 
 def align_transform(
-    rgb: np.ndarray, cfg: AlignConfig, *, bbox: object | None = None, landmarks: object | None = None
+    rgb: np.ndarray,
+    cfg: AlignConfig,
+    *,
+    bbox: object | None = None,
+    landmarks: object | None = None,
 ) -> np.ndarray:
     """The 2×3 affine map (float64) from source pixel centres to output pixel centres."""
     rgb = _check_rgb(rgb)
@@ -199,7 +227,9 @@ def _face_transform(points: np.ndarray, cfg: AlignConfig) -> np.ndarray:
     norm = np.hypot(*x)
     if norm < 1e-6:
         raise ImageError("landmarks: eyes and mouth coincide, cannot build a face frame")
-    half = max(np.hypot(*eye_to_eye) * cfg.face_eye_factor, np.hypot(*eye_to_mouth) * cfg.face_mouth_factor)
+    half = max(
+        np.hypot(*eye_to_eye) * cfg.face_eye_factor, np.hypot(*eye_to_mouth) * cfg.face_mouth_factor
+    )
     x = x / norm * half
     y = np.array([-x[1], x[0]])  # x turned by +90° (image y points down)
     centre = eye_avg + eye_to_mouth * cfg.face_center_shift
@@ -229,7 +259,9 @@ def detect_face_points(rgb: np.ndarray, *, mouth_ratio: float = 1.15) -> np.ndar
     eyes = _eye_pair(gray[fy : fy + int(0.6 * fh), fx : fx + fw], fw)
     if eyes is None:
         log.info("Haar eye cascade found no eye pair; eyes placed from the face box")
-        eyes = np.array([[_BOX_EYE_X[0] * fw, _BOX_EYE_Y * fh], [_BOX_EYE_X[1] * fw, _BOX_EYE_Y * fh]])
+        eyes = np.array(
+            [[_BOX_EYE_X[0] * fw, _BOX_EYE_Y * fh], [_BOX_EYE_X[1] * fw, _BOX_EYE_Y * fh]]
+        )
     eyes = eyes + np.array([fx, fy], dtype=np.float64)  # [2, 2] in image coordinates
     eye_vec = eyes[1] - eyes[0]
     down = np.array([-eye_vec[1], eye_vec[0]])  # eye line turned by +90°: towards the mouth
@@ -271,17 +303,23 @@ def _cascade(name: str) -> cv2.CascadeClassifier:
 # --------------------------------------------------------------------------- objects
 
 
-def _object_box(bbox: object | None, width: int, height: int, cfg: AlignConfig) -> tuple[float, ...]:
+def _object_box(
+    bbox: object | None, width: int, height: int, cfg: AlignConfig
+) -> tuple[float, ...]:
     if bbox is None:
         if cfg.object_without_bbox == "reject":
-            raise ImageError("object alignment needs a bbox: none given and object_without_bbox='reject'")
+            raise ImageError(
+                "object alignment needs a bbox: none given and object_without_bbox='reject'"
+            )
         return 0.0, 0.0, float(width), float(height)
     try:
         box = np.asarray(bbox, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as exc:
         raise ImageError(f"bbox: not numeric ({exc})") from exc
     if box.size != 4 or not np.isfinite(box).all():
-        raise ImageError(f"bbox: expected 4 finite numbers (x0, y0, x1, y1), got {list(np.ravel(bbox))}")
+        raise ImageError(
+            f"bbox: expected 4 finite numbers (x0, y0, x1, y1), got {list(np.ravel(bbox))}"
+        )
     x0, y0, x1, y1 = box.tolist()
     if x1 <= x0 or y1 <= y0:
         raise ImageError(f"bbox: empty box (x0, y0, x1, y1) = {(x0, y0, x1, y1)}")
@@ -332,13 +370,22 @@ def _warp_pixels(rgb: np.ndarray, M: np.ndarray, R: int, pad_mode: str) -> np.nd
         M = M @ undo
     border = cv2.BORDER_REPLICATE if pad_mode == "constant" else cv2.BORDER_REFLECT_101
     warped = cv2.warpAffine(
-        src.astype(np.float32), M.astype(np.float64), (R, R), flags=cv2.INTER_CUBIC, borderMode=border
+        src.astype(np.float32),
+        M.astype(np.float64),
+        (R, R),
+        flags=cv2.INTER_CUBIC,
+        borderMode=border,
     )  # [R, R, 3]
     return np.clip(warped, 0.0, 255.0)
 
 
 def _check_rgb(rgb: np.ndarray) -> np.ndarray:
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+    if (
+        not isinstance(rgb, np.ndarray)
+        or rgb.dtype != np.uint8
+        or rgb.ndim != 3
+        or rgb.shape[2] != 3
+    ):
         got = f"{type(rgb).__name__} {getattr(rgb, 'dtype', '')} {list(getattr(rgb, 'shape', []))}"
         raise ValueError(f"rgb: expected np.uint8 [H, W, 3] (from load_image), got {got}")
     return rgb

@@ -62,7 +62,11 @@ log = logging.getLogger(__name__)
 FORMAT_NAME = "ganviews.encoder"  # "format" key in the safetensors metadata
 FORMAT_VERSION = "1"
 TRAIN_FORMAT_NAME = "ganviews.encoder-train"  # training checkpoint (model + optimiser + step + RNG)
-_STAGES = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)), 50: (Bottleneck, (3, 4, 6, 3))}
+_STAGES = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+}
 
 
 @dataclass(frozen=True)
@@ -74,22 +78,34 @@ class EncoderConfig:
     depth: int = 34  # ResNet depth: 18, 34 or 50
     resolution: int = 256  # internal input side; inputs of any size are resized to it
     width: int = 64  # stem channels; the four stages use 1×, 2×, 4×, 8× this (64 = standard ResNet)
-    norm: Literal["batch", "group"] = "batch"  # BatchNorm (torchvision default) or GroupNorm (batch-size free)
+    norm: Literal["batch", "group"] = (
+        "batch"  # BatchNorm (torchvision default) or GroupNorm (batch-size free)
+    )
     img_channels: int = 3  # image channels; the mask adds one more input channel
 
     def __post_init__(self) -> None:
         checks = [
             (self.depth in _STAGES, "depth", "one of 18, 34, 50"),
-            (isinstance(self.resolution, int) and self.resolution >= 16, "resolution", "an integer >= 16"),
+            (
+                isinstance(self.resolution, int) and self.resolution >= 16,
+                "resolution",
+                "an integer >= 16",
+            ),
             (isinstance(self.num_ws, int) and self.num_ws >= 1, "num_ws", "a positive integer"),
             (isinstance(self.w_dim, int) and self.w_dim >= 1, "w_dim", "a positive integer"),
-            (isinstance(self.width, int) and self.width >= 4 and self.width % 4 == 0, "width", "a multiple of 4, >= 4"),
+            (
+                isinstance(self.width, int) and self.width >= 4 and self.width % 4 == 0,
+                "width",
+                "a multiple of 4, >= 4",
+            ),
             (self.norm in ("batch", "group"), "norm", "'batch' or 'group'"),
             (self.img_channels in (1, 3), "img_channels", "1 or 3"),
         ]
         for ok, name, allowed in checks:
             if not ok:
-                raise ConfigError(f"encoder.{name}: got {getattr(self, name)!r}, expected {allowed}")
+                raise ConfigError(
+                    f"encoder.{name}: got {getattr(self, name)!r}, expected {allowed}"
+                )
 
 
 def _norm_layer(kind: str) -> Callable[[int], nn.Module]:
@@ -102,7 +118,11 @@ class Encoder(nn.Module):
     """``E(images [N, C, H, W] in [-1, 1], masks [N, 1, H, W] or None) → ws [N, num_ws, w_dim]``."""
 
     def __init__(
-        self, config: EncoderConfig | None = None, *, mean_w: torch.Tensor | None = None, seed: int = 0
+        self,
+        config: EncoderConfig | None = None,
+        *,
+        mean_w: torch.Tensor | None = None,
+        seed: int = 0,
     ) -> None:
         """``mean_w`` [w_dim]: the generator's mean w (zeros if None); ``seed`` fixes the
         random initial weights (the global RNG is left untouched)."""
@@ -116,7 +136,9 @@ class Encoder(nn.Module):
         norm = _norm_layer(config.norm)
         width = config.width
         self.stem = nn.Sequential(
-            nn.Conv2d(config.img_channels + 1, width, kernel_size=7, stride=2, padding=3, bias=False),
+            nn.Conv2d(
+                config.img_channels + 1, width, kernel_size=7, stride=2, padding=3, bias=False
+            ),
             norm(width),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
@@ -124,7 +146,11 @@ class Encoder(nn.Module):
         stages, inplanes = [], width
         for index, count in enumerate(counts):
             planes = width * 2**index
-            stages.append(_make_stage(block, inplanes, planes, count, stride=1 if index == 0 else 2, norm=norm))
+            stages.append(
+                _make_stage(
+                    block, inplanes, planes, count, stride=1 if index == 0 else 2, norm=norm
+                )
+            )
             inplanes = planes * block.expansion
         self.stages = nn.Sequential(*stages)
         self.head = nn.Linear(inplanes, config.num_ws * config.w_dim)
@@ -143,7 +169,12 @@ class Encoder(nn.Module):
         """A fresh encoder whose layout and mean w come from ``G``; ``resolution`` defaults
         to min(G.resolution, 256); other EncoderConfig fields as keywords."""
         config_kwargs.setdefault("resolution", min(int(G.resolution), 256))
-        config = EncoderConfig(num_ws=int(G.num_ws), w_dim=int(G.w_dim), img_channels=int(G.img_channels), **config_kwargs)
+        config = EncoderConfig(
+            num_ws=int(G.num_ws),
+            w_dim=int(G.w_dim),
+            img_channels=int(G.img_channels),
+            **config_kwargs,
+        )
         E = cls(config, mean_w=G.mean_w.detach().to("cpu", torch.float32), seed=seed)
         E.generator_sha256 = str(G.sha256)
         return E.to(G.mean_w.device)
@@ -164,7 +195,9 @@ class Encoder(nn.Module):
         if (H, W) != (self.resolution, self.resolution):
             size = (self.resolution, self.resolution)
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-            masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False, antialias=True)
+            masks = F.interpolate(
+                masks, size=size, mode="bilinear", align_corners=False, antialias=True
+            )
         features = self.stages(self.stem(torch.cat([x, masks - 0.5], dim=1)))  # [N, F, h, w]
         offset = self.head(features.mean(dim=(2, 3)))  # [N, num_ws * w_dim]
         return self.mean_w.to(offset.dtype) + offset.view(N, self.num_ws, self.w_dim)  # [N, L, C]
@@ -174,7 +207,9 @@ class Encoder(nn.Module):
         return f"depth={c.depth}, resolution={c.resolution}, width={c.width}, norm={c.norm}, out=[{c.num_ws}, {c.w_dim}]"
 
 
-def _make_stage(block: type, inplanes: int, planes: int, count: int, *, stride: int, norm) -> nn.Sequential:
+def _make_stage(
+    block: type, inplanes: int, planes: int, count: int, *, stride: int, norm
+) -> nn.Sequential:
     downsample = None
     if stride != 1 or inplanes != planes * block.expansion:
         downsample = nn.Sequential(
@@ -203,7 +238,9 @@ def _init_weights(E: Encoder) -> None:
 # --------------------------------------------------------------------------- files
 
 
-def save_encoder(E: Encoder, path: str | os.PathLike, *, metadata: dict[str, str] | None = None) -> Path:
+def save_encoder(
+    E: Encoder, path: str | os.PathLike, *, metadata: dict[str, str] | None = None
+) -> Path:
     """Write ``E`` as safetensors with its config JSON in the metadata (atomic replace).
 
     Sets and returns nothing but the path; afterwards ``E.sha256`` is the file's hash.
@@ -244,13 +281,17 @@ def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     try:
         config = from_dict(EncoderConfig, json.loads(meta["config"]))
     except (KeyError, json.JSONDecodeError, ConfigError) as exc:
-        raise CheckpointError(f"{path}: encoder config in the metadata is missing or invalid: {exc}") from exc
+        raise CheckpointError(
+            f"{path}: encoder config in the metadata is missing or invalid: {exc}"
+        ) from exc
     E = Encoder(config)
     _, state = read_safetensors(path)
     expected = E.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    wrong = [
+        k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
     if missing or unexpected or wrong:
         raise CheckpointError(
             f"{path}: tensors do not fit the encoder config (missing {missing[:5]}, unexpected "
@@ -271,7 +312,9 @@ class EncoderTrainResult:
 
     encoder: Encoder  # the trained encoder, eval mode, no gradients
     steps: int  # optimiser steps done in total (including resumed ones)
-    history: list[dict[str, float]]  # one entry per logging window: step, loss, l1, perceptual, latent
+    history: list[
+        dict[str, float]
+    ]  # one entry per logging window: step, loss, l1, perceptual, latent
     seconds: float  # wall time of this call
 
 
@@ -292,7 +335,10 @@ def random_masks(
     kinds = torch.rand(n, generator=generator)
 
     def extent(lo: float, hi: float) -> tuple[int, int]:
-        side = [max(1, int(size * (lo + (hi - lo) * float(torch.rand((), generator=generator))))) for _ in range(2)]
+        side = [
+            max(1, int(size * (lo + (hi - lo) * float(torch.rand((), generator=generator)))))
+            for _ in range(2)
+        ]
         return side[0], side[1]
 
     def place(h: int, w: int) -> tuple[int, int]:
@@ -337,10 +383,16 @@ def sample_training_batch(
         labels = torch.randint(0, G.c_dim, (batch_size,), generator=gen)
         c = F.one_hot(labels, G.c_dim).float().to(device)  # [B, c_dim]
     mixing = torch.rand(batch_size, generator=gen) < style_mix_prob  # [B]
-    cutoff = torch.randint(1, max(G.num_ws, 2), (batch_size,), generator=gen)  # [B] first layer of w2
+    cutoff = torch.randint(
+        1, max(G.num_ws, 2), (batch_size,), generator=gen
+    )  # [B] first layer of w2
     cutoff = torch.where(mixing, cutoff, torch.full_like(cutoff, G.num_ws))
     masks = random_masks(
-        batch_size, G.resolution, generator=gen, full_prob=mask_full_prob, border_prob=mask_border_prob
+        batch_size,
+        G.resolution,
+        generator=gen,
+        full_prob=mask_full_prob,
+        border_prob=mask_border_prob,
     )
     with torch.no_grad():
         w1 = G.mapping(z[0].to(device), c, truncation_psi=truncation_psi)  # [B, L, C]
@@ -392,12 +444,20 @@ def train_encoder(
     batch of step k depends only on (seed, k)). G is frozen while training (its
     ``requires_grad`` flags are restored afterwards).
     """
-    _check_train_args(steps=steps, batch_size=batch_size, lr=lr, log_every=log_every, checkpoint_every=checkpoint_every)
+    _check_train_args(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        log_every=log_every,
+        checkpoint_every=checkpoint_every,
+    )
     device = resolve_device(device)
     G = G.to(device).eval()
     E = _initial_encoder(G, encoder, config, seed).to(device)
     if E.config.norm == "batch" and batch_size < 2:
-        raise ValueError(f"batch_size={batch_size}: BatchNorm needs >= 2 samples per step (or use norm='group')")
+        raise ValueError(
+            f"batch_size={batch_size}: BatchNorm needs >= 2 samples per step (or use norm='group')"
+        )
     optimizer = torch.optim.Adam(E.parameters(), lr=lr, betas=betas)
     hyper = {"batch_size": batch_size, "lr": lr, "betas": list(betas), "lambda_latent": lambda_latent,
              "lambda_l1": lambda_l1, "lambda_perceptual": lambda_perceptual if perceptual else 0.0,
@@ -407,7 +467,9 @@ def train_encoder(
     start, history = 0, []
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if ckpt_path is not None and resume and ckpt_path.is_file():
-        start, history = _load_train_checkpoint(ckpt_path, E, optimizer, G=G, seed=seed, hyper=hyper)
+        start, history = _load_train_checkpoint(
+            ckpt_path, E, optimizer, G=G, seed=seed, hyper=hyper
+        )
     grad_flags = [p.requires_grad for p in G.parameters()]
     G.requires_grad_(False)
     began = time.perf_counter()
@@ -423,7 +485,9 @@ def train_encoder(
             recon = G.synthesis(pred, noise_mode="const")  # [B, C, R, R]
             l1 = (recon - images).abs().mean(dim=(1, 2, 3))  # [B]
             lat = (pred - ws).square().mean(dim=(1, 2))  # [B]
-            perc = perceptual(recon, images, None) if perceptual is not None else torch.zeros_like(l1)  # [B]
+            perc = (
+                perceptual(recon, images, None) if perceptual is not None else torch.zeros_like(l1)
+            )  # [B]
             loss = (lambda_l1 * l1 + lambda_perceptual * perc + lambda_latent * lat).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -434,12 +498,16 @@ def train_encoder(
                 history.append(window.flush(done))
                 log.info("encoder step %d/%d: %s", done, steps, _fmt(history[-1]))
             if ckpt_path is not None and (done % checkpoint_every == 0 or done == steps):
-                _save_train_checkpoint(ckpt_path, E, optimizer, step=done, seed=seed, G=G, hyper=hyper, history=history)
+                _save_train_checkpoint(
+                    ckpt_path, E, optimizer, step=done, seed=seed, G=G, hyper=hyper, history=history
+                )
     finally:
         for param, flag in zip(G.parameters(), grad_flags, strict=True):
             param.requires_grad_(flag)
     E.eval().requires_grad_(False)
-    return EncoderTrainResult(encoder=E, steps=max(start, steps), history=history, seconds=time.perf_counter() - began)
+    return EncoderTrainResult(
+        encoder=E, steps=max(start, steps), history=history, seconds=time.perf_counter() - began
+    )
 
 
 class _Window:
@@ -465,11 +533,17 @@ def _fmt(entry: dict[str, float]) -> str:
 
 def _check_train_args(**values: float) -> None:
     for name, value in values.items():
-        if not (isinstance(value, (int, float)) and value > 0) or (name != "lr" and not isinstance(value, int)):
-            raise ValueError(f"{name}={value!r}: expected a positive {'number' if name == 'lr' else 'integer'}")
+        if not (isinstance(value, (int, float)) and value > 0) or (
+            name != "lr" and not isinstance(value, int)
+        ):
+            raise ValueError(
+                f"{name}={value!r}: expected a positive {'number' if name == 'lr' else 'integer'}"
+            )
 
 
-def _initial_encoder(G: nn.Module, encoder: Encoder | None, config: EncoderConfig | None, seed: int) -> Encoder:
+def _initial_encoder(
+    G: nn.Module, encoder: Encoder | None, config: EncoderConfig | None, seed: int
+) -> Encoder:
     if encoder is not None:
         E = encoder
     elif config is not None:
@@ -489,7 +563,9 @@ def _initial_encoder(G: nn.Module, encoder: Encoder | None, config: EncoderConfi
     return E
 
 
-def _save_train_checkpoint(path: Path, E: Encoder, optimizer, *, step: int, seed: int, G, hyper, history) -> None:
+def _save_train_checkpoint(
+    path: Path, E: Encoder, optimizer, *, step: int, seed: int, G, hyper, history
+) -> None:
     payload = {
         "format": TRAIN_FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -507,11 +583,15 @@ def _save_train_checkpoint(path: Path, E: Encoder, optimizer, *, step: int, seed
     log.info("encoder training checkpoint: step %d → %s", step, path)
 
 
-def _load_train_checkpoint(path: Path, E: Encoder, optimizer, *, G, seed: int, hyper) -> tuple[int, list]:
+def _load_train_checkpoint(
+    path: Path, E: Encoder, optimizer, *, G, seed: int, hyper
+) -> tuple[int, list]:
     payload = load_training_state(path, format_name=TRAIN_FORMAT_NAME, what="encoder training")
     mine = json.dumps(to_dict(E.config), sort_keys=True)
     if payload["config"] != mine:
-        raise CheckpointError(f"{path}: checkpoint encoder config {payload['config']} differs from this run's {mine}")
+        raise CheckpointError(
+            f"{path}: checkpoint encoder config {payload['config']} differs from this run's {mine}"
+        )
     if payload["generator_sha256"] != str(G.sha256):
         raise CheckpointError(
             f"{path}: checkpoint was trained against generator {payload['generator_sha256'][:12]}…, "

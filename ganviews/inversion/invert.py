@@ -69,11 +69,26 @@ class InversionConfig:
             ("optimizer", self.optimizer in ("lbfgs", "adam"), "'lbfgs' or 'adam'"),
             ("lambda_lpips", 0.0 <= self.lambda_lpips <= 1.0, "in [0, 1]"),
             ("latent_weight", self.latent_weight >= 0.0, "≥ 0"),
-            ("latent_term", self.latent_term in ("encoder_consistency", "l2"), "'encoder_consistency' or 'l2'"),
-            ("noise_mode", self.noise_mode in ("const", "none"),
-             "'const' or 'none' (random noise would make the objective stochastic)"),
-            ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1, "an integer ≥ 1"),
-            ("lpips_resolution", self.lpips_resolution is None or self.lpips_resolution >= 16, "None or ≥ 16"),
+            (
+                "latent_term",
+                self.latent_term in ("encoder_consistency", "l2"),
+                "'encoder_consistency' or 'l2'",
+            ),
+            (
+                "noise_mode",
+                self.noise_mode in ("const", "none"),
+                "'const' or 'none' (random noise would make the objective stochastic)",
+            ),
+            (
+                "batch_size",
+                isinstance(self.batch_size, int) and self.batch_size >= 1,
+                "an integer ≥ 1",
+            ),
+            (
+                "lpips_resolution",
+                self.lpips_resolution is None or self.lpips_resolution >= 16,
+                "None or ≥ 16",
+            ),
             ("adam_lr", self.adam_lr > 0, "> 0"),
         ]
         for name, ok, allowed in checks:
@@ -133,7 +148,9 @@ class _Objective:
         self.cfg = cfg
         self.shape = (G.num_ws, G.w_dim)
 
-    def terms(self, ws: torch.Tensor, index: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def terms(
+        self, ws: torch.Tensor, index: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Weighted loss terms ([M] each) and the rendered images for ``ws`` [M, L, C]."""
         cfg, x, m = self.cfg, self.images[index], self.masks[index]
         img = self.G.synthesis(ws, noise_mode=cfg.noise_mode)  # [M, C, H, W]
@@ -172,7 +189,9 @@ def _module_dtype(module: nn.Module) -> torch.dtype | None:
 def _prepare(G, images, masks, w_init, encoder, perceptual):
     device, dtype = G.mean_w.device, G.mean_w.dtype
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise ValueError(f"images: expected a [N, C, H, W] tensor, got {getattr(images, 'shape', type(images))}")
+        raise ValueError(
+            f"images: expected a [N, C, H, W] tensor, got {getattr(images, 'shape', type(images))}"
+        )
     N = images.shape[0]
     R = G.resolution
     assert_shape(images, [N, G.img_channels, R, R], "images (at the generator's resolution)")
@@ -240,18 +259,36 @@ def invert(
         if encoder is None and cfg.latent_term == "encoder_consistency":
             log.info("no encoder: the latent term is ℓ2 to w_init (as the official code)")
     if perceptual is None and cfg.lambda_lpips > 0:
-        log.info("no perceptual net: loss = %.2f·L1 + latent term (LPIPS term off)", 1 - cfg.lambda_lpips)
+        log.info(
+            "no perceptual net: loss = %.2f·L1 + latent term (LPIPS term off)", 1 - cfg.lambda_lpips
+        )
     parts = []
     for start in range(0, images.shape[0], cfg.batch_size):
         sl = slice(start, start + cfg.batch_size)
-        parts.append(_invert_batch(G, images[sl], masks[sl], None if w_init is None else w_init[sl],
-                                   encoder=encoder, perceptual=perceptual, latent_mode=latent_mode, cfg=cfg))
-    return InversionResult(**{f.name: torch.cat([getattr(p, f.name) for p in parts])
-                              for f in dataclasses.fields(InversionResult)})
+        parts.append(
+            _invert_batch(
+                G,
+                images[sl],
+                masks[sl],
+                None if w_init is None else w_init[sl],
+                encoder=encoder,
+                perceptual=perceptual,
+                latent_mode=latent_mode,
+                cfg=cfg,
+            )
+        )
+    return InversionResult(
+        **{
+            f.name: torch.cat([getattr(p, f.name) for p in parts])
+            for f in dataclasses.fields(InversionResult)
+        }
+    )
 
 
 @torch.no_grad()
-def _invert_batch(G, images, masks, w_init, *, encoder, perceptual, latent_mode, cfg) -> InversionResult:
+def _invert_batch(
+    G, images, masks, w_init, *, encoder, perceptual, latent_mode, cfg
+) -> InversionResult:
     device = images.device
     N = images.shape[0]
     t0 = time.perf_counter()
@@ -264,11 +301,22 @@ def _invert_batch(G, images, masks, w_init, *, encoder, perceptual, latent_mode,
             w_init = enc_ref if enc_ref is not None else G.mean_w.expand(N, G.num_ws, G.w_dim)
         w_init = w_init.detach().clone()  # [N, L, C]
         w_ref = enc_ref if (latent_mode == "l2" and enc_ref is not None) else w_init
-        objective = _Objective(G, images, masks, perceptual=perceptual, encoder=encoder,
-                               latent_mode=latent_mode, w_ref=w_ref, enc_ref=enc_ref, cfg=cfg)
+        objective = _Objective(
+            G,
+            images,
+            masks,
+            perceptual=perceptual,
+            encoder=encoder,
+            latent_mode=latent_mode,
+            w_ref=w_ref,
+            enc_ref=enc_ref,
+            cfg=cfg,
+        )
         x0 = w_init.reshape(N, -1)  # [N, L·C]
         if cfg.optimizer == "lbfgs":
-            opt: MinimizeResult = lbfgs_minimize(objective, x0, steps=cfg.steps, config=cfg.lbfgs_config())
+            opt: MinimizeResult = lbfgs_minimize(
+                objective, x0, steps=cfg.steps, config=cfg.lbfgs_config()
+            )
         else:
             opt = adam_minimize(objective, x0, steps=cfg.steps, config=AdamConfig(lr=cfg.adam_lr))
         w = opt.x.view(N, G.num_ws, G.w_dim)
@@ -278,16 +326,34 @@ def _invert_batch(G, images, masks, w_init, *, encoder, perceptual, latent_mode,
         lpips = perceptual(recon, images, masks) if perceptual is not None else None  # [N]
     loss = final["l1"] + final["lpips"] + final["latent"]
     result = InversionResult(
-        w=w, w_init=w_init, loss=loss, loss_l1=final["l1"], loss_lpips=final["lpips"],
-        loss_latent=final["latent"], loss_init=init_parts["l1"] + init_parts["lpips"] + init_parts["latent"],
+        w=w,
+        w_init=w_init,
+        loss=loss,
+        loss_l1=final["l1"],
+        loss_lpips=final["lpips"],
+        loss_latent=final["latent"],
+        loss_init=init_parts["l1"] + init_parts["lpips"] + init_parts["latent"],
         psnr=masked_psnr(recon, images, masks),
         lpips=lpips if lpips is not None else torch.full_like(loss, math.nan),
-        iterations=opt.iterations, evaluations=opt.evaluations, status=opt.status, recon=recon,
+        iterations=opt.iterations,
+        evaluations=opt.evaluations,
+        status=opt.status,
+        recon=recon,
     )
     log.info(
         "inverted %d images (%s, %d steps): loss %.4f → %.4f (mean), PSNR %.2f dB, %d batched calls, "
-        "%.1f s; stops: %s", N, cfg.optimizer, cfg.steps, float(result.loss_init.mean()),
-        float(loss.mean()), float(result.psnr.mean()), opt.batch_calls, time.perf_counter() - t0,
-        {Status(int(k)).name: int(v) for k, v in zip(*torch.unique(opt.status, return_counts=True), strict=True)},
+        "%.1f s; stops: %s",
+        N,
+        cfg.optimizer,
+        cfg.steps,
+        float(result.loss_init.mean()),
+        float(loss.mean()),
+        float(result.psnr.mean()),
+        opt.batch_calls,
+        time.perf_counter() - t0,
+        {
+            Status(int(k)).name: int(v)
+            for k, v in zip(*torch.unique(opt.status, return_counts=True), strict=True)
+        },
     )
     return result

@@ -125,7 +125,9 @@ def _check_x0(x0: torch.Tensor, steps: int) -> None:
         raise ValueError(f"steps={steps!r}: must be an integer ≥ 0")
 
 
-def _evaluate(fn: Objective, x: torch.Tensor, index: torch.Tensor, num: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _evaluate(
+    fn: Objective, x: torch.Tensor, index: torch.Tensor, num: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     loss, grad = fn(x, index)
     if loss.shape != (num,) or grad.shape != x.shape:
         raise ValueError(
@@ -177,7 +179,11 @@ class _History:
         for k in range(depth):  # newest pair first
             valid = k < self.count  # [N]
             slot = (self.head - 1 - k) % self.size
-            s_k, y_k, rho_k = self.s[self.rows, slot], self.y[self.rows, slot], self.rho[self.rows, slot]
+            s_k, y_k, rho_k = (
+                self.s[self.rows, slot],
+                self.y[self.rows, slot],
+                self.rho[self.rows, slot],
+            )
             a = torch.where(valid, rho_k * _dot(s_k, q), torch.zeros_like(rho_k))  # [N]
             q = q - a[:, None] * y_k
             coeffs.append(a)
@@ -185,7 +191,11 @@ class _History:
         for k in reversed(range(depth)):  # oldest pair first
             valid = k < self.count
             slot = (self.head - 1 - k) % self.size
-            s_k, y_k, rho_k = self.s[self.rows, slot], self.y[self.rows, slot], self.rho[self.rows, slot]
+            s_k, y_k, rho_k = (
+                self.s[self.rows, slot],
+                self.y[self.rows, slot],
+                self.rho[self.rows, slot],
+            )
             b = torch.where(valid, rho_k * _dot(y_k, r), torch.zeros_like(rho_k))
             r = r + (coeffs[k] - b)[:, None] * s_k
         return -r
@@ -334,8 +344,13 @@ def lbfgs_minimize(
             grad.copy_(torch.where(take[:, None], g_new, grad))
             iterations += take.long()
             small_grad = take & (grad.abs().amax(dim=-1) <= cfg.tolerance_grad)
-            small_change = take & ~small_grad & (
-                (loss_change <= cfg.tolerance_change) | (s.abs().amax(dim=-1) <= cfg.tolerance_change)
+            small_change = (
+                take
+                & ~small_grad
+                & (
+                    (loss_change <= cfg.tolerance_change)
+                    | (s.abs().amax(dim=-1) <= cfg.tolerance_change)
+                )
             )
             status[small_grad] = Status.GRAD_TOL
             status[small_change] = Status.CHANGE_TOL
@@ -366,8 +381,13 @@ def lbfgs_minimize(
 
     log.debug("L-BFGS: %d problems, %d batched calls", num, calls)
     return MinimizeResult(
-        x=x, loss=loss, grad=grad, iterations=iterations, evaluations=evaluations,
-        status=status, batch_calls=calls,
+        x=x,
+        loss=loss,
+        grad=grad,
+        iterations=iterations,
+        evaluations=evaluations,
+        status=status,
+        batch_calls=calls,
     )
 
 
@@ -418,7 +438,11 @@ def adam_minimize(
     calls += 1
     evaluations += 1
     return MinimizeResult(
-        x=x, loss=loss, grad=grad, iterations=iterations, evaluations=evaluations,
-        status=status, batch_calls=calls,
+        x=x,
+        loss=loss,
+        grad=grad,
+        iterations=iterations,
+        evaluations=evaluations,
+        status=status,
+        batch_calls=calls,
     )
-

@@ -39,8 +39,16 @@ log = logging.getLogger(__name__)
 
 #: name → (lpips trunk, torchvision weights file or None for a random trunk, download URL)
 PERCEPTUAL_NETS: dict[str, tuple[str, str | None, str | None]] = {
-    "lpips-alex": ("alex", "alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
-    "lpips-vgg": ("vgg", "vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth"),
+    "lpips-alex": (
+        "alex",
+        "alexnet-owt-7be5be79.pth",
+        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+    ),
+    "lpips-vgg": (
+        "vgg",
+        "vgg16-397923af.pth",
+        "https://download.pytorch.org/models/vgg16-397923af.pth",
+    ),
     "lpips-random": ("alex", None, None),
 }
 
@@ -80,7 +88,9 @@ def find_backbone_weights(name: str, weights_dir: str | Path | None = None) -> P
 
 def _lookup(name: str) -> tuple[str, str | None, str | None]:
     if name not in PERCEPTUAL_NETS:
-        raise ValueError(f"perceptual net name={name!r}: unknown; allowed: {sorted(PERCEPTUAL_NETS)}")
+        raise ValueError(
+            f"perceptual net name={name!r}: unknown; allowed: {sorted(PERCEPTUAL_NETS)}"
+        )
     return PERCEPTUAL_NETS[name]
 
 
@@ -114,7 +124,9 @@ def _load_backbone(trunk: nn.Module, state: dict[str, torch.Tensor], path: Path)
             for pname, param in layer.named_parameters(recurse=False):
                 key = f"features.{index}.{pname}"
                 if key not in state:
-                    raise CheckpointError(f"{path}: missing tensor {key!r}; is this the right backbone file?")
+                    raise CheckpointError(
+                        f"{path}: missing tensor {key!r}; is this the right backbone file?"
+                    )
                 if tuple(state[key].shape) != tuple(param.shape):
                     raise CheckpointError(
                         f"{path}: tensor {key!r} has shape {list(state[key].shape)}, "
@@ -138,12 +150,18 @@ class MaskedLPIPS(nn.Module):
     def extra_repr(self) -> str:
         return f"name={self.name!r}, resolution={self.resolution}"
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if x.ndim != 4 or x.shape != y.shape or x.shape[1] != 3:
-            raise ValueError(f"x, y: expected two [N, 3, H, W] tensors, got {list(x.shape)} and {list(y.shape)}")
+            raise ValueError(
+                f"x, y: expected two [N, 3, H, W] tensors, got {list(x.shape)} and {list(y.shape)}"
+            )
         if mask is not None:
             if mask.shape != (x.shape[0], 1, *x.shape[2:]):
-                raise ValueError(f"mask: expected shape {[x.shape[0], 1, *x.shape[2:]]}, got {list(mask.shape)}")
+                raise ValueError(
+                    f"mask: expected shape {[x.shape[0], 1, *x.shape[2:]]}, got {list(mask.shape)}"
+                )
             x = x * mask  # [N, 3, H, W] unknown pixels → 0 in both images
             y = y * mask
         else:
@@ -195,12 +213,23 @@ def load_perceptual(
         warnings.simplefilter("ignore", UserWarning)  # torchvision's `pretrained=` deprecation
         torch.manual_seed(seed)
         model = lpips.LPIPS(
-            net=trunk_name, spatial=True, pretrained=True, pnet_rand=True, model_path=str(lin_path), verbose=False
+            net=trunk_name,
+            spatial=True,
+            pretrained=True,
+            pnet_rand=True,
+            model_path=str(lin_path),
+            verbose=False,
         )
     if path is not None and state is not None:
         _load_backbone(model.net, state, path)
         log.info("LPIPS %s: backbone weights from %s", name, path)
     else:
-        log.info("LPIPS %s: random backbone (seed %d) — mechanics only, not a perceptual metric", name, seed)
+        log.info(
+            "LPIPS %s: random backbone (seed %d) — mechanics only, not a perceptual metric",
+            name,
+            seed,
+        )
     model = model.eval().requires_grad_(False)
-    return MaskedLPIPS(model, name=name, resolution=resolution).to(device=device, dtype=dtype).eval()
+    return (
+        MaskedLPIPS(model, name=name, resolution=resolution).to(device=device, dtype=dtype).eval()
+    )

@@ -156,7 +156,9 @@ def _persistent_record(meta: Any) -> PersistentRecord:
     if not isinstance(init_kwargs, dict):
         raise pickle.UnpicklingError(f"{class_name}: _init_kwargs is not a dict")
     attributes = {
-        k: v for k, v in state.items() if isinstance(k, str) and not k.startswith("_") and _is_plain(v)
+        k: v
+        for k, v in state.items()
+        if isinstance(k, str) and not k.startswith("_") and _is_plain(v)
     }
     return PersistentRecord(class_name, tensors, dict(init_kwargs), attributes, children)
 
@@ -179,7 +181,9 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, 
     ints = [storage_offset, *size, *stride]
     if not all(isinstance(v, int) and v >= 0 for v in ints) or len(size) != len(stride):
         raise pickle.UnpicklingError("tensor with invalid offset/size/stride")
-    return torch._utils._rebuild_tensor_v2(storage, storage_offset, tuple(size), tuple(stride), False, None)
+    return torch._utils._rebuild_tensor_v2(
+        storage, storage_offset, tuple(size), tuple(stride), False, None
+    )
 
 
 def _rebuild_parameter(data, requires_grad=False, hooks=None, *rest):
@@ -268,7 +272,11 @@ def read_nvidia_pickle(path: Path) -> RawCheckpoint:
     elif isinstance(data, dict) and "G_ema" in data:
         record = data["G_ema"]
     else:
-        what = f"a dict with keys {sorted(map(str, data))}" if isinstance(data, dict) else type(data).__name__
+        what = (
+            f"a dict with keys {sorted(map(str, data))}"
+            if isinstance(data, dict)
+            else type(data).__name__
+        )
         raise CheckpointError(
             f"{path}: the pickle holds {what}, not an NVIDIA network snapshot with a 'G_ema' generator"
         )
@@ -287,13 +295,19 @@ def _nvidia_config_and_state(record: PersistentRecord, path: Path) -> tuple[dict
     kw = record.init_kwargs
     missing = [k for k in ("z_dim", "w_dim", "img_resolution", "img_channels") if k not in kw]
     if missing:
-        raise CheckpointError(f"{path}: G_ema init kwargs lack {missing}; cannot infer the architecture")
+        raise CheckpointError(
+            f"{path}: G_ema init kwargs lack {missing}; cannot infer the architecture"
+        )
     mk, sk = kw.get("mapping_kwargs") or {}, kw.get("synthesis_kwargs") or {}
     arch = _kwarg(sk, "architecture", "skip")
     if arch != "skip":
-        raise CheckpointError(f"{path}: synthesis architecture {arch!r} is not supported (only 'skip', config-f)")
+        raise CheckpointError(
+            f"{path}: synthesis architecture {arch!r} is not supported (only 'skip', config-f)"
+        )
     if _kwarg(mk, "activation", "lrelu") != "lrelu":
-        raise CheckpointError(f"{path}: mapping activation {mk['activation']!r} is not supported (only 'lrelu')")
+        raise CheckpointError(
+            f"{path}: mapping activation {mk['activation']!r} is not supported (only 'lrelu')"
+        )
     tensors = dict(record.tensors)
     expected_filter = make_resample_filter()
     for key in [k for k in tensors if k.endswith("resample_filter")]:
@@ -307,7 +321,9 @@ def _nvidia_config_and_state(record: PersistentRecord, path: Path) -> tuple[dict
     for res in block_resolutions(resolution) if resolution >= 4 else []:
         key = f"synthesis.b{res}.conv1.weight"
         if key not in tensors:
-            raise CheckpointError(f"{path}: G_ema has no '{key}' (shape inference of block b{res} failed)")
+            raise CheckpointError(
+                f"{path}: G_ema has no '{key}' (shape inference of block b{res} failed)"
+            )
         channels.append(int(tensors[key].shape[0]))
     num_layers = 0
     while f"mapping.fc{num_layers}.weight" in tensors:
@@ -325,7 +341,9 @@ def _nvidia_config_and_state(record: PersistentRecord, path: Path) -> tuple[dict
         "img_channels": int(kw["img_channels"]),
         "mapping_layers": num_layers,
         "mapping_lr_multiplier": lr,
-        "embed_features": int(tensors["mapping.embed.weight"].shape[0]) if "mapping.embed.weight" in tensors else None,
+        "embed_features": int(tensors["mapping.embed.weight"].shape[0])
+        if "mapping.embed.weight" in tensors
+        else None,
         "layer_features": int(tensors["mapping.fc0.weight"].shape[0]) if num_layers > 1 else None,
         "w_avg_beta": _kwarg(mk, "w_avg_beta", 0.995),
         "channels": channels,
@@ -353,20 +371,30 @@ def read_rosinality(path: Path) -> RawCheckpoint:
             "argparse.Namespace are accepted"
         ) from exc
     if not isinstance(data, dict) or not isinstance(data.get("g_ema"), dict):
-        what = f"a dict with keys {sorted(map(str, data))}" if isinstance(data, dict) else type(data).__name__
-        raise CheckpointError(f"{path}: holds {what}, not a rosinality checkpoint with a 'g_ema' state dict")
+        what = (
+            f"a dict with keys {sorted(map(str, data))}"
+            if isinstance(data, dict)
+            else type(data).__name__
+        )
+        raise CheckpointError(
+            f"{path}: holds {what}, not a rosinality checkpoint with a 'g_ema' state dict"
+        )
     sd = data["g_ema"]
     if not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path}: 'g_ema' contains entries that are not tensors")
     latent_avg = data.get("latent_avg")
     if latent_avg is not None and not isinstance(latent_avg, torch.Tensor):
-        raise CheckpointError(f"{path}: 'latent_avg' is a {type(latent_avg).__name__}, not a tensor")
+        raise CheckpointError(
+            f"{path}: 'latent_avg' is a {type(latent_avg).__name__}, not a tensor"
+        )
     config, state = _RosinalityConverter(sd, path).convert()
     if latent_avg is not None:
         state["mapping.w_avg"] = latent_avg.reshape(-1)
     else:
         log.warning("%s has no latent_avg; the mean w will be estimated from 4096 random z", path)
-    return RawCheckpoint(format="rosinality", config=config, state=state, needs_w_avg=latent_avg is None)
+    return RawCheckpoint(
+        format="rosinality", config=config, state=state, needs_w_avg=latent_avg is None
+    )
 
 
 class _RosinalityConverter:
@@ -381,7 +409,9 @@ class _RosinalityConverter:
             raise CheckpointError(f"{self.path}: rosinality g_ema lacks '{key}'")
         t = self.sd[key]
         if ndim is not None and t.ndim != ndim:
-            raise CheckpointError(f"{self.path}: '{key}' has shape {list(t.shape)}, expected {ndim} dims")
+            raise CheckpointError(
+                f"{self.path}: '{key}' has shape {list(t.shape)}, expected {ndim} dims"
+            )
         self.used.add(key)
         return t
 
@@ -393,7 +423,9 @@ class _RosinalityConverter:
     def unbatched(self, key: str, ndim: int) -> torch.Tensor:
         t = self.get(key, ndim + 1)
         if t.shape[0] != 1:
-            raise CheckpointError(f"{self.path}: '{key}' has shape {list(t.shape)}, expected a leading 1")
+            raise CheckpointError(
+                f"{self.path}: '{key}' has shape {list(t.shape)}, expected a leading 1"
+            )
         return t[0]
 
     def styled_conv(self, dst: str, src: str, noise: str, up: bool) -> dict[str, torch.Tensor]:
@@ -426,7 +458,9 @@ class _RosinalityConverter:
         while f"style.{n_mlp + 1}.weight" in self.sd:
             n_mlp += 1
         if n_mlp == 0:
-            raise CheckpointError(f"{self.path}: rosinality g_ema lacks 'style.1.weight' (no mapping network)")
+            raise CheckpointError(
+                f"{self.path}: rosinality g_ema lacks 'style.1.weight' (no mapping network)"
+            )
         num_up = 0
         while f"to_rgbs.{num_up}.conv.weight" in self.sd:
             num_up += 1
@@ -441,8 +475,16 @@ class _RosinalityConverter:
         channels = [int(state["synthesis.b4.const"].shape[0])]
         for k, res in enumerate(block_resolutions(resolution)[1:], start=1):
             b = f"synthesis.b{res}"
-            state.update(self.styled_conv(f"{b}.conv0", f"convs.{2 * k - 2}", f"noises.noise_{2 * k - 1}", up=True))
-            state.update(self.styled_conv(f"{b}.conv1", f"convs.{2 * k - 1}", f"noises.noise_{2 * k}", up=False))
+            state.update(
+                self.styled_conv(
+                    f"{b}.conv0", f"convs.{2 * k - 2}", f"noises.noise_{2 * k - 1}", up=True
+                )
+            )
+            state.update(
+                self.styled_conv(
+                    f"{b}.conv1", f"convs.{2 * k - 1}", f"noises.noise_{2 * k}", up=False
+                )
+            )
             state.update(self.to_rgb(f"{b}.torgb", f"to_rgbs.{k - 1}", up=True))
             channels.append(int(state[f"{b}.conv1.weight"].shape[0]))
         unused = sorted(set(self.sd) - self.used)
@@ -483,7 +525,9 @@ def read_own_safetensors(path: Path) -> RawCheckpoint:
     try:
         config = json.loads(metadata["config"])
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: the config in the metadata is not valid JSON: {exc}") from exc
+        raise CheckpointError(
+            f"{path}: the config in the metadata is not valid JSON: {exc}"
+        ) from exc
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: the config in the metadata is not a JSON object")
     extra = {k: v for k, v in metadata.items() if k not in ("format", "format_version", "config")}

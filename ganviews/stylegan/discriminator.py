@@ -45,7 +45,9 @@ class DiscriminatorConfig:
         if not isinstance(res, int) or res < 8 or res & (res - 1):
             raise ConfigError(f"img_resolution: expected a power of two ≥ 8, got {res!r}")
         if self.img_channels < 1:
-            raise ConfigError(f"img_channels: expected a positive integer, got {self.img_channels!r}")
+            raise ConfigError(
+                f"img_channels: expected a positive integer, got {self.img_channels!r}"
+            )
         if self.mbstd_group_size < 1 or self.mbstd_channels < 1:
             raise ConfigError(
                 f"mbstd_group_size / mbstd_channels: expected ≥ 1, got {self.mbstd_group_size} / {self.mbstd_channels}"
@@ -58,7 +60,9 @@ class DiscriminatorConfig:
                     f"channels: expected {want} positive widths (for {self.resolutions()} px), got {list(self.channels)}"
                 )
         elif min(self.block_channels()) < 1:
-            raise ConfigError(f"channel_base: {self.channel_base} gives width 0 at {res} px; raise it or pass channels")
+            raise ConfigError(
+                f"channel_base: {self.channel_base} gives width 0 at {res} px; raise it or pass channels"
+            )
         if self.block_channels()[-1] % self.mbstd_channels:
             raise ConfigError(
                 f"mbstd_channels: {self.mbstd_channels} must divide the 4 px width {self.block_channels()[-1]}"
@@ -93,7 +97,9 @@ class EqualizedConv2d(nn.Module):
         gain: float = 1.0,
     ) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
+        self.weight = nn.Parameter(
+            torch.randn([out_channels, in_channels, kernel_size, kernel_size])
+        )
         self.bias = nn.Parameter(torch.zeros([out_channels])) if bias else None
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
         self.activation, self.down, self.gain = activation, down, gain
@@ -114,13 +120,17 @@ class EqualizedConv2d(nn.Module):
         return x * self.gain if self.gain != 1.0 else x
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[1]}→{self.weight.shape[0]}, k={self.kernel_size}, down={self.down}"
+        return (
+            f"{self.weight.shape[1]}→{self.weight.shape[0]}, k={self.kernel_size}, down={self.down}"
+        )
 
 
 class DiscriminatorBlock(nn.Module):
     """One resolution: (FromRGB at the top) → conv 3×3 → conv 3×3 ↓2, plus a 1×1 ↓2 skip."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, img_channels: int, from_rgb: bool) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, *, img_channels: int, from_rgb: bool
+    ) -> None:
         super().__init__()
         self.fromrgb = EqualizedConv2d(img_channels, in_channels, 1) if from_rgb else None
         self.conv0 = EqualizedConv2d(in_channels, in_channels, 3)
@@ -167,7 +177,9 @@ class Discriminator(nn.Module):
         widths = config.block_channels()  # [R, R/2, …, 4]
         self.register_buffer("resample_filter", make_resample_filter(), persistent=False)
         for i, res in enumerate(config.resolutions()[:-1]):
-            block = DiscriminatorBlock(widths[i], widths[i + 1], img_channels=config.img_channels, from_rgb=i == 0)
+            block = DiscriminatorBlock(
+                widths[i], widths[i + 1], img_channels=config.img_channels, from_rgb=i == 0
+            )
             setattr(self, f"b{res}", block)
         c4 = widths[-1]
         self.epilogue_conv = EqualizedConv2d(c4 + config.mbstd_channels, c4, 3)
@@ -178,7 +190,9 @@ class Discriminator(nn.Module):
         cfg = self.config
         expected = (cfg.img_channels, cfg.img_resolution, cfg.img_resolution)
         if img.ndim != 4 or tuple(img.shape[1:]) != expected:
-            raise ValueError(f"img: expected shape [N, {', '.join(map(str, expected))}], got {list(img.shape)}")
+            raise ValueError(
+                f"img: expected shape [N, {', '.join(map(str, expected))}], got {list(img.shape)}"
+            )
         f = self.resample_filter.to(img.dtype)
         x = img
         for res in cfg.resolutions()[:-1]:

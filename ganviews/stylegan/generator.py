@@ -61,7 +61,9 @@ class GeneratorConfig:
     channel_max: int = 512  # … unless `channels` is given
     channels: tuple[int, ...] | None = None  # explicit width per block 4, 8, …, img_resolution
     conv_clamp: float | None = None  # clamp of conv / ToRGB outputs (NVIDIA train.py: 256)
-    layer_groups: dict[str, tuple[int, ...]] | None = None  # w+ indices per group; None = default rule
+    layer_groups: dict[str, tuple[int, ...]] | None = (
+        None  # w+ indices per group; None = default rule
+    )
 
     def __post_init__(self) -> None:
         res = self.img_resolution
@@ -69,7 +71,9 @@ class GeneratorConfig:
             raise ConfigError(f"img_resolution: expected a power of two ≥ 4, got {res!r}")
         for name in ("z_dim", "w_dim", "img_channels", "mapping_layers"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
+                raise ConfigError(
+                    f"{name}: expected a positive integer, got {getattr(self, name)!r}"
+                )
         if self.c_dim < 0:
             raise ConfigError(f"c_dim: expected ≥ 0, got {self.c_dim!r}")
         if self.channels is not None:
@@ -97,7 +101,10 @@ class GeneratorConfig:
         """Width of each synthesis block, from `channels` or the base/max formula."""
         if self.channels is not None:
             return list(self.channels)
-        return [min(self.channel_base // r, self.channel_max) for r in block_resolutions(self.img_resolution)]
+        return [
+            min(self.channel_base // r, self.channel_max)
+            for r in block_resolutions(self.img_resolution)
+        ]
 
 
 def default_layer_groups(num_ws: int) -> dict[str, list[int]]:
@@ -266,7 +273,9 @@ def load_state_checked(G: Generator, state: Mapping[str, torch.Tensor], path: Pa
     if wrong:
         problems.append(f"shape mismatches {wrong[:6]}{' …' if len(wrong) > 6 else ''}")
     if problems:
-        raise CheckpointError(f"{path}: weights do not fit the inferred architecture: " + "; ".join(problems))
+        raise CheckpointError(
+            f"{path}: weights do not fit the inferred architecture: " + "; ".join(problems)
+        )
     bad = [k for k, v in state.items() if not v.is_floating_point() or not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{path}: non-float or non-finite values in {bad[:6]}")
@@ -274,7 +283,9 @@ def load_state_checked(G: Generator, state: Mapping[str, torch.Tensor], path: Pa
 
 
 @torch.no_grad()
-def estimate_w_avg(G: Generator, *, num_samples: int = W_AVG_SAMPLES, seed: int = W_AVG_SEED) -> torch.Tensor:
+def estimate_w_avg(
+    G: Generator, *, num_samples: int = W_AVG_SAMPLES, seed: int = W_AVG_SEED
+) -> torch.Tensor:
     """Mean of mapping(z) over seeded z ~ N(0, I) (what rosinality's mean_latent does)."""
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn([num_samples, G.z_dim], generator=gen)  # [S, z_dim]

@@ -230,7 +230,9 @@ class MappingNetwork(nn.Module):
             )
         if c.ndim == 1 and not c.is_floating_point():
             if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.c_dim):
-                raise ValueError(f"c: class indices must lie in [0, {self.c_dim}), got {c.tolist()}")
+                raise ValueError(
+                    f"c: class indices must lie in [0, {self.c_dim}), got {c.tolist()}"
+                )
             c = F.one_hot(c.long(), self.c_dim)
         if tuple(c.shape) != (n, self.c_dim):
             raise ValueError(f"c: expected shape [{n}, {self.c_dim}], got {list(c.shape)}")
@@ -258,7 +260,9 @@ class MappingNetwork(nn.Module):
             x = getattr(self, f"fc{i}")(x)  # [N, F]
         if update_emas and self.w_avg_beta is not None:
             with torch.no_grad():
-                self.w_avg.copy_(x.detach().mean(dim=0).to(self.w_avg.dtype).lerp(self.w_avg, self.w_avg_beta))
+                self.w_avg.copy_(
+                    x.detach().mean(dim=0).to(self.w_avg.dtype).lerp(self.w_avg, self.w_avg_beta)
+                )
         ws = x.unsqueeze(1).repeat(1, self.num_ws, 1)  # [N, L, C]
         if truncation_psi != 1:
             cutoff = self.num_ws if truncation_cutoff is None else int(truncation_cutoff)
@@ -289,7 +293,9 @@ class SynthesisLayer(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.resolution, self.up, self.conv_clamp = resolution, up, conv_clamp
         self.affine = EqualizedLinear(w_dim, in_channels, bias_init=1.0)
-        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
+        self.weight = nn.Parameter(
+            torch.randn([out_channels, in_channels, kernel_size, kernel_size])
+        )
         self.bias = nn.Parameter(torch.zeros([out_channels]))
         self.noise_strength = nn.Parameter(torch.zeros([]))
         self.register_buffer("noise_const", torch.randn([resolution, resolution]))
@@ -305,10 +311,15 @@ class SynthesisLayer(nn.Module):
         shape = [1, 1, self.resolution, self.resolution]
         if noise_generator is None or isinstance(noise_generator, torch.Generator):
             n = x.shape[0]
-            noise = torch.randn([n, *shape[1:]], generator=noise_generator, device=x.device, dtype=x.dtype)
+            noise = torch.randn(
+                [n, *shape[1:]], generator=noise_generator, device=x.device, dtype=x.dtype
+            )
         else:  # one generator per sample: the noise of a sample does not depend on its batch
             noise = torch.cat(
-                [torch.randn(shape, generator=g, device=x.device, dtype=x.dtype) for g in noise_generator]
+                [
+                    torch.randn(shape, generator=g, device=x.device, dtype=x.dtype)
+                    for g in noise_generator
+                ]
             )
         return noise * strength  # [N, 1, H, W]
 
@@ -338,7 +349,9 @@ class SynthesisLayer(nn.Module):
 class ToRGBLayer(nn.Module):
     """Modulated 1x1 conv to RGB without demodulation; style scaled by 1/√C (skip path)."""
 
-    def __init__(self, in_channels: int, img_channels: int, *, w_dim: int, conv_clamp: float | None = None):
+    def __init__(
+        self, in_channels: int, img_channels: int, *, w_dim: int, conv_clamp: float | None = None
+    ):
         super().__init__()
         self.conv_clamp = conv_clamp
         self.affine = EqualizedLinear(w_dim, in_channels, bias_init=1.0)
@@ -373,7 +386,12 @@ class SynthesisBlock(nn.Module):
             self.num_conv = 1
         else:
             self.conv0 = SynthesisLayer(
-                in_channels, out_channels, w_dim=w_dim, resolution=resolution, up=True, conv_clamp=conv_clamp
+                in_channels,
+                out_channels,
+                w_dim=w_dim,
+                resolution=resolution,
+                up=True,
+                conv_clamp=conv_clamp,
             )
             self.num_conv = 2
         self.conv1 = SynthesisLayer(
@@ -453,7 +471,9 @@ class SynthesisNetwork(nn.Module):
         ``b{r}_img`` (running RGB image) after every block, for debugging and tests.
         """
         if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
-            raise ValueError(f"ws: expected shape [N, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
+            raise ValueError(
+                f"ws: expected shape [N, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}"
+            )
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode: {noise_mode!r} is not one of {list(NOISE_MODES)}")
         if not ws.is_floating_point():
@@ -464,8 +484,14 @@ class SynthesisNetwork(nn.Module):
                 raise ValueError(
                     f"noise_generator: got {len(noise_generator)} generators for a batch of {ws.shape[0]}"
                 )
-        fused = choose_fused(ws.shape[0], ws.device) if fused_modconv is None else bool(fused_modconv)
-        layer_kwargs = {"noise_mode": noise_mode, "fused": fused, "noise_generator": noise_generator}
+        fused = (
+            choose_fused(ws.shape[0], ws.device) if fused_modconv is None else bool(fused_modconv)
+        )
+        layer_kwargs = {
+            "noise_mode": noise_mode,
+            "fused": fused,
+            "noise_generator": noise_generator,
+        }
         f = self.resample_filter.to(ws.dtype)
         x = img = None
         w_idx = 0

@@ -93,7 +93,9 @@ class TrainGANConfig:
                 f"r1_interval / checkpoint_every: expected ≥ 1, got {self.r1_interval} / {self.checkpoint_every}"
             )
         if not 0.0 <= self.style_mixing_prob <= 1.0:
-            raise ConfigError(f"style_mixing_prob: expected a probability in [0, 1], got {self.style_mixing_prob!r}")
+            raise ConfigError(
+                f"style_mixing_prob: expected a probability in [0, 1], got {self.style_mixing_prob!r}"
+            )
         for name in ("g_lr", "d_lr", "ema_kimg"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: expected > 0, got {getattr(self, name)!r}")
@@ -141,9 +143,18 @@ class ShuffledImages:
     Returns float images in [-1, 1] on ``device``.
     """
 
-    def __init__(self, images: torch.Tensor, *, batch_size: int, seed: int = 0, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        *,
+        batch_size: int,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ):
         if images.ndim != 4 or images.dtype != torch.uint8:
-            raise ValueError(f"images: expected a uint8 tensor [N, C, H, W], got {images.dtype} {list(images.shape)}")
+            raise ValueError(
+                f"images: expected a uint8 tensor [N, C, H, W], got {images.dtype} {list(images.shape)}"
+            )
         if images.shape[0] < 1:
             raise ValueError("images: the data set is empty")
         self.images, self.batch_size, self.seed = images, int(batch_size), int(seed)
@@ -155,7 +166,12 @@ class ShuffledImages:
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perm_cache:
-            self._perm_cache = {epoch: torch.randperm(len(self), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))}
+            self._perm_cache = {
+                epoch: torch.randperm(
+                    len(self),
+                    generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch),
+                )
+            }
         return self._perm_cache[epoch]
 
     def batch(self, step: int) -> torch.Tensor:
@@ -191,13 +207,23 @@ def build_state(config: TrainGANConfig, *, device: str | torch.device = "cpu") -
     opt_G = torch.optim.Adam(G.parameters(), lr=config.g_lr, betas=betas, eps=ADAM_EPS)
     ratio = config.r1_interval / (config.r1_interval + 1)  # lazy-regularisation correction
     opt_D = torch.optim.Adam(
-        D.parameters(), lr=config.d_lr * ratio, betas=(config.beta1**ratio, config.beta2**ratio), eps=ADAM_EPS
+        D.parameters(),
+        lr=config.d_lr * ratio,
+        betas=(config.beta1**ratio, config.beta2**ratio),
+        eps=ADAM_EPS,
     )
     rng = torch.Generator(device=device).manual_seed(config.seed)
     return TrainState(G=G, D=D, G_ema=G_ema, opt_G=opt_G, opt_D=opt_D, rng=rng)
 
 
-def sample_ws(G: Generator, batch_size: int, rng: torch.Generator, *, mixing_prob: float, update_emas: bool = False) -> torch.Tensor:
+def sample_ws(
+    G: Generator,
+    batch_size: int,
+    rng: torch.Generator,
+    *,
+    mixing_prob: float,
+    update_emas: bool = False,
+) -> torch.Tensor:
     """z ~ N(0, I) → w+, with style mixing (one cutoff per batch, official) → [B, num_ws, w_dim]."""
     device = G.mapping.w_avg.device
     z = torch.randn([batch_size, G.z_dim], generator=rng, device=device)  # [B, z_dim]
@@ -225,7 +251,9 @@ def r1_penalty(D: Discriminator, real: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def update_ema(G_ema: Generator, G: Generator, *, config: TrainGANConfig, images_seen: int) -> float:
+def update_ema(
+    G_ema: Generator, G: Generator, *, config: TrainGANConfig, images_seen: int
+) -> float:
     """G_ema ← β·G_ema + (1−β)·G with β = 0.5^(batch / half-life); buffers copied. Returns β."""
     ema_nimg = config.ema_kimg * 1000
     if config.ema_rampup is not None:
@@ -245,7 +273,9 @@ def train_step(state: TrainState, reals: torch.Tensor, config: TrainGANConfig) -
         raise ValueError(f"reals: expected a batch of {batch}, got {list(reals.shape)}")
     # G: non-saturating loss softplus(−D(G(z))).
     D.requires_grad_(False)
-    ws = sample_ws(G, batch, rng, mixing_prob=config.style_mixing_prob, update_emas=True)  # [B, L, C]
+    ws = sample_ws(
+        G, batch, rng, mixing_prob=config.style_mixing_prob, update_emas=True
+    )  # [B, L, C]
     loss_G = F.softplus(-D(generate(G, ws, rng))).mean()
     state.opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
@@ -300,7 +330,9 @@ def save_checkpoint(state: TrainState, config: TrainGANConfig, path: str | Path)
     return path
 
 
-def load_checkpoint(path: str | Path, config: TrainGANConfig, *, device: str | torch.device = "cpu") -> TrainState:
+def load_checkpoint(
+    path: str | Path, config: TrainGANConfig, *, device: str | torch.device = "cpu"
+) -> TrainState:
     """Rebuild a :class:`TrainState` from :func:`save_checkpoint`'s file; the config must match."""
     path = Path(path)
     if not path.is_file():
@@ -312,17 +344,25 @@ def load_checkpoint(path: str | Path, config: TrainGANConfig, *, device: str | t
     if not isinstance(payload, dict) or payload.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: not a train-gan checkpoint of version {CHECKPOINT_VERSION}")
     saved = from_dict(TrainGANConfig, payload["config"])
-    changed = {k: (getattr(saved, k), getattr(config, k)) for k in to_dict(config) if k not in ("total_kimg", "checkpoint_every") and getattr(saved, k) != getattr(config, k)}
+    changed = {
+        k: (getattr(saved, k), getattr(config, k))
+        for k in to_dict(config)
+        if k not in ("total_kimg", "checkpoint_every") and getattr(saved, k) != getattr(config, k)
+    }
     if changed:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in changed.items())
-        raise CheckpointError(f"{path}: the checkpoint was trained with a different config ({detail})")
+        raise CheckpointError(
+            f"{path}: the checkpoint was trained with a different config ({detail})"
+        )
     state = build_state(config, device=device)
     state.G.load_state_dict(payload["G"])
     state.D.load_state_dict(payload["D"])
     state.G_ema.load_state_dict(payload["G_ema"])
     state.opt_G.load_state_dict(payload["opt_G"])
     state.opt_D.load_state_dict(payload["opt_D"])
-    state.rng.set_state(payload["rng"].to("cpu") if payload["rng"].device.type != "cpu" else payload["rng"])
+    state.rng.set_state(
+        payload["rng"].to("cpu") if payload["rng"].device.type != "cpu" else payload["rng"]
+    )
     state.step = int(payload["step"])
     return state
 
@@ -356,7 +396,9 @@ def train_gan(
         log.info("resumed from %s at step %d", ckpt, state.step)
     else:
         if ckpt.exists():
-            raise CheckpointError(f"{ckpt} exists: pass resume (CLI: --resume) or choose another out_dir")
+            raise CheckpointError(
+                f"{ckpt} exists: pass resume (CLI: --resume) or choose another out_dir"
+            )
         state = build_state(config, device=device)
     (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2, sort_keys=True))
     total = config.total_steps
@@ -369,13 +411,24 @@ def train_gan(
             rate = (done - start) / max(time.perf_counter() - t0, 1e-9)
             log.info(
                 "step %d/%d kimg %.1f  G %.3f  D %.3f  D(x) %.2f  D(G(z)) %.2f  %.2f steps/s",
-                done, total, done * config.batch_size / 1000, stats["loss_G"], stats["loss_D"],
-                stats["D_real"], stats["D_fake"], rate,
+                done,
+                total,
+                done * config.batch_size / 1000,
+                stats["loss_G"],
+                stats["loss_D"],
+                stats["D_real"],
+                stats["D_fake"],
+                rate,
             )
         if done % config.checkpoint_every == 0 or done == total:
             save_checkpoint(state, config, ckpt)
             export_generator(state, out_dir / GENERATOR_NAME)
-            record = {"step": done, "kimg": done * config.batch_size / 1000, "seconds": time.perf_counter() - t0, **stats}
+            record = {
+                "step": done,
+                "kimg": done * config.batch_size / 1000,
+                "seconds": time.perf_counter() - t0,
+                **stats,
+            }
             with open(out_dir / "log.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             if on_checkpoint is not None:

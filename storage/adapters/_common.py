@@ -130,11 +130,17 @@ def paper_split(n: int) -> list[str]:
     return ["train"] * n_train + ["val"] * (n - n_train - n_test) + ["test"] * n_test
 
 
-def paper_split_per_class(df: pd.DataFrame, class_column: str, *, order_column: str | None = None) -> pd.Series:
+def paper_split_per_class(
+    df: pd.DataFrame, class_column: str, *, order_column: str | None = None
+) -> pd.Series:
     """:func:`paper_split` within each class of ``df``: rows in frame order, or sorted by ``order_column``."""
     split = pd.Series("", index=df.index)
     for _, index in df.groupby(class_column, sort=False).groups.items():
-        ordered = list(index) if order_column is None else sorted(index, key=lambda i: df.at[i, order_column])
+        ordered = (
+            list(index)
+            if order_column is None
+            else sorted(index, key=lambda i: df.at[i, order_column])
+        )
         split.loc[ordered] = paper_split(len(ordered))
     return split
 
@@ -153,11 +159,19 @@ def handle_missing_images(df: pd.DataFrame, *, on_missing: str, dataset: str) ->
             "put the images where the annotations point, or pass on_missing_image='drop' "
             "(CLI: --on-missing-image drop) to leave them out"
         )
-    log.warning("%s: dropping %d of %d annotated images missing on disk (%s)", dataset, len(missing), len(df), shown)
+    log.warning(
+        "%s: dropping %d of %d annotated images missing on disk (%s)",
+        dataset,
+        len(missing),
+        len(df),
+        shown,
+    )
     return df.loc[exists].reset_index(drop=True)
 
 
-def voc_box_to_pixels(xmin: float, ymin: float, xmax: float, ymax: float, *, where: str) -> list[float]:
+def voc_box_to_pixels(
+    xmin: float, ymin: float, xmax: float, ymax: float, *, where: str
+) -> list[float]:
     """A 1-based inclusive box (MATLAB devkit / Pascal VOC) as ``[x0, y0, x1, y1]`` (see module doc)."""
     box = [float(xmin) - 1.0, float(ymin) - 1.0, float(xmax), float(ymax)]
     if not (box[0] < box[2] and box[1] < box[3]) or box[0] < 0 or box[1] < 0:

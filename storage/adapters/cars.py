@@ -81,7 +81,13 @@ def _scalar(value: object, *, where: str) -> object:
 def _load_mat(path: Path) -> dict[str, object]:
     try:
         return scipy.io.loadmat(path, squeeze_me=True, struct_as_record=True)
-    except (scipy.io.matlab.MatReadError, ValueError, TypeError, OSError, NotImplementedError) as exc:
+    except (
+        scipy.io.matlab.MatReadError,
+        ValueError,
+        TypeError,
+        OSError,
+        NotImplementedError,
+    ) as exc:
         raise AdapterError(f"{path}: not a readable MATLAB .mat file ({exc})") from exc
 
 
@@ -89,7 +95,9 @@ def read_class_names(path: Path) -> list[str]:
     """``class_names`` of ``cars_meta.mat``, in class-index order (class ``k`` is ``names[k - 1]``)."""
     data = _load_mat(path)
     if "class_names" not in data:
-        raise AdapterError(f"{path}: no 'class_names' variable (found {sorted(k for k in data if not k.startswith('__'))})")
+        raise AdapterError(
+            f"{path}: no 'class_names' variable (found {sorted(k for k in data if not k.startswith('__'))})"
+        )
     names = np.atleast_1d(data["class_names"]).reshape(-1)
     return [str(_scalar(n, where=f"{path} class_names[{i}]")) for i, n in enumerate(names)]
 
@@ -98,7 +106,9 @@ def read_annotations(path: Path, *, need_class: bool) -> pd.DataFrame:
     """The ``annotations`` struct array as a frame: fname, class (or absent), bbox_x1 … bbox_y2."""
     data = _load_mat(path)
     if "annotations" not in data:
-        raise AdapterError(f"{path}: no 'annotations' variable (found {sorted(k for k in data if not k.startswith('__'))})")
+        raise AdapterError(
+            f"{path}: no 'annotations' variable (found {sorted(k for k in data if not k.startswith('__'))})"
+        )
     annotations = np.atleast_1d(data["annotations"]).reshape(-1)
     fields = annotations.dtype.names or ()
     needed = ("fname", *BOX_FIELDS) + (("class",) if need_class else ())
@@ -117,13 +127,20 @@ def read_annotations(path: Path, *, need_class: bool) -> pd.DataFrame:
 
 def _is_index(value: object, count: int) -> bool:
     """Whether ``value`` is a whole number in 1..count (MATLAB may store it as an integer or a double)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
         return False
     return float(value).is_integer() and 1 <= int(value) <= count
 
 
 def _frame(
-    annos: pd.DataFrame, *, path: Path, image_dir: Path, class_names: list[str], body_types: tuple[str, ...]
+    annos: pd.DataFrame,
+    *,
+    path: Path,
+    image_dir: Path,
+    class_names: list[str],
+    body_types: tuple[str, ...],
 ) -> pd.DataFrame:
     """Attach labels and boxes to one annotation file's rows; drop classes outside ``body_types``."""
     rows = []
@@ -153,7 +170,10 @@ def _frame(
                 "bbox": box,
             }
         )
-    return pd.DataFrame(rows, columns=["fname", "path", "label", "label_name", "fine_label", "fine_label_name", "bbox"])
+    return pd.DataFrame(
+        rows,
+        columns=["fname", "path", "label", "label_name", "fine_label", "fine_label_name", "bbox"],
+    )
 
 
 def build_cars(
@@ -178,11 +198,15 @@ def build_cars(
     val_fraction = check_fraction("val_fraction", val_fraction)
     body_types = tuple(body_types)
     if not body_types or len(set(body_types)) != len(body_types):
-        raise AdapterError(f"body_types={list(body_types)!r} must be a non-empty list of distinct tokens")
+        raise AdapterError(
+            f"body_types={list(body_types)!r} must be a non-empty list of distinct tokens"
+        )
     root = check_root(root, "cars")
 
     def devkit(name: str) -> Path:
-        return find_file(root, [f"devkit/{name}", name], what=f"Stanford Cars {name}", source=_DEVKIT_SOURCE)
+        return find_file(
+            root, [f"devkit/{name}", name], what=f"Stanford Cars {name}", source=_DEVKIT_SOURCE
+        )
 
     class_names = read_class_names(devkit("cars_meta.mat"))
     unknown = [t for t in body_types if t not in {body_type(n) for n in class_names}]
@@ -241,7 +265,9 @@ def _find_test_annotations(root: Path) -> Path:
     for rel in ("devkit/cars_test_annos.mat", "cars_test_annos.mat"):
         path = root / rel
         if path.is_file():
-            fields = np.atleast_1d(_load_mat(path).get("annotations", np.array([]))).dtype.names or ()
+            fields = (
+                np.atleast_1d(_load_mat(path).get("annotations", np.array([]))).dtype.names or ()
+            )
             if "class" in fields:
                 return path
             raise AnnotationFileMissing(f"{path} has no class labels; {_TEST_LABELS_SOURCE}")

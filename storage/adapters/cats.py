@@ -123,11 +123,15 @@ def build_cats(
     check_choice("scheme", scheme, SCHEMES)
     val_fraction = check_fraction("val_fraction", val_fraction)
     root = check_root(root, "cats")
-    listing_path = find_file(root, ["annotations/list.txt"], what="Oxford-IIIT Pet list", source=_PET_SOURCE)
+    listing_path = find_file(
+        root, ["annotations/list.txt"], what="Oxford-IIIT Pet list", source=_PET_SOURCE
+    )
     listing = read_pet_list(listing_path)
     cats = listing[listing["species"] == CAT_SPECIES].reset_index(drop=True)
     if cats["image"].duplicated().any():
-        raise AdapterError(f"{listing_path}: images listed twice, e.g. {cats.loc[cats['image'].duplicated(), 'image'].iloc[0]!r}")
+        raise AdapterError(
+            f"{listing_path}: images listed twice, e.g. {cats.loc[cats['image'].duplicated(), 'image'].iloc[0]!r}"
+        )
     bad = cats[(cats["breed_id"] < 1) | (cats["breed_id"] > NUM_CAT_BREEDS)]
     if not bad.empty:
         row = bad.iloc[0]
@@ -140,16 +144,23 @@ def build_cats(
     names_per_label = cats.groupby("label")["label_name"].unique()
     for label, names in names_per_label.items():
         if len(names) != 1:
-            raise AdapterError(f"{listing_path}: BREED ID {label + 1} is used by several breeds {sorted(names)}")
+            raise AdapterError(
+                f"{listing_path}: BREED ID {label + 1} is used by several breeds {sorted(names)}"
+            )
 
     if scheme == "paper":
         cats["split"] = paper_split_per_class(cats, "label", order_column="image")
     else:
-        cats["split"] = _official_split(root, cats, listing_path, val_fraction=val_fraction, seed=seed)
+        cats["split"] = _official_split(
+            root, cats, listing_path, val_fraction=val_fraction, seed=seed
+        )
         cats = cats[cats["split"] != ""].reset_index(drop=True)
 
     xml_dir = root / "annotations" / "xmls"
-    boxes = [read_head_box(xml_dir / f"{i}.xml") if (xml_dir / f"{i}.xml").is_file() else None for i in cats["image"]]
+    boxes = [
+        read_head_box(xml_dir / f"{i}.xml") if (xml_dir / f"{i}.xml").is_file() else None
+        for i in cats["image"]
+    ]
     df = pd.DataFrame(
         {
             "image_id": cats["image"],
@@ -175,12 +186,19 @@ def build_cats(
     return finalize(df, dataset="cats", label_columns=["label"], root=root, options=options)
 
 
-def _official_split(root: Path, cats: pd.DataFrame, listing_path: Path, *, val_fraction: float, seed: int) -> list[str]:
+def _official_split(
+    root: Path, cats: pd.DataFrame, listing_path: Path, *, val_fraction: float, seed: int
+) -> list[str]:
     """trainval.txt → train/val (seeded, per breed), test.txt → test; '' for cats in neither file."""
     member: dict[str, str] = {}
     known = cats.set_index("image")
     for part in ("trainval", "test"):
-        path = find_file(root, [f"annotations/{part}.txt"], what=f"Oxford-IIIT Pet {part}.txt", source=_PET_SOURCE)
+        path = find_file(
+            root,
+            [f"annotations/{part}.txt"],
+            what=f"Oxford-IIIT Pet {part}.txt",
+            source=_PET_SOURCE,
+        )
         table = read_pet_list(path)
         for image, breed in zip(table["image"], table["breed_id"], strict=True):
             if image in member:
@@ -194,7 +212,11 @@ def _official_split(root: Path, cats: pd.DataFrame, listing_path: Path, *, val_f
     parts = [member.get(i, "") for i in cats["image"]]
     orphans = [i for i, p in zip(cats["image"], parts, strict=True) if not p]
     if orphans:
-        log.warning("cats: %d cat images are in neither trainval.txt nor test.txt; left out (e.g. %s)", len(orphans), orphans[0])
+        log.warning(
+            "cats: %d cat images are in neither trainval.txt nor test.txt; left out (e.g. %s)",
+            len(orphans),
+            orphans[0],
+        )
     trainval = [i for i, p in enumerate(parts) if p == "trainval"]
     assigned = seeded_split(
         [cats.at[i, "image"] for i in trainval],

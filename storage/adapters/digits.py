@@ -46,7 +46,9 @@ FILTERS = ("bicubic", "bilinear", "nearest", "lanczos")
 IMAGE_DIR = "images"
 
 
-def render_digit(image8: np.ndarray, *, resolution: int = DEFAULT_RESOLUTION, resample: str = "bicubic") -> np.ndarray:
+def render_digit(
+    image8: np.ndarray, *, resolution: int = DEFAULT_RESOLUTION, resample: str = "bicubic"
+) -> np.ndarray:
     """One 8×8 digit (values 0…16) → uint8 RGB [resolution, resolution, 3]."""
     from PIL import Image
 
@@ -107,16 +109,23 @@ def build_digits(
     images, labels = data.images, data.target.astype(np.int64)  # [N, 8, 8], [N]
     ids = [f"digit_{i:04d}" for i in range(len(labels))]
     splits = seeded_split(
-        ids, fractions={"val": val_fraction, "test": test_fraction}, seed=seed, strata=labels.tolist()
+        ids,
+        fractions={"val": val_fraction, "test": test_fraction},
+        seed=seed,
+        strata=labels.tolist(),
     )
     written = 0
     paths = []
     for image_id, image8 in zip(ids, images, strict=True):
         path = root / IMAGE_DIR / f"{image_id}.png"
-        written += _write_if_changed(path, _png_bytes(render_digit(image8, resolution=resolution, resample=resample)))
+        written += _write_if_changed(
+            path, _png_bytes(render_digit(image8, resolution=resolution, resample=resample))
+        )
         paths.append(str(path))
     df = pd.DataFrame({"image_id": ids, "path": paths, "split": splits, "label": labels})
-    table = df.assign(image=[f"{IMAGE_DIR}/{i}.png" for i in ids])[["image", "image_id", "split", "label"]]
+    table = df.assign(image=[f"{IMAGE_DIR}/{i}.png" for i in ids])[
+        ["image", "image_id", "split", "label"]
+    ]
     _write_if_changed(root / "labels.csv", table.to_csv(index=False).encode())
     log.info("digits: %d images under %s (%d written)", len(df), root, written)
     options = {

@@ -62,7 +62,9 @@ def read_labels_file(path: Path) -> pd.DataFrame:
             return pd.read_parquet(path)
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise AdapterError(f"{path}: cannot read the labels file ({exc})") from exc
-    raise AdapterError(f"labels file {path.name!r}: unknown format {suffix!r}; use .csv or .parquet")
+    raise AdapterError(
+        f"labels file {path.name!r}: unknown format {suffix!r}; use .csv or .parquet"
+    )
 
 
 def _resolve_labels(root: Path, labels: str | Path | None) -> Path:
@@ -74,7 +76,9 @@ def _resolve_labels(root: Path, labels: str | Path | None) -> Path:
             f"no labels file in {root} (looked for labels.csv, labels.parquet); pass labels= (CLI: --labels)"
         )
     path = Path(labels).expanduser()
-    candidates = [path] if path.is_absolute() else [root / path, Path.cwd() / path]  # ROOT first, then cwd
+    candidates = (
+        [path] if path.is_absolute() else [root / path, Path.cwd() / path]
+    )  # ROOT first, then cwd
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
@@ -119,7 +123,9 @@ def _encode_label(series: pd.Series, column: str, path: Path) -> tuple[pd.Series
 def _numbers(value: object, *, where: str) -> list[float] | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    items = [v for v in _NUMBERS.split(value.strip()) if v] if isinstance(value, str) else list(value)  # type: ignore[arg-type]
+    items = (
+        [v for v in _NUMBERS.split(value.strip()) if v] if isinstance(value, str) else list(value)
+    )  # type: ignore[arg-type]
     try:
         return [float(v) for v in items]
     except (TypeError, ValueError):
@@ -154,29 +160,43 @@ def build_folder(
                 "name it with image_column (CLI: --image-column)"
             )
     elif image_column not in columns:
-        raise AdapterError(f"{path}: image_column {image_column!r} is not a column; columns: {columns}")
+        raise AdapterError(
+            f"{path}: image_column {image_column!r} is not a column; columns: {columns}"
+        )
     if split_column is not None and split_column not in columns:
-        raise AdapterError(f"{path}: split_column {split_column!r} is not a column; columns: {columns}")
+        raise AdapterError(
+            f"{path}: split_column {split_column!r} is not a column; columns: {columns}"
+        )
     if split_column is None and "split" in columns:
         split_column = "split"
 
-    reserved = {image_column, "image_id", *BOX_COLUMNS, "bbox", "landmarks"} | ({split_column} if split_column else set())
+    reserved = {image_column, "image_id", *BOX_COLUMNS, "bbox", "landmarks"} | (
+        {split_column} if split_column else set()
+    )
     if label_columns is None:
         label_columns = [c for c in columns if c not in reserved]
     else:
         label_columns = list(label_columns)
         unknown = [c for c in label_columns if c not in columns]
         if unknown:
-            raise AdapterError(f"{path}: label_columns {unknown} are not columns; columns: {columns}")
+            raise AdapterError(
+                f"{path}: label_columns {unknown} are not columns; columns: {columns}"
+            )
         clash = [c for c in label_columns if c in reserved]
         if clash:
-            raise AdapterError(f"{path}: label_columns {clash} are reserved (image, id, split, box columns)")
+            raise AdapterError(
+                f"{path}: label_columns {clash} are reserved (image, id, split, box columns)"
+            )
     if not label_columns:
-        raise AdapterError(f"{path}: no label columns (columns: {columns}); the manifest needs at least one")
+        raise AdapterError(
+            f"{path}: no label columns (columns: {columns}); the manifest needs at least one"
+        )
 
     images = table[image_column]
     if images.isna().any():
-        raise AdapterError(f"{path}: image column {image_column!r} is empty in row {int(images.isna().to_numpy().nonzero()[0][0])}")
+        raise AdapterError(
+            f"{path}: image column {image_column!r} is empty in row {int(images.isna().to_numpy().nonzero()[0][0])}"
+        )
     paths = [Path(str(v)).expanduser() for v in images]
     paths = [p if p.is_absolute() else root / p for p in paths]
     if "image_id" in columns:
@@ -192,9 +212,13 @@ def build_folder(
         if abs(train + val + test - 1.0) > 1e-6:
             raise AdapterError(f"fractions={tuple(fractions)!r} (train, val, test) must sum to 1")
         if stratify is not None and stratify not in label_columns:
-            raise AdapterError(f"stratify={stratify!r} is not a label column; label columns: {label_columns}")
+            raise AdapterError(
+                f"stratify={stratify!r} is not a label column; label columns: {label_columns}"
+            )
         strata = table[stratify].astype(str).tolist() if stratify else None
-        df["split"] = seeded_split(image_ids, fractions={"test": test, "val": val}, seed=seed, strata=strata)
+        df["split"] = seeded_split(
+            image_ids, fractions={"test": test, "val": val}, seed=seed, strata=strata
+        )
     for column in label_columns:
         codes, names = _encode_label(table[column], column, path)
         df[column] = codes.to_numpy()
@@ -226,15 +250,25 @@ def _attach_geometry(df: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
     """Copy optional box / landmark columns into the manifest's ``bbox`` / ``landmarks``."""
     present = [c for c in BOX_COLUMNS if c in table.columns]
     if present and len(present) != len(BOX_COLUMNS):
-        raise AdapterError(f"{path}: box columns need all of {list(BOX_COLUMNS)}, found only {present}")
+        raise AdapterError(
+            f"{path}: box columns need all of {list(BOX_COLUMNS)}, found only {present}"
+        )
     if present:
         rows = table[list(BOX_COLUMNS)].to_numpy(dtype=float)
-        df["bbox"] = [None if any(math.isnan(v) for v in r) else [float(v) for v in r] for r in rows]
+        df["bbox"] = [
+            None if any(math.isnan(v) for v in r) else [float(v) for v in r] for r in rows
+        ]
     elif "bbox" in table.columns:
-        df["bbox"] = [_numbers(v, where=f"{path} row {i} bbox") for i, v in enumerate(table["bbox"])]
+        df["bbox"] = [
+            _numbers(v, where=f"{path} row {i} bbox") for i, v in enumerate(table["bbox"])
+        ]
     if "bbox" in df.columns:
         for i, box in enumerate(df["bbox"]):
             if box is not None and (len(box) != 4 or not (box[0] < box[2] and box[1] < box[3])):
-                raise AdapterError(f"{path}: row {i} has bbox {box}; expected [x0, y0, x1, y1] with x0 < x1, y0 < y1")
+                raise AdapterError(
+                    f"{path}: row {i} has bbox {box}; expected [x0, y0, x1, y1] with x0 < x1, y0 < y1"
+                )
     if "landmarks" in table.columns:
-        df["landmarks"] = [_numbers(v, where=f"{path} row {i} landmarks") for i, v in enumerate(table["landmarks"])]
+        df["landmarks"] = [
+            _numbers(v, where=f"{path} row {i} landmarks") for i, v in enumerate(table["landmarks"])
+        ]

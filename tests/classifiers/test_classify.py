@@ -64,7 +64,11 @@ def test_torchvision_checkpoint_gives_the_in_memory_logits(tmp_path, num_outputs
     state = net.state_dict()
     if wrapping == "module":  # DataParallel prefix
         state = {f"module.{k}": v for k, v in state.items()}
-    obj = {wrapping: state, "epoch": 7, "valacc": 0.9} if wrapping in ("state_dict", "model") else state
+    obj = (
+        {wrapping: state, "epoch": 7, "valacc": 0.9}
+        if wrapping in ("state_dict", "model")
+        else state
+    )
     path = tmp_path / "net_best.pth"
     torch.save(obj, path)
 
@@ -103,7 +107,9 @@ def test_sidecar_yaml_supplies_preprocessing(tmp_path):
     net = _resnet18(3)
     torch.save(net.state_dict(), tmp_path / "cars.pth")
     (tmp_path / "cars.yaml").write_text(
-        yaml.safe_dump({"task": "car_type", "class_names": ["SUV", "Sedan", "Cab"], "preprocessing": "car"})
+        yaml.safe_dump(
+            {"task": "car_type", "class_names": ["SUV", "Sedan", "Cab"], "preprocessing": "car"}
+        )
     )
     C = load_classifier(tmp_path / "cars.pth")
     assert C.class_names == ("SUV", "Sedan", "Cab")
@@ -119,7 +125,9 @@ def test_own_format_round_trip(tmp_path):
         class_names=("a", "b", "c"),
         name="demo-digits",
         width=8,
-        preprocessing=Preprocessing(resize=24, crop=20, input_range="signed", mean=(0.1, 0.0, -0.1)),
+        preprocessing=Preprocessing(
+            resize=24, crop=20, input_range="signed", mean=(0.1, 0.0, -0.1)
+        ),
     )
     torch.manual_seed(0)
     C = build_classifier(cfg)
@@ -147,15 +155,25 @@ def test_preprocessing_matches_torchvision_pil_pipeline():
     pil = Image.fromarray(small).resize((200, 150), Image.BICUBIC)  # smooth content, 150 × 200
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     ref_tf = transforms.Compose(
-        [transforms.Resize(96), transforms.CenterCrop(80), transforms.ToTensor(), transforms.Normalize(mean, std)]
+        [
+            transforms.Resize(96),
+            transforms.CenterCrop(80),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
     )
     want = ref_tf(pil)  # [3, 80, 80]
 
     cfg = ClassifierConfig(
-        arch="smallcnn", num_outputs=2, width=4, preprocessing=Preprocessing(resize=96, crop=80, mean=mean, std=std)
+        arch="smallcnn",
+        num_outputs=2,
+        width=4,
+        preprocessing=Preprocessing(resize=96, crop=80, mean=mean, std=std),
     )
     C = build_classifier(cfg).eval()
-    x = torch.from_numpy(np.array(pil)).permute(2, 0, 1)[None].float() / 127.5 - 1  # [1, 3, 150, 200]
+    x = (
+        torch.from_numpy(np.array(pil)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    )  # [1, 3, 150, 200]
     got = C.preprocess(x)[0]
     assert got.shape == want.shape == (3, 80, 80)
     diff = (got - want).abs()
@@ -166,19 +184,27 @@ def test_preprocessing_matches_torchvision_pil_pipeline():
 
 def test_trim_and_box_downsample_are_exact():
     x = _images(2, 64, 64)
-    car = Preprocessing(trim=(0.125, 0.125, 0.0, 0.0), resize=24, crop=24, mean=(0.5,) * 3, std=(0.5,) * 3)
-    C = build_classifier({"arch": "smallcnn", "num_outputs": 3, "width": 4, "preprocessing": car}).eval()
+    car = Preprocessing(
+        trim=(0.125, 0.125, 0.0, 0.0), resize=24, crop=24, mean=(0.5,) * 3, std=(0.5,) * 3
+    )
+    C = build_classifier(
+        {"arch": "smallcnn", "num_outputs": 3, "width": 4, "preprocessing": car}
+    ).eval()
     want = TF.center_crop(TF.resize(x[..., 8:56, :], 24, antialias=True), 24)
     torch.testing.assert_close(C.preprocess(x), want, atol=1e-6, rtol=0)
 
-    face = build_classifier({"arch": "smallcnn", "num_outputs": 1, "width": 4, "preprocessing": "celebahq"})
+    face = build_classifier(
+        {"arch": "smallcnn", "num_outputs": 1, "width": 4, "preprocessing": "celebahq"}
+    )
     big = _images(1, 1024, 1024)
     box = big.reshape(1, 3, 256, 4, 256, 4).mean(dim=(3, 5))  # the official 4×4 box filter
     torch.testing.assert_close(face.preprocess(big), box, atol=1e-6, rtol=0)
 
 
 def test_preprocessing_clamps_and_is_differentiable():
-    C = build_classifier({"arch": "smallcnn", "num_outputs": 2, "width": 4, "preprocessing": {"resize": 16}})
+    C = build_classifier(
+        {"arch": "smallcnn", "num_outputs": 2, "width": 4, "preprocessing": {"resize": 16}}
+    )
     x = (_images(2, 32, 32) * 3).requires_grad_(True)  # overshooting GAN output
     y = C.preprocess(x)
     assert y.min() >= -1 - 1e-6 and y.max() <= 1 + 1e-6  # mean = std = 0.5 maps [-1, 1] onto itself
@@ -191,7 +217,12 @@ def test_preprocessing_clamps_and_is_differentiable():
 def test_probabilities_and_predictions():
     C = build_classifier({"arch": "smallcnn", "num_outputs": 1, "width": 4})
     p = C.probabilities(torch.tensor([[0.0], [2.0]]))
-    torch.testing.assert_close(p, torch.tensor([[0.5, 0.5], [1 - torch.sigmoid(torch.tensor(2.0)), torch.sigmoid(torch.tensor(2.0))]]))
+    torch.testing.assert_close(
+        p,
+        torch.tensor(
+            [[0.5, 0.5], [1 - torch.sigmoid(torch.tensor(2.0)), torch.sigmoid(torch.tensor(2.0))]]
+        ),
+    )
     C3 = build_classifier({"arch": "smallcnn", "num_outputs": 3, "width": 4})
     torch.testing.assert_close(C3.probabilities(torch.zeros(1, 3)), torch.full((1, 3), 1 / 3))
 
@@ -208,7 +239,9 @@ def test_init_from_imagenet_style_weights_keeps_a_fresh_head(tmp_path):
     assert torch.equal(C.backbone.fc.weight, head_before)
 
     torch.save(_resnet18(3).state_dict() | {"extra.weight": torch.zeros(1)}, tmp_path / "odd.pth")
-    with pytest.raises(CheckpointError, match=r"odd\.pth: cannot initialise resnet18 .*extra\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"odd\.pth: cannot initialise resnet18 .*extra\.weight"
+    ):
         load_backbone_weights(C, tmp_path / "odd.pth")
 
 
@@ -230,15 +263,22 @@ def test_wrong_keys_name_the_file_and_the_closest_architecture(tmp_path):
 
 def test_no_head_is_named(tmp_path):
     torch.save({"conv.weight": torch.zeros(2, 3, 3, 3)}, tmp_path / "headless.pth")
-    with pytest.raises(CheckpointError, match=r"headless\.pth: no classifier head \(4x4\.dense1\.linear\.weight, fc\.weight\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"headless\.pth: no classifier head \(4x4\.dense1\.linear\.weight, fc\.weight\)",
+    ):
         load_classifier(tmp_path / "headless.pth", config={})
 
 
 def test_config_disagreeing_with_the_weights(tmp_path):
     torch.save(_resnet18(3).state_dict(), tmp_path / "three.pth")
-    with pytest.raises(CheckpointError, match=r"three\.pth: config says num_outputs=2 .* has 3 output"):
+    with pytest.raises(
+        CheckpointError, match=r"three\.pth: config says num_outputs=2 .* has 3 output"
+    ):
         load_classifier(tmp_path / "three.pth", config={"num_outputs": 2, "preprocessing": "cat"})
-    with pytest.raises(CheckpointError, match=r"three\.pth: config says arch='resnet50' .* match 'resnet18'"):
+    with pytest.raises(
+        CheckpointError, match=r"three\.pth: config says arch='resnet50' .* match 'resnet18'"
+    ):
         load_classifier(tmp_path / "three.pth", config={"arch": "resnet50", "preprocessing": "cat"})
 
 
@@ -265,15 +305,24 @@ def test_missing_unreadable_and_unconfigured_files(tmp_path):
     with pytest.raises(CheckpointError, match=r"list\.pth: expected a state dict"):
         load_classifier(tmp_path / "list.pth", config={})
     torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "nostate.pth")
-    with pytest.raises(CheckpointError, match=r"nostate\.pth: no state dict found: top-level keys \['epoch', 'lr'\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"nostate\.pth: no state dict found: top-level keys \['epoch', 'lr'\]",
+    ):
         load_classifier(tmp_path / "nostate.pth", config={})
     torch.save(_resnet18(2).state_dict(), tmp_path / "bare.pth")
-    with pytest.raises(CheckpointError, match=r"bare\.pth: the checkpoint does not record its preprocessing.*bare\.yaml"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"bare\.pth: the checkpoint does not record its preprocessing.*bare\.yaml",
+    ):
         load_classifier(tmp_path / "bare.pth")
 
 
 def test_config_errors_name_the_key():
-    with pytest.raises(ConfigError, match=r"arch: 'vgg16' is not known \(allowed: resnet18, .*smallcnn, celebahq_attribute\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"arch: 'vgg16' is not known \(allowed: resnet18, .*smallcnn, celebahq_attribute\)",
+    ):
         ClassifierConfig(arch="vgg16", num_outputs=2)
     with pytest.raises(ConfigError, match=r"class_names: 2 names .* num_outputs=3"):
         ClassifierConfig(arch="resnet18", num_outputs=3, class_names=("a", "b"))
@@ -291,7 +340,9 @@ def test_config_errors_name_the_key():
 
 
 def test_loaded_classifier_moves_preprocessing_with_it_and_runs_in_float64(tmp_path):
-    C = build_classifier({"arch": "smallcnn", "num_outputs": 2, "width": 4, "preprocessing": "imagenet"}).eval()
+    C = build_classifier(
+        {"arch": "smallcnn", "num_outputs": 2, "width": 4, "preprocessing": "imagenet"}
+    ).eval()
     path = save_classifier(C, tmp_path / "c.safetensors")
     C64 = load_classifier(path).double()
     x = _images(2, 300, 260).double()
@@ -313,8 +364,13 @@ def test_official_attribute_classifier_layout_loads_with_numpy_metadata(tmp_path
     assert shapes["16x16.conv1.wscale.b"] == (512,)
     assert shapes["4x4.dense0.linear.weight"] == (512, 8192)
     assert shapes["4x4.dense1.linear.weight"] == (1, 512)
-    torch.save({"state_dict": state, "epoch": np.int64(12), "valacc": np.float64(0.93)}, tmp_path / "net_best.pth")
-    C = load_classifier(tmp_path / "net_best.pth", config={"preprocessing": "celebahq", "task": "Smiling"})
+    torch.save(
+        {"state_dict": state, "epoch": np.int64(12), "valacc": np.float64(0.93)},
+        tmp_path / "net_best.pth",
+    )
+    C = load_classifier(
+        tmp_path / "net_best.pth", config={"preprocessing": "celebahq", "task": "Smiling"}
+    )
     assert (C.arch, C.num_outputs) == ("celebahq_attribute", 1)
     for (k, a), b in zip(state.items(), C.backbone.state_dict().values(), strict=True):
         assert torch.equal(a, b), k

@@ -69,15 +69,24 @@ def test_uint8_images_and_readers_give_the_same_batches():
     assert all((np.diff(s) > 0).all() for s in seen)  # readers get sorted indices
     assert a[0].images.dtype == torch.float32 and a[0].images.min() >= -1 and a[0].images.max() <= 1
     c = list(ImageBatches(u8, y, batch_size=6, seed=5).epoch(4))
-    assert not torch.equal(torch.cat([t.labels for t in a]), torch.cat([t.labels for t in c]))  # new order
+    assert not torch.equal(
+        torch.cat([t.labels for t in a]), torch.cat([t.labels for t in c])
+    )  # new order
 
 
 @pytest.mark.parametrize("scheduler", ["cosine", "constant"])
 def test_resume_is_exact(tmp_path, scheduler):
     x, y = _toy(40, 3)
     xv, yv = _toy(20, 3, seed=1)
-    kwargs = dict(epochs=3, lr=2e-3, weight_decay=1e-4, seed=4, scheduler=scheduler, select="best",
-                  val_batches=ImageBatches(xv, yv, batch_size=20, shuffle=False, flip=False))
+    kwargs = dict(
+        epochs=3,
+        lr=2e-3,
+        weight_decay=1e-4,
+        seed=4,
+        scheduler=scheduler,
+        select="best",
+        val_batches=ImageBatches(xv, yv, batch_size=20, shuffle=False, flip=False),
+    )
     straight = _small(3)
     ref = train_classifier(straight, ImageBatches(x, y, batch_size=8, seed=4), **kwargs)
 
@@ -91,33 +100,69 @@ def test_resume_is_exact(tmp_path, scheduler):
     ckpt = tmp_path / "run.ckpt"
     first = _small(3)  # same init as the straight run
     with pytest.raises(Killed):
-        train_classifier(first, ImageBatches(x, y, batch_size=8, seed=4), checkpoint=ckpt,
-                         on_epoch=kill_after_first, **kwargs)
+        train_classifier(
+            first,
+            ImageBatches(x, y, batch_size=8, seed=4),
+            checkpoint=ckpt,
+            on_epoch=kill_after_first,
+            **kwargs,
+        )
     resumed = _small(3, seed=123)  # different init: the checkpoint must carry the weights
-    out = train_classifier(resumed, ImageBatches(x, y, batch_size=8, seed=4), checkpoint=ckpt, **kwargs)
+    out = train_classifier(
+        resumed, ImageBatches(x, y, batch_size=8, seed=4), checkpoint=ckpt, **kwargs
+    )
     assert out.resumed_from == 1
     assert [h.train_loss for h in out.history] == [h.train_loss for h in ref.history]
     assert (out.best_epoch, out.selected_epoch) == (ref.best_epoch, ref.selected_epoch)
-    for (k, a), b in zip(straight.backbone.state_dict().items(), resumed.backbone.state_dict().values(), strict=True):
+    for (k, a), b in zip(
+        straight.backbone.state_dict().items(), resumed.backbone.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), k
 
     # a finished run resumes to a no-op; other hyperparameters are refused, naming the key
-    again = train_classifier(_small(3), ImageBatches(x, y, batch_size=8, seed=4), checkpoint=ckpt, **kwargs)
+    again = train_classifier(
+        _small(3), ImageBatches(x, y, batch_size=8, seed=4), checkpoint=ckpt, **kwargs
+    )
     assert again.resumed_from == 3 and len(again.history) == 3
-    with pytest.raises(CheckpointError, match=r"run\.ckpt: was written by a different run.*train\.lr: checkpoint 0\.002, now 0\.01"):
-        train_classifier(_small(3), ImageBatches(x, y, batch_size=8, seed=4), checkpoint=ckpt, **{**kwargs, "lr": 1e-2})
+    with pytest.raises(
+        CheckpointError,
+        match=r"run\.ckpt: was written by a different run.*train\.lr: checkpoint 0\.002, now 0\.01",
+    ):
+        train_classifier(
+            _small(3),
+            ImageBatches(x, y, batch_size=8, seed=4),
+            checkpoint=ckpt,
+            **{**kwargs, "lr": 1e-2},
+        )
 
 
 def test_constant_schedule_can_be_extended_and_cosine_cannot(tmp_path):
     x, y = _toy(24, 2)
     one = _small(1)
-    train_classifier(one, ImageBatches(x, y, batch_size=8), epochs=1, scheduler="constant", checkpoint=tmp_path / "c.ckpt")
-    more = train_classifier(_small(1, seed=7), ImageBatches(x, y, batch_size=8), epochs=2, scheduler="constant",
-                            checkpoint=tmp_path / "c.ckpt")
+    train_classifier(
+        one,
+        ImageBatches(x, y, batch_size=8),
+        epochs=1,
+        scheduler="constant",
+        checkpoint=tmp_path / "c.ckpt",
+    )
+    more = train_classifier(
+        _small(1, seed=7),
+        ImageBatches(x, y, batch_size=8),
+        epochs=2,
+        scheduler="constant",
+        checkpoint=tmp_path / "c.ckpt",
+    )
     assert more.resumed_from == 1 and len(more.history) == 2
-    train_classifier(_small(1), ImageBatches(x, y, batch_size=8), epochs=1, checkpoint=tmp_path / "k.ckpt")
-    with pytest.raises(CheckpointError, match=r"cosine schedule was planned for 1 epochs, now epochs=2"):
-        train_classifier(_small(1), ImageBatches(x, y, batch_size=8), epochs=2, checkpoint=tmp_path / "k.ckpt")
+    train_classifier(
+        _small(1), ImageBatches(x, y, batch_size=8), epochs=1, checkpoint=tmp_path / "k.ckpt"
+    )
+    with pytest.raises(
+        CheckpointError, match=r"cosine schedule was planned for 1 epochs, now epochs=2"
+    ):
+        train_classifier(
+            _small(1), ImageBatches(x, y, batch_size=8), epochs=2, checkpoint=tmp_path / "k.ckpt"
+        )
 
 
 def test_bad_labels_are_named():
@@ -156,7 +201,9 @@ def _by_id(source: GanBatches, epoch: int) -> dict[str, torch.Tensor]:
 
 def test_recon_source_renders_G_of_w(G, latents):
     ws, labels, ids = latents
-    src = GanBatches(G, ws, labels, image_ids=ids, source="recon", batch_size=5, shuffle=False, flip=False)
+    src = GanBatches(
+        G, ws, labels, image_ids=ids, source="recon", batch_size=5, shuffle=False, flip=False
+    )
     batches = list(src.epoch(0))
     assert [len(b.labels) for b in batches] == [5, 5, 2]
     with torch.no_grad():
@@ -171,8 +218,20 @@ def test_views_are_seeded_per_image_and_epoch(G, latents):
     sigma = 0.5
 
     def rendered(batch_size: int, epoch: int, setting: float = sigma) -> dict[str, torch.Tensor]:
-        src = GanBatches(G, ws, labels, image_ids=ids, source="views", method="isotropic", layers="fine",
-                         setting=setting, batch_size=batch_size, seed=3, shuffle=True, flip=False)
+        src = GanBatches(
+            G,
+            ws,
+            labels,
+            image_ids=ids,
+            source="views",
+            method="isotropic",
+            layers="fine",
+            setting=setting,
+            batch_size=batch_size,
+            seed=3,
+            shuffle=True,
+            flip=False,
+        )
         out = {}
         batches, _, _ = src._plan(epoch, 1.0)
         for idx, batch in zip(batches, src.epoch(epoch), strict=True):
@@ -182,29 +241,52 @@ def test_views_are_seeded_per_image_and_epoch(G, latents):
     a, b = rendered(5, 0), rendered(4, 0)
     assert a.keys() == b.keys() == set(ids)
     for k in ids:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)  # batch composition does not matter
+        torch.testing.assert_close(
+            a[k], b[k], atol=1e-5, rtol=1e-5
+        )  # batch composition does not matter
     # the view is exactly G(perturb_from_seeds(w*, seed(seed, image id, epoch)))
     i = 7
     seed_i = item_seed(3, "train-view", ids[i], 0)
     with torch.no_grad():
-        w_view = perturb_from_seeds(G, ws[i : i + 1], [seed_i], method="isotropic", layers="fine", setting=sigma)
-        torch.testing.assert_close(a[ids[i]], G.synthesis(w_view, noise_mode="const")[0], atol=1e-5, rtol=1e-5)
+        w_view = perturb_from_seeds(
+            G, ws[i : i + 1], [seed_i], method="isotropic", layers="fine", setting=sigma
+        )
+        torch.testing.assert_close(
+            a[ids[i]], G.synthesis(w_view, noise_mode="const")[0], atol=1e-5, rtol=1e-5
+        )
         recon = G.synthesis(ws, noise_mode="const")  # [12, 3, 32, 32]
     c = rendered(5, 1)
     assert all(not torch.allclose(a[k], c[k]) for k in ids)  # a fresh view every epoch
     zero = rendered(5, 0, setting=0.0)
     for j, k in enumerate(ids):
-        torch.testing.assert_close(zero[k], recon[j], atol=1e-5, rtol=1e-5)  # σ = 0 is the reconstruction
+        torch.testing.assert_close(
+            zero[k], recon[j], atol=1e-5, rtol=1e-5
+        )  # σ = 0 is the reconstruction
 
 
 def test_training_on_a_mixture_of_real_images_and_views(G, latents):
     ws, labels, ids = latents
-    real = ((torch.rand(12, 3, 24, 24, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8))
-    src = GanBatches(G, ws, labels, image_ids=ids, images=real, source="views", method="stylemix",
-                     layers="coarse", p_generated=0.5, batch_size=6, seed=0)
+    real = (torch.rand(12, 3, 24, 24, generator=torch.Generator().manual_seed(1)) * 255).to(
+        torch.uint8
+    )
+    src = GanBatches(
+        G,
+        ws,
+        labels,
+        image_ids=ids,
+        images=real,
+        source="views",
+        method="stylemix",
+        layers="coarse",
+        p_generated=0.5,
+        batch_size=6,
+        seed=0,
+    )
     first = next(iter(src.epoch(0)))
     assert first.images.shape == (6, 3, 24, 24)  # GAN images resized to the real images' size
-    C = build_classifier({"arch": "smallcnn", "num_outputs": 1, "width": 4, "preprocessing": {"resize": 16}})
+    C = build_classifier(
+        {"arch": "smallcnn", "num_outputs": 1, "width": 4, "preprocessing": {"resize": 16}}
+    )
     result = train_classifier(C, src, epochs=2, lr=1e-3, seed=0)
     counts = [h.n_generated for h in result.history]
     _, use_gen0, _ = src._plan(0, 0.5)

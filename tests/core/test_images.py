@@ -24,7 +24,9 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
     """A PNG whose IHDR claims ``width × height`` but carries no pixel data at all."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
@@ -124,7 +126,11 @@ def test_16bit_colour_png_scales_by_257_not_high_byte(tmp_path):
     rng = np.random.default_rng(1)
     rgb16 = rng.integers(0, 65536, size=(16, 20, 3), dtype=np.uint16)
     rgb16[0, 0] = (65535, 0, 383)  # 383/257 = 1.49 → 1, whereas the high byte gives 1 too
-    rgb16[0, 1] = (65279, 32768, 511)  # 65279/257 = 254.0; high byte 254; 511/257 = 1.99 → 2 (high byte 1)
+    rgb16[0, 1] = (
+        65279,
+        32768,
+        511,
+    )  # 65279/257 = 254.0; high byte 254; 511/257 = 1.99 → 2 (high byte 1)
     cv2.imwrite(str(tmp_path / "c16.png"), rgb16[:, :, ::-1].copy())  # OpenCV writes BGR
     out = load_image(tmp_path / "c16.png")
     np.testing.assert_array_equal(out, np.round(rgb16 / 257.0).astype(np.uint8))
@@ -232,9 +238,7 @@ def test_max_pixels_keyword(tmp_path):
     Image.fromarray(_rgb(100, 100)).save(tmp_path / "a.png")
     with pytest.raises(ImageError) as exc:
         load_image(tmp_path / "a.png", max_pixels=5000)
-    assert _reason(exc) == (
-        "decompression bomb guard: 100x100 = 10000 px exceeds max_pixels=5000"
-    )
+    assert _reason(exc) == ("decompression bomb guard: 100x100 = 10000 px exceeds max_pixels=5000")
     with pytest.raises(ValueError, match="max_pixels must be >= 1, got 0"):
         load_image(tmp_path / "a.png", max_pixels=0)
 
@@ -258,6 +262,8 @@ def test_load_images_goes_on_after_failures(tmp_path):
 def test_signed_to_uint8_clamps_rounds_and_inverts_the_uint8_scaling():
     pixels = np.arange(256, dtype=np.uint8)
     assert np.array_equal(signed_to_uint8(pixels.astype(np.float32) / 127.5 - 1.0), pixels)
-    got = signed_to_uint8(np.array([-3.0, -1.0, 0.0, 1.0, 7.0, 0.5 / 127.5 - 1.0], dtype=np.float32))
+    got = signed_to_uint8(
+        np.array([-3.0, -1.0, 0.0, 1.0, 7.0, 0.5 / 127.5 - 1.0], dtype=np.float32)
+    )
     assert got.dtype == np.uint8
     assert got.tolist() == [0, 0, 128, 255, 255, 0]  # 127.5 → 128, 0.5 → 0 (half to even)

@@ -19,8 +19,13 @@ from ganviews.core.weights_io import (
 
 
 def test_safetensors_round_trip_with_metadata_and_header_only_read(tmp_path):
-    state = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(4, dtype=torch.int64)}
-    path = write_safetensors(state, tmp_path / "sub" / "w.safetensors", {"format": "x", "config": "{}"})
+    state = {
+        "a": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+        "b": torch.ones(4, dtype=torch.int64),
+    }
+    path = write_safetensors(
+        state, tmp_path / "sub" / "w.safetensors", {"format": "x", "config": "{}"}
+    )
     meta, got = read_safetensors(path)
     assert meta == {"format": "x", "config": "{}"}
     assert torch.equal(got["a"], state["a"]) and torch.equal(got["b"], state["b"])
@@ -39,7 +44,9 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
 def test_unreadable_safetensors_names_the_file(tmp_path):
     bad = tmp_path / "cut.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
-    with pytest.raises(CheckpointError, match=r"cut.safetensors: not a readable safetensors file \("):
+    with pytest.raises(
+        CheckpointError, match=r"cut.safetensors: not a readable safetensors file \("
+    ):
         read_safetensors(bad)
 
 
@@ -67,5 +74,7 @@ def test_training_state_round_trip_format_check_and_rng(tmp_path):
     with pytest.raises(CheckpointError, match=r"t.ckpt: not a ganviews other training checkpoint"):
         load_training_state(path, format_name="ganviews.other", what="other training")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"junk.ckpt: not a readable test training checkpoint"):
+    with pytest.raises(
+        CheckpointError, match=r"junk.ckpt: not a readable test training checkpoint"
+    ):
         load_training_state(tmp_path / "junk.ckpt", format_name="x", what="test training")

@@ -77,7 +77,12 @@ def random_table(seed: int = 0, *, n_val: int = 17, n_test: int = 23) -> pd.Data
     """Several tasks, a sigmoid, a two-logit and a 4-class classifier, GAN and image methods."""
     rng = np.random.default_rng(seed)
     classifiers = {"bin1": 1, "bin2": 2, "multi": 4}
-    methods = {("isotropic_fine", "0.1"): 6, ("isotropic_fine", "0.2"): 6, ("pca_coarse", "1"): 4, ("crop", ""): 5}
+    methods = {
+        ("isotropic_fine", "0.1"): 6,
+        ("isotropic_fine", "0.2"): 6,
+        ("pca_coarse", "1"): 4,
+        ("crop", ""): 5,
+    }
     rows = []
     for task in ("t0", "t1"):
         for clf, length in classifiers.items():
@@ -88,7 +93,9 @@ def random_table(seed: int = 0, *, n_val: int = 17, n_test: int = 23) -> pd.Data
                     for i in range(n):
                         base = rng.normal(size=length) + 1.2 * np.eye(k)[labels[i]][-length:]
                         views = [base + rng.normal(scale=1.5, size=length) for _ in range(v)]
-                        rows += image_rows(task, clf, method, setting, split, f"{split}-{i:03d}", labels[i], views)
+                        rows += image_rows(
+                            task, clf, method, setting, split, f"{split}-{i:03d}", labels[i], views
+                        )
     return pd.DataFrame(rows)
 
 
@@ -148,7 +155,9 @@ def ref_pick(counts, tie_break):
 
 def ref_evaluate(frame, tie_break="smallest", alphas=None):
     alphas = list(alpha_grid(21)) if alphas is None else alphas
-    keys = sorted(set(map(tuple, frame[["task", "classifier", "method", "setting"]].to_numpy().tolist())))
+    keys = sorted(
+        set(map(tuple, frame[["task", "classifier", "method", "setting"]].to_numpy().tolist()))
+    )
     out = {}
     sides = {}
     for key in keys:
@@ -171,7 +180,9 @@ def ref_evaluate(frame, tie_break="smallest", alphas=None):
         test = data["test"]
         single = sum(ref_argmax(img[0]) == lab for lab, img, _ in test.values()) / n_test
         recon = sum(ref_argmax(gan[0]) == lab for lab, _, gan in test.values()) / n_test
-        uniform = sum(ref_argmax(ref_mean(img + gan)) == lab for lab, img, gan in test.values()) / n_test
+        uniform = (
+            sum(ref_argmax(ref_mean(img + gan)) == lab for lab, img, gan in test.values()) / n_test
+        )
         out[key] = dict(
             alpha_star=alphas[i_star], val_acc=cv[i_star] / n_val, test_acc=ct[i_star] / n_test,
             test_acc_single=single, test_acc_recon=recon if has_recon else float("nan"),
@@ -206,7 +217,13 @@ def test_known_answers():
     assert row["test_acc_oracle"] == 1.0 and row["alpha_oracle"] == pytest.approx(0.5)
     assert row["alpha_oracle"] != row["alpha_star"]  # α* on val is not the test oracle
     assert row["test_acc_uniform"] == 1.0  # equal weights = α 0.8
-    assert (row["n_val"], row["n_test"], row["n_views"], row["num_classes"], row["num_logits"]) == (2, 4, 4, 2, 1)
+    assert (row["n_val"], row["n_test"], row["n_views"], row["num_classes"], row["num_logits"]) == (
+        2,
+        4,
+        4,
+        2,
+        1,
+    )
     assert (row["n_improved"], row["n_worsened"]) == (2, 0)  # tA and tG fixed, nothing broken
     assert row["gain"] == pytest.approx(0.5)
     assert row["mcnemar_p"] == pytest.approx(0.5)
@@ -215,7 +232,12 @@ def test_known_answers():
     assert row["gain_se"] == pytest.approx(np.std([1, 0, 0, 1], ddof=1) / 2)
     assert row["test_acc_views_se"] >= 0.0 and row["kind"] == "gan"
     curve = res.curves[res.curves["split"] == "val"].set_index("alpha")["acc"]
-    assert curve.loc[0.4] == 0.5 and curve.loc[0.45] == 1.0 and curve.loc[0.55] == 1.0 and curve.loc[0.6] == 0.5
+    assert (
+        curve.loc[0.4] == 0.5
+        and curve.loc[0.45] == 1.0
+        and curve.loc[0.55] == 1.0
+        and curve.loc[0.6] == 0.5
+    )
 
 
 def test_tie_rule_largest():
@@ -231,11 +253,18 @@ def test_no_evidence_prefers_the_single_image():
     rows = []
     for split in ("val", "test"):
         for i, (label, p) in enumerate([(1, 0.7), (0, 0.8), (1, 0.4)]):
-            rows += image_rows("t", "c", "isotropic_fine", "0.1", split, f"i{i}", label, [[logit(p)]] * 4)
+            rows += image_rows(
+                "t", "c", "isotropic_fine", "0.1", split, f"i{i}", label, [[logit(p)]] * 4
+            )
     res = evaluate(pd.DataFrame(rows), FAST)
     row = res.table.iloc[0]
     assert row["alpha_star"] == 0.0 and row["alpha_oracle"] == 0.0
-    assert row["test_acc"] == row["test_acc_single"] == row["test_acc_gan_only"] == pytest.approx(1 / 3)
+    assert (
+        row["test_acc"]
+        == row["test_acc_single"]
+        == row["test_acc_gan_only"]
+        == pytest.approx(1 / 3)
+    )
     assert row["test_acc_views_se"] == 0.0  # views identical: resampling them changes nothing
     largest = evaluate(pd.DataFrame(rows), dataclasses.replace(FAST, tie_break="largest"))
     assert largest.table.iloc[0]["alpha_star"] == 1.0
@@ -254,7 +283,9 @@ def test_select_alpha_tie_rules():
 def test_sigmoid_equals_two_logit_softmax():
     """One logit x (sigmoid) and two logits [0, x] (softmax) give the same probabilities and results."""
     x = np.array([[-3.0], [0.0], [2.5]])
-    np.testing.assert_allclose(probabilities(x), probabilities(np.concatenate([np.zeros_like(x), x], axis=1)))
+    np.testing.assert_allclose(
+        probabilities(x), probabilities(np.concatenate([np.zeros_like(x), x], axis=1))
+    )
     one = evaluate(known_table(), FAST).table
     two = evaluate(known_table(two_logits=True), FAST).table
     cols = ["alpha_star", "val_acc", "test_acc", "test_acc_single", "test_acc_recon", "test_acc_gan_only",
@@ -270,7 +301,9 @@ def test_two_logit_binary_is_softmax_not_sigmoid_of_one_logit():
     np.testing.assert_allclose(p, [[1 / (1 + math.exp(-1)), 1 / (1 + math.exp(1))]])
     rows = []
     for split in ("val", "test"):
-        rows += image_rows("t", "c", "stylemix_fine", "", split, "a", 0, [[0.0, 5.0], [10.0, 9.0], [10.0, 9.0]])
+        rows += image_rows(
+            "t", "c", "stylemix_fine", "", split, "a", 0, [[0.0, 5.0], [10.0, 9.0], [10.0, 9.0]]
+        )
     row = evaluate(pd.DataFrame(rows), FAST).table.iloc[0]
     assert row["test_acc_single"] == 0.0 and row["test_acc_gan_only"] == 1.0
 
@@ -294,7 +327,9 @@ def test_class_ties_go_to_the_lowest_index():
     for split in ("val", "test"):
         rows += image_rows("t", "c", "isotropic_fine", "0.1", split, "a", 1, [[0.0], [0.0]])
     row = evaluate(pd.DataFrame(rows), FAST).table.iloc[0]
-    assert row["test_acc_single"] == 0.0 and row["test_acc_gan_only"] == 0.0  # p = 0.5 predicts class 0
+    assert (
+        row["test_acc_single"] == 0.0 and row["test_acc_gan_only"] == 0.0
+    )  # p = 0.5 predicts class 0
 
 
 def test_mcnemar_exact_values():
@@ -326,8 +361,12 @@ def test_vectorised_equals_reference_on_random_tables(tie_break):
         np.testing.assert_equal(row["test_acc_recon"], want["test_acc_recon"])
         assert (row["n_val"], row["n_test"]) == (want["n_val"], want["n_test"])
         curve = curves.loc[key]
-        np.testing.assert_allclose(curve.loc["val", "acc"].to_numpy(), want["curve_val"], atol=1e-12)
-        np.testing.assert_allclose(curve.loc["test", "acc"].to_numpy(), want["curve_test"], atol=1e-12)
+        np.testing.assert_allclose(
+            curve.loc["val", "acc"].to_numpy(), want["curve_val"], atol=1e-12
+        )
+        np.testing.assert_allclose(
+            curve.loc["test", "acc"].to_numpy(), want["curve_test"], atol=1e-12
+        )
 
 
 def test_chunking_does_not_change_results():
@@ -356,7 +395,9 @@ def test_size_curve_matches_reference_with_explicit_draws():
                 pv = [ref_probs(logits[i, 1 + j]) for j in draws[b, :k]]
                 p0 = ref_probs(logits[i, 0])
                 g = ref_mean(pv)
-                correct += ref_argmax([(1 - alpha) * p0[c] + alpha * g[c] for c in range(3)]) == labels[i]
+                correct += (
+                    ref_argmax([(1 - alpha) * p0[c] + alpha * g[c] for c in range(3)]) == labels[i]
+                )
             assert got[b, k - 1] == pytest.approx(correct / n, abs=1e-12)
     with pytest.raises(ValueError, match="indices in 0…4"):
         size_curve_accuracy(group.test, alpha, np.array([[5]]))
@@ -382,9 +423,13 @@ def test_size_curves_and_view_bootstrap_are_consistent_and_seeded():
     other = evaluate(frame, dataclasses.replace(config, seed=1))
     assert not np.allclose(res.table["test_acc_views_se"], other.table["test_acc_views_se"])
     # a group's bootstrap does not depend on which other groups are evaluated with it
-    only = evaluate(frame[frame["method"] == "pca_coarse"], config).table.set_index(["task", "classifier"])
+    only = evaluate(frame[frame["method"] == "pca_coarse"], config).table.set_index(
+        ["task", "classifier"]
+    )
     full = res.table[res.table["method"] == "pca_coarse"].set_index(["task", "classifier"])
-    np.testing.assert_array_equal(only["test_acc_views_se"], full.loc[only.index, "test_acc_views_se"])
+    np.testing.assert_array_equal(
+        only["test_acc_views_se"], full.loc[only.index, "test_acc_views_se"]
+    )
 
 
 def test_size_curve_best_setting_and_summary_over_tasks():
@@ -394,11 +439,22 @@ def test_size_curve_best_setting_and_summary_over_tasks():
     # one setting per (classifier, method): the one with the best mean val accuracy over tasks
     per = size.groupby(["classifier", "method"])["setting"].nunique()
     assert (per == 1).all()
-    iso = res.table[(res.table["method"] == "isotropic_fine") & (res.table["classifier"] == "multi")]
+    iso = res.table[
+        (res.table["method"] == "isotropic_fine") & (res.table["classifier"] == "multi")
+    ]
     means = iso.groupby("setting")["val_acc"].mean()
-    assert size[(size["classifier"] == "multi") & (size["method"] == "isotropic_fine")]["setting"].iloc[0] == means.idxmax()
+    assert (
+        size[(size["classifier"] == "multi") & (size["method"] == "isotropic_fine")][
+            "setting"
+        ].iloc[0]
+        == means.idxmax()
+    )
     summary = summarize_size_curves(size)
-    k = summary[(summary["classifier"] == "bin1") & (summary["method"] == "pca_coarse") & (summary["num_views"] == 2)]
+    k = summary[
+        (summary["classifier"] == "bin1")
+        & (summary["method"] == "pca_coarse")
+        & (summary["num_views"] == 2)
+    ]
     raw = size[(size["classifier"] == "bin1") & (size["method"] == "pca_coarse")]
     acc2 = raw[raw["num_views"] == 2].sort_values("task")["acc"].to_numpy()
     acc0 = raw[raw["num_views"] == 0].sort_values("task")["acc"].to_numpy()
@@ -421,15 +477,23 @@ def test_combination_weights_image_views_against_gan_views():
     gan = res.loc[("t0", "multi", "isotropic_fine", "0.2")]
     combo = res.loc[("t0", "multi", "crop+isotropic_fine", "0.2")]
     assert combo["kind"] == "combined" and combo["n_image_views"] == 5 and combo["n_views"] == 5
-    assert combo["test_acc_alpha0"] == crop["test_acc_uniform"]  # α = 0: original + its augmentations
+    assert (
+        combo["test_acc_alpha0"] == crop["test_acc_uniform"]
+    )  # α = 0: original + its augmentations
     assert combo["test_acc_gan_only"] == gan["test_acc_gan_only"]  # α = 1: the GAN views only
     assert combo["test_acc_recon"] == gan["test_acc_recon"]
-    assert (combo["image_method"], combo["gan_method"], combo["gan_setting"]) == ("crop", "isotropic_fine", "0.2")
+    assert (combo["image_method"], combo["gan_method"], combo["gan_setting"]) == (
+        "crop",
+        "isotropic_fine",
+        "0.2",
+    )
 
 
 def test_combinations_are_configurable():
     frame = random_table(seed=7, n_val=6, n_test=6)
-    only = evaluate(frame, dataclasses.replace(FAST, combinations=("crop+isotropic_fine@0.2",))).table
+    only = evaluate(
+        frame, dataclasses.replace(FAST, combinations=("crop+isotropic_fine@0.2",))
+    ).table
     combos = only[only["kind"] == "combined"]
     assert set(combos["method"]) == {"crop+isotropic_fine"} and set(combos["setting"]) == {"0.2"}
     assert len(combos) == 2 * 3
@@ -455,7 +519,10 @@ def test_combination_uses_common_images_only():
 def test_missing_view_is_an_error_naming_the_image():
     frame = known_table()
     frame = frame[~((frame["image_id"] == "tE") & (frame["view"] == 3))]
-    with pytest.raises(EnsembleInputError, match=r"1 of 4 images lack some of views 0…4, e\.g\. image 'tE' lacks views \[3\]"):
+    with pytest.raises(
+        EnsembleInputError,
+        match=r"1 of 4 images lack some of views 0…4, e\.g\. image 'tE' lacks views \[3\]",
+    ):
         evaluate(frame, FAST)
 
 
@@ -476,8 +543,12 @@ def test_duplicate_rows_are_an_error():
 
 def test_differing_logit_lengths_within_a_group_are_an_error():
     frame = known_table()
-    frame["logits"] = list(frame["logits"].iloc[:2]) + [np.zeros(3, np.float32)] + list(frame["logits"].iloc[3:])
-    with pytest.raises(EnsembleInputError, match=r"logits lengths differ within the group: \[1, 3\]"):
+    frame["logits"] = (
+        list(frame["logits"].iloc[:2]) + [np.zeros(3, np.float32)] + list(frame["logits"].iloc[3:])
+    )
+    with pytest.raises(
+        EnsembleInputError, match=r"logits lengths differ within the group: \[1, 3\]"
+    ):
         build_groups(frame)
 
 
@@ -535,7 +606,9 @@ def test_arrow_list_logits_column_gives_the_same_groups():
     frame = random_table(seed=10, n_val=5, n_test=6)
     arrow = frame.copy()
     arrow["logits"] = pd.Series(
-        pd.arrays.ArrowExtensionArray(pa.array([list(x) for x in frame["logits"]], type=pa.list_(pa.float32())))
+        pd.arrays.ArrowExtensionArray(
+            pa.array([list(x) for x in frame["logits"]], type=pa.list_(pa.float32()))
+        )
     )
     assert isinstance(arrow["logits"].dtype, pd.ArrowDtype)
     a, b = evaluate(frame, FAST), evaluate(arrow, FAST)

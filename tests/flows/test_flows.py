@@ -69,8 +69,14 @@ def test_pipeline_embedded_end_to_end_and_rerun(job, harness) -> None:
     assert (job / "out" / "report" / "report.md").is_file()
 
     # Per-shard progress records name the device and the process that ran each shard.
-    record = json.loads((job / "out" / "store.state" / "shards" / "invert" / "00000000-00000008.json").read_text())
-    assert record["status"] == "completed" and record["device"] == "cpu" and record["summary"]["done"] == SHARD
+    record = json.loads(
+        (job / "out" / "store.state" / "shards" / "invert" / "00000000-00000008.json").read_text()
+    )
+    assert (
+        record["status"] == "completed"
+        and record["device"] == "cpu"
+        and record["summary"]["done"] == SHARD
+    )
 
     # A rerun skips every stage: nothing to invert, render or re-evaluate; nothing recomputed.
     w_before = store.read(np.arange(N_IMAGES), ["w"])["w"]
@@ -78,7 +84,9 @@ def test_pipeline_embedded_end_to_end_and_rerun(job, harness) -> None:
     again = pipeline(str(job / "pipeline.yaml"))
     assert again["invert"]["shards_run"] == 0 and again["render"]["shards_run"] == 0
     assert "skipped" in again["pca"] and "skipped" in again["evaluate"]
-    np.testing.assert_array_equal(LatentStore.open(job / "out" / "store").read(np.arange(N_IMAGES), ["w"])["w"], w_before)
+    np.testing.assert_array_equal(
+        LatentStore.open(job / "out" / "store").read(np.arange(N_IMAGES), ["w"])["w"], w_before
+    )
     assert mtimes == {p: p.stat().st_mtime_ns for p in (job / "out" / "logits").rglob("*.parquet")}
 
 
@@ -91,18 +99,28 @@ def test_progress_and_table_artifacts(job, harness) -> None:
 
     name = job_name(as_config(job / "pipeline.yaml"))
     with get_client(sync_client=True) as client:
-        progress = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{name}-invert-progress"])))
-        table = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{name}-render-shards"])))
+        progress = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{name}-invert-progress"]))
+        )
+        table = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{name}-render-shards"]))
+        )
     assert progress and progress[0].type == "progress" and float(progress[0].data) == 100.0
     assert table and table[0].type == "table"
     rows = json.loads(table[0].data)
-    assert sorted(r["shard"] for r in rows) == ["00000000-00000008", "00000008-00000016", "00000016-00000024"]
+    assert sorted(r["shard"] for r in rows) == [
+        "00000000-00000008",
+        "00000008-00000016",
+        "00000016-00000024",
+    ]
     assert all(r["images"] == SHARD and r["device"] == "cpu" for r in rows)
 
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_cli_run_then_resume_retries_failed_images(tmp_path, stylegan2_fixtures, harness, capsys) -> None:
+def test_cli_run_then_resume_retries_failed_images(
+    tmp_path, stylegan2_fixtures, harness, capsys
+) -> None:
     """A corrupt image fails (reason kept); after fixing it, `resume` runs only that image."""
     from ganviews.cli import main
 
@@ -114,7 +132,9 @@ def test_cli_run_then_resume_retries_failed_images(tmp_path, stylegan2_fixtures,
     config = str(tmp_path / "pipeline.yaml")
     assert main(["run", config, "--stages", "invert"]) == 0
     out = capsys.readouterr().out
-    assert "ganviews run: job cli-job, stages invert, embedded mode" in out and "shards_run=2" in out
+    assert (
+        "ganviews run: job cli-job, stages invert, embedded mode" in out and "shards_run=2" in out
+    )
     store = LatentStore.open(tmp_path / "out" / "store")
     assert store.failed().tolist() == [5] and len(store.done()) == 7
     w_done = store.read(store.done(), ["w"])["w"]
@@ -122,11 +142,21 @@ def test_cli_run_then_resume_retries_failed_images(tmp_path, stylegan2_fixtures,
     (tmp_path / "images" / "img005.png").write_bytes(good)
     assert main(["resume", config, "--stages", "invert"]) == 0
     out = capsys.readouterr().out
-    assert "7 done, 0 pending, 1 failed images" in out and "shards_run=1" in out and "todo_after=0" in out
+    assert (
+        "7 done, 0 pending, 1 failed images" in out
+        and "shards_run=1" in out
+        and "todo_after=0" in out
+    )
     store = LatentStore.open(tmp_path / "out" / "store")
     assert len(store.done()) == 8 and store.failures().empty
-    np.testing.assert_array_equal(store.read([0, 1, 2, 3, 4, 6, 7], ["w"])["w"], w_done)  # done items untouched
-    record = json.loads((tmp_path / "out" / "store.state" / "shards" / "invert" / "00000004-00000008.json").read_text())
+    np.testing.assert_array_equal(
+        store.read([0, 1, 2, 3, 4, 6, 7], ["w"])["w"], w_done
+    )  # done items untouched
+    record = json.loads(
+        (
+            tmp_path / "out" / "store.state" / "shards" / "invert" / "00000004-00000008.json"
+        ).read_text()
+    )
     assert record["summary"]["todo"] == 1 and record["summary"]["done"] == 1
 
 
@@ -140,15 +170,29 @@ def test_retry_policy() -> None:
     from tasks.common import is_transient
     from tasks.pipeline_config import load_pipeline_config
 
-    for exc, retry in ((OSError("stale NFS file handle"), True), (RuntimeError("CUDA out of memory"), True),
-                       (ConfigError("invert.steps: …"), False), (StoreError("holds latents made with other settings"), False),
-                       (ValueError("bad shape"), False)):
+    for exc, retry in (
+        (OSError("stale NFS file handle"), True),
+        (RuntimeError("CUDA out of memory"), True),
+        (ConfigError("invert.steps: …"), False),
+        (StoreError("holds latents made with other settings"), False),
+        (ValueError("bad shape"), False),
+    ):
         assert is_transient(None, None, Failed(data=exc)) is retry, exc
-    cfg = load_pipeline_config({"data": {"manifest": "m"}, "paths": {"store": "s", "logits": "l", "report": "r"},
-                                "models": {"generator": "g"},
-                                "orchestration": {"retries": 3, "retry_delay_seconds": [1, 5]}}, base_dir="/x")
+    cfg = load_pipeline_config(
+        {
+            "data": {"manifest": "m"},
+            "paths": {"store": "s", "logits": "l", "report": "r"},
+            "models": {"generator": "g"},
+            "orchestration": {"retries": 3, "retry_delay_seconds": [1, 5]},
+        },
+        base_dir="/x",
+    )
     task = _retrying(cfg)
-    assert task.retries == 3 and list(task.retry_delay_seconds) == [1.0, 5.0] and task.retry_condition_fn is is_transient
+    assert (
+        task.retries == 3
+        and list(task.retry_delay_seconds) == [1.0, 5.0]
+        and task.retry_condition_fn is is_transient
+    )
     key = idempotency_key("job-1", "invert", (64, 128), "parent-id", 0)
     assert key == "ganviews/job-1/invert/00000064-00000128/parent-id/0"
     assert key != idempotency_key("job-1", "invert", (64, 128), "parent-id", 1)
@@ -166,12 +210,31 @@ def test_training_stages_write_their_models_once(tmp_path, stylegan2_fixtures, h
     make_dataset(tmp_path, gen_path, n=12)
     cfg = write_config(tmp_path, gen_path)
     cfg["models"]["encoder"] = "models/encoder.safetensors"
-    cfg["models"]["classifiers"]["trained"] = {"path": "models/trained.safetensors", "task": "label"}
-    cfg["encoder_training"] = {"enabled": True, "steps": 2, "batch_size": 2, "perceptual": "none", "depth": 18,
-                               "width": 8, "resolution": 32, "norm": "group", "log_every": 1}
-    cfg["classifier_training"] = {"enabled": True, "name": "trained", "data": "manifest", "train_split": "val",
-                                  "val_split": "test", "classifier": {"arch": "smallcnn", "width": 4},
-                                  "train": {"epochs": 1}, "views": {"batch_size": 4}}
+    cfg["models"]["classifiers"]["trained"] = {
+        "path": "models/trained.safetensors",
+        "task": "label",
+    }
+    cfg["encoder_training"] = {
+        "enabled": True,
+        "steps": 2,
+        "batch_size": 2,
+        "perceptual": "none",
+        "depth": 18,
+        "width": 8,
+        "resolution": 32,
+        "norm": "group",
+        "log_every": 1,
+    }
+    cfg["classifier_training"] = {
+        "enabled": True,
+        "name": "trained",
+        "data": "manifest",
+        "train_split": "val",
+        "val_split": "test",
+        "classifier": {"arch": "smallcnn", "width": 4},
+        "train": {"epochs": 1},
+        "views": {"batch_size": 4},
+    }
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
     out = pipeline(str(tmp_path / "pipeline.yaml"), stages=["train_encoder", "train_classifier"])
     assert set(out) == {"train_encoder", "train_classifier"}
@@ -179,8 +242,13 @@ def test_training_stages_write_their_models_once(tmp_path, stylegan2_fixtures, h
     E = load_encoder(tmp_path / "models" / "encoder.safetensors")
     G = load_generator(gen_path)
     assert E.sha256 == out["train_encoder"]["sha256"] and (E.num_ws, E.w_dim) == (G.num_ws, G.w_dim)
-    assert (tmp_path / "models" / "encoder.safetensors.ckpt").is_file()  # resumable training checkpoint
+    assert (
+        tmp_path / "models" / "encoder.safetensors.ckpt"
+    ).is_file()  # resumable training checkpoint
     C = load_classifier(tmp_path / "models" / "trained.safetensors")
     assert C.sha256 == out["train_classifier"]["sha256"] and C.name == "trained"
     again = pipeline(str(tmp_path / "pipeline.yaml"), stages=["train_encoder", "train_classifier"])
-    assert "exists" in again["train_encoder"]["skipped"] and "exists" in again["train_classifier"]["skipped"]
+    assert (
+        "exists" in again["train_encoder"]["skipped"]
+        and "exists" in again["train_classifier"]["skipped"]
+    )

@@ -13,11 +13,20 @@ def test_cli_errors_are_one_line(tmp_path, stylegan2_fixtures, capsys) -> None:
     config = str(tmp_path / "pipeline.yaml")
     assert main(["resume", config]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("ganviews resume: error: paths.store: no latent store at") and "\n" not in err
+    assert (
+        err.startswith("ganviews resume: error: paths.store: no latent store at")
+        and "\n" not in err
+    )
     assert main(["run", config, "--stages", "invert,paint"]) == 2
-    assert "stages: ['paint'] not known; choose from ['train_encoder', 'invert'" in capsys.readouterr().err
+    assert (
+        "stages: ['paint'] not known; choose from ['train_encoder', 'invert'"
+        in capsys.readouterr().err
+    )
     assert main(["run", config, "--devices", "gpu"]) == 2
-    assert "orchestration.devices[0]: 'gpu' is not auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    assert (
+        "orchestration.devices[0]: 'gpu' is not auto, cpu, cuda or cuda:N"
+        in capsys.readouterr().err
+    )
     assert main(["run", config, "--stages", "invert"]) == 2  # no manifest written in this folder
     assert f"data.manifest: {tmp_path / 'manifest.parquet'} not found" in capsys.readouterr().err
 
@@ -29,14 +38,21 @@ def test_distributed_mode_needs_a_server(tmp_path, stylegan2_fixtures, capsys, m
 
     write_config(tmp_path, stylegan2_fixtures / "nvidia-ada-res32.pkl")
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # the session's test harness sets one
+    with temporary_settings(
+        restore_defaults={PREFECT_API_URL}
+    ):  # the session's test harness sets one
         if PREFECT_API_URL.value():
             pytest.skip("a Prefect API URL is configured in this environment's profile")
         assert main(["run", str(tmp_path / "pipeline.yaml"), "--mode", "distributed"]) == 2
-    assert "orchestration.mode: distributed needs a Prefect server; set PREFECT_API_URL" in capsys.readouterr().err
+    assert (
+        "orchestration.mode: distributed needs a Prefect server; set PREFECT_API_URL"
+        in capsys.readouterr().err
+    )
 
 
-def test_embedded_run_starts_prefect_without_telemetry_unless_set(tmp_path, stylegan2_fixtures, monkeypatch) -> None:
+def test_embedded_run_starts_prefect_without_telemetry_unless_set(
+    tmp_path, stylegan2_fixtures, monkeypatch
+) -> None:
     import os
 
     from ganviews.cli.run import prepare_environment
@@ -53,8 +69,9 @@ def test_embedded_run_starts_prefect_without_telemetry_unless_set(tmp_path, styl
 
 
 @pytest.mark.usefixtures("harness")
-def test_align_resolution_that_is_not_the_generators_fails_before_the_store_exists(tmp_path, stylegan2_fixtures,
-                                                                                  capsys) -> None:
+def test_align_resolution_that_is_not_the_generators_fails_before_the_store_exists(
+    tmp_path, stylegan2_fixtures, capsys
+) -> None:
     import yaml
 
     from ganviews.cli import main

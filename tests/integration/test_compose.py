@@ -47,7 +47,14 @@ def _gpu_workers(services: dict) -> dict[str, dict]:
 
 
 def test_services_present(services) -> None:
-    assert {"postgres", "redis", "prefect-server", "prefect-services", "ganviews-deploy", "worker-control"} <= set(services)
+    assert {
+        "postgres",
+        "redis",
+        "prefect-server",
+        "prefect-services",
+        "ganviews-deploy",
+        "worker-control",
+    } <= set(services)
     assert len(_gpu_workers(services)) >= 2
 
 
@@ -59,12 +66,20 @@ def test_database_and_broker_wiring(services) -> None:
         m = re.fullmatch(r"postgresql\+asyncpg://(\w+):(\w+)@postgres:5432/(\w+)", url)
         assert m, url
         assert m.groups() == (pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"], pg["POSTGRES_DB"])
-        assert env["PREFECT_MESSAGING_BROKER"] == env["PREFECT_MESSAGING_CACHE"] == "prefect_redis.messaging"
+        assert (
+            env["PREFECT_MESSAGING_BROKER"]
+            == env["PREFECT_MESSAGING_CACHE"]
+            == "prefect_redis.messaging"
+        )
         assert env["PREFECT_REDIS_MESSAGING_HOST"] == "redis"
         assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
-        assert services[name]["image"] == "prefecthq/prefect:3.8.8-python3.11"  # the version the code is pinned to
-    assert services["prefect-server"]["depends_on"] == {"postgres": {"condition": "service_healthy"},
-                                                        "redis": {"condition": "service_healthy"}}
+        assert (
+            services[name]["image"] == "prefecthq/prefect:3.8.8-python3.11"
+        )  # the version the code is pinned to
+    assert services["prefect-server"]["depends_on"] == {
+        "postgres": {"condition": "service_healthy"},
+        "redis": {"condition": "service_healthy"},
+    }
 
 
 def test_server_and_services_commands(services) -> None:
@@ -73,7 +88,10 @@ def test_server_and_services_commands(services) -> None:
     assert _option(server, "--host") == "0.0.0.0" and _option(server, "--port") == "4200"
     assert "4200:4200" in services["prefect-server"]["ports"]
     assert _command(services["prefect-services"]) == ["prefect", "server", "services", "start"]
-    assert services["prefect-services"]["depends_on"]["prefect-server"]["condition"] == "service_healthy"
+    assert (
+        services["prefect-services"]["depends_on"]["prefect-server"]["condition"]
+        == "service_healthy"
+    )
 
 
 def test_every_long_running_service_has_a_health_check(services) -> None:
@@ -96,13 +114,17 @@ def test_services_health_check_detects_the_services_process(services, tmp_path) 
     """Run the check's Python against a fake /proc view: found only when the argv matches."""
     code = services["prefect-services"]["healthcheck"]["test"][-1]
     assert services["prefect-services"]["healthcheck"]["test"][:3] == ["CMD", "python", "-c"]
-    for argv, expected in ((b"prefect\x00server\x00services\x00start\x00", 0), (b"prefect\x00worker\x00start\x00", 1)):
+    for argv, expected in (
+        (b"prefect\x00server\x00services\x00start\x00", 0),
+        (b"prefect\x00worker\x00start\x00", 1),
+    ):
         proc = tmp_path / str(expected) / "proc"
         (proc / "1").mkdir(parents=True)
         (proc / "1" / "cmdline").write_bytes(argv)
         (proc / "self").mkdir()
-        patched = code.replace("'/proc/%s/cmdline'", f"'{proc}/%s/cmdline'").replace("os.listdir('/proc')",
-                                                                                     f"os.listdir('{proc}')")
+        patched = code.replace("'/proc/%s/cmdline'", f"'{proc}/%s/cmdline'").replace(
+            "os.listdir('/proc')", f"os.listdir('{proc}')"
+        )
         with pytest.raises(SystemExit) as info:
             exec(patched, {})  # noqa: S102 - the compose file's own check, on a fake /proc
         assert info.value.code == expected
@@ -118,16 +140,22 @@ def test_workers_share_pool_queues_volume_and_api(services, compose) -> None:
     for name, svc in {**_workers(services), "ganviews-deploy": deploy}.items():
         env = svc["environment"]
         assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api", name
-        assert int(env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) >= 30, name  # zombie detection needs heartbeats
+        assert int(env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) >= 30, (
+            name
+        )  # zombie detection needs heartbeats
         assert svc["depends_on"]["prefect-server"]["condition"] == "service_healthy", name
         assert svc["build"]["context"] == "." and svc["build"]["dockerfile"] == "Dockerfile", name
         mounts[name] = [v for v in svc["volumes"] if v.split(":")[0] == "ganviews-data"]
-    assert all(m == ["ganviews-data:/data"] for m in mounts.values()), mounts  # one shared store volume, same path
+    assert all(m == ["ganviews-data:/data"] for m in mounts.values()), (
+        mounts
+    )  # one shared store volume, same path
     assert set(compose["volumes"]) >= {"ganviews-data", "postgres-data", "redis-data"}
     for name, worker in _workers(services).items():
         cmd = _command(worker)
         assert _option(cmd, "--pool") == pool and _option(cmd, "--type") == "process", name
-        assert worker["depends_on"]["ganviews-deploy"]["condition"] == "service_completed_successfully", name
+        assert (
+            worker["depends_on"]["ganviews-deploy"]["condition"] == "service_completed_successfully"
+        ), name
     control = _command(services["worker-control"])
     assert _option(control, "--work-queue") == "control" and "--limit" not in control
     assert services["worker-control"]["environment"]["CUDA_VISIBLE_DEVICES"] == ""
@@ -140,7 +168,11 @@ def test_one_gpu_per_worker(services) -> None:
         assert _option(cmd, "--work-queue") == "shards" and _option(cmd, "--limit") == "1", name
         names.append(_option(cmd, "--name"))
         devices = worker["deploy"]["resources"]["reservations"]["devices"]
-        assert len(devices) == 1 and devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+        assert (
+            len(devices) == 1
+            and devices[0]["driver"] == "nvidia"
+            and devices[0]["capabilities"] == ["gpu"]
+        )
         assert len(devices[0]["device_ids"]) == 1, name
         gpus.append(devices[0]["device_ids"][0])
         # Only the reserved GPU is visible in the container, where it is device 0.
@@ -153,8 +185,10 @@ def test_queue_and_pool_names_match_the_code_defaults(services) -> None:
 
     orch = OrchestrationConfig()
     assert _option(_command(services["ganviews-deploy"]), "--work-pool") == orch.work_pool
-    assert {_option(_command(w), "--work-queue") for w in _workers(services).values()} == {orch.shard_queue,
-                                                                                          orch.control_queue}
+    assert {_option(_command(w), "--work-queue") for w in _workers(services).values()} == {
+        orch.shard_queue,
+        orch.control_queue,
+    }
 
 
 def test_referenced_files_exist(services) -> None:
@@ -167,13 +201,19 @@ def test_referenced_files_exist(services) -> None:
             source = volume.split(":")[0]
             if source.startswith((".", "/")):  # a bind mount: must exist
                 assert (REPO / source).exists(), volume
-    copies = [line.split()[1:-1] for line in dockerfile.read_text().splitlines() if line.startswith("COPY ")]
+    copies = [
+        line.split()[1:-1]
+        for line in dockerfile.read_text().splitlines()
+        if line.startswith("COPY ")
+    ]
     assert copies
     for sources in copies:
         for src in sources:
             assert (REPO / src).exists(), f"Dockerfile COPY {src}: not in the repository"
     text = dockerfile.read_text()
     assert re.search(r"^FROM python:3\.11", text, re.M)  # the interpreter pyproject.toml requires
-    assert "pip install ." in text and "flows.shards" in text  # module entrypoints importable in the image
+    assert (
+        "pip install ." in text and "flows.shards" in text
+    )  # module entrypoints importable in the image
     for package in ("ganviews", "storage", "tasks", "flows"):
         assert f"COPY {package} " in text, package

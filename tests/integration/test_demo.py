@@ -24,10 +24,24 @@ def _models(root: Path) -> tuple[Path, Path]:
     from ganviews.stylegan.generator import Generator, GeneratorConfig, save_generator
 
     torch.manual_seed(0)
-    G = Generator(GeneratorConfig(z_dim=8, w_dim=8, img_resolution=32, mapping_layers=1, channels=(8, 8, 8, 8)))
-    C = build_classifier(ClassifierConfig(arch="smallcnn", num_outputs=10, task="label", width=4,
-                                          name="tiny", preprocessing=Preprocessing()))
-    return save_generator(G, root / "G.safetensors"), save_classifier(C.eval(), root / "C.safetensors")
+    G = Generator(
+        GeneratorConfig(
+            z_dim=8, w_dim=8, img_resolution=32, mapping_layers=1, channels=(8, 8, 8, 8)
+        )
+    )
+    C = build_classifier(
+        ClassifierConfig(
+            arch="smallcnn",
+            num_outputs=10,
+            task="label",
+            width=4,
+            name="tiny",
+            preprocessing=Preprocessing(),
+        )
+    )
+    return save_generator(G, root / "G.safetensors"), save_classifier(
+        C.eval(), root / "C.safetensors"
+    )
 
 
 def _config(root: Path) -> Path:
@@ -40,11 +54,16 @@ def _config(root: Path) -> Path:
     cfg["models"]["classifiers"] = {"tiny": {"path": str(C), "task": "label"}}
     cfg["invert"].update(steps=2, batch_size=4)
     cfg["pca"]["samples"] = 500
-    cfg["views"].update(n_views=3, batch_size=64, gan=[
-        {"method": "isotropic", "layers": "fine", "settings": [0.5]},
-        {"method": "pca", "layers": "coarse", "settings": [1.0]},
-        {"method": "stylemix", "layers": "coarse"},
-    ], image_methods=["crop"])
+    cfg["views"].update(
+        n_views=3,
+        batch_size=64,
+        gan=[
+            {"method": "isotropic", "layers": "fine", "settings": [0.5]},
+            {"method": "pca", "layers": "coarse", "settings": [1.0]},
+            {"method": "stylemix", "layers": "coarse"},
+        ],
+        image_methods=["crop"],
+    )
     cfg["report"].update(gallery_images=2, gallery_arrays=None, ensemble={"bootstrap_draws": 10})
     cfg["orchestration"].update(shard_size=4, cpu_threads=1)
     path = root / "demo.yaml"
@@ -53,12 +72,17 @@ def _config(root: Path) -> Path:
 
 
 def _snapshot(out: Path) -> dict[str, int]:
-    files = list((out / "logits").rglob("*.parquet")) + [out / "store" / "pca_stats.npz", out / "report" / "report.md"]
+    files = list((out / "logits").rglob("*.parquet")) + [
+        out / "store" / "pca_stats.npz",
+        out / "report" / "report.md",
+    ]
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in files}
 
 
 @pytest.mark.slow
-def test_demo_runs_the_pipeline_flow_and_resumes_without_recomputing(tmp_path: Path, capsys, harness):
+def test_demo_runs_the_pipeline_flow_and_resumes_without_recomputing(
+    tmp_path: Path, capsys, harness
+):
     from storage import LatentStore, read_logits
 
     config, out = _config(tmp_path), tmp_path / "out"
@@ -113,9 +137,13 @@ def test_demo_errors_name_the_problem(tmp_path: Path, capsys):
     cfg["models"]["generator"] = str(tmp_path / "nope.safetensors")
     missing = tmp_path / "missing.yaml"
     missing.write_text(yaml.safe_dump(cfg))
-    assert main(["demo", "--out", str(tmp_path / "o"), "--config", str(missing), "--limit", "2"]) == 2
+    assert (
+        main(["demo", "--out", str(tmp_path / "o"), "--config", str(missing), "--limit", "2"]) == 2
+    )
     assert f"models.generator: {tmp_path / 'nope.safetensors'} not found" in capsys.readouterr().err
-    assert main(["demo", "--out", str(tmp_path / "o"), "--config", str(tmp_path / "absent.yaml")]) == 2
+    assert (
+        main(["demo", "--out", str(tmp_path / "o"), "--config", str(tmp_path / "absent.yaml")]) == 2
+    )
     assert "--config:" in capsys.readouterr().err
 
 
@@ -127,7 +155,11 @@ def test_generator_check_counts_classes(tmp_path: Path):
     G_path, C_path = _models(tmp_path)
     G, C = load_generator(G_path), load_classifier(C_path)
     stats = generator_check(G, C, n=40, batch=16)
-    assert stats["samples"] == 40 and sum(stats["class_counts"]) == 40 and len(stats["class_counts"]) == 10
+    assert (
+        stats["samples"] == 40
+        and sum(stats["class_counts"]) == 40
+        and len(stats["class_counts"]) == 10
+    )
     assert 0.1 <= stats["mean_max_confidence"] <= 1.0
     other = generator_check(G, C, n=40, batch=7)  # batch-independent (up to float rounding), seeded
     assert other["class_counts"] == stats["class_counts"]

@@ -45,7 +45,9 @@ def free_port() -> int:
 def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
     """A process in its own session (process group = its pid), output to ``log``."""
     with open(log, "ab") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
@@ -65,7 +67,9 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 def ganviews(args: list[str], env: dict, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "ganviews"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "ganviews"), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,23 +80,53 @@ def cluster(tmp_path_factory, stylegan2_fixtures):
     make_dataset(root, gen, n=N_IMAGES)
     configs = {}
     for name in ("a", "b"):
-        cfg = write_config(root, gen, mode="distributed", work_pool=POOL, deployment=DEPLOYMENT, poll_seconds=0.5,
-                           cpu_threads=1, job=f"job-{name}")
+        cfg = write_config(
+            root,
+            gen,
+            mode="distributed",
+            work_pool=POOL,
+            deployment=DEPLOYMENT,
+            poll_seconds=0.5,
+            cpu_threads=1,
+            job=f"job-{name}",
+        )
         cfg["paths"] = {k: f"out_{name}/{k}" for k in ("store", "logits", "report")}
         cfg["invert"].update(steps=25, batch_size=2)
         configs[name] = root / f"{name}.yaml"
         configs[name].write_text(yaml.safe_dump(cfg))
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(root / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1", "PREFECT_API_URL": url, "PREFECT_WORKER_QUERY_SECONDS": "1",
-           "PREFECT_LOGGING_TO_API_ENABLED": "true", "PREFECT_LOGGING_LEVEL": "INFO", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(root / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_API_URL": url,
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_LOGGING_TO_API_ENABLED": "true",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("PREFECT_API_KEY", None)
     procs = []
     try:
         server_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
-        procs.append(start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port),
-                            "--no-ui"], server_env, root / "server.log"))
+        procs.append(
+            start(
+                [
+                    str(BIN / "prefect"),
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--no-ui",
+                ],
+                server_env,
+                root / "server.log",
+            )
+        )
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -100,15 +134,41 @@ def cluster(tmp_path_factory, stylegan2_fixtures):
                 break
             except OSError:
                 if procs[0].poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"prefect server did not come up:\n{(root / 'server.log').read_text()[-3000:]}")
+                    pytest.fail(
+                        f"prefect server did not come up:\n{(root / 'server.log').read_text()[-3000:]}"
+                    )
                 time.sleep(0.5)
         out = ganviews(["deploy", "--config", str(configs["a"])], env)
         assert out.returncode == 0, out.stdout + out.stderr
         for i in (1, 2):
-            procs.append(start([str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--work-queue", "shards",
-                                "--type", "process", "--limit", "1", "--name", f"worker{i}"], env,
-                               root / f"worker{i}.log"))
-        yield {"root": root, "env": env, "url": url, "configs": configs, "deploy_output": out.stdout}
+            procs.append(
+                start(
+                    [
+                        str(BIN / "prefect"),
+                        "worker",
+                        "start",
+                        "--pool",
+                        POOL,
+                        "--work-queue",
+                        "shards",
+                        "--type",
+                        "process",
+                        "--limit",
+                        "1",
+                        "--name",
+                        f"worker{i}",
+                    ],
+                    env,
+                    root / f"worker{i}.log",
+                )
+            )
+        yield {
+            "root": root,
+            "env": env,
+            "url": url,
+            "configs": configs,
+            "deploy_output": out.stdout,
+        }
     finally:
         for proc in reversed(procs):  # workers first, then the server
             stop(proc)
@@ -121,7 +181,9 @@ def flow_runs(url: str, tag: str):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag, "invert"])))
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag, "invert"]))
+        )
     return runs
 
 
@@ -139,8 +201,10 @@ def run_log_messages(url: str, run_ids: list, expected: tuple, timeout: float = 
         while True:
             messages, offset = [], 0
             while True:  # page through: the server caps one read at its default limit
-                page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=run_ids)),
-                                        offset=offset)
+                page = client.read_logs(
+                    log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=run_ids)),
+                    offset=offset,
+                )
                 messages += [log.message for log in page]
                 offset += len(page)
                 if not page:
@@ -165,7 +229,10 @@ def uninterrupted(cluster):
 def test_deploy_registers_pool_deployments_and_zombie_automation(cluster, capsys) -> None:
     text = cluster["deploy_output"]
     assert f"created work pool {POOL} (process)" in text
-    assert f"deployment ganviews-shard/{DEPLOYMENT}" in text and f"deployment ganviews-pipeline/{DEPLOYMENT}" in text
+    assert (
+        f"deployment ganviews-shard/{DEPLOYMENT}" in text
+        and f"deployment ganviews-pipeline/{DEPLOYMENT}" in text
+    )
     assert "automation 'ganviews: crash zombie flow runs' created" in text
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -173,18 +240,25 @@ def test_deploy_registers_pool_deployments_and_zombie_automation(cluster, capsys
     from ganviews.cli import main
 
     with temporary_settings({PREFECT_API_URL: cluster["url"]}):
-        assert main(["deploy", "--config", str(cluster["configs"]["a"])]) == 0  # again, in this process: idempotent
+        assert (
+            main(["deploy", "--config", str(cluster["configs"]["a"])]) == 0
+        )  # again, in this process: idempotent
     again = capsys.readouterr().out
     assert "created " not in again and f"deployment ganviews-shard/{DEPLOYMENT}" in again
     assert "automation 'ganviews: crash zombie flow runs' updated" in again
-    with temporary_settings({PREFECT_API_URL: cluster["url"]}), get_client(sync_client=True) as client:
+    with (
+        temporary_settings({PREFECT_API_URL: cluster["url"]}),
+        get_client(sync_client=True) as client,
+    ):
         pools = [p.name for p in client.read_work_pools()]
         queues = sorted(q.name for q in client.read_work_queues(work_pool_name=POOL))
         deployment = client.read_deployment_by_name(f"ganviews-shard/{DEPLOYMENT}")
         automations = client.read_automations_by_name("ganviews: crash zombie flow runs")
     assert pools.count(POOL) == 1 and queues == ["control", "default", "shards"]
     assert deployment.work_pool_name == POOL and deployment.work_queue_name == "shards"
-    assert deployment.entrypoint == "flows.shards.shard_flow"  # module path: no code directory needed
+    assert (
+        deployment.entrypoint == "flows.shards.shard_flow"
+    )  # module path: no code directory needed
     assert int(deployment.job_variables["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) >= 30
     assert len(automations) == 1 and automations[0].actions[0].type == "change-flow-run-state"
 
@@ -193,9 +267,12 @@ def test_job_of_four_shards_runs_on_both_workers(cluster, uninterrupted) -> None
     store = LatentStore.open(cluster["root"] / "out_a" / "store")
     assert len(store.done()) == N_IMAGES and store.failures().empty and len(store.shards()) == 4
     runs = flow_runs(cluster["url"], "job-a")
-    assert len(runs) == 4 and all(r.state.is_completed() for r in runs), [(r.name, r.state) for r in runs]
+    assert len(runs) == 4 and all(r.state.is_completed() for r in runs), [
+        (r.name, r.state) for r in runs
+    ]
     workers = {r.labels.get("prefect.worker.name") for r in runs}
     assert workers == {"worker1", "worker2"}, workers
+
     # Progress reaches the runs' logs: the shard summary and the library's per-batch lines.
     def summary_line(m: str) -> bool:
         return m.startswith("invert shard 00000008-00000016 on auto")
@@ -203,21 +280,37 @@ def test_job_of_four_shards_runs_on_both_workers(cluster, uninterrupted) -> None
     def batch_line(m: str) -> bool:
         return re.search(r"shard 00000008-00000016: \d/8 items handled", m) is not None
 
-    messages = run_log_messages(cluster["url"], [r.id for r in runs], expected=(summary_line, batch_line))
+    messages = run_log_messages(
+        cluster["url"], [r.id for r in runs], expected=(summary_line, batch_line)
+    )
     assert any(summary_line(m) for m in messages), messages
     assert any(batch_line(m) for m in messages), messages
     # Each shard ran in its own process, pinned as its worker was started.
-    records = [json.loads(p.read_text()) for p in (cluster["root"] / "out_a" / "store.state" / "shards" / "invert").glob("*.json")]
-    assert len(records) == 4 and all(r["status"] == "completed" and r["summary"]["done"] == SHARD for r in records)
+    records = [
+        json.loads(p.read_text())
+        for p in (cluster["root"] / "out_a" / "store.state" / "shards" / "invert").glob("*.json")
+    ]
+    assert len(records) == 4 and all(
+        r["status"] == "completed" and r["summary"]["done"] == SHARD for r in records
+    )
     assert len({r["pid"] for r in records}) == 4
-    assert "invert: shard 00000000-00000008 completed by worker worker" in uninterrupted.stdout + uninterrupted.stderr
+    assert (
+        "invert: shard 00000000-00000008 completed by worker worker"
+        in uninterrupted.stdout + uninterrupted.stderr
+    )
 
 
 def test_sigkill_mid_shard_then_resume_matches_uninterrupted(cluster, uninterrupted) -> None:
     root, env = cluster["root"], cluster["env"]
-    store_path, progress = root / "out_b" / "store", root / "out_b" / "store.state" / "shards" / "invert"
-    job = start([str(BIN / "ganviews"), "run", str(cluster["configs"]["b"]), "--stages", "invert"], env,
-                root / "job_b.log")
+    store_path, progress = (
+        root / "out_b" / "store",
+        root / "out_b" / "store.state" / "shards" / "invert",
+    )
+    job = start(
+        [str(BIN / "ganviews"), "run", str(cluster["configs"]["b"]), "--stages", "invert"],
+        env,
+        root / "job_b.log",
+    )
     killed = None
     try:
         deadline = time.monotonic() + 150
@@ -226,24 +319,32 @@ def test_sigkill_mid_shard_then_resume_matches_uninterrupted(cluster, uninterrup
             for path in sorted(progress.glob("*.json")) if progress.is_dir() else []:
                 record = json.loads(path.read_text())
                 start_, stop_ = (int(v) for v in record["shard"].split("-"))
-                status = LatentStore.open(store_path).read(np.arange(start_, stop_), ["status"])["status"]
+                status = LatentStore.open(store_path).read(np.arange(start_, stop_), ["status"])[
+                    "status"
+                ]
                 if record["status"] == "running" and 0 < (status == 1).sum() < SHARD:  # mid-shard
                     os.kill(record["pid"], signal.SIGKILL)
                     killed = record
                     break
-        assert killed is not None, "no shard was caught mid-way:\n" + (root / "job_b.log").read_text()[-3000:]
+        assert killed is not None, (
+            "no shard was caught mid-way:\n" + (root / "job_b.log").read_text()[-3000:]
+        )
         rc = job.wait(180)
     finally:
         stop(job)
     log = (root / "job_b.log").read_text()
-    assert rc == 2 and "1 of 4 shards did not complete" in log and "ganviews resume" in log, log[-3000:]
+    assert rc == 2 and "1 of 4 shards did not complete" in log and "ganviews resume" in log, log[
+        -3000:
+    ]
 
     start_, stop_ = (int(v) for v in killed["shard"].split("-"))
     store = LatentStore.open(store_path)
     done_before = int((store.read(np.arange(start_, stop_), ["status"])["status"] == 1).sum())
     assert 0 < done_before < SHARD and len(store.done()) == N_IMAGES - (SHARD - done_before)
     crashed = [r for r in flow_runs(cluster["url"], "job-b") if not r.state.is_completed()]
-    assert [r.state.type.value for r in crashed] == ["CRASHED"], [(r.name, r.state) for r in crashed]
+    assert [r.state.type.value for r in crashed] == ["CRASHED"], [
+        (r.name, r.state) for r in crashed
+    ]
 
     out = ganviews(["resume", str(cluster["configs"]["b"]), "--stages", "invert"], env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 ATTRS = {"generator_sha256": "f" * 64, "config": {"steps": 500}, "code_version": "test"}
 
-CHILD = r'''
+CHILD = r"""
 import json, os, sys, time
 from pathlib import Path
 import numpy as np
@@ -89,13 +89,16 @@ elif cfg["role"] == "resume":
         batches[0] += 1
         if batches[0] == 1 and cfg.get("started"):
             touch(cfg["started"])
-'''
+"""
 
 
 def expected_latents(idx, num_ws, w_dim):
     idx = np.asarray(idx, dtype=np.float32)[:, None, None]
-    return (idx + np.arange(num_ws, dtype=np.float32)[None, :, None] / 100
-            + np.arange(w_dim, dtype=np.float32)[None, None, :] / 10000).astype(np.float32)
+    return (
+        idx
+        + np.arange(num_ws, dtype=np.float32)[None, :, None] / 100
+        + np.arange(w_dim, dtype=np.float32)[None, None, :] / 10000
+    ).astype(np.float32)
 
 
 def spawn(tmp_path: Path, cfg: dict) -> subprocess.Popen:
@@ -103,8 +106,13 @@ def spawn(tmp_path: Path, cfg: dict) -> subprocess.Popen:
     if not script.exists():
         script.write_text(CHILD)
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen([sys.executable, str(script), json.dumps(cfg)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(script), json.dumps(cfg)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -138,16 +146,30 @@ def check_done_items_have_their_data(store: LatentStore) -> np.ndarray:
 def test_two_processes_on_different_shards_do_not_corrupt_each_other(tmp_path):
     shape = (24, 6, 16, 12)  # N, num_ws, w_dim, shard_size → shards [0, 12), [12, 24)
     store_path, go = tmp_path / "s.zarr", tmp_path / "go"
-    procs = [spawn(tmp_path, {"role": "shard", "store": str(store_path), "shape": shape,
-                              "attrs": ATTRS, "shard": shard, "rounds": 12, "go": str(go)})
-             for shard in ([0, 12], [12, 24])]
+    procs = [
+        spawn(
+            tmp_path,
+            {
+                "role": "shard",
+                "store": str(store_path),
+                "shape": shape,
+                "attrs": ATTRS,
+                "shard": shard,
+                "rounds": 12,
+                "go": str(go),
+            },
+        )
+        for shard in ([0, 12], [12, 24])
+    ]
     go.write_text("go")  # both create-or-open the new store at the same moment, then write
     (a0, a1), (b0, b1) = (json.loads(finish(proc)) for proc in procs)
     assert max(a0, b0) < min(a1, b1), "the two writers did not overlap in time"
     store = LatentStore.open(store_path)
     assert store.failed().tolist() == [11, 23]
-    assert store.failures()["reason"].tolist() == ["failed by writer of shard 0-12",
-                                                   "failed by writer of shard 12-24"]
+    assert store.failures()["reason"].tolist() == [
+        "failed by writer of shard 0-12",
+        "failed by writer of shard 12-24",
+    ]
     done = store.done()
     assert done.tolist() == [i for i in range(24) if i not in (11, 23)]
     got = store.read(done)
@@ -168,8 +190,17 @@ def test_sigkill_mid_batch_then_resume(tmp_path, kill_at):
     shape = (40, 5, 16, 8)
     store_path, log, mid = tmp_path / "s.zarr", tmp_path / "log.jsonl", tmp_path / "mid"
     LatentStore.create(store_path, *shape, attrs=ATTRS)
-    cfg = {"role": "resume", "store": str(store_path), "shape": shape, "attrs": ATTRS,
-           "log": str(log), "batch": 6, "kill_at": kill_at, "kill_batch": 2, "mid": str(mid)}
+    cfg = {
+        "role": "resume",
+        "store": str(store_path),
+        "shape": shape,
+        "attrs": ATTRS,
+        "log": str(log),
+        "batch": 6,
+        "kill_at": kill_at,
+        "kill_batch": 2,
+        "mid": str(mid),
+    }
     proc = spawn(tmp_path, cfg)
     wait_for(mid, proc)
     os.kill(proc.pid, signal.SIGKILL)
@@ -200,8 +231,15 @@ def test_sigkill_at_a_random_moment_keeps_done_marks_honest(tmp_path):
     shape = (300, 18, 64, 40)
     store_path, log, started = tmp_path / "s.zarr", tmp_path / "log.jsonl", tmp_path / "started"
     LatentStore.create(store_path, *shape, attrs=ATTRS)
-    cfg = {"role": "resume", "store": str(store_path), "shape": shape, "attrs": ATTRS,
-           "log": str(log), "batch": 7, "started": str(started)}
+    cfg = {
+        "role": "resume",
+        "store": str(store_path),
+        "shape": shape,
+        "attrs": ATTRS,
+        "log": str(log),
+        "batch": 7,
+        "started": str(started),
+    }
     proc = spawn(tmp_path, cfg)
     wait_for(started, proc)
     time.sleep(random.Random(os.getpid()).uniform(0.05, 0.4))
@@ -220,4 +258,6 @@ def test_sigkill_at_a_random_moment_keeps_done_marks_honest(tmp_path):
     computed = [i for line in log.read_text().splitlines() for i in json.loads(line)]
     assert not done_before & set(computed)
     assert sorted(computed) == sorted(set(range(300)) - done_before)
-    assert check_done_items_have_their_data(LatentStore.open(store_path)).tolist() == list(range(300))
+    assert check_done_items_have_their_data(LatentStore.open(store_path)).tolist() == list(
+        range(300)
+    )

@@ -15,12 +15,21 @@ ATTRS = {"generator_sha256": "9" * 64, "config": {"steps": 500}}
 
 @pytest.fixture
 def tables(tmp_path):
-    manifest = pd.DataFrame({"image_id": ["i0", "i1", "i2", "i3", "i4"],
-                             "path": [f"/d/{i}.png" for i in range(5)],
-                             "split": ["val", "val", "test", "test", "test"], "Smiling": [1, 0, 1, 1, 0]})
+    manifest = pd.DataFrame(
+        {
+            "image_id": ["i0", "i1", "i2", "i3", "i4"],
+            "path": [f"/d/{i}.png" for i in range(5)],
+            "split": ["val", "val", "test", "test", "test"],
+            "Smiling": [1, 0, 1, 1, 0],
+        }
+    )
     store = LatentStore.create(tmp_path / "s.zarr", 5, 3, 4, 2, attrs=ATTRS, manifest=manifest)
-    store.write([0, 1, 2], w=np.arange(36, dtype=np.float32).reshape(3, 3, 4),
-                loss=np.array([0.1, 0.2, 0.3]), psnr=np.array([25.0, 26.0, 27.0]))
+    store.write(
+        [0, 1, 2],
+        w=np.arange(36, dtype=np.float32).reshape(3, 3, 4),
+        loss=np.array([0.1, 0.2, 0.3]),
+        psnr=np.array([25.0, 26.0, 27.0]),
+    )
     store.mark_failed([4], "Traceback (most recent call last):\nRuntimeError: CUDA out of memory")
     rows = []
     for k, image_id in enumerate(manifest["image_id"]):
@@ -28,30 +37,56 @@ def tables(tmp_path):
         for view in range(3):
             right = (k + view) % 2 == 0  # original view correct for even k
             logits = [0.0, 1.0] if (label == 1) == right else [1.0, 0.0]
-            rows.append({"image_id": image_id, "split": manifest["split"][k], "task": "Smiling",
-                         "classifier": "r18", "method": "isotropic_fine", "setting": "0.3", "view": view,
-                         "logits": np.asarray(logits, np.float32), "label": label,
-                         "seed": None if view < 2 else view})
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "split": manifest["split"][k],
+                    "task": "Smiling",
+                    "classifier": "r18",
+                    "method": "isotropic_fine",
+                    "setting": "0.3",
+                    "view": view,
+                    "logits": np.asarray(logits, np.float32),
+                    "label": label,
+                    "seed": None if view < 2 else view,
+                }
+            )
     write_logits(tmp_path / "logits", pd.DataFrame(rows), shard="000000-000005")
     return tmp_path
 
 
 def test_sql_joins_logits_manifest_and_status(tables):
-    acc = sql("SELECT split, avg((list_position(logits, list_max(logits)) - 1 = label)::INT) AS acc, "
-              "count(*) AS n FROM logits WHERE view = 0 GROUP BY split ORDER BY split",
-              logits=tables / "logits")
-    assert acc.to_dict("list") == {"split": ["test", "val"], "acc": [pytest.approx(2 / 3), 0.5], "n": [3, 2]}
-    joined = sql("SELECT m.image_id, m.Smiling, s.status, s.loss FROM manifest m JOIN latents_status s "
-                 "USING (image_id) ORDER BY m.image_id", store=tables / "s.zarr")
+    acc = sql(
+        "SELECT split, avg((list_position(logits, list_max(logits)) - 1 = label)::INT) AS acc, "
+        "count(*) AS n FROM logits WHERE view = 0 GROUP BY split ORDER BY split",
+        logits=tables / "logits",
+    )
+    assert acc.to_dict("list") == {
+        "split": ["test", "val"],
+        "acc": [pytest.approx(2 / 3), 0.5],
+        "n": [3, 2],
+    }
+    joined = sql(
+        "SELECT m.image_id, m.Smiling, s.status, s.loss FROM manifest m JOIN latents_status s "
+        "USING (image_id) ORDER BY m.image_id",
+        store=tables / "s.zarr",
+    )
     assert joined["status"].tolist() == ["done", "done", "done", "pending", "failed"]
-    assert joined["loss"].tolist()[:3] == pytest.approx([0.1, 0.2, 0.3]) and np.isnan(joined["loss"][3])
-    n = sql("SELECT count(*) AS n FROM logits l JOIN manifest m USING (image_id) WHERE m.Smiling = 1",
-            logits=tables / "logits", manifest=tables / "s.zarr" / "manifest.parquet")
+    assert joined["loss"].tolist()[:3] == pytest.approx([0.1, 0.2, 0.3]) and np.isnan(
+        joined["loss"][3]
+    )
+    n = sql(
+        "SELECT count(*) AS n FROM logits l JOIN manifest m USING (image_id) WHERE m.Smiling = 1",
+        logits=tables / "logits",
+        manifest=tables / "s.zarr" / "manifest.parquet",
+    )
     assert n["n"].tolist() == [9]
 
 
 def test_sql_errors_are_clear(tables):
-    with pytest.raises(StoreError, match=r"Table with name manifest does not exist.*views available: logits"):
+    with pytest.raises(
+        StoreError, match=r"Table with name manifest does not exist.*views available: logits"
+    ):
         sql("SELECT * FROM manifest", logits=tables / "logits")
     with pytest.raises(StoreError, match="query must be a non-empty SQL string"):
         sql("  ", logits=tables / "logits")
@@ -71,13 +106,28 @@ def test_status_command(tables, capsys):
 def test_status_of_a_missing_store_is_one_clean_line(tmp_path, capsys):
     assert main(["status", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
-    assert err.strip().splitlines() == [f"ganviews status: error: no latent store at {tmp_path / 'nope'}: "
-                                        "the path does not exist"]
+    assert err.strip().splitlines() == [
+        f"ganviews status: error: no latent store at {tmp_path / 'nope'}: the path does not exist"
+    ]
 
 
 def test_query_latents_command(tables, capsys, tmp_path):
     out_file = tmp_path / "sel.npy"
-    assert main(["query", "latents", str(tables / "s.zarr"), "--ids", "0:2", "i2", "--out", str(out_file)]) == 0
+    assert (
+        main(
+            [
+                "query",
+                "latents",
+                str(tables / "s.zarr"),
+                "--ids",
+                "0:2",
+                "i2",
+                "--out",
+                str(out_file),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "w: shape (3, 3, 4) dtype float32 (3 of 3 selected done)" in out
     assert "mean 17.5  std 10.3883  min 0  max 35" in out
@@ -93,8 +143,17 @@ def test_query_latents_command(tables, capsys, tmp_path):
 
 def test_query_sql_command(tables, capsys, tmp_path):
     out_csv = tmp_path / "r.csv"
-    code = main(["query", "sql", "SELECT view, count(*) AS n FROM logits GROUP BY view ORDER BY view",
-                 "--logits", str(tables / "logits"), "--out", str(out_csv)])
+    code = main(
+        [
+            "query",
+            "sql",
+            "SELECT view, count(*) AS n FROM logits GROUP BY view ORDER BY view",
+            "--logits",
+            str(tables / "logits"),
+            "--out",
+            str(out_csv),
+        ]
+    )
     assert code == 0
     assert pd.read_csv(out_csv).to_dict("list") == {"view": [0, 1, 2], "n": [5, 5, 5]}
     assert "wrote 3 rows" in capsys.readouterr().out

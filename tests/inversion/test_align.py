@@ -21,10 +21,14 @@ R = 64
 # quad half-size 2e (eye factor wins: 2e > 1.8e), centre 0.1·e below the eye midpoint; the
 # half-size maps to R/2 pixels. So the eyes sit ±(e/2)/(2e)·R/2 = ±R/8 from the centre and
 # 0.1·e/(2e)·R/2 = 0.025·R above it. In output pixel centres (edge coordinate − 0.5):
-CANON_EYES = np.array([[3 * R / 8 - 0.5, R / 2 - 0.025 * R - 0.5], [5 * R / 8 - 0.5, R / 2 - 0.025 * R - 0.5]])
+CANON_EYES = np.array(
+    [[3 * R / 8 - 0.5, R / 2 - 0.025 * R - 0.5], [5 * R / 8 - 0.5, R / 2 - 0.025 * R - 0.5]]
+)
 
 
-def _draw_disc(img: np.ndarray, centre: np.ndarray, radius: float, colour: tuple[int, int, int]) -> None:
+def _draw_disc(
+    img: np.ndarray, centre: np.ndarray, radius: float, colour: tuple[int, int, int]
+) -> None:
     """An anti-aliased disc whose coverage is radially symmetric (its centroid is ``centre``)."""
     yy, xx = np.mgrid[0 : img.shape[0], 0 : img.shape[1]].astype(np.float64)
     cover = np.clip(radius + 0.5 - np.hypot(xx - centre[0], yy - centre[1]), 0.0, 1.0)[:, :, None]
@@ -67,7 +71,9 @@ def test_face_eyes_land_on_canonical_positions(angle):
     np.testing.assert_allclose(_centroid(image, 0), CANON_EYES[0], atol=0.5)
     np.testing.assert_allclose(_centroid(image, 1), CANON_EYES[1], atol=0.5)
     # mouth centre: eye_to_mouth = e, half-size 2e → 0.25·R below the eye line
-    np.testing.assert_allclose(_centroid(image, 2), [R / 2 - 0.5, CANON_EYES[0, 1] + R / 4], atol=0.5)
+    np.testing.assert_allclose(
+        _centroid(image, 2), [R / 2 - 0.5, CANON_EYES[0, 1] + R / 4], atol=0.5
+    )
     assert mask.min() == 1.0  # the quad lies inside the source image
 
 
@@ -75,14 +81,18 @@ def test_face_68_points_give_the_same_transform_as_5_points():
     lm5 = _face_landmarks(15.0, eye_dist=60.0, centre=(120.0, 100.0))
     rng = np.random.default_rng(0)
     lm68 = rng.uniform(0, 200, size=(68, 2))
-    ring = np.array([[math.cos(t), math.sin(t)] for t in np.linspace(0, 2 * math.pi, 6, endpoint=False)])
+    ring = np.array(
+        [[math.cos(t), math.sin(t)] for t in np.linspace(0, 2 * math.pi, 6, endpoint=False)]
+    )
     lm68[36:42] = lm5[0] + 7 * ring  # the mean of each eye's six points is the eye centre
     lm68[42:48] = lm5[1] + 7 * ring
     lm68[48], lm68[54] = lm5[3], lm5[4]
     img = _synthetic_face(lm5)
     cfg = AlignConfig(mode="face", resolution=R)
     M5 = align_transform(img, cfg, landmarks=lm5)
-    M68 = align_transform(img, cfg, landmarks=lm68.reshape(-1).tolist())  # flat, as the manifest stores it
+    M68 = align_transform(
+        img, cfg, landmarks=lm68.reshape(-1).tolist()
+    )  # flat, as the manifest stores it
     np.testing.assert_allclose(M68, M5, atol=1e-9)
 
 
@@ -107,7 +117,9 @@ def test_face_quad_outside_the_image_is_masked():
 
 
 def test_haar_detector_on_a_real_photograph():
-    path = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "grace_hopper.jpg")
+    path = os.path.join(
+        os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "grace_hopper.jpg"
+    )
     rgb = load_image(path)
     pts = detect_face_points(rgb)
     # pupils and mouth centre read off the photograph by eye (±3 px)
@@ -155,7 +167,10 @@ def test_object_image_scale_only_shifts_and_frame_aspect_masks_bars():
     # frame 64×48; image scale min(64/100, 48/60) = 0.64; the box centre (15, 10) → (32, 32)
     green = (image[1] > 0.5) & (image[0] < -0.5)
     rows, cols = np.nonzero(green)
-    assert abs((cols.min() + cols.max()) / 2 - 31.5) <= 0.5 and abs((rows.min() + rows.max()) / 2 - 31.5) <= 0.5
+    assert (
+        abs((cols.min() + cols.max()) / 2 - 31.5) <= 0.5
+        and abs((rows.min() + rows.max()) / 2 - 31.5) <= 0.5
+    )
     assert abs((cols.max() - cols.min() + 1) - 30 * 0.64) <= 1
     assert mask[0, :8].max() == 0 and mask[0, 56:].max() == 0  # outside the 4:3 frame
     # the image's left edge lands at 0.64·(0 − 15) + 32 = 22.4, its top at 0.64·(0 − 10) + 32 = 25.6

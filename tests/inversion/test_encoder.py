@@ -61,7 +61,9 @@ def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("depth", [18, 34, 50])
 def test_shapes_and_untrained_output_is_mean_w(depth):
     mean_w = torch.randn(24)
-    E = Encoder(EncoderConfig(num_ws=5, w_dim=24, depth=depth, width=8, resolution=32), mean_w=mean_w).eval()
+    E = Encoder(
+        EncoderConfig(num_ws=5, w_dim=24, depth=depth, width=8, resolution=32), mean_w=mean_w
+    ).eval()
     for size in (32, 48, 20):  # any input size is resized to the internal 32 px
         ws = E(_images(3, size), torch.ones(3, 1, size, size))
         assert ws.shape == (3, 5, 24)
@@ -91,7 +93,9 @@ def test_eval_output_does_not_depend_on_batch_mates():
 
 
 def test_group_norm_float64_and_batch_of_one(G):
-    result = train_encoder(G, steps=1, batch_size=1, config=EncoderConfig(norm="group", **SMALL), log_every=1)
+    result = train_encoder(
+        G, steps=1, batch_size=1, config=EncoderConfig(norm="group", **SMALL), log_every=1
+    )
     E = result.encoder.double()
     ws = E(_images(2, 32).double(), torch.ones(2, 1, 32, 32, dtype=torch.float64))
     assert ws.dtype == torch.float64 and ws.shape == (2, G.num_ws, G.w_dim)
@@ -100,9 +104,13 @@ def test_group_norm_float64_and_batch_of_one(G):
 
 def test_input_validation_and_config_errors():
     E = Encoder(EncoderConfig(num_ws=4, w_dim=16, **SMALL))
-    with pytest.raises(ValueError, match=r"masks: expected shape \[2, 1, 32, 32\], got \[2, 1, 16, 16\]"):
+    with pytest.raises(
+        ValueError, match=r"masks: expected shape \[2, 1, 32, 32\], got \[2, 1, 16, 16\]"
+    ):
         E(_images(2, 32), torch.ones(2, 1, 16, 16))
-    with pytest.raises(ValueError, match=r"images: expected shape \[\*, 3, \*, \*\], got \[2, 4, 32, 32\]"):
+    with pytest.raises(
+        ValueError, match=r"images: expected shape \[\*, 3, \*, \*\], got \[2, 4, 32, 32\]"
+    ):
         E(torch.zeros(2, 4, 32, 32))
     with pytest.raises(ConfigError, match=r"encoder.depth: got 101, expected one of 18, 34, 50"):
         EncoderConfig(depth=101)
@@ -127,13 +135,21 @@ def test_save_load_roundtrip(tmp_path, G):
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(CheckpointError, match=r"encoder file .*missing.safetensors not found: train one with"):
+    with pytest.raises(
+        CheckpointError, match=r"encoder file .*missing.safetensors not found: train one with"
+    ):
         load_encoder(tmp_path / "missing.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         load_encoder(tmp_path / "junk.safetensors")
-    save_file({"a": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "ganviews.generator"})
-    with pytest.raises(CheckpointError, match=r"not a ganviews encoder file \(metadata format='ganviews.generator'"):
+    save_file(
+        {"a": torch.zeros(2)},
+        str(tmp_path / "other.safetensors"),
+        metadata={"format": "ganviews.generator"},
+    )
+    with pytest.raises(
+        CheckpointError, match=r"not a ganviews encoder file \(metadata format='ganviews.generator'"
+    ):
         load_encoder(tmp_path / "other.safetensors")
     E = Encoder(EncoderConfig(num_ws=4, w_dim=16, **SMALL))
     path = save_encoder(E, tmp_path / "E.safetensors")
@@ -141,7 +157,10 @@ def test_load_errors(tmp_path):
     meta = read_encoder_metadata(path)
     meta["config"] = json.dumps({**json.loads(meta["config"]), "w_dim": 32})
     save_file(state, str(tmp_path / "bad.safetensors"), metadata=meta)
-    with pytest.raises(CheckpointError, match=r"tensors do not fit the encoder config .*wrong shape \['mean_w', 'head.weight'"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"tensors do not fit the encoder config .*wrong shape \['mean_w', 'head.weight'",
+    ):
         load_encoder(tmp_path / "bad.safetensors")
 
 
@@ -168,11 +187,21 @@ def test_training_batch_depends_only_on_seed_and_step(G):
     ws, x, m = sample_training_batch(G, 4, seed=5, step=7, device=torch.device("cpu"))
     ws2, x2, m2 = sample_training_batch(G, 4, seed=5, step=7, device=torch.device("cpu"))
     assert torch.equal(ws, ws2) and torch.equal(x, x2) and torch.equal(m, m2)
-    assert ws.shape == (4, G.num_ws, G.w_dim) and x.shape == (4, 3, 32, 32) and m.shape == (4, 1, 32, 32)
-    ws_all, _, _ = sample_training_batch(G, 64, seed=5, step=7, device=torch.device("cpu"), style_mix_prob=1.0)
-    differs = (ws_all[:, 0] != ws_all[:, -1]).any(dim=1)  # style mixing: first and last layers differ
+    assert (
+        ws.shape == (4, G.num_ws, G.w_dim)
+        and x.shape == (4, 3, 32, 32)
+        and m.shape == (4, 1, 32, 32)
+    )
+    ws_all, _, _ = sample_training_batch(
+        G, 64, seed=5, step=7, device=torch.device("cpu"), style_mix_prob=1.0
+    )
+    differs = (ws_all[:, 0] != ws_all[:, -1]).any(
+        dim=1
+    )  # style mixing: first and last layers differ
     assert differs.all()
-    ws_none, _, _ = sample_training_batch(G, 8, seed=5, step=7, device=torch.device("cpu"), style_mix_prob=0.0)
+    ws_none, _, _ = sample_training_batch(
+        G, 8, seed=5, step=7, device=torch.device("cpu"), style_mix_prob=0.0
+    )
     assert torch.equal(ws_none, ws_none[:, :1].expand_as(ws_none))
 
 
@@ -187,7 +216,9 @@ def _eval_losses(E: Encoder, G, batch) -> tuple[float, float]:
 def test_training_reduces_the_loss(G):
     held_out = sample_training_batch(G, 32, seed=999, step=0, device=torch.device("cpu"))
     l1_0, lat_0 = _eval_losses(Encoder.for_generator(G, **SMALL).eval(), G, held_out)  # mean w
-    result = train_encoder(G, steps=30, batch_size=8, lr=1e-3, config=EncoderConfig(**SMALL), log_every=10, seed=1)
+    result = train_encoder(
+        G, steps=30, batch_size=8, lr=1e-3, config=EncoderConfig(**SMALL), log_every=10, seed=1
+    )
     assert result.steps == 30 and [h["step"] for h in result.history] == [10, 20, 30]
     assert not result.encoder.training
     l1_1, lat_1 = _eval_losses(result.encoder, G, held_out)
@@ -201,7 +232,9 @@ def test_training_with_perceptual_term(G):
 
     # lpips-random: a randomly initialised backbone: this checks the plumbing only.
     P = load_perceptual("lpips-random")
-    result = train_encoder(G, steps=2, batch_size=2, perceptual=P, config=EncoderConfig(**SMALL), log_every=1)
+    result = train_encoder(
+        G, steps=2, batch_size=2, perceptual=P, config=EncoderConfig(**SMALL), log_every=1
+    )
     assert all(h["perceptual"] > 0 for h in result.history)
     total = [h["l1"] + h["perceptual"] + h["latent"] for h in result.history]
     assert [h["loss"] for h in result.history] == pytest.approx(total, rel=1e-5)
@@ -224,7 +257,12 @@ def test_checkpoint_resume_is_exact(tmp_path, G):
     with pytest.raises(CheckpointError, match=r"checkpoint seed 3 differs from seed=4"):
         train_encoder(G, steps=5, checkpoint=ckpt, **{**kw, "seed": 4})
     with pytest.raises(CheckpointError, match=r"checkpoint encoder config .* differs"):
-        train_encoder(G, steps=5, checkpoint=ckpt, **{**kw, "config": EncoderConfig(depth=34, width=16, resolution=32)})
+        train_encoder(
+            G,
+            steps=5,
+            checkpoint=ckpt,
+            **{**kw, "config": EncoderConfig(depth=34, width=16, resolution=32)},
+        )
 
 
 def test_checkpoint_from_another_generator_is_refused(tmp_path, G, stylegan2_fixtures):
@@ -234,7 +272,9 @@ def test_checkpoint_from_another_generator_is_refused(tmp_path, G, stylegan2_fix
     other = load_generator(stylegan2_fixtures / "rosinality-res32.pt")
     if (other.num_ws, other.w_dim) != (G.num_ws, G.w_dim):
         pytest.skip("the second fixture has another latent layout")
-    with pytest.raises(CheckpointError, match=r"trained against generator .* delete the checkpoint"):
+    with pytest.raises(
+        CheckpointError, match=r"trained against generator .* delete the checkpoint"
+    ):
         train_encoder(other, steps=2, checkpoint=ckpt, **kw)
 
 
@@ -256,7 +296,9 @@ def test_cli_trains_saves_and_refuses_to_restart(tmp_path, stylegan2_fixtures, c
     ]  # fmt: skip
     assert cli_main(argv) == 0
     E = load_encoder(out)
-    assert E.config.depth == 18 and E.resolution == 32 and read_encoder_metadata(out)["steps"] == "2"
+    assert (
+        E.config.depth == 18 and E.resolution == 32 and read_encoder_metadata(out)["steps"] == "2"
+    )
     assert "2 steps" in capsys.readouterr().out
     assert cli_main(argv) == 2  # the checkpoint exists and --resume was not given
     assert "pass --resume to continue it" in capsys.readouterr().err

@@ -138,7 +138,9 @@ def test_encoder_init_and_latent_terms(G) -> None:
     assert torch.isnan(res.lpips).all()  # no perceptual net
     # The official encoder-consistency term: 0.25 · mean((E(x) − E(G(w)))²).
     res = invert(G, x, encoder=E, steps=0)
-    expected = 0.25 * (w_enc - E(G.synthesis(w_enc), torch.ones(3, 1, 32, 32))).square().mean(dim=(1, 2))
+    expected = 0.25 * (w_enc - E(G.synthesis(w_enc), torch.ones(3, 1, 32, 32))).square().mean(
+        dim=(1, 2)
+    )
     assert torch.allclose(res.loss_latent, expected, rtol=1e-5)
     # An explicit w_init overrides E(x) as the start; the ℓ2 target stays E(x).
     start = G.mean_w.expand(3, G.num_ws, G.w_dim).clone()
@@ -161,7 +163,10 @@ def test_adam_option(G) -> None:
 
 def test_input_errors_name_the_problem(G, P) -> None:
     x, _ = _targets(G, 2)
-    with pytest.raises(ValueError, match=r"images \(at the generator's resolution\): expected shape \[2, 3, 32, 32\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"images \(at the generator's resolution\): expected shape \[2, 3, 32, 32\]",
+    ):
         invert(G, x[:, :, :16, :16])
     masks = torch.ones(2, 1, 32, 32)
     masks[1] = 0
@@ -173,7 +178,10 @@ def test_input_errors_name_the_problem(G, P) -> None:
         invert(G, x, optimizer="sgd")
     with pytest.raises(ConfigError, match=r"invert.noise_mode: got 'random'"):
         InversionConfig(noise_mode="random")
-    with pytest.raises(ValueError, match=r"perceptual: its weights are torch.float32 but the generator is torch.float64"):
+    with pytest.raises(
+        ValueError,
+        match=r"perceptual: its weights are torch.float32 but the generator is torch.float64",
+    ):
         invert(load_generator(G.source_path).double(), x.double(), perceptual=P)
     E = _tiny_encoder(G).train()
     with pytest.raises(ValueError, match=r"encoder: is in training mode"):

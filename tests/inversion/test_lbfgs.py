@@ -88,7 +88,9 @@ def test_quadratics_of_different_conditioning_converge_and_are_independent() -> 
 
 def test_history_size_and_max_steps_respected() -> None:
     fn, _ = _quadratics(3, 30, max_log_cond=4.0, seed=3)
-    res = lbfgs_minimize(fn, torch.zeros(3, 30, dtype=DT), steps=7, config=LBFGSConfig(history_size=3))
+    res = lbfgs_minimize(
+        fn, torch.zeros(3, 30, dtype=DT), steps=7, config=LBFGSConfig(history_size=3)
+    )
     assert (res.iterations <= 7).all()
     assert (res.status == Status.MAX_STEPS).sum() >= 2
     # At most max_evals evaluations per step plus the initial one.
@@ -119,8 +121,12 @@ def test_line_search_recovers_from_nan_trial_points() -> None:
         far = x.abs().amax(dim=-1) > 3 * x_star.abs().max()
         return torch.where(far, torch.nan, loss), grad
 
-    res = lbfgs_minimize(guarded, torch.zeros(2, 6, dtype=DT), steps=200,
-                         config=LBFGSConfig(initial_step=1e3, tolerance_change=0.0))
+    res = lbfgs_minimize(
+        guarded,
+        torch.zeros(2, 6, dtype=DT),
+        steps=200,
+        config=LBFGSConfig(initial_step=1e3, tolerance_change=0.0),
+    )
     assert torch.allclose(res.x, x_star, atol=1e-6)
 
 

@@ -45,7 +45,9 @@ def test_random_backbone_mechanics(lpips_random) -> None:
     assert d.shape == (3,) and (d > 0).all()
     assert torch.equal(lpips_random(x, x), torch.zeros(3))
     for i in (0, 2):
-        assert torch.allclose(lpips_random(x[i : i + 1], y[i : i + 1])[0], d[i], rtol=1e-5, atol=1e-7)
+        assert torch.allclose(
+            lpips_random(x[i : i + 1], y[i : i + 1])[0], d[i], rtol=1e-5, atol=1e-7
+        )
     xg = x.clone().requires_grad_(True)
     lpips_random(xg, y).sum().backward()
     assert xg.grad is not None and xg.grad.abs().sum() > 0
@@ -76,7 +78,9 @@ def test_mask_weighting_and_unknown_pixels_have_no_influence(lpips_random) -> No
 def test_resolution_option_downsamples_both_images(lpips_random) -> None:
     x, y = _pair(n=2, size=64)
     low = MaskedLPIPS(lpips_random.model, name="lpips-random", resolution=32)
-    expected = lpips_random(F.interpolate(x, size=(32, 32), mode="area"), F.interpolate(y, size=(32, 32), mode="area"))
+    expected = lpips_random(
+        F.interpolate(x, size=(32, 32), mode="area"), F.interpolate(y, size=(32, 32), mode="area")
+    )
     assert torch.allclose(low(x, y), expected, rtol=1e-6)
     # Images already at or below the resolution pass unchanged.
     xs, ys = _pair(n=2, size=32)
@@ -98,7 +102,10 @@ def test_missing_backbone_weights_error_names_file_and_folders(tmp_path, monkeyp
         load_perceptual("lpips-alex", device="cpu", weights_dir=tmp_path / "weights")
     msg = str(err.value)
     assert "alexnet-owt-7be5be79.pth" in msg
-    assert str(tmp_path / "weights") in msg and str(tmp_path / "torch_home" / "hub" / "checkpoints") in msg
+    assert (
+        str(tmp_path / "weights") in msg
+        and str(tmp_path / "torch_home" / "hub" / "checkpoints") in msg
+    )
     assert "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth" in msg
     with pytest.raises(CheckpointError, match="vgg16-397923af.pth"):
         load_perceptual("lpips-vgg", device="cpu", weights_dir=tmp_path)

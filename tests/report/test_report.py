@@ -49,7 +49,12 @@ def test_cli_end_to_end_on_known_table(known_logits, tmp_path, capsys):
     assert list(table.columns[: len(REQUIRED)]) == REQUIRED
     assert len(table) == 1
     row = table.iloc[0]
-    assert (row["task"], row["classifier"], row["method"], str(row["setting"])) == ("Smiling", "r50", "isotropic_fine", "0.3")
+    assert (row["task"], row["classifier"], row["method"], str(row["setting"])) == (
+        "Smiling",
+        "r50",
+        "isotropic_fine",
+        "0.3",
+    )
     assert row["alpha_star"] == pytest.approx(0.45) and row["alpha_oracle"] == pytest.approx(0.5)
     assert row["val_acc"] == 1.0 and row["test_acc"] == 0.75
     assert row["test_acc_single"] == 0.25 and row["test_acc_recon"] == 0.75
@@ -125,19 +130,34 @@ def test_summary_table_numbers():
     assert row["wins"] == int((part["gain"] > 0).sum())
     iso = summary.loc[("bin2", "isotropic_fine")]
     assert iso["best"].sum() == 1  # one best setting per (classifier, method)
-    single_task = summary_table(table[table["task"] == "t0"]).set_index(["classifier", "method", "setting"])
-    one = table[(table["task"] == "t0") & (table["classifier"] == "bin2") & (table["method"] == "pca_coarse")]
-    assert single_task.loc[("bin2", "pca_coarse", "1"), "gain_se"] == pytest.approx(one["gain_se"].item())
+    single_task = summary_table(table[table["task"] == "t0"]).set_index(
+        ["classifier", "method", "setting"]
+    )
+    one = table[
+        (table["task"] == "t0")
+        & (table["classifier"] == "bin2")
+        & (table["method"] == "pca_coarse")
+    ]
+    assert single_task.loc[("bin2", "pca_coarse", "1"), "gain_se"] == pytest.approx(
+        one["gain_se"].item()
+    )
     assert single_task.loc[("bin2", "pca_coarse", "1"), "se_over"] == "images"
 
 
 def test_cli_config_yaml(known_logits, tmp_path):
     cfg = tmp_path / "report.yaml"
-    cfg.write_text("ensemble:\n  num_alphas: 11\n  tie_break: largest\n  bootstrap_draws: 10\nhtml: false\ntitle: My run\n")
+    cfg.write_text(
+        "ensemble:\n  num_alphas: 11\n  tie_break: largest\n  bootstrap_draws: 10\nhtml: false\ntitle: My run\n"
+    )
     out = tmp_path / "out"
-    assert main(["report", "--logits", str(known_logits), "--out", str(out), "--config", str(cfg)]) == 0
+    assert (
+        main(["report", "--logits", str(known_logits), "--out", str(out), "--config", str(cfg)])
+        == 0
+    )
     row = pd.read_csv(out / "results.csv").iloc[0]
-    assert row["alpha_star"] == pytest.approx(0.5)  # on a 0.1 grid both val images are right only at 0.5
+    assert row["alpha_star"] == pytest.approx(
+        0.5
+    )  # on a 0.1 grid both val images are right only at 0.5
     assert row["alpha_oracle"] == pytest.approx(1.0)  # largest of the tied best test α
     assert not (out / "report.html").exists()
     md = (out / "report.md").read_text()
@@ -147,10 +167,25 @@ def test_cli_config_yaml(known_logits, tmp_path):
 def test_cli_errors_are_one_clean_line(known_logits, tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("ensemble:\n  tie_brake: smallest\n")
-    assert main(["report", "--logits", str(known_logits), "--out", str(tmp_path / "o"), "--config", str(cfg)]) == 2
+    assert (
+        main(
+            [
+                "report",
+                "--logits",
+                str(known_logits),
+                "--out",
+                str(tmp_path / "o"),
+                "--config",
+                str(cfg),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "ganviews report: error: ensemble.tie_brake: unknown key" in err
-    assert main(["report", "--logits", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["report", "--logits", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    )
     assert "logits dataset not found" in capsys.readouterr().err
     train_only = known_table()
     train_only = train_only[train_only["split"] == "train"]
@@ -158,7 +193,9 @@ def test_cli_errors_are_one_clean_line(known_logits, tmp_path, capsys):
     assert main(["report", "--logits", str(tmp_path / "train"), "--out", str(tmp_path / "o")]) == 2
     assert "no val/test logit rows to evaluate" in capsys.readouterr().err
     frame = known_table()
-    write_logits(tmp_path / "ragged", frame[~((frame["image_id"] == "tE") & (frame["view"] == 3))], shard="s")
+    write_logits(
+        tmp_path / "ragged", frame[~((frame["image_id"] == "tE") & (frame["view"] == 3))], shard="s"
+    )
     assert main(["report", "--logits", str(tmp_path / "ragged"), "--out", str(tmp_path / "o")]) == 2
     assert "image 'tE' lacks views [3]" in capsys.readouterr().err
 
@@ -174,13 +211,22 @@ def test_gallery_figure_from_arrays(tmp_path):
     masks = np.zeros((n, 1, h, h), np.uint8)
     masks[:, :, 4:20, 4:20] = 255
     recons = _uint8(rng, (n, 3, 32, 32))
-    views = {"isotropic_fine/0.3": _uint8(rng, (n, 8, 3, 16, 16)), "gray": _uint8(rng, (n, 2, 1, 16, 16))}
-    path = gallery_figure(inputs, masks, recons, views, tmp_path / "g.png", image_ids=["a", "b", "c"], max_views=4)
+    views = {
+        "isotropic_fine/0.3": _uint8(rng, (n, 8, 3, 16, 16)),
+        "gray": _uint8(rng, (n, 2, 1, 16, 16)),
+    }
+    path = gallery_figure(
+        inputs, masks, recons, views, tmp_path / "g.png", image_ids=["a", "b", "c"], max_views=4
+    )
     img = assert_png(path)
     assert img.shape[1] > img.shape[0]  # 3 + 4 + 2 columns, 3 rows
-    with pytest.raises(ValueError, match=r"inputs: expected uint8 \[N, C, H, W\], got dtype float32"):
+    with pytest.raises(
+        ValueError, match=r"inputs: expected uint8 \[N, C, H, W\], got dtype float32"
+    ):
         gallery_figure(inputs.astype(np.float32), masks, recons, views, tmp_path / "x.png")
-    with pytest.raises(ValueError, match=r"masks: expected uint8 \[N, 1, H, W\] = \[3, 1, 24, 24\]"):
+    with pytest.raises(
+        ValueError, match=r"masks: expected uint8 \[N, 1, H, W\] = \[3, 1, 24, 24\]"
+    ):
         gallery_figure(inputs, masks[:, :, :10], recons, views, tmp_path / "x.png")
     with pytest.raises(ValueError, match=r"views\['gray'\]: 2 images, inputs have 3"):
         gallery_figure(inputs, masks, recons, {"gray": views["gray"][:2]}, tmp_path / "x.png")
@@ -206,7 +252,10 @@ def _store(path, *, with_images=True):
 def test_cli_with_store_draws_a_gallery(known_logits, tmp_path, capsys):
     store = _store(tmp_path / "store")
     out = tmp_path / "out"
-    assert main(["report", "--logits", str(known_logits), "--out", str(out), "--store", str(store)]) == 0
+    assert (
+        main(["report", "--logits", str(known_logits), "--out", str(out), "--store", str(store)])
+        == 0
+    )
     img = assert_png(out / "plots" / "gallery.png")
     assert img.shape[0] > 100
     md = (out / "report.md").read_text()
@@ -215,7 +264,9 @@ def test_cli_with_store_draws_a_gallery(known_logits, tmp_path, capsys):
 
 def test_store_without_images_is_a_note_not_a_failure(known_logits, tmp_path):
     store = _store(tmp_path / "store", with_images=False)
-    outputs = run_report(known_logits, tmp_path / "out", store=store, config={"ensemble": {"bootstrap_draws": 5}})
+    outputs = run_report(
+        known_logits, tmp_path / "out", store=store, config={"ensemble": {"bootstrap_draws": 5}}
+    )
     md = outputs.report_md.read_text()
     assert "no reconstruction gallery: the store" in md and "images/aligned" in md
     assert not (tmp_path / "out" / "plots" / "gallery.png").exists()

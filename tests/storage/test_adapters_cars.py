@@ -40,7 +40,12 @@ TRAIN = [
     (2, 39, 52, 233, 150),
     (4, 3, 8, 190, 147),
 ]
-TEST = [(4, 30, 52, 246, 147), (2, 100, 19, 576, 203), (6, 51, 105, 968, 659), (1, 67, 84, 581, 407)]
+TEST = [
+    (4, 30, 52, 246, 147),
+    (2, 100, 19, 576, 203),
+    (6, 51, 105, 968, 659),
+    (1, 67, 84, 581, 407),
+]
 
 
 def _cell(value: int) -> np.ndarray:
@@ -49,10 +54,17 @@ def _cell(value: int) -> np.ndarray:
 
 
 def _annotations(rows, *, with_class: bool = True, start: int = 1) -> np.ndarray:
-    fields = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"] + (["class"] if with_class else []) + ["fname"]
+    fields = (
+        ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"] + (["class"] if with_class else []) + ["fname"]
+    )
     array = np.zeros((1, len(rows)), dtype=[(f, "O") for f in fields])
     for i, (cls, x1, y1, x2, y2) in enumerate(rows):
-        record = {"bbox_x1": _cell(x1), "bbox_y1": _cell(y1), "bbox_x2": _cell(x2), "bbox_y2": _cell(y2)}
+        record = {
+            "bbox_x1": _cell(x1),
+            "bbox_y1": _cell(y1),
+            "bbox_x2": _cell(x2),
+            "bbox_y2": _cell(y2),
+        }
         if with_class:
             record["class"] = _cell(cls)
         record["fname"] = np.array([f"{start + i:05d}.jpg"])
@@ -77,7 +89,9 @@ def write_cars(
     scipy.io.savemat(root / "devkit" / "cars_meta.mat", {"class_names": names})
     scipy.io.savemat(root / "devkit" / "cars_train_annos.mat", {"annotations": _annotations(train)})
     if test_file:
-        scipy.io.savemat(root / test_file, {"annotations": _annotations(test, with_class=test_with_class)})
+        scipy.io.savemat(
+            root / test_file, {"annotations": _annotations(test, with_class=test_with_class)}
+        )
     if images:
         for folder, rows in (("cars_train", train), ("cars_test", test)):
             (root / folder).mkdir(exist_ok=True)
@@ -101,17 +115,28 @@ def test_written_mat_has_the_devkit_layout(tmp_path):
 
 
 def test_body_type_rule():
-    assert [body_type(n) for n in CLASS_NAMES] == ["SUV", "Sedan", "Type-S", "Cab", "SuperCab", "Coupe"]
+    assert [body_type(n) for n in CLASS_NAMES] == [
+        "SUV",
+        "Sedan",
+        "Type-S",
+        "Cab",
+        "SuperCab",
+        "Coupe",
+    ]
     assert body_type("Chevrolet Silverado 1500 Classic Extended Cab 2007") == "Cab"
     assert body_type("single") is None
 
 
 def test_labels_boxes_and_paper_split(tmp_path):
-    root = write_cars(tmp_path / "cars", test_file=None)  # the paper scheme needs no test annotations
+    root = write_cars(
+        tmp_path / "cars", test_file=None
+    )  # the paper scheme needs no test annotations
     df = build_cars(root, scheme="paper")
     kept = [i for i, row in enumerate(TRAIN) if row[0] in (1, 2, 4)]
     assert df["image_id"].tolist() == [f"train/{i + 1:05d}" for i in kept]
-    assert df["label_name"].tolist() == [{1: "SUV", 2: "Sedan", 4: "Cab"}[TRAIN[i][0]] for i in kept]
+    assert df["label_name"].tolist() == [
+        {1: "SUV", 2: "Sedan", 4: "Cab"}[TRAIN[i][0]] for i in kept
+    ]
     assert df["label"].tolist() == [{1: 0, 2: 1, 4: 2}[TRAIN[i][0]] for i in kept]
     assert df["fine_label"].tolist() == [TRAIN[i][0] - 1 for i in kept]
     assert df["fine_label_name"].iloc[0] == "AM General Hummer SUV 2000"
@@ -134,14 +159,20 @@ def test_official_split_uses_labelled_test_annotations(tmp_path):
     root = write_cars(tmp_path / "cars")
     df = build_cars(root, val_fraction=0.25, seed=0)
     test = df[df["split"] == "test"]
-    assert test["image_id"].tolist() == ["test/00001", "test/00002", "test/00004"]  # the Coupe is left out
+    assert test["image_id"].tolist() == [
+        "test/00001",
+        "test/00002",
+        "test/00004",
+    ]  # the Coupe is left out
     assert test["label_name"].tolist() == ["Cab", "Sedan", "SUV"]
     assert test["path"].iloc[0] == str((root / "cars_test" / "00001.jpg").resolve())
     assert test["bbox"].iloc[0] == [29.0, 51.0, 246.0, 147.0]
     train_part = df[df["split"] != "test"]
     assert len(train_part) == 13
     # val = round(n * 0.25) per fine class (half up): SUV 5 -> 1, Sedan 4 -> 1, Cab 4 -> 1
-    assert train_part.groupby("label_name")["split"].apply(lambda s: int((s == "val").sum())).to_dict() == {
+    assert train_part.groupby("label_name")["split"].apply(
+        lambda s: int((s == "val").sum())
+    ).to_dict() == {
         "Cab": 1,
         "SUV": 1,
         "Sedan": 1,
@@ -172,7 +203,9 @@ def test_official_split_is_seeded_and_order_free(tmp_path):
 
 
 def test_custom_body_types(tmp_path):
-    df = build_cars(write_cars(tmp_path / "cars"), scheme="paper", body_types=("Sedan", "SUV", "Coupe"))
+    df = build_cars(
+        write_cars(tmp_path / "cars"), scheme="paper", body_types=("Sedan", "SUV", "Coupe")
+    )
     assert set(df["label_name"]) == {"Sedan", "SUV", "Coupe"}
     assert df.loc[df["label_name"] == "Coupe", "label"].unique().tolist() == [2]
     with pytest.raises(AdapterError, match=r"body_types \['Van'\] match no class name"):
@@ -180,8 +213,13 @@ def test_custom_body_types(tmp_path):
 
 
 def test_unlabelled_test_annotations_need_the_withlabels_file(tmp_path):
-    root = write_cars(tmp_path / "cars", test_file="devkit/cars_test_annos.mat", test_with_class=False)
-    with pytest.raises(AnnotationFileMissing, match=r"cars_test_annos\.mat has no class labels.*cars_test_annos_withlabels\.mat"):
+    root = write_cars(
+        tmp_path / "cars", test_file="devkit/cars_test_annos.mat", test_with_class=False
+    )
+    with pytest.raises(
+        AnnotationFileMissing,
+        match=r"cars_test_annos\.mat has no class labels.*cars_test_annos_withlabels\.mat",
+    ):
         build_cars(root)
     assert len(build_cars(root, scheme="paper")) == 13  # the paper scheme does not need them
     # a cars_test_annos.mat that does carry the class is accepted
@@ -201,19 +239,29 @@ def test_missing_devkit_file(tmp_path):
 
 def test_unknown_class_and_bad_box(tmp_path):
     root = write_cars(tmp_path / "cars", train=TRAIN + [(7, 1, 1, 5, 5)])
-    with pytest.raises(AdapterError, match=r"annotations\[16\] \(00017\.jpg\): class 7 is not a class index in 1\.\.6"):
+    with pytest.raises(
+        AdapterError,
+        match=r"annotations\[16\] \(00017\.jpg\): class 7 is not a class index in 1\.\.6",
+    ):
         build_cars(root, scheme="paper")
     root = write_cars(tmp_path / "box", train=[(1, 50, 10, 20, 40)])
-    with pytest.raises(AdapterError, match=r"00001\.jpg\): bounding box \(xmin=50, ymin=10, xmax=20, ymax=40\) is empty"):
+    with pytest.raises(
+        AdapterError,
+        match=r"00001\.jpg\): bounding box \(xmin=50, ymin=10, xmax=20, ymax=40\) is empty",
+    ):
         build_cars(root, scheme="paper")
 
 
 def test_not_a_mat_file_and_bad_options(tmp_path):
     root = write_cars(tmp_path / "cars")
     (root / "devkit" / "cars_train_annos.mat").write_text("not matlab")
-    with pytest.raises(AdapterError, match=r"cars_train_annos\.mat: not a readable MATLAB \.mat file"):
+    with pytest.raises(
+        AdapterError, match=r"cars_train_annos\.mat: not a readable MATLAB \.mat file"
+    ):
         build_cars(root)
-    with pytest.raises(AdapterError, match=r"scheme='random' is not one of \['official', 'paper'\]"):
+    with pytest.raises(
+        AdapterError, match=r"scheme='random' is not one of \['official', 'paper'\]"
+    ):
         build_cars(root, scheme="random")
     with pytest.raises(AdapterError, match=r"val_fraction=1\.5 is not a fraction in \[0, 1\)"):
         build_cars(root, val_fraction=1.5)
@@ -235,8 +283,15 @@ def test_cli_paper_scheme_prints_label_table(tmp_path, capsys):
     assert main(["manifest", "cars", str(root), "--out", str(out), "--scheme", "paper"]) == 0
     printed = capsys.readouterr().out
     assert "images per split: train 6, val 3, test 4" in printed
-    rows = {line.split()[1]: line.split()[2:] for line in printed.splitlines() if line[:2] in ("0 ", "1 ", "2 ")}
+    rows = {
+        line.split()[1]: line.split()[2:]
+        for line in printed.splitlines()
+        if line[:2] in ("0 ", "1 ", "2 ")
+    }
     assert rows == {"SUV": ["2", "1", "2"], "Sedan": ["2", "1", "1"], "Cab": ["2", "1", "1"]}
     assert read_manifest(out)["split"].value_counts().to_dict() == {"train": 6, "test": 4, "val": 3}
-    assert main(["manifest", "cars", str(root), "--out", str(out), "--body-types", "SUV", "Truck"]) == 2
+    assert (
+        main(["manifest", "cars", str(root), "--out", str(out), "--body-types", "SUV", "Truck"])
+        == 2
+    )
     assert "body_types ['Truck'] match no class name" in capsys.readouterr().err

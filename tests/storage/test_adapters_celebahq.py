@@ -20,7 +20,13 @@ SMILING = ATTRIBUTES.index("Smiling")
 MALE = ATTRIBUTES.index("Male")
 
 # CelebA-HQ idx -> (orig_idx, orig_file); CelebA's partition: 1..162770 train, 162771..182637 val, rest test
-MAPPING = {0: (119613, "119614.jpg"), 1: (162770, "162771.jpg"), 2: (182637, "182638.jpg"), 3: (3, "000004.jpg"), 4: (202598, "202599.jpg")}
+MAPPING = {
+    0: (119613, "119614.jpg"),
+    1: (162770, "162771.jpg"),
+    2: (182637, "182638.jpg"),
+    3: (3, "000004.jpg"),
+    4: (202598, "202599.jpg"),
+}
 EXPECTED_SPLIT = {"0": "train", "1": "val", "2": "test", "3": "train", "4": "test"}
 
 
@@ -33,7 +39,9 @@ def _values(idx: int) -> list[int]:
     return values
 
 
-def write_celebahq(root: Path, *, indices=tuple(MAPPING), partition_dir: str = "", images: bool = True) -> Path:
+def write_celebahq(
+    root: Path, *, indices=tuple(MAPPING), partition_dir: str = "", images: bool = True
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     lines = [str(len(indices)), " ".join(ATTRIBUTES)]
     for idx in indices:
@@ -45,7 +53,16 @@ def write_celebahq(root: Path, *, indices=tuple(MAPPING), partition_dir: str = "
     (root / "CelebA-HQ-to-CelebA-mapping.txt").write_text("\n".join(mapping) + "\n")
     part = root / partition_dir / "list_eval_partition.txt"
     part.parent.mkdir(parents=True, exist_ok=True)
-    rows = ["000001.jpg 0", "000004.jpg 0", "119614.jpg 0", "162770.jpg 0", "162771.jpg 1", "182637.jpg 1", "182638.jpg 2", "202599.jpg 2"]
+    rows = [
+        "000001.jpg 0",
+        "000004.jpg 0",
+        "119614.jpg 0",
+        "162770.jpg 0",
+        "162771.jpg 1",
+        "182637.jpg 1",
+        "182638.jpg 2",
+        "202599.jpg 2",
+    ]
     part.write_text("\n".join(rows) + "\n")
     if images:
         (root / "CelebA-HQ-img").mkdir(exist_ok=True)
@@ -67,8 +84,16 @@ def test_labels_partition_and_paths(tmp_path):
     assert df["5_o_Clock_Shadow"].tolist() == [1] * 5
     assert int(df[ATTRIBUTES].to_numpy().sum()) == 5 + 3 + 1  # nothing else is on
     assert str(df["Young"].dtype) == "int64"
-    assert df["celeba_file"].tolist() == ["119614.jpg", "162771.jpg", "182638.jpg", "000004.jpg", "202599.jpg"]
-    assert df["path"].tolist() == [str((root / "CelebA-HQ-img" / f"{i}.jpg").resolve()) for i in range(5)]
+    assert df["celeba_file"].tolist() == [
+        "119614.jpg",
+        "162771.jpg",
+        "182638.jpg",
+        "000004.jpg",
+        "202599.jpg",
+    ]
+    assert df["path"].tolist() == [
+        str((root / "CelebA-HQ-img" / f"{i}.jpg").resolve()) for i in range(5)
+    ]
     assert "bbox" not in df.columns  # pre-aligned
 
 
@@ -113,7 +138,10 @@ def test_malformed_attribute_lines(tmp_path):
     good = list(lines)
     lines[3] = lines[3].rsplit(" ", 1)[0]  # 39 values
     path.write_text("\n".join(lines))
-    with pytest.raises(AdapterError, match=r"attribute-anno\.txt:4: expected a file name and 40 values, got 40 fields"):
+    with pytest.raises(
+        AdapterError,
+        match=r"attribute-anno\.txt:4: expected a file name and 40 values, got 40 fields",
+    ):
         build_celebahq(root)
     lines = list(good)
     lines[4] = lines[4].replace(" -1", " 0", 1)
@@ -134,7 +162,9 @@ def test_malformed_attribute_lines(tmp_path):
 
 def test_image_without_mapping_or_partition(tmp_path):
     root = write_celebahq(tmp_path / "g", indices=(0, 1, 2, 3, 4, 5))
-    with pytest.raises(AdapterError, match=r"image '5\.jpg' has no row in CelebA-HQ-to-CelebA-mapping\.txt"):
+    with pytest.raises(
+        AdapterError, match=r"image '5\.jpg' has no row in CelebA-HQ-to-CelebA-mapping\.txt"
+    ):
         build_celebahq(root)
     root = write_celebahq(tmp_path / "h")
     part = root / "list_eval_partition.txt"
@@ -149,7 +179,10 @@ def test_image_without_mapping_or_partition(tmp_path):
 def test_missing_images_error_or_drop(tmp_path):
     root = write_celebahq(tmp_path / "i")
     (root / "CelebA-HQ-img" / "2.jpg").unlink()
-    with pytest.raises(AnnotationFileMissing, match=r"celebahq: 1 of 5 annotated images are missing on disk .*2\.jpg"):
+    with pytest.raises(
+        AnnotationFileMissing,
+        match=r"celebahq: 1 of 5 annotated images are missing on disk .*2\.jpg",
+    ):
         build_celebahq(root)
     df = build_celebahq(root, on_missing_image="drop")
     assert df["image_id"].tolist() == ["0", "1", "3", "4"]

@@ -34,8 +34,15 @@ def test_seeded_split_counts_and_order_independence():
     }  # fmt: skip
     shuffled = list(zip(ids, strata, strict=True))
     random.Random(1).shuffle(shuffled)
-    again = seeded_split([i for i, _ in shuffled], fractions={"test": 0.1, "val": 0.2}, seed=7, strata=[s for _, s in shuffled])
-    assert dict(zip([i for i, _ in shuffled], again, strict=True)) == dict(zip(ids, out, strict=True))
+    again = seeded_split(
+        [i for i, _ in shuffled],
+        fractions={"test": 0.1, "val": 0.2},
+        seed=7,
+        strata=[s for _, s in shuffled],
+    )
+    assert dict(zip([i for i, _ in shuffled], again, strict=True)) == dict(
+        zip(ids, out, strict=True)
+    )
     other = seeded_split(ids, fractions={"test": 0.1, "val": 0.2}, seed=8, strata=strata)
     assert sum(a != b for a, b in zip(out, other, strict=True)) > 10
 
@@ -52,11 +59,17 @@ def test_seeded_split_is_stable_when_one_image_is_added():
 def test_seeded_split_rejects_bad_input():
     with pytest.raises(AdapterError, match="strata has 2 entries for 3 image ids"):
         seeded_split(["a", "b", "c"], fractions={"val": 0.5}, seed=0, strata=[0, 1])
-    with pytest.raises(AdapterError, match=r"split fractions \{'val': 0\.6, 'test': 0\.4\} leave nothing for 'train'"):
+    with pytest.raises(
+        AdapterError,
+        match=r"split fractions \{'val': 0\.6, 'test': 0\.4\} leave nothing for 'train'",
+    ):
         seeded_split(["a"], fractions={"val": 0.6, "test": 0.4}, seed=0)
 
 
 def test_voc_box_conversion():
     assert voc_box_to_pixels(1, 1, 10, 20, where="x") == [0.0, 0.0, 10.0, 20.0]
-    with pytest.raises(AdapterError, match=r"f\.xml: bounding box \(xmin=0, ymin=1, xmax=5, ymax=5\) is empty, inverted or negative"):
+    with pytest.raises(
+        AdapterError,
+        match=r"f\.xml: bounding box \(xmin=0, ymin=1, xmax=5, ymax=5\) is empty, inverted or negative",
+    ):
         voc_box_to_pixels(0, 1, 5, 5, where="f.xml")

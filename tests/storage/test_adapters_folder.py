@@ -19,7 +19,9 @@ from storage.adapters import (
 from storage.manifest import read_manifest
 
 
-def write_folder(root: Path, table: pd.DataFrame, *, name: str = "labels.csv", images: bool = True) -> Path:
+def write_folder(
+    root: Path, table: pd.DataFrame, *, name: str = "labels.csv", images: bool = True
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     if name.endswith(".csv"):
         table.to_csv(root / name, index=False)
@@ -40,7 +42,9 @@ def _table(n: int = 6) -> pd.DataFrame:
             "file": [f"{'cats' if i % 2 else 'dogs'}/img_{i}.png" for i in range(n)],
             "animal": ["cat" if i % 2 else "dog" for i in range(n)],
             "smiling": [i % 3 == 0 for i in range(n)],
-            "split": [["train", "Train", " validation", "val", "test", "TESTING"][i % 6] for i in range(n)],
+            "split": [
+                ["train", "Train", " validation", "val", "test", "TESTING"][i % 6] for i in range(n)
+            ],
         }
     )
 
@@ -48,10 +52,24 @@ def _table(n: int = 6) -> pd.DataFrame:
 def test_csv_with_split_column(tmp_path):
     root = write_folder(tmp_path / "f", _table())
     df = build_folder(root)
-    assert df["image_id"].tolist() == ["dogs/img_0", "cats/img_1", "dogs/img_2", "cats/img_3", "dogs/img_4", "cats/img_5"]
+    assert df["image_id"].tolist() == [
+        "dogs/img_0",
+        "cats/img_1",
+        "dogs/img_2",
+        "cats/img_3",
+        "dogs/img_4",
+        "cats/img_5",
+    ]
     assert df["split"].tolist() == ["train", "train", "val", "val", "test", "test"]
     assert df.attrs["label_columns"] == ["animal", "smiling"]
-    assert df["animal"].tolist() == [1, 0, 1, 0, 1, 0]  # text labels coded in sorted order: cat 0, dog 1
+    assert df["animal"].tolist() == [
+        1,
+        0,
+        1,
+        0,
+        1,
+        0,
+    ]  # text labels coded in sorted order: cat 0, dog 1
     assert df["animal_name"].tolist() == ["dog", "cat"] * 3
     assert df["smiling"].tolist() == [1, 0, 0, 1, 0, 0] and str(df["smiling"].dtype) == "int64"
     assert df["path"].iloc[1] == str((root / "cats" / "img_1.png").resolve())
@@ -62,10 +80,15 @@ def test_parquet_without_split_gets_a_seeded_split(tmp_path):
     root = write_folder(tmp_path / "p", table, name="labels.parquet")
     df = build_folder(root, fractions=(0.5, 0.25, 0.25), seed=3, stratify="animal")
     counts = df.groupby(["animal_name", "split"]).size().to_dict()
-    assert counts == {(a, s): n for a in ("cat", "dog") for s, n in (("test", 5), ("train", 10), ("val", 5))}
+    assert counts == {
+        (a, s): n for a in ("cat", "dog") for s, n in (("test", 5), ("train", 10), ("val", 5))
+    }
     again = build_folder(root, fractions=(0.5, 0.25, 0.25), seed=3, stratify="animal")
     assert again["split"].tolist() == df["split"].tolist()
-    assert build_folder(root, fractions=(0.5, 0.25, 0.25), seed=4)["split"].tolist() != df["split"].tolist()
+    assert (
+        build_folder(root, fractions=(0.5, 0.25, 0.25), seed=4)["split"].tolist()
+        != df["split"].tolist()
+    )
 
 
 def test_boxes_landmarks_and_explicit_columns(tmp_path):
@@ -93,29 +116,41 @@ def test_boxes_landmarks_and_explicit_columns(tmp_path):
     assert "note" not in df.columns  # not asked for
 
 
-def test_relative_labels_path_is_looked_up_under_root_then_the_current_directory(tmp_path, monkeypatch):
+def test_relative_labels_path_is_looked_up_under_root_then_the_current_directory(
+    tmp_path, monkeypatch
+):
     root = write_folder(tmp_path / "r", _table())
     (root / "labels.csv").rename(tmp_path / "mine.csv")
     monkeypatch.chdir(tmp_path)
-    assert len(build_folder(root, labels="mine.csv")) == len(build_folder(root, labels=str(tmp_path / "mine.csv")))
+    assert len(build_folder(root, labels="mine.csv")) == len(
+        build_folder(root, labels=str(tmp_path / "mine.csv"))
+    )
     (tmp_path / "mine.csv").rename(root / "mine.csv")
     assert len(build_folder(root, labels="mine.csv")) == len(_table())
 
 
 def test_failure_messages(tmp_path):
     root = write_folder(tmp_path / "e", _table())
-    with pytest.raises(AnnotationFileMissing, match=r"no labels file in .* \(looked for labels\.csv, labels\.parquet\)"):
+    with pytest.raises(
+        AnnotationFileMissing,
+        match=r"no labels file in .* \(looked for labels\.csv, labels\.parquet\)",
+    ):
         build_folder(tmp_path)
     with pytest.raises(AnnotationFileMissing, match=r"labels file '.*other\.csv' not found"):
         build_folder(root, labels="other.csv")
-    with pytest.raises(AdapterError, match=r"image_column 'photo' is not a column; columns: \['file', 'animal', 'smiling', 'split'\]"):
+    with pytest.raises(
+        AdapterError,
+        match=r"image_column 'photo' is not a column; columns: \['file', 'animal', 'smiling', 'split'\]",
+    ):
         build_folder(root, image_column="photo")
     with pytest.raises(AdapterError, match=r"split_column 'fold' is not a column"):
         build_folder(root, split_column="fold")
     with pytest.raises(AdapterError, match=r"label_columns \['age'\] are not columns"):
         build_folder(root, label_columns=["age"])
     nosplit = write_folder(tmp_path / "nosplit", _table().drop(columns=["split"]))
-    with pytest.raises(AdapterError, match=r"fractions=\(0\.8, 0\.1, 0\.2\) \(train, val, test\) must sum to 1"):
+    with pytest.raises(
+        AdapterError, match=r"fractions=\(0\.8, 0\.1, 0\.2\) \(train, val, test\) must sum to 1"
+    ):
         build_folder(nosplit, fractions=(0.8, 0.1, 0.2))
     with pytest.raises(AdapterError, match=r"stratify='file' is not a label column"):
         build_folder(nosplit, stratify="file")
@@ -129,7 +164,9 @@ def test_failure_messages(tmp_path):
     with pytest.raises(AdapterError, match=r"no image column \(looked for \['image', 'file'"):
         build_folder(tmp_path / "n")
     floats = _table().assign(score=[0.5, 1, 2, 3, 4, 5])
-    with pytest.raises(AdapterError, match=r"label column 'score' has non-integer values \(e\.g\. 0\.5\)"):
+    with pytest.raises(
+        AdapterError, match=r"label column 'score' has non-integer values \(e\.g\. 0\.5\)"
+    ):
         build_folder(write_folder(tmp_path / "fl", floats))
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "labels.txt").write_text("file,label\n")
@@ -137,13 +174,18 @@ def test_failure_messages(tmp_path):
         build_folder(tmp_path / "t", labels="labels.txt")
     missing = write_folder(tmp_path / "m", _table())
     (missing / "cats" / "img_3.png").unlink()
-    with pytest.raises(AnnotationFileMissing, match=r"folder: 1 of 6 annotated images are missing on disk"):
+    with pytest.raises(
+        AnnotationFileMissing, match=r"folder: 1 of 6 annotated images are missing on disk"
+    ):
         build_folder(missing)
 
 
 def test_registry_names_its_adapters(tmp_path):
     assert sorted(ADAPTERS) == ["cars", "cats", "celebahq", "digits", "folder"]
-    with pytest.raises(AdapterError, match=r"unknown dataset adapter 'imagenet'; available: \['cars', 'cats', 'celebahq', 'digits', 'folder'\]"):
+    with pytest.raises(
+        AdapterError,
+        match=r"unknown dataset adapter 'imagenet'; available: \['cars', 'cats', 'celebahq', 'digits', 'folder'\]",
+    ):
         build_manifest("imagenet", tmp_path)
     with pytest.raises(AdapterError, match=r"folder root '.*nowhere' is not a directory"):
         build_manifest("folder", tmp_path / "nowhere")

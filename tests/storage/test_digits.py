@@ -41,7 +41,9 @@ def test_pngs_match_the_source_pixels(digits_dir):
     for i in (0, 17, 1796):
         rgb = np.asarray(Image.open(df["path"][i]))
         assert rgb.shape == (32, 32, 3) and rgb.dtype == np.uint8
-        assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()  # grey → RGB
+        assert (rgb[..., 0] == rgb[..., 1]).all() and (
+            rgb[..., 1] == rgb[..., 2]
+        ).all()  # grey → RGB
         # box-averaging the 32 px render back to 8×8 recovers the 0…16 source levels closely
         small = rgb[..., 0].astype(np.float64).reshape(8, 4, 8, 4).mean(axis=(1, 3)) * 16 / 255
         assert np.abs(small - data.images[i]).mean() < 1.0
@@ -72,7 +74,9 @@ def test_split_is_seeded_and_rerun_is_a_no_op(digits_dir, tmp_path: Path):
     other = build_digits(tmp_path / "s1", seed=1)
     assert (other["split"] != df["split"]).any()
     assert other["split"].value_counts().to_dict() == df["split"].value_counts().to_dict()
-    with pytest.raises(AdapterError, match="val_fraction \\+ test_fraction: 0.5 \\+ 0.5 leaves no training"):
+    with pytest.raises(
+        AdapterError, match="val_fraction \\+ test_fraction: 0.5 \\+ 0.5 leaves no training"
+    ):
         build_digits(tmp_path / "bad", val_fraction=0.5, test_fraction=0.5)
 
 

@@ -13,8 +13,12 @@ from storage import DONE, FAILED, PENDING, LatentStore, StoreError
 from storage.identity import config_hash
 
 GEN = "a" * 64
-ATTRS = {"generator_sha256": GEN, "encoder_sha256": "e" * 64,
-         "config": {"inversion": {"steps": 500, "lpips_weight": 1.0}}, "code_version": "test"}
+ATTRS = {
+    "generator_sha256": GEN,
+    "encoder_sha256": "e" * 64,
+    "config": {"inversion": {"steps": 500, "lpips_weight": 1.0}},
+    "code_version": "test",
+}
 
 
 def latents(indices, num_ws=4, w_dim=8):
@@ -38,9 +42,26 @@ def test_create_layout_attrs_and_shards(store, tmp_path):
     assert attrs["config"] == ATTRS["config"]
     assert attrs["config_hash"] == config_hash(ATTRS["config"])
     assert attrs["code_version"] == "test" and attrs["created_at"].endswith("+00:00")
-    assert (attrs["n_images"], attrs["num_ws"], attrs["w_dim"], attrs["shard_size"]) == (10, 4, 8, 4)
-    assert set(store.array_names()) == {"w", "w_init", "loss", "loss_l1", "loss_lpips", "loss_latent",
-                                        "psnr", "lpips", "iterations", "status", "reason", "image_id"}
+    assert (attrs["n_images"], attrs["num_ws"], attrs["w_dim"], attrs["shard_size"]) == (
+        10,
+        4,
+        8,
+        4,
+    )
+    assert set(store.array_names()) == {
+        "w",
+        "w_init",
+        "loss",
+        "loss_l1",
+        "loss_lpips",
+        "loss_latent",
+        "psnr",
+        "lpips",
+        "iterations",
+        "status",
+        "reason",
+        "image_id",
+    }
     assert list(store.image_ids) == [str(i) for i in range(10)]
     assert store.pending().tolist() == list(range(10)) and len(store.done()) == 0
     # one chunk per shard along axis 0, for every array
@@ -49,21 +70,31 @@ def test_create_layout_attrs_and_shards(store, tmp_path):
     assert [c["name"] for c in meta["codecs"]] == ["bytes", "blosc"]
     # nothing is written for untouched items: reads give the "not written" fill values
     empty = store.read([2])
-    assert np.isnan(empty["w"]).all() and np.isnan(empty["loss"][0]) and empty["iterations"][0] == -1
+    assert (
+        np.isnan(empty["w"]).all() and np.isnan(empty["loss"][0]) and empty["iterations"][0] == -1
+    )
     assert empty["status"][0] == PENDING and empty["reason"][0] == ""
 
 
 def test_write_marks_done_and_read_round_trips(store):
     idx = np.array([5, 1, 8])
     w, w_init = latents(idx), latents(idx) - 0.5
-    store.write(idx, w=w, w_init=w_init, loss=np.array([0.5, 0.1, 0.8]), psnr=np.array([30.0, 31.0, 32.0]),
-                iterations=np.array([500, 500, 499]))
+    store.write(
+        idx,
+        w=w,
+        w_init=w_init,
+        loss=np.array([0.5, 0.1, 0.8]),
+        psnr=np.array([30.0, 31.0, 32.0]),
+        iterations=np.array([500, 500, 499]),
+    )
     assert store.done().tolist() == [1, 5, 8]
     out = store.read([8, 5, 1, 5])  # any order, repeats allowed
     np.testing.assert_array_equal(out["w"], latents([8, 5, 1, 5]))
     np.testing.assert_array_equal(out["w_init"], latents([8, 5, 1, 5]) - 0.5)
     np.testing.assert_allclose(out["loss"], [0.8, 0.5, 0.1, 0.5], rtol=1e-6)
-    assert out["iterations"].tolist() == [499, 500, 500, 500] and out["iterations"].dtype == np.int32
+    assert (
+        out["iterations"].tolist() == [499, 500, 500, 500] and out["iterations"].dtype == np.int32
+    )
     assert out["image_id"].tolist() == ["8", "5", "1", "5"]
     assert np.isnan(out["lpips"]).all()  # not given → stays "not written"
     assert out["w"].dtype == np.float32 and out["status"].tolist() == [DONE] * 4
@@ -88,7 +119,11 @@ def test_failures_reasons_and_retry(store):
     assert store.failed().tolist() == [3, 6, 9]
     fails = store.failures()
     assert fails.columns.tolist() == ["index", "image_id", "reason", "shard"]
-    assert fails["reason"].tolist() == ["CUDA out of memory", "image unreadable: truncated JPEG", "no face found"]
+    assert fails["reason"].tolist() == [
+        "CUDA out of memory",
+        "image unreadable: truncated JPEG",
+        "no face found",
+    ]
     assert fails["shard"].tolist() == [0, 1, 2]
     assert store.todo().tolist() == list(range(10))
     assert 3 not in store.todo(retry_failed=False)
@@ -112,13 +147,24 @@ def test_reopen_read_only_and_identity(store, tmp_path):
         ro.write([3], w=latents([3]))
     with pytest.raises(StoreError, match="read-only"):
         ro.mark_failed([3], "x")
-    LatentStore.open(path, mode="a", expect_attrs={"generator_sha256": GEN,
-                                                   "config_hash": config_hash(ATTRS["config"])})
+    LatentStore.open(
+        path,
+        mode="a",
+        expect_attrs={"generator_sha256": GEN, "config_hash": config_hash(ATTRS["config"])},
+    )
     with pytest.raises(StoreError) as err:
         LatentStore.open(path, mode="a", expect_attrs={"generator_sha256": "b" * 64})
-    assert "generator_sha256" in str(err.value) and "a" * 64 in str(err.value) and "b" * 64 in str(err.value)
+    assert (
+        "generator_sha256" in str(err.value)
+        and "a" * 64 in str(err.value)
+        and "b" * 64 in str(err.value)
+    )
     with pytest.raises(StoreError, match=r"config\.inversion\.steps: stored 500, given 100"):
-        LatentStore.open(path, mode="a", expect_attrs={"config": {"inversion": {"steps": 100, "lpips_weight": 1.0}}})
+        LatentStore.open(
+            path,
+            mode="a",
+            expect_attrs={"config": {"inversion": {"steps": 100, "lpips_weight": 1.0}}},
+        )
     with pytest.raises(StoreError, match="mode must be"):
         LatentStore.open(path, mode="w")
 
@@ -131,9 +177,16 @@ def test_open_or_create_first_run_rerun_and_mismatch(tmp_path):
     assert again.done().tolist() == [0, 1] and again.attrs["code_version"] == "test"
     with pytest.raises(StoreError, match="generator_sha256: stored"):
         LatentStore.open_or_create(path, 6, 4, 8, 3, attrs={**ATTRS, "generator_sha256": "c" * 64})
-    with pytest.raises(StoreError, match=r"config\.inversion\.steps: stored 500, given 1 \(use another store.*CLI --overwrite\)$") as err:
-        LatentStore.open_or_create(path, 6, 4, 8, 3, attrs={**ATTRS, "config": {"inversion": {"steps": 1}}})
-    assert "config_hash" not in str(err.value)  # the differing keys say it; the hash would only repeat it
+    with pytest.raises(
+        StoreError,
+        match=r"config\.inversion\.steps: stored 500, given 1 \(use another store.*CLI --overwrite\)$",
+    ) as err:
+        LatentStore.open_or_create(
+            path, 6, 4, 8, 3, attrs={**ATTRS, "config": {"inversion": {"steps": 1}}}
+        )
+    assert "config_hash" not in str(
+        err.value
+    )  # the differing keys say it; the hash would only repeat it
     with pytest.raises(StoreError, match="n_images: stored 6, given 7"):
         LatentStore.open_or_create(path, 7, 4, 8, 3, attrs=ATTRS)
     with pytest.raises(StoreError, match="shard_size: stored 3, given 2"):
@@ -191,7 +244,11 @@ def test_create_rejects_bad_sizes(tmp_path, bad):
         ([1, 1], {}, r"indices must be unique; \[1\] repeat"),
         ([1.0], {}, "indices must be integers"),
         ([[1]], {}, "indices must be 1-D"),
-        ([1], {"w": np.zeros((1, 4, 7), np.float32)}, r"w has shape \(1, 4, 7\), expected \(1, 4, 8\)"),
+        (
+            [1],
+            {"w": np.zeros((1, 4, 7), np.float32)},
+            r"w has shape \(1, 4, 7\), expected \(1, 4, 8\)",
+        ),
         ([1], {"w": np.zeros((1, 4, 8), np.float64)}, "w has dtype float64, expected float32"),
         ([1], {"w": [[0.0] * 8] * 4}, "w must be a numpy array, got list"),
         ([1], {"w_init": np.zeros((2, 4, 8), np.float32)}, r"w_init has shape \(2, 4, 8\)"),
@@ -199,7 +256,11 @@ def test_create_rejects_bad_sizes(tmp_path, bad):
         ([1], {"iterations": np.array([1.5])}, "iterations has dtype float64, expected integers"),
         ([1], {"psnr": np.array(["x"])}, "psnr has dtype <U1, expected a real number type"),
         ([1], {"ssim": np.zeros(1)}, r"unknown metric\(s\) \['ssim'\]"),
-        ([1], {"arrays": {"images/recon": np.zeros((1, 3, 4, 4), np.uint8)}}, "no array named 'images/recon'"),
+        (
+            [1],
+            {"arrays": {"images/recon": np.zeros((1, 3, 4, 4), np.uint8)}},
+            "no array named 'images/recon'",
+        ),
     ],
 )
 def test_write_rejects_bad_input_and_writes_nothing(store, indices, kwargs, message):
@@ -232,8 +293,12 @@ def test_extra_arrays_images_and_views(store):
     np.testing.assert_array_equal(store.read_array("images/aligned", [2, 4, 9]), imgs[[1, 2, 0]])
     assert (store.read_array("images/aligned", [3]) == 0).all()
     views = rng.integers(0, 256, (3, 2, 3, 48, 48), dtype=np.uint8)
-    store.write_array("views/isotropic_fine/0.3", [0, 2, 3], views)  # non-contiguous within one shard
-    np.testing.assert_array_equal(store.read_array("views/isotropic_fine/0.3", [3, 0, 2]), views[[2, 0, 1]])
+    store.write_array(
+        "views/isotropic_fine/0.3", [0, 2, 3], views
+    )  # non-contiguous within one shard
+    np.testing.assert_array_equal(
+        store.read_array("views/isotropic_fine/0.3", [3, 0, 2]), views[[2, 0, 1]]
+    )
     assert store.read_array("views/isotropic_fine/0.3", [1]).sum() == 0
     assert {"images/aligned", "views/isotropic_fine/0.3"} <= set(store.array_names())
     # extra data written together with the latents, before the done mark
@@ -241,7 +306,9 @@ def test_extra_arrays_images_and_views(store):
     store.ensure_array("images/recon", (3, 64, 64), np.uint8)
     store.write([6, 7], w=latents([6, 7]), arrays={"images/recon": recon})
     np.testing.assert_array_equal(store.read_array("images/recon", [6, 7]), recon)
-    with pytest.raises(StoreError, match=r"exists with shape \(10, 3, 64, 64\) and dtype uint8; asked for"):
+    with pytest.raises(
+        StoreError, match=r"exists with shape \(10, 3, 64, 64\) and dtype uint8; asked for"
+    ):
         store.ensure_array("images/aligned", (3, 32, 32), np.uint8)
     with pytest.raises(StoreError, match="collides with core array 'w'"):
         store.ensure_array("w/extra", (2,), np.float32)
@@ -257,7 +324,9 @@ def test_extra_arrays_images_and_views(store):
 
 def test_float_extra_array_and_scalar_metric(store):
     store.ensure_array("metrics/ssim", (), np.float32, fill_value=np.nan)
-    store.write([1, 2], w=latents([1, 2]), arrays={"metrics/ssim": np.array([0.9, 0.8], np.float32)})
+    store.write(
+        [1, 2], w=latents([1, 2]), arrays={"metrics/ssim": np.array([0.9, 0.8], np.float32)}
+    )
     got = store.read_array("metrics/ssim", [0, 1, 2])
     assert np.isnan(got[0]) and got[1:].tolist() == pytest.approx([0.9, 0.8])
 
@@ -265,8 +334,14 @@ def test_float_extra_array_and_scalar_metric(store):
 def test_manifest_is_stored_and_hashed(tmp_path):
     from storage.manifest import manifest_sha256
 
-    frame = pd.DataFrame({"image_id": ["x0", "x1", "x2"], "path": ["/d/0.png", "/d/1.png", "/d/2.png"],
-                          "split": ["train", "val", "test"], "Smiling": [1, 0, 1]})
+    frame = pd.DataFrame(
+        {
+            "image_id": ["x0", "x1", "x2"],
+            "path": ["/d/0.png", "/d/1.png", "/d/2.png"],
+            "split": ["train", "val", "test"],
+            "Smiling": [1, 0, 1],
+        }
+    )
     s = LatentStore.create(tmp_path / "m.zarr", 3, 2, 3, 2, attrs=ATTRS, manifest=frame)
     assert list(s.image_ids) == ["x0", "x1", "x2"]
     assert s.attrs["manifest_sha256"] == manifest_sha256(frame)

@@ -12,22 +12,46 @@ from storage import LOGITS_SCHEMA, PARTITION_COLUMNS, StoreError, read_logits, w
 from storage.logits import logits_files, read_logits_metadata
 
 
-def rows(image_ids, *, setting="0.3", method="isotropic_fine", task="Smiling", classifier="r18",
-         n_views=4, n_classes=2, split="val", offset=0.0):
+def rows(
+    image_ids,
+    *,
+    setting="0.3",
+    method="isotropic_fine",
+    task="Smiling",
+    classifier="r18",
+    n_views=4,
+    n_classes=2,
+    split="val",
+    offset=0.0,
+):
     out = []
     for k, image_id in enumerate(image_ids):
         for view in range(n_views):
             logits = np.arange(n_classes, dtype=np.float32) * (k + 1) + view + offset
-            out.append({"image_id": image_id, "split": split, "task": task, "classifier": classifier,
-                        "method": method, "setting": setting, "view": view, "logits": logits,
-                        "label": k % n_classes, "seed": None if view < 2 else 1000 * k + view})
+            out.append(
+                {
+                    "image_id": image_id,
+                    "split": split,
+                    "task": task,
+                    "classifier": classifier,
+                    "method": method,
+                    "setting": setting,
+                    "view": view,
+                    "logits": logits,
+                    "label": k % n_classes,
+                    "seed": None if view < 2 else 1000 * k + view,
+                }
+            )
     return pd.DataFrame(out)
 
 
 def test_layout_round_trip_and_metadata(tmp_path):
-    written = write_logits(tmp_path, rows(["a", "b"]), shard="000000-000002", metadata={"config_hash": "c0"})
+    written = write_logits(
+        tmp_path, rows(["a", "b"]), shard="000000-000002", metadata={"config_hash": "c0"}
+    )
     assert [p.relative_to(tmp_path).as_posix() for p in written] == [
-        "task=Smiling/classifier=r18/method=isotropic_fine/shard-000000-000002.parquet"]
+        "task=Smiling/classifier=r18/method=isotropic_fine/shard-000000-000002.parquet"
+    ]
     frame = read_logits(tmp_path)
     assert list(frame.columns) == LOGITS_SCHEMA.names and len(frame) == 8
     a2 = frame[(frame.image_id == "a") & (frame.view == 2)].iloc[0]
@@ -35,8 +59,9 @@ def test_layout_round_trip_and_metadata(tmp_path):
     assert a2["seed"] == 2 and pd.isna(frame[frame.view == 0]["seed"]).all()
     assert frame["view"].dtype == np.int32 and frame["label"].dtype == np.int64
     meta = read_logits_metadata(tmp_path)
-    assert meta[["task", "classifier", "method", "shard", "setting", "num_classes"]].values.tolist() == [
-        ["Smiling", "r18", "isotropic_fine", "000000-000002", "0.3", 2]]
+    assert meta[
+        ["task", "classifier", "method", "shard", "setting", "num_classes"]
+    ].values.tolist() == [["Smiling", "r18", "isotropic_fine", "000000-000002", "0.3", 2]]
     assert meta["metadata"][0] == {"config_hash": "c0"}
     assert PARTITION_COLUMNS == ("task", "classifier", "method")
 
@@ -61,9 +86,17 @@ def test_rerun_replaces_and_never_duplicates(tmp_path):
 
 
 def test_filters_partitions_and_columns(tmp_path):
-    write_logits(tmp_path, pd.concat([rows(["a"], method="crop", setting=""),
-                                      rows(["a"], method="stylemix_coarse", setting="0.5"),
-                                      rows(["a"], task="Young", n_classes=2)]), shard="s0")
+    write_logits(
+        tmp_path,
+        pd.concat(
+            [
+                rows(["a"], method="crop", setting=""),
+                rows(["a"], method="stylemix_coarse", setting="0.5"),
+                rows(["a"], task="Young", n_classes=2),
+            ]
+        ),
+        shard="s0",
+    )
     assert len(logits_files(tmp_path)) == 3
     assert [p.parts[-2] for p in logits_files(tmp_path, {"method": "crop"})] == ["method=crop"]
     got = read_logits(tmp_path, {"method": ["crop", "stylemix_coarse"], "view": [0, 1]})
@@ -80,8 +113,13 @@ def test_filters_partitions_and_columns(tmp_path):
 
 
 def test_tasks_with_different_class_counts_share_the_dataset(tmp_path):
-    write_logits(tmp_path, pd.concat([rows(["a"], task="car_type", n_classes=3),
-                                      rows(["a"], task="Smiling", n_classes=2)]), shard="s0")
+    write_logits(
+        tmp_path,
+        pd.concat(
+            [rows(["a"], task="car_type", n_classes=3), rows(["a"], task="Smiling", n_classes=2)]
+        ),
+        shard="s0",
+    )
     frame = read_logits(tmp_path)
     lengths = frame.groupby("task")["logits"].apply(lambda s: {len(v) for v in s}).to_dict()
     assert lengths == {"Smiling": {2}, "car_type": {3}}
@@ -90,14 +128,31 @@ def test_tasks_with_different_class_counts_share_the_dataset(tmp_path):
 
 
 def test_arrow_logits_option_keeps_the_values_without_python_objects(tmp_path):
-    write_logits(tmp_path, pd.concat([rows(["a", "b"], task="car_type", n_classes=3),
-                                      rows(["a"], task="Smiling", n_classes=2)]), shard="s0")
+    write_logits(
+        tmp_path,
+        pd.concat(
+            [
+                rows(["a", "b"], task="car_type", n_classes=3),
+                rows(["a"], task="Smiling", n_classes=2),
+            ]
+        ),
+        shard="s0",
+    )
     plain, arrow = read_logits(tmp_path), read_logits(tmp_path, arrow_logits=True)
-    assert list(arrow.columns) == list(plain.columns) and isinstance(arrow["logits"].dtype, pd.ArrowDtype)
-    assert [np.asarray(v, np.float32).tolist() for v in arrow["logits"]] == [v.tolist() for v in plain["logits"]]
+    assert list(arrow.columns) == list(plain.columns) and isinstance(
+        arrow["logits"].dtype, pd.ArrowDtype
+    )
+    assert [np.asarray(v, np.float32).tolist() for v in arrow["logits"]] == [
+        v.tolist() for v in plain["logits"]
+    ]
     assert arrow.drop(columns="logits").equals(plain.drop(columns="logits"))
-    narrow = read_logits(tmp_path, {"task": "Smiling"}, columns=["image_id", "logits"], arrow_logits=True)
-    assert list(narrow.columns) == ["image_id", "logits"] and narrow["logits"].list.len().tolist() == [2] * 4
+    narrow = read_logits(
+        tmp_path, {"task": "Smiling"}, columns=["image_id", "logits"], arrow_logits=True
+    )
+    assert (
+        list(narrow.columns) == ["image_id", "logits"]
+        and narrow["logits"].list.len().tolist() == [2] * 4
+    )
 
 
 @pytest.mark.parametrize(
@@ -109,12 +164,20 @@ def test_arrow_logits_option_keeps_the_values_without_python_objects(tmp_path):
         (lambda f: f.assign(view=-1), "'view' must be ≥ 0"),
         (lambda f: f.assign(image_id=None), "image_id.* 8 null"),
         (lambda f: f.assign(logits=[np.array([np.nan, 1.0], np.float32)] * len(f)), "null/NaN"),
-        (lambda f: f.assign(logits=[np.array([np.inf, 1.0], np.float32)] * len(f)), "NaN or infinite"),
+        (
+            lambda f: f.assign(logits=[np.array([np.inf, 1.0], np.float32)] * len(f)),
+            "NaN or infinite",
+        ),
         (lambda f: f.assign(logits=[np.zeros(0, np.float32)] * len(f)), "empty list"),
-        (lambda f: f.assign(logits=[np.zeros(1 + i % 2, np.float32) for i in range(len(f))]),
-         r"lengths 1…2; one length per classifier"),
+        (
+            lambda f: f.assign(logits=[np.zeros(1 + i % 2, np.float32) for i in range(len(f))]),
+            r"lengths 1…2; one length per classifier",
+        ),
         (lambda f: pd.concat([f, f.iloc[:1]]), "1 duplicate logit row key"),
-        (lambda f: f.assign(method="iso fine"), "'method': value 'iso fine' cannot name a partition"),
+        (
+            lambda f: f.assign(method="iso fine"),
+            "'method': value 'iso fine' cannot name a partition",
+        ),
         (lambda f: f.assign(label="smile"), "do not fit the schema"),
     ],
 )
@@ -137,8 +200,10 @@ def test_bad_shard_key_and_root(tmp_path):
 def test_arrow_table_input(tmp_path):
     table = pa.Table.from_pandas(rows(["a"]), schema=LOGITS_SCHEMA, preserve_index=False)
     write_logits(tmp_path, table, shard="s0")
-    loose = pa.Table.from_pandas(rows(["b"]).assign(logits=lambda f: f["logits"].map(lambda v: v.tolist())),
-                                 preserve_index=False)  # list<double>, int64 view: cast on write
+    loose = pa.Table.from_pandas(
+        rows(["b"]).assign(logits=lambda f: f["logits"].map(lambda v: v.tolist())),
+        preserve_index=False,
+    )  # list<double>, int64 view: cast on write
     write_logits(tmp_path, loose, shard="s1")
     assert sorted(set(read_logits(tmp_path)["image_id"])) == ["a", "b"]
 
@@ -147,11 +212,15 @@ def test_foreign_parquet_file_is_rejected(tmp_path):
     write_logits(tmp_path, rows(["a"]), shard="s0")
     folder = tmp_path / "task=Smiling" / "classifier=r18" / "method=isotropic_fine"
     pq.write_table(pa.table({"image_id": ["x"], "score": [0.5]}), folder / "other.parquet")
-    with pytest.raises(StoreError, match=r"other.parquet: not a ganviews logits file \(split missing"):
+    with pytest.raises(
+        StoreError, match=r"other.parquet: not a ganviews logits file \(split missing"
+    ):
         read_logits(tmp_path)
     (folder / "other.parquet").unlink()
-    pq.write_table(rows(["z"]).assign(view=lambda f: f["view"].astype(float)).pipe(pa.Table.from_pandas),
-                   folder / "typed.parquet")
+    pq.write_table(
+        rows(["z"]).assign(view=lambda f: f["view"].astype(float)).pipe(pa.Table.from_pandas),
+        folder / "typed.parquet",
+    )
     with pytest.raises(StoreError, match="view is double, expected int32"):
         read_logits(tmp_path)
     (folder / "typed.parquet").write_bytes(b"not parquet at all")

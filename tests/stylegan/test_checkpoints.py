@@ -22,7 +22,13 @@ def _global_call_pickle(module: str, name: str, arg: str) -> bytes:
 
 @pytest.mark.parametrize(
     "module,name",
-    [("os", "system"), ("posix", "system"), ("builtins", "eval"), ("builtins", "exec"), ("subprocess", "Popen")],
+    [
+        ("os", "system"),
+        ("posix", "system"),
+        ("builtins", "eval"),
+        ("builtins", "exec"),
+        ("subprocess", "Popen"),
+    ],
 )
 def test_pickle_with_forbidden_global_is_refused_and_not_executed(tmp_path, module, name):
     marker = tmp_path / "pwned"
@@ -55,7 +61,9 @@ def test_forbidden_global_nested_in_a_snapshot_dict(tmp_path):
 
     bad = tmp_path / "snapshot.pkl"
     bad.write_bytes(pickle.dumps({"G": 1, "G_ema": Evil()}, protocol=4))
-    with pytest.raises(CheckpointError, match=r"'(posix|os)\.system', which is not on the allow-list"):
+    with pytest.raises(
+        CheckpointError, match=r"'(posix|os)\.system', which is not on the allow-list"
+    ):
         load_generator(bad)
     assert not marker.exists()
 
@@ -99,7 +107,12 @@ def test_embedded_module_source_is_never_executed(tmp_path, monkeypatch):
                 "version": 6,
                 "module_src": f"open({str(marker)!r}, 'w').write('x')\nclass Generator: pass\n",
                 "class_name": "Generator",
-                "state": {"_parameters": {}, "_buffers": {}, "_modules": {}, "_init_kwargs": {"z_dim": 4}},
+                "state": {
+                    "_parameters": {},
+                    "_buffers": {},
+                    "_modules": {},
+                    "_init_kwargs": {"z_dim": 4},
+                },
             }
             return _reconstruct_persistent_obj, (meta,)
 
@@ -107,7 +120,9 @@ def test_embedded_module_source_is_never_executed(tmp_path, monkeypatch):
     bad.write_bytes(pickle.dumps({"G_ema": Persistent()}, protocol=4))
     monkeypatch.delitem(sys.modules, "torch_utils.persistence")
     monkeypatch.delitem(sys.modules, "torch_utils")
-    with pytest.raises(CheckpointError, match=r"init kwargs lack \['w_dim', 'img_resolution', 'img_channels'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"init kwargs lack \['w_dim', 'img_resolution', 'img_channels'\]"
+    ):
         load_generator(bad)
     assert not marker.exists()
 
@@ -115,15 +130,22 @@ def test_embedded_module_source_is_never_executed(tmp_path, monkeypatch):
 def test_pickle_of_something_else(tmp_path):
     lst = tmp_path / "list.pkl"
     lst.write_bytes(pickle.dumps([1, 2, 3], protocol=4))
-    with pytest.raises(CheckpointError, match=r"list.pkl: the pickle holds list, not an NVIDIA network snapshot"):
+    with pytest.raises(
+        CheckpointError, match=r"list.pkl: the pickle holds list, not an NVIDIA network snapshot"
+    ):
         load_generator(lst)
     dct = tmp_path / "dict.pkl"
     dct.write_bytes(pickle.dumps({"G": 1, "D": 2}, protocol=4))
-    with pytest.raises(CheckpointError, match=r"holds a dict with keys \['D', 'G'\], not an NVIDIA network snapshot"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"holds a dict with keys \['D', 'G'\], not an NVIDIA network snapshot",
+    ):
         load_generator(dct)
     ema = tmp_path / "ema.pkl"
     ema.write_bytes(pickle.dumps({"G_ema": {"weights": 1}}, protocol=4))
-    with pytest.raises(CheckpointError, match="'G_ema' is a dict, expected a StyleGAN2 'Generator'"):
+    with pytest.raises(
+        CheckpointError, match="'G_ema' is a dict, expected a StyleGAN2 'Generator'"
+    ):
         load_generator(ema)
 
 
@@ -138,7 +160,11 @@ def test_truncated_checkpoint(stylegan2_fixtures, tmp_path, name):
 
 
 def test_truncated_own_format(tmp_path):
-    G = Generator(GeneratorConfig(z_dim=8, w_dim=8, img_resolution=8, channel_base=64, channel_max=8, mapping_layers=1))
+    G = Generator(
+        GeneratorConfig(
+            z_dim=8, w_dim=8, img_resolution=8, channel_base=64, channel_max=8, mapping_layers=1
+        )
+    )
     data = save_generator(G, tmp_path / "g.safetensors").read_bytes()
     bad = tmp_path / "cut.safetensors"
     bad.write_bytes(data[: len(data) - 100])
@@ -161,7 +187,9 @@ def _rosinality(stylegan2_fixtures):
     import argparse
 
     with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(stylegan2_fixtures / "rosinality-res32.pt", map_location="cpu", weights_only=True)
+        return torch.load(
+            stylegan2_fixtures / "rosinality-res32.pt", map_location="cpu", weights_only=True
+        )
 
 
 def test_rosinality_shape_mismatch_and_missing_key(stylegan2_fixtures, tmp_path):
@@ -169,12 +197,17 @@ def test_rosinality_shape_mismatch_and_missing_key(stylegan2_fixtures, tmp_path)
     ckpt["g_ema"]["convs.3.conv.modulation.weight"] = torch.zeros(32, 63)
     bad = tmp_path / "shape.pt"
     torch.save(ckpt, bad)
-    with pytest.raises(CheckpointError, match=r"shape.pt: weights do not fit .*synthesis.b16.conv1.affine.weight: file \[32, 63\] vs model \[32, 64\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"shape.pt: weights do not fit .*synthesis.b16.conv1.affine.weight: file \[32, 63\] vs model \[32, 64\]",
+    ):
         load_generator(bad)
     ckpt = _rosinality(stylegan2_fixtures)
     del ckpt["g_ema"]["to_rgbs.1.bias"]
     torch.save(ckpt, tmp_path / "missing.pt")
-    with pytest.raises(CheckpointError, match=r"missing.pt: rosinality g_ema lacks 'to_rgbs.1.bias'"):
+    with pytest.raises(
+        CheckpointError, match=r"missing.pt: rosinality g_ema lacks 'to_rgbs.1.bias'"
+    ):
         load_generator(tmp_path / "missing.pt")
     ckpt = _rosinality(stylegan2_fixtures)
     ckpt["g_ema"]["convs.0.conv.blur.kernel"] = ckpt["g_ema"]["convs.0.conv.blur.kernel"] / 4
@@ -182,7 +215,10 @@ def test_rosinality_shape_mismatch_and_missing_key(stylegan2_fixtures, tmp_path)
     with pytest.raises(CheckpointError, match=r"'convs.0.conv.blur.kernel' is not 4·outer"):
         load_generator(tmp_path / "kernel.pt")
     torch.save({"model": ckpt["g_ema"]}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match=r"other.pt: holds a dict with keys \['model'\], not a rosinality checkpoint"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"other.pt: holds a dict with keys \['model'\], not a rosinality checkpoint",
+    ):
         load_generator(tmp_path / "other.pt")
 
 
@@ -218,12 +254,16 @@ def test_rosinality_legacy_container_and_missing_latent_avg(stylegan2_fixtures, 
     G = load_generator(tmp_path / "noavg.pt")
     # estimated from 4096 seeded z: close to the mapping mean, deterministic
     assert torch.equal(G.mean_w, load_generator(tmp_path / "noavg.pt").mean_w)
-    approx = G.mapping(torch.randn(4096, 64, generator=torch.Generator().manual_seed(5)))[:, 0].mean(0)
+    approx = G.mapping(torch.randn(4096, 64, generator=torch.Generator().manual_seed(5)))[
+        :, 0
+    ].mean(0)
     assert (G.mean_w - approx).abs().max() < 0.1 * approx.abs().max()
 
 
 def test_own_format_shape_mismatch_and_foreign_safetensors(tmp_path):
-    small = GeneratorConfig(z_dim=8, w_dim=8, img_resolution=8, channel_base=64, channel_max=8, mapping_layers=1)
+    small = GeneratorConfig(
+        z_dim=8, w_dim=8, img_resolution=8, channel_base=64, channel_max=8, mapping_layers=1
+    )
     G = Generator(small)
     path = save_generator(G, tmp_path / "g.safetensors")
     from safetensors import safe_open
@@ -233,21 +273,32 @@ def test_own_format_shape_mismatch_and_foreign_safetensors(tmp_path):
         state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
     meta["config"] = meta["config"].replace('"channel_max": 8', '"channel_max": 4')
     save_file(state, str(tmp_path / "mismatch.safetensors"), metadata=meta)
-    with pytest.raises(CheckpointError, match=r"mismatch.safetensors: weights do not fit the inferred architecture: shape mismatches"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"mismatch.safetensors: weights do not fit the inferred architecture: shape mismatches",
+    ):
         load_generator(tmp_path / "mismatch.safetensors")
     save_file(state, str(tmp_path / "plain.safetensors"))
-    with pytest.raises(CheckpointError, match="plain.safetensors: safetensors file without a ganviews generator config"):
+    with pytest.raises(
+        CheckpointError,
+        match="plain.safetensors: safetensors file without a ganviews generator config",
+    ):
         load_generator(tmp_path / "plain.safetensors")
     meta2 = dict(meta, config='{"z_dim": 8, "bogus": 1}')
     save_file(state, str(tmp_path / "badcfg.safetensors"), metadata=meta2)
-    with pytest.raises(CheckpointError, match=r"badcfg.safetensors: inferred generator config is invalid: bogus: unknown key"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"badcfg.safetensors: inferred generator config is invalid: bogus: unknown key",
+    ):
         load_generator(tmp_path / "badcfg.safetensors")
 
 
 def test_whole_snapshot_loads_with_allow_list_only(stylegan2_fixtures):
     data = load_nvidia_snapshot(stylegan2_fixtures / "nvidia-ada-res32-cond.pkl")
     assert list(data) == ["training_set_kwargs", "G", "D", "G_ema", "augment_pipe"]
-    assert data["D"].class_name == "Discriminator" and data["augment_pipe"].class_name == "AugmentPipe"
+    assert (
+        data["D"].class_name == "Discriminator" and data["augment_pipe"].class_name == "AugmentPipe"
+    )
     assert abs(float(data["augment_pipe"].tensors["p"]) - 0.2323) < 1e-4
     g = data["G_ema"]
     assert len(g.tensors) == 77 and g.init_kwargs["c_dim"] == 10
@@ -270,7 +321,9 @@ def test_numpy2_scalar_module_is_accepted(tmp_path):
     raw = pickle.dumps({"gain": np.float64(1.5)}, protocol=3)  # GLOBAL opcodes: plain text
     assert b"numpy._core.multiarray" in raw or b"numpy.core.multiarray" in raw
     for module in (b"numpy._core.multiarray", b"numpy.core.multiarray"):
-        data = raw.replace(b"numpy._core.multiarray", module).replace(b"numpy.core.multiarray", module)
+        data = raw.replace(b"numpy._core.multiarray", module).replace(
+            b"numpy.core.multiarray", module
+        )
         p = tmp_path / "np.pkl"
         p.write_bytes(data)
         assert float(load_nvidia_snapshot(p)["gain"]) == 1.5

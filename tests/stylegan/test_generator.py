@@ -41,7 +41,10 @@ def loaded(stylegan2_fixtures):
     def get(name):
         if name not in cache:
             suffix = ".pt" if name.startswith("rosinality") else ".pkl"
-            cache[name] = (load_generator(stylegan2_fixtures / f"{name}{suffix}"), _ref(stylegan2_fixtures, name))
+            cache[name] = (
+                load_generator(stylegan2_fixtures / f"{name}{suffix}"),
+                _ref(stylegan2_fixtures, name),
+            )
         return cache[name]
 
     return get
@@ -56,7 +59,9 @@ def test_nvidia_mapping_matches_reference(loaded, name):
     assert _maxerr(G.mapping(ref["z"], c), ref["ws_psi1"]) <= TOL_W
     assert _maxerr(G.mapping(ref["z"], c, truncation_psi=0.7), ref["ws_psi07"]) <= TOL_W
     for fc in range(2):
-        x = G.mapping.fc0(torch.cat([_norm(ref["z"]), *([_norm(G.mapping.embed(c))] if G.c_dim else [])], 1))
+        x = G.mapping.fc0(
+            torch.cat([_norm(ref["z"]), *([_norm(G.mapping.embed(c))] if G.c_dim else [])], 1)
+        )
         if fc == 1:
             x = G.mapping.fc1(x)
         assert _maxerr(x, ref[f"dbg_mapping_fc{fc}"]) <= TOL_W
@@ -78,8 +83,14 @@ def test_nvidia_images_match_reference(loaded, name, fused):
         assert _maxerr(inter[f"b{r}_img"], ref[f"dbg_const_b{r}_img"]) <= TOL_IMG, r
     kw = {"fused_modconv": fused}
     assert _maxerr(G.synthesis(ref["ws_psi1"], noise_mode="none", **kw), ref["img_none"]) <= TOL_IMG
-    assert _maxerr(G.synthesis(ref["ws_psi07"], noise_mode="const", **kw), ref["img_psi07_const"]) <= TOL_IMG
-    assert _maxerr(G.synthesis(ref["ws_mixed"], noise_mode="const", **kw), ref["img_mixed_const"]) <= TOL_IMG
+    assert (
+        _maxerr(G.synthesis(ref["ws_psi07"], noise_mode="const", **kw), ref["img_psi07_const"])
+        <= TOL_IMG
+    )
+    assert (
+        _maxerr(G.synthesis(ref["ws_mixed"], noise_mode="const", **kw), ref["img_mixed_const"])
+        <= TOL_IMG
+    )
 
 
 @pytest.mark.parametrize("name", NVIDIA)
@@ -115,7 +126,9 @@ def test_rosinality_matches_reference(loaded, fused):
     ws = ref["w"][:, None].repeat(1, G.num_ws, 1)  # [N, L, C]
     assert _maxerr(G.synthesis(ws, noise_mode="const", **kw), ref["img_w"]) <= TOL_IMG
     assert _maxerr(G.synthesis(ws, noise_mode="none", **kw), ref["img_w_zero_noise"]) <= TOL_IMG
-    assert _maxerr(G.synthesis(ref["ws_mixed"], noise_mode="const", **kw), ref["img_mixed"]) <= TOL_IMG
+    assert (
+        _maxerr(G.synthesis(ref["ws_mixed"], noise_mode="const", **kw), ref["img_mixed"]) <= TOL_IMG
+    )
     wt = ref["w_trunc"][:, None].repeat(1, G.num_ws, 1)
     assert _maxerr(G.synthesis(wt, noise_mode="const", **kw), ref["img_trunc"]) <= TOL_IMG
     inter = {}
@@ -148,7 +161,9 @@ def test_noise_modes(loaded):
     # One generator per sample: sample 2's noise does not depend on its batch-mates.
     gens = [torch.Generator().manual_seed(10 + i) for i in range(4)]
     batch = G.synthesis(ws, noise_mode="random", noise_generator=gens)
-    alone = G.synthesis(ws[2:3], noise_mode="random", noise_generator=[torch.Generator().manual_seed(12)])
+    alone = G.synthesis(
+        ws[2:3], noise_mode="random", noise_generator=[torch.Generator().manual_seed(12)]
+    )
     assert _maxerr(batch[2:3], alone) <= 1e-5
     with pytest.raises(ValueError, match="noise_mode: 'fancy' is not one of"):
         G.synthesis(ws, noise_mode="fancy")
@@ -196,8 +211,16 @@ def test_truncation_cutoff(loaded):
 
 
 def test_layer_groups_rule():
-    assert default_layer_groups(18) == {"coarse": [0, 1, 2, 3], "middle": list(range(4, 10)), "fine": list(range(10, 18))}
-    assert default_layer_groups(14) == {"coarse": [0, 1, 2, 3], "middle": list(range(4, 10)), "fine": [10, 11, 12, 13]}
+    assert default_layer_groups(18) == {
+        "coarse": [0, 1, 2, 3],
+        "middle": list(range(4, 10)),
+        "fine": list(range(10, 18)),
+    }
+    assert default_layer_groups(14) == {
+        "coarse": [0, 1, 2, 3],
+        "middle": list(range(4, 10)),
+        "fine": [10, 11, 12, 13],
+    }
     assert default_layer_groups(8) == {"coarse": [0, 1, 2], "middle": [3, 4], "fine": [5, 6, 7]}
     assert default_layer_groups(2) == {"coarse": [0], "middle": [], "fine": [1]}
     for num_ws in range(2, 19, 2):
@@ -207,17 +230,35 @@ def test_layer_groups_rule():
 
 
 def test_layer_groups_on_generators(loaded, stylegan2_fixtures):
-    big = Generator(GeneratorConfig(z_dim=8, w_dim=8, img_resolution=1024, channel_base=4096, channel_max=4, mapping_layers=1))
+    big = Generator(
+        GeneratorConfig(
+            z_dim=8,
+            w_dim=8,
+            img_resolution=1024,
+            channel_base=4096,
+            channel_max=4,
+            mapping_layers=1,
+        )
+    )
     assert big.num_ws == 18 and big.layer_groups == default_layer_groups(18)
     G256 = load_generator(stylegan2_fixtures / "nvidia-ada-res256.pkl")
-    assert G256.layer_groups == {"coarse": [0, 1, 2, 3], "middle": list(range(4, 10)), "fine": [10, 11, 12, 13]}
+    assert G256.layer_groups == {
+        "coarse": [0, 1, 2, 3],
+        "middle": list(range(4, 10)),
+        "fine": [10, 11, 12, 13],
+    }
     G32, _ = loaded("nvidia-ada-res32")
     assert G32.layer_groups == {"coarse": [0, 1, 2], "middle": [3, 4], "fine": [5, 6, 7]}
     custom = {"coarse": [0, 1], "middle": [2, 3, 4, 5], "fine": [6, 7]}
     G = load_generator(stylegan2_fixtures / "nvidia-ada-res32.pkl", layer_groups=custom)
-    assert G.layer_groups == custom and G.config.layer_groups == {k: tuple(v) for k, v in custom.items()}
+    assert G.layer_groups == custom and G.config.layer_groups == {
+        k: tuple(v) for k, v in custom.items()
+    }
     with pytest.raises(ConfigError, match=r"layer_groups.fine: indices \[8\] outside 0…7"):
-        load_generator(stylegan2_fixtures / "nvidia-ada-res32.pkl", layer_groups={"coarse": [0], "middle": [], "fine": [8]})
+        load_generator(
+            stylegan2_fixtures / "nvidia-ada-res32.pkl",
+            layer_groups={"coarse": [0], "middle": [], "fine": [8]},
+        )
     with pytest.raises(ConfigError, match="layer_groups: expected keys"):
         GeneratorConfig(img_resolution=32, layer_groups={"coarse": (0,), "fine": (7,)})
 
@@ -232,7 +273,13 @@ def test_own_format_round_trip(loaded, stylegan2_fixtures, tmp_path):
         ws = ref["ws_mixed"]
         assert _maxerr(H.synthesis(ws), G.synthesis(ws)) == 0.0
         c = ref["c"] if G.c_dim else None
-        assert _maxerr(H.mapping(ref["z"], c, truncation_psi=0.7), G.mapping(ref["z"], c, truncation_psi=0.7)) == 0.0
+        assert (
+            _maxerr(
+                H.mapping(ref["z"], c, truncation_psi=0.7),
+                G.mapping(ref["z"], c, truncation_psi=0.7),
+            )
+            == 0.0
+        )
         for key, value in G.state_dict().items():
             assert torch.equal(H.state_dict()[key], value), key
 
@@ -245,7 +292,15 @@ def test_sha256_of_loaded_file(loaded, stylegan2_fixtures):
 @pytest.mark.parametrize("resolution", [4, 64])
 def test_fresh_generator_trains(resolution, tmp_path):
     torch.manual_seed(0)
-    cfg = GeneratorConfig(z_dim=16, w_dim=16, c_dim=3, img_resolution=resolution, channel_base=256, channel_max=16, mapping_layers=2)
+    cfg = GeneratorConfig(
+        z_dim=16,
+        w_dim=16,
+        c_dim=3,
+        img_resolution=resolution,
+        channel_base=256,
+        channel_max=16,
+        mapping_layers=2,
+    )
     G = Generator(cfg)
     assert G.training and all(p.requires_grad for p in G.parameters())
     z = torch.randn(2, 16)
@@ -265,7 +320,9 @@ def test_fresh_generator_trains(resolution, tmp_path):
     G.mapping(z, torch.tensor([0, 1]), update_emas=True)
     assert not torch.equal(G.mean_w, before)
     # initialisation matches the official scheme
-    assert torch.all(G.synthesis.b4.conv1.affine.bias == 1) and torch.all(G.synthesis.b4.conv1.bias == 0)
+    assert torch.all(G.synthesis.b4.conv1.affine.bias == 1) and torch.all(
+        G.synthesis.b4.conv1.bias == 0
+    )
     assert 50 < G.mapping.fc0.weight.std().item() < 200  # N(0, 1/lr²), lr = 0.01
     H = load_generator(save_generator(G, tmp_path / "g.safetensors"))
     assert _maxerr(H.synthesis(ws.detach()), G.synthesis(ws.detach())) == 0.0
@@ -273,7 +330,16 @@ def test_fresh_generator_trains(resolution, tmp_path):
 
 def test_fused_and_nonfused_agree_on_fresh_64px():
     torch.manual_seed(1)
-    G = Generator(GeneratorConfig(z_dim=32, w_dim=32, img_resolution=64, channel_base=512, channel_max=32, mapping_layers=2)).eval()
+    G = Generator(
+        GeneratorConfig(
+            z_dim=32,
+            w_dim=32,
+            img_resolution=64,
+            channel_base=512,
+            channel_max=32,
+            mapping_layers=2,
+        )
+    ).eval()
     ws = G.mapping(torch.randn(3, 32))
     a = G.synthesis(ws, fused_modconv=True)
     b = G.synthesis(ws, fused_modconv=False)
@@ -287,4 +353,6 @@ def test_config_validation():
         GeneratorConfig(img_resolution=32, channels=(8, 8, 8))
     with pytest.raises(ConfigError, match=r"channel_base: 64 gives width 0 at 1024 px"):
         GeneratorConfig(img_resolution=1024, channel_base=64)
-    assert GeneratorConfig(img_resolution=32, channel_base=256, channel_max=64).block_channels() == [64, 32, 16, 8]
+    assert GeneratorConfig(
+        img_resolution=32, channel_base=256, channel_max=64
+    ).block_channels() == [64, 32, 16, 8]

@@ -58,7 +58,9 @@ def test_discriminator_shapes_and_widths():
     assert out.shape == (4,)
     assert D.b16.conv1.weight.shape == (16, 8, 3, 3) and D.b8.skip.weight.shape == (32, 16, 1, 1)
     assert D.epilogue_conv.weight.shape == (32, 33, 3, 3)  # + 1 minibatch-stddev channel
-    with pytest.raises(ValueError, match=r"img: expected shape \[N, 3, 16, 16\], got \[4, 3, 8, 8\]"):
+    with pytest.raises(
+        ValueError, match=r"img: expected shape \[N, 3, 16, 16\], got \[4, 3, 8, 8\]"
+    ):
         D(torch.randn(4, 3, 8, 8))
 
 
@@ -81,7 +83,9 @@ def test_config_errors_name_the_field():
         DiscriminatorConfig(img_resolution=8, channels=(8, 8, 8))
     with pytest.raises(ConfigError, match="img_resolution: expected a power of two ≥ 8, got 12"):
         DiscriminatorConfig(img_resolution=12)
-    with pytest.raises(ConfigError, match="batch_size: expected a positive multiple of mbstd_group_size=4, got 6"):
+    with pytest.raises(
+        ConfigError, match="batch_size: expected a positive multiple of mbstd_group_size=4, got 6"
+    ):
         tiny_config(batch_size=6)
     with pytest.raises(ConfigError, match="style_mixing_prob"):
         tiny_config(style_mixing_prob=1.5)
@@ -99,7 +103,9 @@ def test_shuffled_images_is_a_function_of_the_step():
     as_uint8 = ((seen + 1) * 127.5).round().to(torch.uint8)
     for epoch in range(2):
         chunk = as_uint8[epoch * 10 : (epoch + 1) * 10]
-        assert sorted(map(lambda t: t.sum().item(), chunk)) == sorted(map(lambda t: t.sum().item(), images))
+        assert sorted(map(lambda t: t.sum().item(), chunk)) == sorted(
+            map(lambda t: t.sum().item(), images)
+        )
     assert seen.min() == -1 and seen.max() == 1
     with pytest.raises(ValueError, match="expected a uint8 tensor"):
         ShuffledImages(images.float(), batch_size=4)
@@ -166,11 +172,15 @@ def test_resume_is_bit_exact(tmp_path: Path):
     full = train_gan(cfg, ShuffledImages(images, batch_size=4, seed=0), out_dir=tmp_path / "full")
     half = tiny_config(r1_interval=2, total_kimg=0.012)  # 3 steps, then stop (a "crash")
     train_gan(half, ShuffledImages(images, batch_size=4, seed=0), out_dir=tmp_path / "split")
-    resumed = train_gan(cfg, ShuffledImages(images, batch_size=4, seed=0), out_dir=tmp_path / "split", resume=True)
+    resumed = train_gan(
+        cfg, ShuffledImages(images, batch_size=4, seed=0), out_dir=tmp_path / "split", resume=True
+    )
     assert full.step == resumed.step == 6
     a, b = _params(full), _params(resumed)
     assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][
+        :5
+    ]
     assert torch.equal(full.rng.get_state(), resumed.rng.get_state())
     sa, sb = full.opt_D.state_dict()["state"], resumed.opt_D.state_dict()["state"]
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
@@ -200,7 +210,9 @@ def test_resume_and_overwrite_errors(tmp_path: Path):
     with pytest.raises(CheckpointError, match="exists: pass resume"):
         train_gan(cfg, data, out_dir=tmp_path / "run")
     other = tiny_config(total_kimg=0.004, r1_gamma=1.0)
-    with pytest.raises(CheckpointError, match=r"different config \(r1_gamma: checkpoint 0.01 vs now 1.0\)"):
+    with pytest.raises(
+        CheckpointError, match=r"different config \(r1_gamma: checkpoint 0.01 vs now 1.0\)"
+    ):
         train_gan(other, data, out_dir=tmp_path / "run", resume=True)
 
 
@@ -216,10 +228,35 @@ def test_cli_trains_from_a_labelled_folder(tmp_path: Path, capsys):
         Image.fromarray(arr).save(root / "img" / f"{i}.png")
         rows.append(f"img/{i}.png,{'train' if i < 8 else 'test'},0")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    args = ["train-gan", "--data", str(root), "--out", str(tmp_path / "run"), "--resolution", "8",
-            "--kimg", "0.008", "--batch-size", "4", "--z-dim", "8", "--w-dim", "8", "--mapping-layers", "1",
-            "--g-channels", "8,8", "--d-channels", "8,8", "--checkpoint-every", "1", "--threads", "1",
-            "--device", "cpu"]
+    args = [
+        "train-gan",
+        "--data",
+        str(root),
+        "--out",
+        str(tmp_path / "run"),
+        "--resolution",
+        "8",
+        "--kimg",
+        "0.008",
+        "--batch-size",
+        "4",
+        "--z-dim",
+        "8",
+        "--w-dim",
+        "8",
+        "--mapping-layers",
+        "1",
+        "--g-channels",
+        "8,8",
+        "--d-channels",
+        "8,8",
+        "--checkpoint-every",
+        "1",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "8 images of 8 px, 2 steps on cpu" in out  # train split only, resized 16 → 8

@@ -49,7 +49,11 @@ def _config(domain: str) -> PipelineConfig:
 
 def _tiny_generator(resolution: int) -> Generator:
     """A config-f layout at the real resolution with 8-channel blocks (same num_ws and groups)."""
-    return Generator(GeneratorConfig(z_dim=16, w_dim=16, img_resolution=resolution, channel_base=4096, channel_max=8))
+    return Generator(
+        GeneratorConfig(
+            z_dim=16, w_dim=16, img_resolution=resolution, channel_base=4096, channel_max=8
+        )
+    )
 
 
 @pytest.mark.parametrize("domain", list(DOMAINS))
@@ -72,15 +76,29 @@ def test_paper_inversion_and_ensemble_values(domain):
 
     cfg = _config(domain)
     inv = cfg.invert
-    assert (inv.steps, inv.optimizer, inv.lambda_lpips, inv.latent_weight) == (500, "lbfgs", 0.5, 0.25)
-    assert (inv.latent_term, inv.lpips_net, inv.lpips_resolution) == ("encoder_consistency", "lpips-alex", None)
+    assert (inv.steps, inv.optimizer, inv.lambda_lpips, inv.latent_weight) == (
+        500,
+        "lbfgs",
+        0.5,
+        0.25,
+    )
+    assert (inv.latent_term, inv.lpips_net, inv.lpips_resolution) == (
+        "encoder_consistency",
+        "lpips-alex",
+        None,
+    )
     assert (inv.lbfgs_history, inv.lbfgs_max_evals) == (10, 10)
     assert cfg.views.n_views == 32
     alphas = alpha_grid(cfg.report.ensemble.num_alphas)
     np.testing.assert_allclose(alphas, np.arange(21) * 0.05, atol=1e-12)  # 0:0.05:1
     assert cfg.data.splits == ("val", "test")
     enc = cfg.encoder_training
-    assert enc.enabled and (enc.depth, enc.lr, enc.lambda_latent, enc.resolution) == (34, 1e-4, 1.0, 256)
+    assert enc.enabled and (enc.depth, enc.lr, enc.lambda_latent, enc.resolution) == (
+        34,
+        1e-4,
+        1.0,
+        256,
+    )
     assert cfg.models.encoder is not None
 
 
@@ -94,7 +112,11 @@ def test_generator_resolution_alignment_and_layer_groups(domain):
     assert G.num_ws == expected_ws
     groups = {k: list(v) for k, v in G.layer_groups.items()}
     assert groups == default_layer_groups(expected_ws)
-    assert groups == {"coarse": [0, 1, 2, 3], "middle": list(range(4, 10)), "fine": list(range(10, expected_ws))}
+    assert groups == {
+        "coarse": [0, 1, 2, 3],
+        "middle": list(range(4, 10)),
+        "fine": list(range(10, expected_ws)),
+    }
     for group in cfg.views.gan:
         assert group.layers in groups, group
 
@@ -127,7 +149,11 @@ def test_domain_specific_alignment():
     cars = _config("cars").align
     assert cars.object_scale == "image" and cars.frame_size() == (512, 384) and cars.fill == 0.0
     cats = _config("cats").align
-    assert cats.object_scale == "bbox" and cats.object_without_bbox == "reject" and cats.frame_size() == (256, 256)
+    assert (
+        cats.object_scale == "bbox"
+        and cats.object_without_bbox == "reject"
+        and cats.frame_size() == (256, 256)
+    )
     faces = _config("celebahq").align
     assert faces == AlignConfig(mode="none", resolution=1024)
 
@@ -136,9 +162,13 @@ def test_classifiers_per_domain():
     faces = _config("celebahq").models.classifiers
     assert sorted(faces) == sorted(CELEBA_ATTRIBUTES) and len(faces) == 40
     assert all(ref.task == name for name, ref in faces.items())
-    assert all(ref.path.parts[-3:] == ("celebahq", name, "net_best.pth") for name, ref in faces.items())
-    for domain, dirs in (("cars", {"imageclassifier", "latentclassifier_stylemix_fine"}),
-                         ("cats", {"imageclassifier", "latentclassifier_stylemix_coarse"})):
+    assert all(
+        ref.path.parts[-3:] == ("celebahq", name, "net_best.pth") for name, ref in faces.items()
+    )
+    for domain, dirs in (
+        ("cars", {"imageclassifier", "latentclassifier_stylemix_fine"}),
+        ("cats", {"imageclassifier", "latentclassifier_stylemix_coarse"}),
+    ):
         refs = _config(domain).models.classifiers
         assert {ref.path.parent.name for ref in refs.values()} == dirs
         assert {ref.task for ref in refs.values()} == {"label"}  # the adapters' label column
@@ -171,7 +201,11 @@ def test_missing_generator_names_the_file(relocated, domain):
     with pytest.raises(CheckpointError) as err:
         load_generator(cfg.models.generator)
     msg = str(err.value)
-    assert str(cfg.models.generator) in msg and "not found" in msg and "put the weights file there" in msg
+    assert (
+        str(cfg.models.generator) in msg
+        and "not found" in msg
+        and "put the weights file there" in msg
+    )
 
 
 @pytest.mark.parametrize("domain", list(DOMAINS))
@@ -223,7 +257,9 @@ SIDECARS = {
 
 
 @pytest.mark.parametrize(("kind", "classes", "side"), [("car", 3, 512), ("cat", 12, 256)])
-def test_released_classifier_layout_loads_with_the_documented_sidecar(tmp_path, kind, classes, side):
+def test_released_classifier_layout_loads_with_the_documented_sidecar(
+    tmp_path, kind, classes, side
+):
     import torch
     import torchvision
 
@@ -235,13 +271,25 @@ def test_released_classifier_layout_loads_with_the_documented_sidecar(tmp_path, 
     folder.mkdir(parents=True)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     # the official util.make_checkpoint layout
-    torch.save({"state_dict": net.state_dict(), "optimizer": opt.state_dict(), "epoch": 7,
-                "valacc": torch.tensor(91.5)}, folder / "net_best.pth")
+    torch.save(
+        {
+            "state_dict": net.state_dict(),
+            "optimizer": opt.state_dict(),
+            "epoch": 7,
+            "valacc": torch.tensor(91.5),
+        },
+        folder / "net_best.pth",
+    )
     with pytest.raises(CheckpointError, match="does not record its preprocessing"):
         load_classifier(folder / "net_best.pth")
     (folder / "net_best.pth.yaml").write_text(SIDECARS[kind])
     C = load_classifier(folder / "net_best.pth")
-    assert (C.arch, C.num_outputs, C.task, len(C.class_names)) == ("resnet18", classes, "label", classes)
+    assert (C.arch, C.num_outputs, C.task, len(C.class_names)) == (
+        "resnet18",
+        classes,
+        "label",
+        classes,
+    )
     assert C.config.preprocessing == PREPROCESSING_PRESETS[kind]
     x = torch.rand(2, 3, side, side) * 2 - 1  # a render at the generator's resolution
     with torch.no_grad():

@@ -18,7 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 MINIMAL = {
     "data": {"manifest": "data/manifest.parquet"},
     "paths": {"store": "out/store", "logits": "out/logits", "report": "out/report"},
-    "models": {"generator": "models/g.pkl", "classifiers": {"smile": {"path": "models/c.pt", "task": "Smiling"}}},
+    "models": {
+        "generator": "models/g.pkl",
+        "classifiers": {"smile": {"path": "models/c.pt", "task": "Smiling"}},
+    },
 }
 
 
@@ -42,15 +45,23 @@ def test_minimal_yaml_resolves_paths_against_its_folder(tmp_path) -> None:
     assert cfg.orchestration.mode == "embedded" and cfg.orchestration.devices == "auto"
     # Absolute paths stay as they are; a mapping resolves against base_dir.
     cfg2 = load_pipeline_config(_with(paths={"store": "/abs/store"}), base_dir=tmp_path)
-    assert cfg2.paths.store == Path("/abs/store") and cfg2.paths.logits == tmp_path / "out" / "logits"
+    assert (
+        cfg2.paths.store == Path("/abs/store") and cfg2.paths.logits == tmp_path / "out" / "logits"
+    )
 
 
 def test_plain_dict_round_trip() -> None:
-    cfg = load_pipeline_config(_with(views={"preset": "cars", "n_views": 4}, orchestration={"devices": ["cpu", "cpu"]}),
-                               base_dir="/base")
+    cfg = load_pipeline_config(
+        _with(views={"preset": "cars", "n_views": 4}, orchestration={"devices": ["cpu", "cpu"]}),
+        base_dir="/base",
+    )
     again = load_pipeline_config(pipeline_config_dict(cfg))
     assert again == cfg
-    assert cfg.views.gan == PRESETS["cars"].gan and cfg.views.n_views == 4 and cfg.views.jitter == PRESETS["cars"].jitter
+    assert (
+        cfg.views.gan == PRESETS["cars"].gan
+        and cfg.views.n_views == 4
+        and cfg.views.jitter == PRESETS["cars"].jitter
+    )
     assert cfg.orchestration.devices == ("cpu", "cpu")
 
 
@@ -62,23 +73,64 @@ def test_plain_dict_round_trip() -> None:
         ({"invert": {"steps": -1}}, r"^invert\.steps: got -1, expected an integer ≥ 0$"),
         ({"invert": {"steps": "many"}}, r"^invert\.steps: expected an integer, got 'many'$"),
         ({"views": {"n_views": 1}}, r"^views\.n_views: got 1, must be ≥ 2"),
-        ({"views": {"gan": [{"method": "warp", "layers": "fine"}]}}, r"^views\.gan\.method: got 'warp'"),
-        ({"views": {"preset": "dogs"}}, r"^views\.preset: 'dogs' is not one of \['cars', 'cats', 'faces'\]$"),
-        ({"align": {"mode": "eyes"}}, r"^align\.mode: 'eyes' is not one of \['none', 'face', 'object'\]$"),
-        ({"report": {"ensemble": {"num_alphas": 1}}}, r"^report\.ensemble\.num_alphas: 1 is too small"),
-        ({"classifier_training": {"train": {"epochs": 0}}}, r"^classifier_training\.train\.epochs: 0; expected ≥ 1$"),
-        ({"classifier_training": {"views": {"p_generated": 2}}}, r"^classifier_training\.views\.p_generated: 2"),
-        ({"orchestration": {"mode": "cluster"}}, r"^orchestration\.mode: 'cluster' is not one of \['embedded', 'distributed'\]$"),
-        ({"orchestration": {"devices": ["gpu0"]}}, r"^orchestration\.devices\[0\]: 'gpu0' is not auto, cpu, cuda or cuda:N$"),
-        ({"orchestration": {"devices": ["auto", "cpu"]}}, r"^orchestration\.devices: \"auto\" stands alone"),
+        (
+            {"views": {"gan": [{"method": "warp", "layers": "fine"}]}},
+            r"^views\.gan\.method: got 'warp'",
+        ),
+        (
+            {"views": {"preset": "dogs"}},
+            r"^views\.preset: 'dogs' is not one of \['cars', 'cats', 'faces'\]$",
+        ),
+        (
+            {"align": {"mode": "eyes"}},
+            r"^align\.mode: 'eyes' is not one of \['none', 'face', 'object'\]$",
+        ),
+        (
+            {"report": {"ensemble": {"num_alphas": 1}}},
+            r"^report\.ensemble\.num_alphas: 1 is too small",
+        ),
+        (
+            {"classifier_training": {"train": {"epochs": 0}}},
+            r"^classifier_training\.train\.epochs: 0; expected ≥ 1$",
+        ),
+        (
+            {"classifier_training": {"views": {"p_generated": 2}}},
+            r"^classifier_training\.views\.p_generated: 2",
+        ),
+        (
+            {"orchestration": {"mode": "cluster"}},
+            r"^orchestration\.mode: 'cluster' is not one of \['embedded', 'distributed'\]$",
+        ),
+        (
+            {"orchestration": {"devices": ["gpu0"]}},
+            r"^orchestration\.devices\[0\]: 'gpu0' is not auto, cpu, cuda or cuda:N$",
+        ),
+        (
+            {"orchestration": {"devices": ["auto", "cpu"]}},
+            r"^orchestration\.devices: \"auto\" stands alone",
+        ),
         ({"orchestration": {"shard_size": 0}}, r"^orchestration\.shard_size: 0 must be ≥ 1$"),
-        ({"orchestration": {"retry_delay_seconds": [-1]}}, r"^orchestration\.retry_delay_seconds: \[-1\.0\] must be ≥ 0"),
+        (
+            {"orchestration": {"retry_delay_seconds": [-1]}},
+            r"^orchestration\.retry_delay_seconds: \[-1\.0\] must be ≥ 0",
+        ),
         ({"seed": "zero"}, r"^seed: expected an integer, got 'zero'$"),
-        ({"models": {"classifiers": {"smile": {"task": "Smiling"}}}}, r"^models\.classifiers\.smile\.path: required key is missing$"),
-        ({"encoder_training": {"enabled": True}}, r"^encoder_training\.enabled: true needs models\.encoder"),
-        ({"classifier_training": {"enabled": True, "name": "frown", "data": "manifest"}}, r"^classifier_training\.name: 'frown' is not a key"),
-        ({"classifier_training": {"enabled": True, "name": "smile"}},
-         r"^classifier_training\.train_split: 'train' is not in data\.splits \['val', 'test'\]"),
+        (
+            {"models": {"classifiers": {"smile": {"task": "Smiling"}}}},
+            r"^models\.classifiers\.smile\.path: required key is missing$",
+        ),
+        (
+            {"encoder_training": {"enabled": True}},
+            r"^encoder_training\.enabled: true needs models\.encoder",
+        ),
+        (
+            {"classifier_training": {"enabled": True, "name": "frown", "data": "manifest"}},
+            r"^classifier_training\.name: 'frown' is not a key",
+        ),
+        (
+            {"classifier_training": {"enabled": True, "name": "smile"}},
+            r"^classifier_training\.train_split: 'train' is not in data\.splits \['val', 'test'\]",
+        ),
     ],
 )
 def test_each_mistake_is_one_line_naming_the_key(sections, message) -> None:
@@ -93,7 +145,12 @@ def test_several_mistakes_are_reported_together() -> None:
     with pytest.raises(ConfigError) as info:
         load_pipeline_config(data)
     lines = str(info.value).splitlines()
-    assert sorted(line.split(":")[0] for line in lines) == ["invert.steps", "orchestration.mode", "paths", "views.n_views"]
+    assert sorted(line.split(":")[0] for line in lines) == [
+        "invert.steps",
+        "orchestration.mode",
+        "paths",
+        "views.n_views",
+    ]
 
 
 def test_missing_file_and_non_mapping(tmp_path) -> None:
@@ -134,9 +191,14 @@ def test_example_yaml_documents_every_key() -> None:
     missing = sorted(_leaf_keys(PipelineConfig) - _yaml_keys(data))
     assert not missing, f"configs/example.yaml lacks {missing}"
     text = (REPO / "configs" / "example.yaml").read_text()
-    undocumented = [line for line in text.splitlines()
-                    if ":" in line and not line.lstrip().startswith(("#", "-")) and "#" not in line
-                    and not line.rstrip().endswith(":")]
+    undocumented = [
+        line
+        for line in text.splitlines()
+        if ":" in line
+        and not line.lstrip().startswith(("#", "-"))
+        and "#" not in line
+        and not line.rstrip().endswith(":")
+    ]
     assert not undocumented, f"keys without a comment: {undocumented}"
 
 

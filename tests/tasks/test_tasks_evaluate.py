@@ -47,7 +47,9 @@ def test_images_are_inlined_only_while_the_artifact_stays_under_the_event_limit(
     assert ref(big) == big.resolve().as_uri()
     assert ref(small).startswith("data:image/png;base64,")
     assert ref(small) == small.resolve().as_uri()  # the budget is spent
-    assert _data_uri_bytes(big) == len(data_uri(big)) and _data_uri_bytes(small) == len(data_uri(small))
+    assert _data_uri_bytes(big) == len(data_uri(big)) and _data_uri_bytes(small) == len(
+        data_uri(small)
+    )
     assert ARTIFACT_BYTES < 1_500_000  # Prefect's default PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES
 
 
@@ -67,15 +69,24 @@ def test_task_publishes_artifacts_in_a_flow(harness, logits, tmp_path):
     assert (tmp_path / "out" / "results.csv").is_file() and paths["report_md"]
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
     by_key = {a.key: a for a in found}
     assert by_key["t-ens-results"].type == "table"
     assert by_key["t-ens-summary"].type == "table"
     assert by_key["t-ens-report"].type == "markdown"
     images = [a for a in found if a.type == "image"]
-    assert {a.key for a in images} >= {"t-ens-gain-bars-r50", "t-ens-ensemble-size-r50", "t-ens-alpha-mean-r50"}
+    assert {a.key for a in images} >= {
+        "t-ens-gain-bars-r50",
+        "t-ens-ensemble-size-r50",
+        "t-ens-alpha-mean-r50",
+    }
     assert all(str(a.data).startswith("data:image/png;base64,") for a in images)
     report = str(by_key["t-ens-report"].data)
-    assert report.startswith("# Ensembles of deep generative views") and "data:image/png;base64," in report
+    assert (
+        report.startswith("# Ensembles of deep generative views")
+        and "data:image/png;base64," in report
+    )
     table = by_key["t-ens-results"].data
     assert "0.45" in str(table) and "isotropic_fine" in str(table)

@@ -42,7 +42,9 @@ def _dataset(tmp_path, G, n=5, corrupt=(2,)):
     """n PNGs of G's images (clamped to [-1, 1]) and a manifest; ``corrupt`` rows are garbage."""
     gen = torch.Generator().manual_seed(0)
     imgs = G.synthesis(G.mapping(torch.randn(n, G.z_dim, generator=gen))).clamp(-1, 1)
-    pixels = ((imgs + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # [n, 32, 32, 3]
+    pixels = (
+        ((imgs + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    )  # [n, 32, 32, 3]
     rows = []
     for i in range(n):
         path = tmp_path / "images" / f"img{i}.png"
@@ -51,17 +53,31 @@ def _dataset(tmp_path, G, n=5, corrupt=(2,)):
             path.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
         else:
             Image.fromarray(pixels[i]).save(path)
-        rows.append({"image_id": f"id{i}", "path": f"images/img{i}.png", "split": "test", "label": i % 2})
+        rows.append(
+            {"image_id": f"id{i}", "path": f"images/img{i}.png", "split": "test", "label": i % 2}
+        )
     return pd.DataFrame(rows), pixels
 
 
 def test_shard_task_end_to_end(tmp_path, gen_path) -> None:
     G = load_generator(gen_path)
     frame, pixels = _dataset(tmp_path, G)
-    store = LatentStore.create(tmp_path / "store", n_images=5, num_ws=G.num_ws, w_dim=G.w_dim,
-                               shard_size=3, attrs=store_attrs(G, None, ALIGN, INV), manifest=frame)
-    kwargs = dict(generator_path=gen_path, align_cfg=ALIGN, inversion_cfg=INV, device="cpu",
-                  image_root=tmp_path)
+    store = LatentStore.create(
+        tmp_path / "store",
+        n_images=5,
+        num_ws=G.num_ws,
+        w_dim=G.w_dim,
+        shard_size=3,
+        attrs=store_attrs(G, None, ALIGN, INV),
+        manifest=frame,
+    )
+    kwargs = dict(
+        generator_path=gen_path,
+        align_cfg=ALIGN,
+        inversion_cfg=INV,
+        device="cpu",
+        image_root=tmp_path,
+    )
     first = run_invert_shard(store.path, 0, **kwargs)  # items 0, 1, 2 (2 is corrupt)
     second = invert_shard.fn(store.path, (3, 5), **kwargs)  # the Prefect task's body
     assert (first["todo"], first["done"], first["failed"]) == (3, 2, 1)
@@ -75,10 +91,18 @@ def test_shard_task_end_to_end(tmp_path, gen_path) -> None:
     data = store.read([0, 1, 3, 4])
     assert np.isfinite(data["w"]).all() and np.isfinite(data["w_init"]).all()
     assert (data["iterations"] == 3).all()
-    assert (data["loss"] < 1.0).all() and np.isfinite(data["psnr"]).all() and np.isfinite(data["lpips"]).all()
-    np.testing.assert_allclose(data["loss"], data["loss_l1"] + data["loss_lpips"] + data["loss_latent"], rtol=1e-5)
+    assert (
+        (data["loss"] < 1.0).all()
+        and np.isfinite(data["psnr"]).all()
+        and np.isfinite(data["lpips"]).all()
+    )
+    np.testing.assert_allclose(
+        data["loss"], data["loss_l1"] + data["loss_lpips"] + data["loss_latent"], rtol=1e-5
+    )
     # No encoder: the start is G's mean w on every layer.
-    np.testing.assert_allclose(data["w_init"], np.broadcast_to(G.mean_w.numpy(), data["w_init"].shape))
+    np.testing.assert_allclose(
+        data["w_init"], np.broadcast_to(G.mean_w.numpy(), data["w_init"].shape)
+    )
     # The stored target is the PNG itself (mode "none" at the generator's size), mask all known.
     aligned = store.read_array(ALIGNED, [0, 1, 3, 4])
     np.testing.assert_array_equal(aligned, pixels[[0, 1, 3, 4]].transpose(0, 3, 1, 2))
@@ -102,27 +126,66 @@ def test_shard_task_end_to_end(tmp_path, gen_path) -> None:
 def test_store_refuses_other_generator_or_config(tmp_path, gen_path, stylegan2_fixtures) -> None:
     G = load_generator(gen_path)
     frame, _ = _dataset(tmp_path, G, n=2, corrupt=())
-    store = LatentStore.create(tmp_path / "store", n_images=2, num_ws=G.num_ws, w_dim=G.w_dim,
-                               shard_size=2, attrs=store_attrs(G, None, ALIGN, INV), manifest=frame)
+    store = LatentStore.create(
+        tmp_path / "store",
+        n_images=2,
+        num_ws=G.num_ws,
+        w_dim=G.w_dim,
+        shard_size=2,
+        attrs=store_attrs(G, None, ALIGN, INV),
+        manifest=frame,
+    )
     other = stylegan2_fixtures / "rosinality-res32.pt"
-    with pytest.raises(GanviewsError, match=r"made with generator sha256 .* but the given generator"):
-        run_invert_shard(store.path, 0, generator_path=other, align_cfg=ALIGN, inversion_cfg=INV,
-                         device="cpu", image_root=tmp_path)
+    with pytest.raises(
+        GanviewsError, match=r"made with generator sha256 .* but the given generator"
+    ):
+        run_invert_shard(
+            store.path,
+            0,
+            generator_path=other,
+            align_cfg=ALIGN,
+            inversion_cfg=INV,
+            device="cpu",
+            image_root=tmp_path,
+        )
     changed = InversionConfig(steps=4, lpips_net="lpips-random", batch_size=2)
     with pytest.raises(StoreError, match=r"config.invert.steps"):
-        run_invert_shard(store.path, 0, generator_path=gen_path, align_cfg=ALIGN, inversion_cfg=changed,
-                         device="cpu", image_root=tmp_path)
+        run_invert_shard(
+            store.path,
+            0,
+            generator_path=gen_path,
+            align_cfg=ALIGN,
+            inversion_cfg=changed,
+            device="cpu",
+            image_root=tmp_path,
+        )
     # The batch size is not part of the identity: a resume may use another one.
     other_batch = InversionConfig(steps=3, lpips_net="lpips-random", batch_size=1)
-    out = run_invert_shard(store.path, 0, generator_path=gen_path, align_cfg=ALIGN,
-                           inversion_cfg=other_batch, device="cpu", image_root=tmp_path)
+    out = run_invert_shard(
+        store.path,
+        0,
+        generator_path=gen_path,
+        align_cfg=ALIGN,
+        inversion_cfg=other_batch,
+        device="cpu",
+        image_root=tmp_path,
+    )
     assert out["done"] == 2
     with pytest.raises(GanviewsError, match=r"shard: index 5 out of range"):
-        run_invert_shard(store.path, 5, generator_path=gen_path, align_cfg=ALIGN, inversion_cfg=INV,
-                         device="cpu", image_root=tmp_path)
+        run_invert_shard(
+            store.path,
+            5,
+            generator_path=gen_path,
+            align_cfg=ALIGN,
+            inversion_cfg=INV,
+            device="cpu",
+            image_root=tmp_path,
+        )
 
 
-def test_cli_invert_creates_resumes_and_refuses_mixing(tmp_path, gen_path, stylegan2_fixtures, capsys) -> None:
+def test_cli_invert_creates_resumes_and_refuses_mixing(
+    tmp_path, gen_path, stylegan2_fixtures, capsys
+) -> None:
     from ganviews.cli import main
     from storage import write_manifest
 
@@ -133,20 +196,35 @@ def test_cli_invert_creates_resumes_and_refuses_mixing(tmp_path, gen_path, style
     (tmp_path / "inv.yaml").write_text(
         "align:\n  resolution: 32\ninvert:\n  steps: 2\n  lpips_net: lpips-random\n  batch_size: 2\n"
     )
-    base = [str(tmp_path / "manifest.parquet"), str(tmp_path / "store"), "--config", str(tmp_path / "inv.yaml"),
-            "--split", "val,test", "--shard-size", "2", "--device", "cpu"]
+    base = [
+        str(tmp_path / "manifest.parquet"),
+        str(tmp_path / "store"),
+        "--config",
+        str(tmp_path / "inv.yaml"),
+        "--split",
+        "val,test",
+        "--shard-size",
+        "2",
+        "--device",
+        "cpu",
+    ]
     assert main(["invert", *base, "--generator", str(gen_path)]) == 0
     out = capsys.readouterr().out
     assert "2 images inverted, 1 failed" in out and "the store now has 2/3 done" in out
     store = LatentStore.open(tmp_path / "store")
     assert store.image_ids.tolist() == ["id0", "id1", "id2"]  # the train row is not in the store
-    assert store.attrs["config"]["invert"]["steps"] == 2 and "batch_size" not in store.attrs["config"]["invert"]
+    assert (
+        store.attrs["config"]["invert"]["steps"] == 2
+        and "batch_size" not in store.attrs["config"]["invert"]
+    )
     assert store.attrs["generator_sha256"] == G.sha256 and store.attrs["encoder_sha256"] is None
     # Rerun of one shard: nothing done is redone, the failed item is retried (and fails again).
     assert main(["invert", *base, "--generator", str(gen_path), "--shards", "0:1"]) == 0
     assert "1 to do → 0 done, 1 failed" in capsys.readouterr().out
     # Another generator or another config is refused with one clear line (exit code 2).
-    assert main(["invert", *base, "--generator", str(stylegan2_fixtures / "rosinality-res32.pt")]) == 2
+    assert (
+        main(["invert", *base, "--generator", str(stylegan2_fixtures / "rosinality-res32.pt")]) == 2
+    )
     assert "made with generator sha256" in capsys.readouterr().err
     assert main(["invert", *base, "--generator", str(gen_path), "--steps", "5"]) == 2
     assert "config.invert.steps: stored 2, given 5" in capsys.readouterr().err
@@ -157,7 +235,9 @@ def test_cli_invert_creates_resumes_and_refuses_mixing(tmp_path, gen_path, style
     assert main(["invert", *bad, "--generator", str(gen_path)]) == 2
     assert "unknown section(s) ['inversion']" in capsys.readouterr().err
     # --overwrite starts over with the new settings; align.resolution defaults to the generator's.
-    (tmp_path / "inv.yaml").write_text("invert:\n  steps: 1\n  lpips_net: lpips-random\n  batch_size: 2\n")
+    (tmp_path / "inv.yaml").write_text(
+        "invert:\n  steps: 1\n  lpips_net: lpips-random\n  batch_size: 2\n"
+    )
     assert main(["invert", *base, "--generator", str(gen_path), "--overwrite"]) == 0
     store = LatentStore.open(tmp_path / "store")
     assert store.attrs["config"]["align"]["resolution"] == G.resolution == 32

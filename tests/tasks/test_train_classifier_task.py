@@ -39,35 +39,68 @@ def dataset(tmp_path_factory, G):
         img = rng.integers(0, 80, size=(32, 32, 3), dtype=np.uint8)
         img[..., 2 * label] += 150  # red (0) or blue (1)
         Image.fromarray(img).save(root / f"im{i:02d}.png")
-        rows.append({"image_id": f"im{i:02d}", "path": f"im{i:02d}.png",
-                     "split": "train" if i < 8 else "val", "colour": label})
+        rows.append(
+            {
+                "image_id": f"im{i:02d}",
+                "path": f"im{i:02d}.png",
+                "split": "train" if i < 8 else "val",
+                "colour": label,
+            }
+        )
     frame = pd.DataFrame(rows)
     frame.attrs["label_columns"] = ["colour"]
     write_manifest(frame, root / "manifest.parquet")
-    store = LatentStore.create(root / "store", 12, G.num_ws, G.w_dim, 4,
-                               attrs={"generator_sha256": G.sha256}, manifest=frame)
+    store = LatentStore.create(
+        root / "store",
+        12,
+        G.num_ws,
+        G.w_dim,
+        4,
+        attrs={"generator_sha256": G.sha256},
+        manifest=frame,
+    )
     with torch.no_grad():
         ws = G.mapping(torch.randn(12, G.z_dim, generator=torch.Generator().manual_seed(0)), None)
     done = [i for i in range(12) if i != 3]
     store.write(done, w=ws[done].numpy())
     store.mark_failed([3], ["no face found"])
     store.ensure_array("images/aligned", (3, 32, 32), np.uint8)
-    pixels = np.stack([np.asarray(Image.open(root / f"im{i:02d}.png")).transpose(2, 0, 1) for i in range(12)])
+    pixels = np.stack(
+        [np.asarray(Image.open(root / f"im{i:02d}.png")).transpose(2, 0, 1) for i in range(12)]
+    )
     store.write_array("images/aligned", list(range(12)), pixels)
-    bare = LatentStore.create(root / "bare-store", 12, G.num_ws, G.w_dim, 4,
-                              attrs={"generator_sha256": G.sha256}, manifest=frame)
+    bare = LatentStore.create(
+        root / "bare-store",
+        12,
+        G.num_ws,
+        G.w_dim,
+        4,
+        attrs={"generator_sha256": G.sha256},
+        manifest=frame,
+    )
     bare.write(list(range(12)), w=ws.numpy())  # latents, but no persisted aligned images
     return root
 
 
 def test_real_images_from_a_manifest(dataset, tmp_path):
     out = tmp_path / "colour.safetensors"
-    report = run_train_classifier(dataset / "manifest.parquet", task="colour", config=SMALL, out=out,
-                                  align={"mode": "none", "resolution": 32}, train=FAST, seed=1)
+    report = run_train_classifier(
+        dataset / "manifest.parquet",
+        task="colour",
+        config=SMALL,
+        out=out,
+        align={"mode": "none", "resolution": 32},
+        train=FAST,
+        seed=1,
+    )
     assert (report["n_train"], report["n_val"]) == (8, 4)
     assert len(report["history"]) == 2 and report["history"][-1]["val_acc"] is not None
     C = load_classifier(out)
-    assert (C.task, C.num_outputs, C.arch) == ("colour", 1, "smallcnn")  # 2 classes → one sigmoid logit
+    assert (C.task, C.num_outputs, C.arch) == (
+        "colour",
+        1,
+        "smallcnn",
+    )  # 2 classes → one sigmoid logit
     assert C.sha256 == report["sha256"]
     saved = json.loads((tmp_path / "colour.safetensors.train.json").read_text())
     assert saved["manifest_sha256"] and saved["views"]["source"] == "real"
@@ -77,16 +110,24 @@ def test_real_images_from_a_manifest(dataset, tmp_path):
 def test_views_from_a_store_and_resume(dataset, tmp_path, G, stylegan2_fixtures):
     out = tmp_path / "views.safetensors"
     gen = stylegan2_fixtures / "nvidia-ada-res32.pkl"
-    kwargs = dict(task="colour", config={**SMALL, "num_outputs": 2}, out=out, source="views",
-                  generator_path=gen, train=FAST,
-                  views={"method": "stylemix", "layers": "fine", "batch_size": 4, "p_generated": 0.5})
+    kwargs = dict(
+        task="colour",
+        config={**SMALL, "num_outputs": 2},
+        out=out,
+        source="views",
+        generator_path=gen,
+        train=FAST,
+        views={"method": "stylemix", "layers": "fine", "batch_size": 4, "p_generated": 0.5},
+    )
     report = run_train_classifier(dataset / "store", **kwargs)
     assert report["n_train"] == 7  # image 3 failed inversion: left out
     assert report["generator_sha256"] == G.sha256
     hist = report["history"]
     assert sum(h["n_train"] for h in hist) == 14 and 0 < sum(h["n_generated"] for h in hist) < 14
 
-    with pytest.raises(ConfigError, match=r"views\.safetensors\.ckpt exists from an earlier run: pass resume"):
+    with pytest.raises(
+        ConfigError, match=r"views\.safetensors\.ckpt exists from an earlier run: pass resume"
+    ):
         run_train_classifier(dataset / "store", **kwargs)
     again = run_train_classifier(dataset / "store", resume=True, **kwargs)
     assert again["history"] == hist  # finished: nothing retrained
@@ -95,8 +136,13 @@ def test_views_from_a_store_and_resume(dataset, tmp_path, G, stylegan2_fixtures)
 
 def test_recon_through_the_prefect_task(dataset, tmp_path, stylegan2_fixtures):
     report = train_classifier_task.fn(
-        str(dataset / "store"), task="colour", config=SMALL, out=tmp_path / "r.safetensors", source="recon",
-        generator_path=stylegan2_fixtures / "nvidia-ada-res32.pkl", train={"epochs": 1, "log_every": 0},
+        str(dataset / "store"),
+        task="colour",
+        config=SMALL,
+        out=tmp_path / "r.safetensors",
+        source="recon",
+        generator_path=stylegan2_fixtures / "nvidia-ada-res32.pkl",
+        train={"epochs": 1, "log_every": 0},
         views={"p_generated": 1.0},
     )
     assert report["history"][0]["n_generated"] == 7
@@ -104,34 +150,104 @@ def test_recon_through_the_prefect_task(dataset, tmp_path, stylegan2_fixtures):
 
 def test_input_errors(dataset, tmp_path, stylegan2_fixtures):
     with pytest.raises(ConfigError, match=r"task: 'smile' is not a label column .*\['colour'\]"):
-        run_train_classifier(dataset / "manifest.parquet", task="smile", config=SMALL, out=tmp_path / "a.st")
-    with pytest.raises(ConfigError, match=r"source: 'recon' needs latents; .*manifest\.parquet is a manifest"):
-        run_train_classifier(dataset / "manifest.parquet", task="colour", config=SMALL, out=tmp_path / "b.st",
-                             source="recon")
-    with pytest.raises(ConfigError, match=r"rosinality-res32\.pt .* is not the generator the store's latents"):
-        run_train_classifier(dataset / "store", task="colour", config=SMALL, out=tmp_path / "c.st", source="recon",
-                             generator_path=stylegan2_fixtures / "rosinality-res32.pt")
-    with pytest.raises(ConfigError, match=r"bare-store has no 'images/aligned' array and no align config"):
-        run_train_classifier(dataset / "bare-store", task="colour", config=SMALL, out=tmp_path / "e.st")
+        run_train_classifier(
+            dataset / "manifest.parquet", task="smile", config=SMALL, out=tmp_path / "a.st"
+        )
+    with pytest.raises(
+        ConfigError, match=r"source: 'recon' needs latents; .*manifest\.parquet is a manifest"
+    ):
+        run_train_classifier(
+            dataset / "manifest.parquet",
+            task="colour",
+            config=SMALL,
+            out=tmp_path / "b.st",
+            source="recon",
+        )
+    with pytest.raises(
+        ConfigError, match=r"rosinality-res32\.pt .* is not the generator the store's latents"
+    ):
+        run_train_classifier(
+            dataset / "store",
+            task="colour",
+            config=SMALL,
+            out=tmp_path / "c.st",
+            source="recon",
+            generator_path=stylegan2_fixtures / "rosinality-res32.pt",
+        )
+    with pytest.raises(
+        ConfigError, match=r"bare-store has no 'images/aligned' array and no align config"
+    ):
+        run_train_classifier(
+            dataset / "bare-store", task="colour", config=SMALL, out=tmp_path / "e.st"
+        )
     with pytest.raises(ConfigError, match=r"views: layers: 'top'; allowed"):
-        run_train_classifier(dataset / "store", task="colour", config=SMALL, out=tmp_path / "f.st", source="views",
-                             generator_path=stylegan2_fixtures / "nvidia-ada-res32.pkl",
-                             views={"method": "stylemix", "layers": "top"})
+        run_train_classifier(
+            dataset / "store",
+            task="colour",
+            config=SMALL,
+            out=tmp_path / "f.st",
+            source="views",
+            generator_path=stylegan2_fixtures / "nvidia-ada-res32.pkl",
+            views={"method": "stylemix", "layers": "top"},
+        )
     with pytest.raises(ConfigError, match=r"train: scheduler='plateau' .* need a validation split"):
-        run_train_classifier(dataset / "manifest.parquet", task="colour", config=SMALL, out=tmp_path / "g.st",
-                             val_split=None, train={"scheduler": "plateau"}, align={"resolution": 32})
+        run_train_classifier(
+            dataset / "manifest.parquet",
+            task="colour",
+            config=SMALL,
+            out=tmp_path / "g.st",
+            val_split=None,
+            train={"scheduler": "plateau"},
+            align={"resolution": 32},
+        )
     with pytest.raises(ConfigError, match=r"views\.setting: method 'isotropic' needs σ"):
-        run_train_classifier(dataset / "store", task="colour", config=SMALL, out=tmp_path / "d.st",
-                             source="views", generator_path=stylegan2_fixtures / "nvidia-ada-res32.pkl")
+        run_train_classifier(
+            dataset / "store",
+            task="colour",
+            config=SMALL,
+            out=tmp_path / "d.st",
+            source="views",
+            generator_path=stylegan2_fixtures / "nvidia-ada-res32.pkl",
+        )
 
 
 def test_cli(dataset, tmp_path, capsys):
     out = tmp_path / "cli.safetensors"
-    code = cli_main(["train-classifier", "--store", str(dataset / "store"), "--task", "colour", "--arch", "smallcnn",
-                     "--width", "4", "--out", str(out), "--epochs", "1", "--preprocessing", "identity"])
+    code = cli_main(
+        [
+            "train-classifier",
+            "--store",
+            str(dataset / "store"),
+            "--task",
+            "colour",
+            "--arch",
+            "smallcnn",
+            "--width",
+            "4",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--preprocessing",
+            "identity",
+        ]
+    )
     assert code == 0 and out.is_file()
     assert "colour" in capsys.readouterr().out
-    code = cli_main(["train-classifier", "--store", str(dataset / "store"), "--task", "colour", "--arch", "smallcnn",
-                     "--out", str(out), "--epochs", "1"])
+    code = cli_main(
+        [
+            "train-classifier",
+            "--store",
+            str(dataset / "store"),
+            "--task",
+            "colour",
+            "--arch",
+            "smallcnn",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+        ]
+    )
     assert code == 2
     assert "exists from an earlier run" in capsys.readouterr().err
