@@ -12,6 +12,10 @@ Example: accuracy of the original images per task on the test split::
 
     sql("SELECT task, avg((list_position(logits, list_max(logits)) - 1 = label)::INT) AS acc "
         "FROM logits WHERE view = 0 AND split = 'test' GROUP BY task", logits="out/logits")
+
+Queries are read-only and see nothing outside the views: the connection turns off DuckDB's
+external access (files, ``COPY``, ``ATTACH``, extensions) and locks its configuration after the
+views are registered, and :func:`sql` runs exactly one ``SELECT``/``WITH`` statement per call.
 """
 
 from __future__ import annotations
@@ -69,7 +73,29 @@ def connect(
         con.register("manifest", frame)
     if store is not None:
         con.register("latents_status", latents_status_frame(store))
+    # From here on the connection reads only the registered views: no files, COPY, ATTACH,
+    # INSTALL/LOAD, and no statement may turn that back on.
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
     return con
+
+
+def check_select(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    """Refuse anything but exactly one ``SELECT``/``WITH`` statement (StoreError, one line)."""
+    try:
+        statements = con.extract_statements(query)
+    except duckdb.Error as exc:
+        raise StoreError(f"SQL failed: {str(exc).strip().splitlines()[0]}") from exc
+    if len(statements) != 1:
+        raise StoreError(
+            f"SQL: give exactly one SELECT (or WITH … SELECT) statement, got {len(statements)}"
+        )
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise StoreError(
+            f"SQL: only SELECT (or WITH … SELECT) is allowed, got a {kind.name} statement; "
+            "queries are read-only"
+        )
 
 
 def sql(
@@ -79,7 +105,11 @@ def sql(
     manifest: str | Path | None = None,
     store: str | Path | LatentStore | None = None,
 ) -> pd.DataFrame:
-    """Run ``query`` over the views ``logits``, ``manifest`` and ``latents_status``; a DataFrame."""
+    """Run one read-only ``SELECT`` over the views ``logits``, ``manifest``, ``latents_status``.
+
+    Returns a DataFrame. Several statements, anything but a query, or a query that reaches for
+    files (``read_csv``, ``COPY``, ``ATTACH``) raise StoreError with one line.
+    """
     if not isinstance(query, str) or not query.strip():
         raise StoreError("query must be a non-empty SQL string")
     given = [
@@ -89,6 +119,7 @@ def sql(
         given.insert(1, "manifest (from the store, if it has one)")
     con = connect(logits=logits, manifest=manifest, store=store)
     try:
+        check_select(con, query)
         return con.execute(query).df()
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0]

@@ -161,3 +161,36 @@ def test_query_sql_command(tables, capsys, tmp_path):
     assert "give at least one of --logits, --manifest, --store" in capsys.readouterr().err
     assert main(["query", "sql", "SELECT * FROM nowhere", "--store", str(tables / "s.zarr")]) == 2
     assert "Table with name nowhere does not exist" in capsys.readouterr().err
+
+
+def _tree_bytes(root):
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+ATTACKS = [  # (statement, what the one-line refusal says)
+    ("COPY (SELECT 'x') TO '{store}/zarr.json'", "only SELECT"),
+    ("COPY (SELECT * FROM logits WHERE view < 0) TO '{shard}' (FORMAT parquet)", "only SELECT"),
+    ("ATTACH '{root}/x.duckdb'", "only SELECT"),
+    ("SELECT 1; COPY (SELECT 'x') TO '{store}/zarr.json'", "exactly one SELECT"),
+    ("SELECT * FROM read_csv('{store}/zarr.json')", "file system operations are disabled"),
+    ("SELECT * FROM read_parquet('{shard}')", "file system operations are disabled"),
+    ("SET enable_external_access = true", "only SELECT"),
+    ("INSTALL httpfs", "only SELECT"),
+    ("CREATE TABLE t AS SELECT 1", "only SELECT"),
+    ("SELECT (", "SQL failed: Parser Error"),
+]
+
+
+def test_query_sql_is_read_only_and_sees_only_its_views(tables, capsys):
+    """Issue 18.1: COPY/ATTACH/several statements wrote into the store; now one line, no write."""
+    store, logits = tables / "s.zarr", tables / "logits"
+    shard = next(logits.rglob("*.parquet"))
+    before = _tree_bytes(tables)
+    for attack, refusal in ATTACKS:
+        query = attack.format(store=store, shard=shard, root=tables)
+        code = main(["query", "sql", query, "--store", str(store), "--logits", str(logits)])
+        err = capsys.readouterr().err
+        assert code == 2, attack
+        assert refusal in err and len(err.strip().splitlines()) == 1, (attack, err)
+    assert _tree_bytes(tables) == before  # nothing written, emptied or created
+    assert sql("SELECT count(*) AS n FROM logits", logits=logits)["n"].tolist() == [15]
