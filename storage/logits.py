@@ -13,8 +13,15 @@ fsynced and renamed into place, so readers never see a half-written file.
 
 Views: 0 = the original image, 1 = the reconstruction G(w*), 2… = perturbed views. Every
 (task, classifier, method, setting) group carries its own views 0 and 1, so it can be
-evaluated on its own. Probabilities are computed at analysis time, never stored. Files
-carry the partition columns too, so a file copied elsewhere still says what it holds.
+evaluated on its own. Probabilities are computed at analysis time, never stored.
+
+Readable by the ecosystem: the partition columns live only in the folder names (hive
+style), so ``pd.read_parquet(ROOT)``, ``pyarrow.dataset.dataset(ROOT, partitioning="hive")``
+and DuckDB's ``read_parquet(..., hive_partitioning=true)`` read the folder as it is; each
+file's key-value metadata still names its (task, classifier, method), so a file copied
+elsewhere says what it holds. Readers here accept files written by other tools with
+compatible Arrow types (string/large_string, any integer width, list/large_list of floats;
+partition columns in the file or only in the path) and cast them to LOGITS_SCHEMA.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ LOGITS_SCHEMA = pa.schema(
         pa.field("seed", pa.int64(), nullable=True),  # the view's own seed; null for views 0/1
     ]
 )
+FILE_SCHEMA = pa.schema([f for f in LOGITS_SCHEMA if f.name not in PARTITION_COLUMNS])
 KEY_COLUMNS = ("image_id", "task", "classifier", "method", "setting", "view")
 SPLITS = ("train", "val", "test")
 METADATA_KEY = b"ganviews"
@@ -211,7 +219,7 @@ def write_logits(
         settings = sorted(set(part["setting"].to_pylist()))
         per_setting = {setting: user_meta for setting in settings}
         if final.is_file():  # keep this shard's rows of other settings, replace the rest
-            old = _read_file(final)
+            old = _read_file(final, group)
             keep = pc.invert(pc.is_in(old["setting"], value_set=pa.array(settings, pa.string())))
             part = pa.concat_tables([old.filter(keep), part])
             kept = set(old.filter(keep)["setting"].to_pylist())
@@ -220,8 +228,13 @@ def write_logits(
         part = part.sort_by(
             [("setting", "ascending"), ("image_id", "ascending"), ("view", "ascending")]
         )
-        file_meta = {"metadata": per_setting, "num_classes": {key: classes[key]}, "shard": shard}
-        part = part.replace_schema_metadata(
+        file_meta = {
+            "metadata": per_setting,
+            "num_classes": {key: classes[key]},
+            "partition": {c: group[c] for c in PARTITION_COLUMNS},
+            "shard": shard,
+        }
+        part = part.select(FILE_SCHEMA.names).replace_schema_metadata(
             {METADATA_KEY: json.dumps(file_meta, sort_keys=True).encode()}
         )
         atomic_write_parquet(part, final)
@@ -230,23 +243,57 @@ def write_logits(
     return written
 
 
-def _read_file(path: Path) -> pa.Table:
+def _read_file(path: Path, partition: Mapping[str, str]) -> pa.Table:
+    """One file as a LOGITS_SCHEMA table; partition columns absent from the file come from
+    ``partition`` (its folder names)."""
     table = pq.read_table(path)
-    _check_schema(path, table.schema)
-    return table.select(LOGITS_SCHEMA.names).cast(LOGITS_SCHEMA)
+    _check_schema(path, table.schema, provided=partition)
+    for column in PARTITION_COLUMNS:
+        if column not in table.column_names:
+            table = table.append_column(column, pa.array([partition[column]] * table.num_rows))
+    try:
+        return table.select(LOGITS_SCHEMA.names).cast(LOGITS_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise StoreError(f"{path}: values do not fit the logits schema ({exc})") from exc
 
 
-def _check_schema(path: Path, schema: pa.Schema) -> None:
+def _compatible(name: str, expected: pa.DataType, got: pa.DataType) -> bool:
+    """Whether column ``name`` of type ``got`` casts to ``expected`` without changing its meaning
+    (seeds may be floats, as pandas writes an integer column with missing values; the cast
+    refuses non-integral values)."""
+    if got == expected:
+        return True
+    if pa.types.is_dictionary(got):
+        got = got.value_type
+    if pa.types.is_string(expected):
+        return pa.types.is_string(got) or pa.types.is_large_string(got) or got == pa.string_view()
+    if pa.types.is_integer(expected):
+        floating_seed = name == "seed" and pa.types.is_floating(got)
+        return pa.types.is_integer(got) or pa.types.is_null(got) or floating_seed
+    if pa.types.is_list(expected):
+        is_list = pa.types.is_list(got) or pa.types.is_large_list(got)
+        is_list = is_list or pa.types.is_fixed_size_list(got)
+        return is_list and pa.types.is_floating(got.value_type)
+    return False
+
+
+def _check_schema(path: Path, schema: pa.Schema, *, provided: Mapping[str, str]) -> None:
+    """Every LOGITS_SCHEMA column is in the file (or, for partition columns, in ``provided``)
+    with a type that casts to the schema's."""
     got = {f.name: f.type for f in schema}
-    problems = [
-        f"{f.name} missing"
-        if f.name not in got
-        else f"{f.name} is {got[f.name]}, expected {f.type}"
-        for f in LOGITS_SCHEMA
-        if got.get(f.name) != f.type
-    ]
+    problems = []
+    for f in LOGITS_SCHEMA:
+        if f.name not in got:
+            if f.name not in provided:
+                problems.append(f"{f.name} missing")
+        elif not _compatible(f.name, f.type, got[f.name]):
+            problems.append(f"{f.name} is {got[f.name]}, expected {f.type} or a compatible type")
     if problems:
         raise StoreError(f"{path}: not a ganviews logits file ({'; '.join(problems)})")
+
+
+def _path_partition(root: Path, path: Path) -> dict[str, str]:
+    return dict(p.split("=", 1) for p in path.relative_to(root).parts[:-1] if "=" in p)
 
 
 def logits_files(root: str | Path, filters: Mapping[str, object] | None = None) -> list[Path]:
@@ -259,7 +306,7 @@ def logits_files(root: str | Path, filters: Mapping[str, object] | None = None) 
     for path in sorted(root.rglob("*.parquet")):
         if path.name.startswith((".", "_")):
             continue
-        parts = dict(p.split("=", 1) for p in path.relative_to(root).parts[:-1] if "=" in p)
+        parts = _path_partition(root, path)
         if all(parts.get(c) in values for c, values in wanted.items() if c in parts):
             files.append(path)
     for path in files:
@@ -267,14 +314,25 @@ def logits_files(root: str | Path, filters: Mapping[str, object] | None = None) 
             schema = pq.read_schema(path)
         except (pa.ArrowInvalid, OSError) as exc:
             raise StoreError(f"{path}: not a readable Parquet file ({exc})") from exc
-        _check_schema(path, schema)
+        _check_schema(path, schema, provided=_path_partition(root, path))
     return files
 
 
 def logits_dataset(root: str | Path, filters: Mapping[str, object] | None = None) -> ds.Dataset:
-    """A pyarrow dataset over the (schema-checked) files, for DuckDB or streaming readers."""
+    """A pyarrow dataset over the (schema-checked) files, for DuckDB or streaming readers.
+
+    Partition columns come from the folder names; compatible column types are cast to
+    LOGITS_SCHEMA as the dataset is scanned.
+    """
+    partitioning = ds.partitioning(
+        pa.schema([LOGITS_SCHEMA.field(c) for c in PARTITION_COLUMNS]), flavor="hive"
+    )
     return ds.dataset(
-        [str(p) for p in logits_files(root, filters)], schema=LOGITS_SCHEMA, format="parquet"
+        [str(p) for p in logits_files(root, filters)],
+        schema=LOGITS_SCHEMA,
+        format="parquet",
+        partitioning=partitioning,
+        partition_base_dir=str(root),
     )
 
 
@@ -314,9 +372,12 @@ def read_logits(
         unknown = [c for c in columns if c not in LOGITS_SCHEMA.names]
         if unknown:
             raise StoreError(f"unknown column(s) {unknown}; columns: {LOGITS_SCHEMA.names}")
-    table = logits_dataset(root, filters).to_table(
-        filter=expr, columns=list(columns) if columns else None
-    )
+    try:
+        table = logits_dataset(root, filters).to_table(
+            filter=expr, columns=list(columns) if columns else None
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise StoreError(f"{root}: values do not fit the logits schema ({exc})") from exc
     if arrow_logits and "logits" in table.column_names:
         position = table.column_names.index("logits")
         frame = table.drop_columns(["logits"]).to_pandas()
@@ -341,7 +402,7 @@ def read_logits_metadata(root: str | Path) -> pd.DataFrame:
     root = Path(root)
     for path in logits_files(root):
         meta = _file_meta(path)
-        parts = dict(p.split("=", 1) for p in path.relative_to(root).parts[:-1] if "=" in p)
+        parts = _path_partition(root, path)
         for setting, user_meta in sorted(meta.get("metadata", {}).items()):
             rows.append(
                 {

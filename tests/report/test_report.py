@@ -286,3 +286,19 @@ def test_report_config_rejects_bad_values():
         ReportConfig(max_alpha_plots=-1)
     cfg = ReportConfig(ensemble=dataclasses.replace(EnsembleConfig(), seed=3))
     assert cfg.ensemble.seed == 3
+
+
+def test_cli_reads_a_logits_table_written_by_pandas(known_logits, tmp_path):
+    """A table written with ``DataFrame.to_parquet(partition_cols=...)`` (large_string ids,
+    int64 views, list<double> logits, partition columns only in the path) is cast, and gives
+    the same results as the one written by storage.logits."""
+    from storage.logits import PARTITION_COLUMNS
+
+    foreign = tmp_path / "foreign"
+    known_table().to_parquet(foreign, partition_cols=list(PARTITION_COLUMNS))
+    for root, out in ((known_logits, tmp_path / "ours"), (foreign, tmp_path / "theirs")):
+        assert main(["report", "--logits", str(root), "--out", str(out)]) == 0
+    ours = pd.read_csv(tmp_path / "ours" / "results.csv")
+    theirs = pd.read_csv(tmp_path / "theirs" / "results.csv")
+    pd.testing.assert_frame_equal(ours, theirs)
+    assert theirs["test_acc"].tolist() == [0.75]

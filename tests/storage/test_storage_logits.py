@@ -258,3 +258,56 @@ def test_large_seeds_survive_a_round_trip(tmp_path):
     back = read_logits(tmp_path).sort_values("view")
     assert back["seed"].tolist()[1:] == [2**62 + 1, 2**53 + 1]
     assert back["seed"].isna().tolist() == [True, False, False]
+
+
+def test_folder_reads_with_plain_pandas_and_pyarrow_hive(tmp_path):
+    """Partition columns live only in the folder names, so other readers see one schema."""
+    import pyarrow.dataset as ds
+
+    write_logits(tmp_path, rows(["a", "b"]), shard="s0")
+    write_logits(tmp_path, rows(["c"], method="crop", setting="", task="Young"), shard="s1")
+    ours = read_logits(tmp_path).sort_values(["task", "method", "image_id", "view"])
+    plain = pd.read_parquet(tmp_path).sort_values(["task", "method", "image_id", "view"])
+    hive = ds.dataset(tmp_path, partitioning="hive", format="parquet").to_table().to_pandas()
+    assert len(plain) == len(hive) == len(ours) == 12
+    for other in (plain, hive.sort_values(["task", "method", "image_id", "view"])):
+        for column in ("image_id", "split", "task", "classifier", "method", "setting", "label"):
+            assert other[column].astype(str).tolist() == ours[column].astype(str).tolist()
+        assert other["view"].tolist() == ours["view"].tolist()
+        np.testing.assert_array_equal(np.stack(other["logits"]), np.stack(ours["logits"]))
+    file = logits_files(tmp_path)[0]
+    assert not set(PARTITION_COLUMNS) & set(pq.read_schema(file).names)
+    meta = read_logits_metadata(tmp_path)
+    assert meta["task"].tolist() == ["Smiling", "Young"]
+
+
+def test_pandas3_written_dataset_is_cast_on_read(tmp_path):
+    """pandas 3 writes large_string, int64 views, list<double> logits, a null-typed seed and
+    partition columns only in the path: compatible, so read and cast to LOGITS_SCHEMA."""
+    frame = rows(["a", "b"]).assign(
+        logits=lambda f: f["logits"].map(lambda v: v.astype(np.float64).tolist()),
+        seed=None,
+    )
+    frame.to_parquet(tmp_path, partition_cols=list(PARTITION_COLUMNS))
+    file = next(tmp_path.rglob("*.parquet"))
+    schema = pq.read_schema(file)
+    assert schema.field("image_id").type == pa.large_string()
+    assert schema.field("view").type == pa.int64()
+    back = read_logits(tmp_path)
+    assert list(back.columns) == LOGITS_SCHEMA.names and len(back) == 8
+    assert back["view"].dtype == np.int32 and set(back["task"]) == {"Smiling"}
+    np.testing.assert_array_equal(
+        np.stack(back.sort_values(["image_id", "view"])["logits"]),
+        np.stack(rows(["a", "b"])["logits"]),
+    )
+    # a rerun of our own writer into that folder keeps working
+    write_logits(tmp_path, rows(["c"]), shard="s1")
+    assert sorted(set(read_logits(tmp_path)["image_id"])) == ["a", "b", "c"]
+    # a view that does not fit int32 is named, not silently wrapped
+    folder = file.parent
+    pq.write_table(
+        pa.Table.from_pandas(rows(["z"]).assign(view=2**40, seed=7), preserve_index=False),
+        folder / "big.parquet",
+    )
+    with pytest.raises(StoreError, match="values do not fit the logits schema"):
+        read_logits(tmp_path)
