@@ -247,12 +247,15 @@ class AttributeNet(nn.Module):
     A progressive-GAN-discriminator-like net on 256² inputs: 1×1 from-RGB (64 ch), six
     blocks of two 3×3 equalised-lr convs with 2× average-pool downscaling between the second
     conv and its activation (256 → 4 px; 64…512 ch), then a 3×3 conv, a dense layer of 512 and
-    a dense layer of K outputs; leaky ReLU 0.2. The official net's single logit is *negative*
-    when the attribute is present; :attr:`sign` = −1 flips it so that logit > 0 means label 1,
-    as everywhere else here.
+    a dense layer of K outputs; leaky ReLU 0.2. The official net's raw output l is *negative*
+    when the attribute is present, and the authors' probability of "present" is
+    ``softmax([l, −l])[1]`` = sigmoid(−2l) (``networks/classifiers/attribute_utils.py``,
+    ``get_softmaxed``). The logit returned here is :attr:`logit_scale` · l = −2l, so that the
+    sigmoid every binary classifier here goes through gives exactly the authors' probability
+    and logit > 0 means label 1.
     """
 
-    sign = -1.0
+    logit_scale = -2.0  # official P(present) = softmax([l, -l])[1] = sigmoid(-2 l)
 
     def __init__(self, num_outputs: int = 1, width: int = 0) -> None:
         super().__init__()
@@ -286,7 +289,7 @@ class AttributeNet(nn.Module):
         head = getattr(self, "4x4")
         x = act(head.conv(x))  # [N, 512, 4, 4]
         x = act(head.dense0(x.flatten(1)))  # [N, 512]
-        return self.sign * head.dense1(x)  # [N, K]
+        return self.logit_scale * head.dense1(x)  # [N, K]
 
 
 def _torchvision(name: str) -> Callable[[int, int], nn.Module]:

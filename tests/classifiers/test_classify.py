@@ -378,3 +378,31 @@ def test_official_attribute_classifier_layout_loads_with_numpy_metadata(tmp_path
     # recorded in docs/classifiers.md.)
     with pytest.raises(ValueError, match=r"celebahq_attribute: needs 256×256 inputs"):
         donor(torch.zeros(1, 3, 128, 128))
+
+
+def test_attribute_classifier_probability_is_the_authors_softmax_of_l_and_minus_l():
+    """networks/classifiers/attribute_utils.py (get_softmaxed): P(present) = softmax([l, −l])[1].
+
+    Our logit is −2l, so sigmoid(logit) — the probability every binary classifier here goes
+    through (Classifier.probabilities, ganviews.ensemble.scores.probabilities) — equals it.
+    """
+    from ganviews.ensemble.scores import probabilities
+
+    torch.set_num_threads(1)
+    torch.manual_seed(3)
+    C = build_classifier(
+        {"arch": "celebahq_attribute", "num_outputs": 1, "preprocessing": "celebahq"}
+    )
+    raw = {}
+    C.backbone.get_submodule("4x4.dense1").register_forward_hook(lambda m, i, o: raw.update(l=o))
+    x = torch.rand(1, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        logit = C(x)  # [1, 1]
+    l = raw["l"]  # [1, 1], the official net's output
+    official = torch.softmax(torch.cat([l, -l], dim=1), dim=1)[:, 1]  # [1]
+    torch.testing.assert_close(logit, -2.0 * l)
+    torch.testing.assert_close(C.probabilities(logit)[:, 1], official)
+    np.testing.assert_allclose(
+        probabilities(logit.double().numpy())[:, 1], official.double(), rtol=1e-6
+    )
+    assert not torch.allclose(torch.sigmoid(-l[:, 0]), official)  # the old sigmoid(−l) differs
