@@ -10,9 +10,12 @@ way, so test images are aligned the same way first:
   cascade (shipped inside ``opencv-python-headless``) finds the face box and eyes, and the
   mouth is placed from a template ratio (docs/alignment_encoder.md states the accuracy).
 * ``"object"`` (cars, cats): the bounding box centre is moved to the frame centre and the
-  box is scaled to a fraction of the frame (or the whole image is fitted to the frame and
-  only shifted, as the official cars script does). Pixels that come from outside the
-  source image are unknown: mask 0, filled with ``fill``.
+  box is scaled to a fraction of the frame (``object_scale="bbox"``), or the image is
+  scaled so its width fills the frame's width and only shifted (``"width"``, the official
+  ``scripts/optimize_latent/optimize_car.py``: 512/W, the height cropped to the 384-px
+  frame), or fitted inside the frame (``"image"``: min(frame_w/W, frame_h/H), which differs
+  from ``"width"`` for photos taller than the frame's aspect). Pixels that come from
+  outside the source image are unknown: mask 0, filled with ``fill``.
 * ``"none"`` (pre-aligned data, e.g. CelebA-HQ): centre crop to the frame's aspect and
   resize; the mask is all ones.
 
@@ -64,8 +67,8 @@ class AlignConfig:
         "constant"  # unknown pixels: constant fill or mirrored content (mask stays 0)
     )
     frame_aspect: float = 1.0  # width / height of the generator's content area inside R×R (LSUN cars: 4/3); outside it mask 0
-    object_scale: Literal["bbox", "image"] = (
-        "bbox"  # "bbox": box scaled to object_fraction of the frame; "image": image fitted to the frame, only shifted
+    object_scale: Literal["bbox", "image", "width"] = (
+        "bbox"  # "bbox": box scaled to object_fraction of the frame; "image": image fitted inside the frame; "width": image width = frame width (official cars)
     )
     object_fraction: float = (
         0.8  # "bbox" scale: the box fills this fraction of the frame along its tighter axis
@@ -94,7 +97,11 @@ class AlignConfig:
             (-1.0 <= self.fill <= 1.0, "fill", "within [-1, 1]"),
             (self.pad_mode in ("constant", "reflect"), "pad_mode", "'constant' or 'reflect'"),
             (0.1 <= self.frame_aspect <= 10.0, "frame_aspect", "within [0.1, 10]"),
-            (self.object_scale in ("bbox", "image"), "object_scale", "'bbox' or 'image'"),
+            (
+                self.object_scale in ("bbox", "image", "width"),
+                "object_scale",
+                "'bbox', 'image' or 'width'",
+            ),
             (0.0 < self.object_fraction <= 2.0, "object_fraction", "within (0, 2]"),
             (
                 self.face_eye_factor > 0 and self.face_mouth_factor > 0,
@@ -160,6 +167,8 @@ def align_transform(
         centre = np.array([(x0 + x1) / 2.0 - 0.5, (y0 + y1) / 2.0 - 0.5])  # edge → centre coords
         if cfg.object_scale == "bbox":
             scale = cfg.object_fraction * min(frame_w / (x1 - x0), frame_h / (y1 - y0))
+        elif cfg.object_scale == "width":  # official optimize_car.py: ratio = 512 / W, any H
+            scale = frame_w / width
         else:
             scale = min(frame_w / width, frame_h / height)
         return _similarity(scale, centre, out_centre)

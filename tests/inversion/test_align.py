@@ -217,3 +217,26 @@ def test_config_and_input_validation():
         AlignConfig(mode="face", frame_aspect=1.5)
     with pytest.raises(ValueError, match=r"rgb: expected np.uint8 \[H, W, 3\]"):
         align_image(np.zeros((10, 10, 3), np.float32), AlignConfig())
+
+
+def test_object_width_scale_is_the_official_cars_512_over_W_with_height_cropped():
+    """scripts/optimize_latent/optimize_car.py: ratio = 512 / W for every photo, box centre →
+    frame centre, height cropped to 384; an 800×800 photo is scaled 0.64 (fitting: 0.48)."""
+    src = np.full((800, 800, 3), 90, dtype=np.uint8)
+    src[300:500, 200:600] = (0, 255, 0)  # the car: 400×200, centred
+    cfg = AlignConfig(
+        mode="object", resolution=512, object_scale="width", frame_aspect=4 / 3, fill=0.0
+    )
+    M = align_transform(src, cfg, bbox=(200, 300, 600, 500))
+    np.testing.assert_allclose(M[:, :2], 0.64 * np.eye(2))
+    fit = align_transform(
+        src, dataclasses.replace(cfg, object_scale="image"), bbox=(200, 300, 600, 500)
+    )
+    np.testing.assert_allclose(fit[:, :2], 0.48 * np.eye(2))
+    image, mask = align_image(src, cfg, bbox=(200, 300, 600, 500))
+    rows, cols = np.nonzero((image[1] > 0.5) & (image[0] < -0.5))
+    assert (cols.min(), cols.max() + 1) == (128, 384)  # 400·0.64 = 256 px wide, centred
+    assert (rows.min(), rows.max() + 1) == (192, 320)  # 200·0.64 = 128 px tall, centred
+    # the photo covers the whole 512-wide frame; rows outside the 384-px band are unknown
+    assert mask[0, 64:448].min() == 1 and mask[0, :64].max() == 0 and mask[0, 448:].max() == 0
+    assert (image[:, :64] == 0).all()

@@ -147,7 +147,7 @@ def test_perturbation_grids_match_the_official_settings(domain):
 
 def test_domain_specific_alignment():
     cars = _config("cars").align
-    assert cars.object_scale == "image" and cars.frame_size() == (512, 384) and cars.fill == 0.0
+    assert cars.object_scale == "width" and cars.frame_size() == (512, 384) and cars.fill == 0.0
     cats = _config("cats").align
     assert (
         cats.object_scale == "bbox"
