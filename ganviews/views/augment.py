@@ -11,6 +11,13 @@ never depends on its batch-mates, the batch order or the device.
 Uniform slots (always all drawn, so enabling one option never shifts another's value):
 0 flip, 1 brightness, 2 contrast, 3 saturation, 4 hue, 5 crop row, 6 crop column.
 
+Crops (``crop_mode``): faces zoom (up-scale by ``crop_scale`` = 1056/1024, crop back), as
+the official ``data/data_celebahq.py``; cats and cars take a window at a random whole-pixel
+offset with no rescaling, as the official ``RandomCrop`` (``data/data_cats.py``: 224 from 256,
+offsets 0–32 on both axes; ``data/data_cars.py``: 256 from 342×256, horizontal only). Since
+the classifier applies its own centre crop, "window" shifts the content so that the centred
+window the classifier crops shows the random window.
+
 Differences from torchvision's ``ColorJitter`` (used by the official code): the four colour
 operations run in the fixed order brightness → contrast → saturation → hue instead of a
 random permutation, and all run on tensors in the batch.
@@ -21,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +47,14 @@ _LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601 luma weights as torchvision's rgb_to
 class JitterConfig:
     """Strength of the image-space jitter (official face values by default)."""
 
-    crop_scale: float = 1.03125  # "crop"/"combined": up-scale, then crop back (1056/1024)
+    crop_mode: Literal["zoom", "window"] = (
+        "zoom"  # "zoom": up-scale by crop_scale, crop back (faces); "window": move the classifier's crop window, no rescaling (cats, cars)
+    )
+    crop_scale: float = 1.03125  # "zoom": up-scale, then crop back (1056/1024)
+    crop_window: tuple[float, float] = (
+        1.0,
+        1.0,
+    )  # "window": the classifier's centre-crop window as a fraction of the input's (height, width)
     brightness: float = 0.05  # brightness factor ~ U[1-b, 1+b]
     contrast: float = 0.05  # contrast factor ~ U[1-c, 1+c]
     saturation: float = 0.05  # saturation factor ~ U[1-s, 1+s]
@@ -48,8 +63,16 @@ class JitterConfig:
     combined_color: bool = True  # "combined": colour jitter (no hue) after crop + flip
 
     def __post_init__(self) -> None:
+        if self.crop_mode not in ("zoom", "window"):
+            raise ValueError(
+                f"JitterConfig.crop_mode: got {self.crop_mode!r}, allowed: ['window', 'zoom']"
+            )
         if not self.crop_scale >= 1.0:
             raise ValueError(f"JitterConfig.crop_scale: got {self.crop_scale}, must be ≥ 1")
+        if len(self.crop_window) != 2 or not all(0.0 < f <= 1.0 for f in self.crop_window):
+            raise ValueError(
+                f"JitterConfig.crop_window: got {self.crop_window!r}, need (height, width) fractions in (0, 1]"
+            )
         for name in ("brightness", "contrast", "saturation"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -183,6 +206,27 @@ def _crop(x: torch.Tensor, u: torch.Tensor, scale: float) -> torch.Tensor:
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def _window(x: torch.Tensor, u: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
+    """Move the content by whole pixels so that a centred window of ``window`` × (H, W) — the
+    classifier's centre crop — shows a window at a uniform random offset: RandomCrop without
+    rescaling. Offset o ∈ {0 … slack} (slack = H − window·H), shift o − slack // 2; the pixels
+    that wrap around stay outside the centred window."""
+    n, c, h, w = x.shape
+    slack_h, slack_w = h - round(window[0] * h), w - round(window[1] * w)
+    dy = torch.clamp((u[:, _ROW] * (slack_h + 1)).long(), max=slack_h) - slack_h // 2  # [N]
+    dx = torch.clamp((u[:, _COL] * (slack_w + 1)).long(), max=slack_w) - slack_w // 2  # [N]
+    rows = (torch.arange(h, device=x.device) + dy[:, None]) % h  # [N, H]
+    cols = (torch.arange(w, device=x.device) + dx[:, None]) % w  # [N, W]
+    x = x.gather(2, rows[:, None, :, None].expand(n, c, h, w))  # [N, C, H, W]
+    return x.gather(3, cols[:, None, None, :].expand(n, c, h, w))  # [N, C, H, W]
+
+
+def _spatial(x: torch.Tensor, u: torch.Tensor, cfg: JitterConfig) -> torch.Tensor:
+    if cfg.crop_mode == "window":
+        return _window(x, u, cfg.crop_window)
+    return _crop(x, u, cfg.crop_scale)
+
+
 def color_jitter(
     images: torch.Tensor,
     seeds: Sequence[int] | torch.Tensor,
@@ -202,10 +246,11 @@ def spatial_jitter(
     *,
     config: JitterConfig = JitterConfig(),
 ) -> torch.Tensor:
-    """ "crop": resize up by ``crop_scale``, random crop back, horizontal flip. [N,3,H,W] → same."""
+    """ "crop": random crop (zoom: resize up by ``crop_scale`` and crop back; window: move the
+    classifier's crop window), horizontal flip. [N,3,H,W] → same."""
     _check_images(images, seeds)
     u = draw_uniforms(seeds, images.device)
-    x = _crop(images, u, config.crop_scale)
+    x = _spatial(images, u, config)
     return _flip(x, u) if config.flip else x
 
 
@@ -218,7 +263,7 @@ def combined_jitter(
     """Jitter on top of GAN renders: crop + flip, then colour jitter without hue (if enabled)."""
     _check_images(images, seeds)
     u = draw_uniforms(seeds, images.device)
-    x = _crop(images, u, config.crop_scale)
+    x = _spatial(images, u, config)
     x = _flip(x, u) if config.flip else x
     return _color(x, u, config, hue=False) if config.combined_color else x
 

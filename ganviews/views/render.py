@@ -146,8 +146,10 @@ def _official_gan(iso_fine, iso_coarse, pca_grid) -> tuple[GanGroup, ...]:
 
 
 # Official grids (chail/gan-ensembling, networks/perturb_settings.py) and image jitter
-# (data/data_*.py). Cars: the official crop takes a 256 window from a 342×256 resize of a
-# de-padded 512×384 render; our aligned cars are square, so a uniform 1.125 up-scale stands in.
+# (data/data_*.py). Faces: 1056/1024 zoom crop. Cats: RandomCrop(224) of 256 = the classifier's
+# 224 window moved by 0–32 px on both axes. Cars: RandomCrop(256) of the 342×256 resize of the
+# de-padded 512×384 render = the classifier's 384-px-wide window of the 512² frame moved
+# horizontally only (whole render pixels: 129 offsets of 2/3 of an official pixel step).
 PRESETS: dict[str, ViewConfig] = {
     "faces": ViewConfig(
         gan=_official_gan((0.1, 0.2, 0.3), (0.1, 0.2, 0.3), (1.0, 2.0, 3.0)),
@@ -155,11 +157,13 @@ PRESETS: dict[str, ViewConfig] = {
     ),
     "cars": ViewConfig(
         gan=_official_gan((0.3, 0.5, 0.7), (1.0, 1.5, 2.0), (1.0, 2.0, 3.0)),
-        jitter=JitterConfig(crop_scale=1.125, combined_color=False),
+        jitter=JitterConfig(crop_mode="window", crop_window=(1.0, 0.75), combined_color=False),
     ),
     "cats": ViewConfig(
         gan=_official_gan((0.1, 0.2, 0.3), (0.5, 0.7, 1.0), (0.5, 0.7, 1.0)),
-        jitter=JitterConfig(crop_scale=256 / 224, combined_color=False),
+        jitter=JitterConfig(
+            crop_mode="window", crop_window=(224 / 256, 224 / 256), combined_color=False
+        ),
     ),
 }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -137,3 +139,52 @@ def test_errors_name_the_parameter(images):
         JitterConfig(contrast=1.5)
     with pytest.raises(ValueError, match=r"JitterConfig.hue: got 0.7, must be in \[0, 0.5\]"):
         JitterConfig(hue=0.7)
+
+
+def _coordinates(h: int, w: int) -> torch.Tensor:
+    """[1, 3, h, w]: channel 0 = row index, 1 = column index, 2 = 0 (exact in float32)."""
+    rows = torch.arange(h, dtype=torch.float32)[:, None].expand(h, w)
+    cols = torch.arange(w, dtype=torch.float32)[None, :].expand(h, w)
+    return torch.stack([rows, cols, torch.zeros(h, w)])[None]
+
+
+def _window_offsets(x: torch.Tensor, cfg: JitterConfig, crop: tuple[int, int], n: int):
+    """Offsets (row, col) of the window a classifier's centre crop of ``crop`` sees."""
+    h, w = x.shape[-2:]
+    top, left = round((h - crop[0]) / 2), round((w - crop[1]) / 2)
+    out = spatial_jitter(x.expand(n, -1, -1, -1), list(range(n)), config=cfg)  # [n, 3, h, w]
+    seen = out[:, :, top : top + crop[0], left : left + crop[1]]
+    # the window is an unscaled, contiguous block of the input: rows/cols step by exactly 1
+    assert (seen[:, 0].diff(dim=1) == 1).all() and (seen[:, 1].diff(dim=2).abs() == 1).all()
+    return seen[:, 0, 0, 0].long(), seen[:, 1, 0, :].amin(dim=1).long()
+
+
+def test_cat_crop_is_the_official_randomcrop_224_of_256_without_zoom():
+    """data/data_cats.py 'imcrop' / 'tensormixed': RandomCrop(224) of the 256 image (offsets
+    0–32 on both axes, no rescaling); the classifier's centre crop 224 sees that window."""
+    torch.set_num_threads(1)
+    from ganviews.views.render import PRESETS
+
+    cfg = PRESETS["cats"].jitter
+    assert (cfg.crop_mode, cfg.crop_window) == ("window", (0.875, 0.875))
+    # thin images keep it fast: each axis's window depends on that axis's size only
+    rows, _ = _window_offsets(_coordinates(256, 16), cfg, (224, 14), 400)
+    _, cols = _window_offsets(_coordinates(16, 256), cfg, (14, 224), 400)
+    assert set(rows.tolist()) == set(range(33)) and set(cols.tolist()) == set(range(33))
+
+
+def test_car_crop_jitters_horizontally_only_without_zoom():
+    """data/data_cars.py 'tensormixed': RandomCrop(256) of the 342×256 resize of the 512×384
+    render = a 384-wide window of the 512² frame moved sideways (render pixels 0–128)."""
+    torch.set_num_threads(1)
+    from ganviews.views.render import PRESETS
+
+    cfg = dataclasses.replace(PRESETS["cars"].jitter, flip=False)
+    rows, _ = _window_offsets(_coordinates(512, 16), cfg, (512, 12), 300)
+    _, cols = _window_offsets(_coordinates(16, 512), cfg, (16, 384), 300)
+    assert set(rows.tolist()) == {0}  # no vertical jitter into the black bands
+    assert cols.min() == 0 and cols.max() == 128 and len(set(cols.tolist())) > 100
+    with pytest.raises(ValueError, match=r"JitterConfig.crop_window: got \(1.0, 0.0\)"):
+        JitterConfig(crop_mode="window", crop_window=(1.0, 0.0))
+    with pytest.raises(ValueError, match=r"JitterConfig.crop_mode: got 'shift'"):
+        JitterConfig(crop_mode="shift")
