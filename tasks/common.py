@@ -109,6 +109,13 @@ def _digest(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+_HINTS = {
+    "models.encoder": " (put the authors' released RGBM encoder for this generator there, "
+    "sgan_encoders_<ffhq|car|cat>_RGBM_model_initial.pth.tar, docs/quickstart.md; or name a "
+    ".safetensors file and set encoder_training.enabled: true to train one)"
+}
+
+
 def check_files(cfg: PipelineConfig, stages: Sequence[str]) -> None:
     """ConfigError naming every input file the given stages need and cannot find."""
     need: list[tuple[str, Path | None]] = [("models.generator", cfg.models.generator)]
@@ -132,7 +139,7 @@ def check_files(cfg: PipelineConfig, stages: Sequence[str]) -> None:
             if k != trained
         ]
     missing = [
-        f"{key}: {path} not found"
+        f"{key}: {path} not found{_HINTS.get(key, '')}"
         for key, path in need
         if path is not None and not Path(path).is_file()
     ]

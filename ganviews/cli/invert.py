@@ -1,7 +1,7 @@
 """``ganviews invert``: align and invert the images of a manifest into a latent store
 (paper Sec. 3.2; docs/inversion.md).
 
-    ganviews invert MANIFEST STORE --generator G.pkl [--encoder E.safetensors] [--config inv.yaml]
+    ganviews invert MANIFEST STORE --generator G.pkl [--encoder E.pth.tar|E.safetensors] [--config inv.yaml]
         [--split val,test] [--shards all|0:4|0,2,5-7] [--shard-size 64] [--device auto] [--overwrite]
 
 The YAML holds two optional sections, ``align:`` (AlignConfig; ``resolution`` defaults to
@@ -35,7 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="generator checkpoint (.pkl/.pt/.safetensors)",
     )
     parser.add_argument(
-        "--encoder", metavar="E", help="RGBM encoder checkpoint (default: start from G's mean w)"
+        "--encoder",
+        metavar="E",
+        help="RGBM encoder file: the authors' released sgan_encoders_*_RGBM_model_initial.pth.tar "
+        "(what the paper used) or a ganviews .safetensors (default: start from G's mean w)",
     )
     parser.add_argument(
         "--config", metavar="YAML", help="YAML with `align:` and `invert:` sections"

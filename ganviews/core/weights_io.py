@@ -1,6 +1,7 @@
 """The project's own weight files: safetensors tensors + JSON config in the header metadata.
 
-One writer and one reader shared by the generator (:mod:`ganviews.stylegan.generator`), the encoder
+:func:`container_format` names a weights file's container from its first bytes (never its
+suffix), for every reader that accepts more than one format. One writer and one reader shared by the generator (:mod:`ganviews.stylegan.generator`), the encoder
 (:mod:`ganviews.inversion.encoder`) and the classifiers (:mod:`ganviews.classifiers.model`), plus the content
 hash of unsaved weights; and the resumable training checkpoints of the encoder and classifier
 trainers (atomic ``torch.save``, ``weights_only`` load, RNG states). Safetensors is data only (no pickled code), and the metadata holds
@@ -20,6 +21,34 @@ import torch
 from torch import nn
 
 from ganviews.core.errors import CheckpointError
+
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of a non-zip torch.save file
+_PICKLE_FIRST_OPCODES = {bytes([b]) for b in b"\x80c(}])NIFLSV"}  # PROTO, or protocol-0/1 starts
+
+
+def container_format(path: str | os.PathLike, *, expected: str) -> str:
+    """Name the container from the first bytes: 'torch-zip', 'torch-legacy', 'pickle' or
+    'safetensors'; CheckpointError naming the file and ``expected`` (what the caller reads)
+    for anything else."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the file: {exc}") from exc
+    if not head:
+        raise CheckpointError(f"{path}: the file is empty")
+    if head.startswith(b"PK\x03\x04"):
+        return "torch-zip"
+    legacy = b"\x80\x02\x8a\x0a" + _TORCH_LEGACY_MAGIC.to_bytes(10, "little")
+    if head.startswith(legacy):
+        return "torch-legacy"
+    if head[:1] in _PICKLE_FIRST_OPCODES:
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 28):
+        return "safetensors"
+    raise CheckpointError(
+        f"{path}: unknown file format (first bytes {head[:8]!r}); expected {expected}"
+    )
 
 
 def weights_sha256(module: nn.Module) -> str:

@@ -48,6 +48,7 @@ from ganviews.core.runtime import (
     resolve_device,
 )
 from ganviews.core.weights_io import (
+    container_format,
     load_training_state,
     read_safetensors,
     restore_rng_states,
@@ -56,11 +57,13 @@ from ganviews.core.weights_io import (
     weights_sha256,
     write_safetensors,
 )
+from ganviews.inversion.official_encoder import OfficialEncoder, load_official_encoder
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "ganviews.encoder"  # "format" key in the safetensors metadata
 FORMAT_VERSION = "1"
+_EXPECTED = "a ganviews encoder (.safetensors) or the authors' RGBM encoder (.pth.tar)"
 TRAIN_FORMAT_NAME = "ganviews.encoder-train"  # training checkpoint (model + optimiser + step + RNG)
 _STAGES = {
     18: (BasicBlock, (2, 2, 2, 2)),
@@ -264,7 +267,8 @@ def read_encoder_metadata(path: str | os.PathLike) -> dict[str, str]:
     if not path.is_file():
         raise CheckpointError(
             f"encoder file {path} not found: train one with `ganviews train-encoder --generator G "
-            f"--out {path}` or point to an existing file"
+            f"--out {path}`, or put the authors' RGBM encoder for this generator there "
+            "(sgan_encoders_{ffhq,car,cat}_RGBM_model_initial.pth.tar, docs/quickstart.md)"
         )
     meta, _ = read_safetensors(path, tensors=False)
     if meta.get("format") != FORMAT_NAME:
@@ -274,9 +278,15 @@ def read_encoder_metadata(path: str | os.PathLike) -> dict[str, str]:
     return meta
 
 
-def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> Encoder:
-    """Read an encoder written by :func:`save_encoder`: eval mode, no gradients, on ``device``."""
+def load_encoder(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> Encoder | OfficialEncoder:
+    """An encoder file, eval mode, no gradients, on ``device``: one written by :func:`save_encoder`
+    (safetensors) or the authors' released RGBM encoder (torch file, read weights-only; see
+    :mod:`ganviews.inversion.official_encoder`). The format comes from the file's bytes."""
     path = Path(path)
+    if path.is_file() and container_format(path, expected=_EXPECTED) != "safetensors":
+        return load_official_encoder(path, device)
     meta = read_encoder_metadata(path)
     try:
         config = from_dict(EncoderConfig, json.loads(meta["config"]))

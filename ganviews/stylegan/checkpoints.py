@@ -33,15 +33,13 @@ import numpy as np
 import torch
 
 from ganviews.core.errors import CheckpointError
-from ganviews.core.weights_io import read_safetensors
+from ganviews.core.weights_io import container_format, read_safetensors
 from ganviews.stylegan.networks import block_resolutions, make_resample_filter
 
 log = logging.getLogger(__name__)
 
 OWN_FORMAT_NAME = "ganviews.generator"  # value of the "format" key in our safetensors metadata
 OWN_FORMAT_VERSION = "1"
-_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of a non-zip torch.save file
-_PICKLE_FIRST_OPCODES = {bytes([b]) for b in b"\x80c(}])NIFLSV"}  # PROTO, or protocol-0/1 starts
 _SIMPLE_NUMPY_KINDS = "biuf"  # bool, int, uint, float: the only numpy scalars we rebuild
 
 
@@ -62,25 +60,10 @@ class RawCheckpoint:
 def detect_format(path: Path) -> str:
     """Name the container format from the first bytes: 'pickle', 'torch-zip',
     'torch-legacy' or 'safetensors'."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(64)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read the file: {exc}") from exc
-    if not head:
-        raise CheckpointError(f"{path}: the file is empty")
-    if head.startswith(b"PK\x03\x04"):
-        return "torch-zip"
-    legacy = b"\x80\x02\x8a\x0a" + _TORCH_LEGACY_MAGIC.to_bytes(10, "little")
-    if head.startswith(legacy):
-        return "torch-legacy"
-    if head[:1] in _PICKLE_FIRST_OPCODES:
-        return "pickle"
-    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 28):
-        return "safetensors"
-    raise CheckpointError(
-        f"{path}: unknown file format (first bytes {head[:8]!r}); expected an NVIDIA "
-        "stylegan2-ada pickle, a rosinality .pt (torch zip) or a ganviews .safetensors file"
+    return container_format(
+        path,
+        expected="an NVIDIA stylegan2-ada pickle, a rosinality .pt (torch zip) or a ganviews "
+        ".safetensors file",
     )
 
 

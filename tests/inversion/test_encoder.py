@@ -140,7 +140,7 @@ def test_load_errors(tmp_path):
     ):
         load_encoder(tmp_path / "missing.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 100)
-    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+    with pytest.raises(CheckpointError, match="junk.safetensors: unknown file format"):
         load_encoder(tmp_path / "junk.safetensors")
     save_file(
         {"a": torch.zeros(2)},
