@@ -4,10 +4,13 @@ Paper: Chai et al., CVPR 2021, §3.3 — the ensemble combines the classifier's 
 original image with its outputs on N generated views; the logits of every view are kept
 so α and the ensemble size can be chosen afterwards (§4, α cross-validation on val).
 
-Layout: ``ROOT/task=<task>/classifier=<classifier>/method=<method>/shard-<key>.parquet``.
+Layout: ``ROOT/task=<task>/classifier=<classifier>/method=<method>/shard-<key>.parquet``
+(condition ``clean``) and ``shard-<key>--<condition>.parquet`` (a corrupted or attacked
+input condition, Sec. 4.1 / Fig. 7: see :mod:`ganviews.corruptions.conditions`; files
+written before the ``condition`` column existed read as ``clean``).
 A writer owns the files named after its shard key. Re-running a shard replaces that
-shard's rows of the same (task, classifier, method, setting) and keeps its rows of other
-settings, so a writer may store a shard's settings in one call or one setting per call,
+shard's rows of the same (task, classifier, method, setting, condition) and keeps its rows
+of other settings, so a writer may store a shard's settings in one call or one setting per call,
 and a rerun never duplicates rows. Every file is written under a hidden temporary name,
 fsynced and renamed into place, so readers never see a half-written file.
 
@@ -57,10 +60,13 @@ LOGITS_SCHEMA = pa.schema(
         pa.field("logits", pa.list_(pa.float32()), nullable=False),  # raw classifier outputs
         pa.field("label", pa.int64(), nullable=False),  # ground-truth class index
         pa.field("seed", pa.int64(), nullable=True),  # the view's own seed; null for views 0/1
+        pa.field("condition", pa.string(), nullable=False),  # input condition: "clean", "pgd-8_255"
     ]
 )
 FILE_SCHEMA = pa.schema([f for f in LOGITS_SCHEMA if f.name not in PARTITION_COLUMNS])
-KEY_COLUMNS = ("image_id", "task", "classifier", "method", "setting", "view")
+KEY_COLUMNS = ("image_id", "task", "classifier", "method", "setting", "view", "condition")
+CLEAN = "clean"  # the condition of untouched inputs; files written before the column read as it
+OPTIONAL_COLUMNS = {"condition": CLEAN}  # columns older files may lack → the value they read as
 SPLITS = ("train", "val", "test")
 METADATA_KEY = b"ganviews"
 
@@ -77,7 +83,12 @@ def _check_partition_value(column: str, value: str) -> None:
 
 
 def to_table(frame: pd.DataFrame) -> pa.Table:
-    """Validate a DataFrame of logit rows against LOGITS_SCHEMA and convert it."""
+    """Validate a DataFrame of logit rows against LOGITS_SCHEMA and convert it.
+
+    A frame without a ``condition`` column holds clean rows (every writer before Fig. 7)."""
+    missing_optional = [c for c in OPTIONAL_COLUMNS if c not in frame.columns]
+    if missing_optional:
+        frame = frame.assign(**{c: OPTIONAL_COLUMNS[c] for c in missing_optional})
     missing = [name for name in LOGITS_SCHEMA.names if name not in frame.columns]
     if missing:
         raise StoreError(f"logit rows lack columns {missing}; schema: {LOGITS_SCHEMA.names}")
@@ -198,24 +209,25 @@ def write_logits(
     groups = (
         table.group_by(list(PARTITION_COLUMNS)).aggregate([]).to_pylist() if table.num_rows else []
     )
+    groups = [
+        {**g, "condition": c}
+        for g in groups
+        for c in pc.unique(table.filter(_partition_mask(table, g))["condition"]).to_pylist()
+    ]
     for group in groups:  # check every partition before writing any file
-        for column in PARTITION_COLUMNS:
+        for column in (*PARTITION_COLUMNS, "condition"):
             _check_partition_value(column, group[column])
     classes = _num_classes(table)
     written: list[Path] = []
     for group in groups:
         mask = pc.and_(
-            pc.and_(
-                pc.equal(table["task"], group["task"]),
-                pc.equal(table["classifier"], group["classifier"]),
-            ),
-            pc.equal(table["method"], group["method"]),
+            _partition_mask(table, group), pc.equal(table["condition"], group["condition"])
         )
         part = table.filter(mask)
         folder = root.joinpath(*(f"{c}={group[c]}" for c in PARTITION_COLUMNS))
         key = f"{group['task']}/{group['classifier']}"
         _check_class_count(folder, group["task"], group["classifier"], classes[key])
-        final = folder / f"shard-{shard}.parquet"
+        final = folder / shard_file_name(shard, group["condition"])
         settings = sorted(set(part["setting"].to_pylist()))
         per_setting = {setting: user_meta for setting in settings}
         if final.is_file():  # keep this shard's rows of other settings, replace the rest
@@ -243,14 +255,26 @@ def write_logits(
     return written
 
 
+def _partition_mask(table: pa.Table, group: Mapping[str, str]) -> pa.ChunkedArray:
+    mask = pc.equal(table[PARTITION_COLUMNS[0]], group[PARTITION_COLUMNS[0]])
+    for column in PARTITION_COLUMNS[1:]:
+        mask = pc.and_(mask, pc.equal(table[column], group[column]))
+    return mask
+
+
+def shard_file_name(shard: str, condition: str = CLEAN) -> str:
+    """``shard-<key>.parquet`` for clean rows, ``shard-<key>--<condition>.parquet`` otherwise."""
+    return f"shard-{shard}.parquet" if condition == CLEAN else f"shard-{shard}--{condition}.parquet"
+
+
 def _read_file(path: Path, partition: Mapping[str, str]) -> pa.Table:
     """One file as a LOGITS_SCHEMA table; partition columns absent from the file come from
-    ``partition`` (its folder names)."""
+    ``partition`` (its folder names), optional columns it predates from OPTIONAL_COLUMNS."""
     table = pq.read_table(path)
     _check_schema(path, table.schema, provided=partition)
-    for column in PARTITION_COLUMNS:
-        if column not in table.column_names:
-            table = table.append_column(column, pa.array([partition[column]] * table.num_rows))
+    for column, value in [*partition.items(), *OPTIONAL_COLUMNS.items()]:
+        if column in LOGITS_SCHEMA.names and column not in table.column_names:
+            table = table.append_column(column, pa.array([value] * table.num_rows, pa.string()))
     try:
         return table.select(LOGITS_SCHEMA.names).cast(LOGITS_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -284,7 +308,7 @@ def _check_schema(path: Path, schema: pa.Schema, *, provided: Mapping[str, str])
     problems = []
     for f in LOGITS_SCHEMA:
         if f.name not in got:
-            if f.name not in provided:
+            if f.name not in provided and f.name not in OPTIONAL_COLUMNS:
                 problems.append(f"{f.name} missing")
         elif not _compatible(f.name, f.type, got[f.name]):
             problems.append(f"{f.name} is {got[f.name]}, expected {f.type} or a compatible type")
@@ -366,7 +390,10 @@ def read_logits(
     """
     expr = None
     for column, value in (filters or {}).items():
-        term = ds.field(column).isin(_filter_values(column, value))
+        values = _filter_values(column, value)
+        term = ds.field(column).isin(values)
+        if OPTIONAL_COLUMNS.get(column) in values:  # files older than the column hold that value
+            term = term | ds.field(column).is_null()
         expr = term if expr is None else expr & term
     if columns is not None:
         unknown = [c for c in columns if c not in LOGITS_SCHEMA.names]
@@ -388,6 +415,9 @@ def read_logits(
         )
     else:
         frame = table.to_pandas()
+    for name, value in OPTIONAL_COLUMNS.items():
+        if name in frame.columns:
+            frame[name] = frame[name].fillna(value)
     if "seed" in frame.columns:  # nullable (views 0/1 have none); exact for all 63-bit seeds
         frame["seed"] = table.column("seed").to_pandas(
             types_mapper={pa.int64(): pd.Int64Dtype()}.get

@@ -28,7 +28,7 @@ import pandas as pd
 
 from storage.errors import StoreError
 from storage.latents import METRICS, STATUS_NAMES, LatentStore
-from storage.logits import logits_dataset
+from storage.logits import CLEAN, logits_dataset
 from storage.manifest import read_manifest
 
 VIEWS = ("logits", "manifest", "latents_status")
@@ -66,8 +66,12 @@ def connect(
     if manifest is None and store is not None and (store.path / "manifest.parquet").is_file():
         manifest = store.path / "manifest.parquet"
     if logits is not None:
-        dataset = logits_dataset(logits)
-        con.register("logits", dataset)
+        con.register("logits_files", logits_dataset(logits))
+        # files written before the condition column read as the clean condition
+        con.execute(
+            "CREATE VIEW logits AS SELECT * REPLACE "
+            f"(coalesce(condition, '{CLEAN}') AS condition) FROM logits_files"
+        )
     if manifest is not None:
         frame = read_manifest(manifest)  # validates before exposing it
         con.register("manifest", frame)

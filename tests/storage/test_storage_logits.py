@@ -198,7 +198,9 @@ def test_bad_shard_key_and_root(tmp_path):
 
 
 def test_arrow_table_input(tmp_path):
-    table = pa.Table.from_pandas(rows(["a"]), schema=LOGITS_SCHEMA, preserve_index=False)
+    table = pa.Table.from_pandas(
+        rows(["a"]).assign(condition="clean"), schema=LOGITS_SCHEMA, preserve_index=False
+    )
     write_logits(tmp_path, table, shard="s0")
     loose = pa.Table.from_pandas(
         rows(["b"]).assign(logits=lambda f: f["logits"].map(lambda v: v.tolist())),
@@ -311,3 +313,48 @@ def test_pandas3_written_dataset_is_cast_on_read(tmp_path):
     )
     with pytest.raises(StoreError, match="values do not fit the logits schema"):
         read_logits(tmp_path)
+
+
+OLD_SCHEMA = pa.schema([f for f in LOGITS_SCHEMA if f.name != "condition"])  # before Fig. 7
+
+
+def test_conditions_get_their_own_files_and_old_files_read_as_clean(tmp_path):
+    folder = tmp_path / "task=Smiling" / "classifier=r18" / "method=isotropic_fine"
+    folder.mkdir(parents=True)
+    old = pa.Table.from_pandas(
+        rows(["a"]), schema=OLD_SCHEMA, preserve_index=False
+    )  # a file written before the condition column existed
+    pq.write_table(old, folder / "shard-s0.parquet")
+    written = write_logits(
+        tmp_path, rows(["a"], offset=5.0).assign(condition="pgd-8_255"), shard="s0"
+    )
+    assert [p.name for p in written] == ["shard-s0--pgd-8_255.parquet"]
+    frame = read_logits(tmp_path)
+    assert sorted(frame["condition"].unique()) == ["clean", "pgd-8_255"]
+    assert len(read_logits(tmp_path, {"condition": "clean"})) == 4  # the old file's rows
+    attacked = read_logits(tmp_path, {"condition": "pgd-8_255"})
+    assert len(attacked) == 4 and attacked["logits"].map(lambda v: v[0]).min() == 5.0
+    # rewriting the clean shard leaves the condition's file alone
+    write_logits(tmp_path, rows(["a"], offset=1.0), shard="s0")
+    assert len(read_logits(tmp_path, {"condition": "pgd-8_255"})) == 4
+    assert read_logits(tmp_path, {"condition": "clean"})["logits"].map(lambda v: v[0]).min() == 1.0
+
+
+def test_sql_view_reads_old_files_as_clean(tmp_path):
+    from storage.query import sql
+
+    folder = tmp_path / "task=Smiling" / "classifier=r18" / "method=isotropic_fine"
+    folder.mkdir(parents=True)
+    old = pa.Table.from_pandas(rows(["a"]), schema=OLD_SCHEMA, preserve_index=False)
+    pq.write_table(old, folder / "shard-s0.parquet")
+    write_logits(tmp_path, rows(["b"]).assign(condition="jpeg-20"), shard="s0")
+    got = sql(
+        "SELECT condition, count(*) AS n FROM logits GROUP BY condition ORDER BY condition",
+        logits=tmp_path,
+    )
+    assert got.to_dict("list") == {"condition": ["clean", "jpeg-20"], "n": [4, 4]}
+
+
+def test_condition_label_must_name_a_file(tmp_path):
+    with pytest.raises(StoreError, match="condition.*pgd-8/255"):
+        write_logits(tmp_path, rows(["a"]).assign(condition="pgd-8/255"), shard="s0")
