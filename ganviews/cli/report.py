@@ -77,8 +77,9 @@ def logit_tasks(root: str | Path) -> list[str]:
     return sorted(p.name.split("=", 1)[1] for p in Path(root).glob("task=*") if p.is_dir())
 
 
-def evaluate_logits(root: str | Path, config=None):
-    """α-CV over a whole logits dataset, one task at a time; size curves for settings chosen over all tasks."""
+def evaluate_logits(root: str | Path, config=None, *, expected=None):
+    """α-CV over a whole logits dataset, one task at a time; size curves for settings chosen over
+    all tasks. ``expected`` (image_id, split, detail) names the images every result should hold."""
     from ganviews.ensemble.evaluate import (
         GROUP_COLUMNS,
         EnsembleConfig,
@@ -95,11 +96,16 @@ def evaluate_logits(root: str | Path, config=None):
     config = config or EnsembleConfig()
     tasks = logit_tasks(root)
     if len(tasks) <= 1:  # one chunk (or a layout without task folders): a single pass
-        results = evaluate(read_logits(root, arrow_logits=True), config)
+        results = evaluate(read_logits(root, arrow_logits=True), config, expected=expected)
     else:
         first = dataclasses.replace(config, size_curve="none")
         results = concat_results(
-            [evaluate(read_logits(root, {"task": t}, arrow_logits=True), first) for t in tasks],
+            [
+                evaluate(
+                    read_logits(root, {"task": t}, arrow_logits=True), first, expected=expected
+                )
+                for t in tasks
+            ],
             config,
         )
         if config.size_curve != "none" and not results.table.empty:
@@ -135,6 +141,28 @@ def evaluate_logits(root: str | Path, config=None):
             f"{root}: no val/test logit rows to evaluate (α is chosen on val, reported on test)"
         )
     return results
+
+
+def expected_images(store_path: str | Path):
+    """The store manifest's val/test images (image_id, split) with why an image may lack logits:
+    ``detail`` is "inversion failed: <reason>", "not inverted (pending)" or ""."""
+    import numpy as np
+
+    from storage import LatentStore
+    from storage.latents import DONE, FAILED
+
+    store = LatentStore.open(store_path, mode="r")
+    manifest = store.manifest()
+    if manifest is None:
+        return None
+    status = store.read(np.arange(store.n_images), fields=["status", "reason"])
+    detail = np.where(
+        status["status"] == FAILED,
+        np.char.add("inversion failed: ", status["reason"].astype(str)),
+        np.where(status["status"] == DONE, "", "not inverted (pending)"),
+    )
+    frame = manifest[["image_id", "split"]].assign(detail=detail)
+    return frame[frame["split"].isin(["val", "test"])].reset_index(drop=True)
 
 
 def load_gallery(store_path: str | Path, table, config):
@@ -173,13 +201,18 @@ def load_gallery(store_path: str | Path, table, config):
         wanted = [n for n in dict.fromkeys(wanted) if n in names] or sorted(
             n for n in names if n.startswith("views/")
         )[:4]
-    views = {n.removeprefix("views/"): store.read_array(n, idx) for n in wanted}
+    # the store keeps views by number (0 = the input, 1 = G(w*) for GAN methods), and the
+    # gallery shows the input and the reconstruction in their own columns: start after them
+    image_methods = set(config.ensemble.image_aug_methods)
+    first = {n.removeprefix("views/"): 1 if n.split("/")[1] in image_methods else 2 for n in wanted}
+    views = {name: store.read_array(f"views/{name}", idx)[:, k:] for name, k in first.items()}
     gallery = GalleryArrays(
         inputs=store.read_array("images/aligned", idx),
         masks=store.read_array("images/mask", idx),
         reconstructions=store.read_array("images/recon", idx),
         views=views,
         image_ids=[str(i) for i in store.image_ids[idx]],
+        first_view=first,
     )
     return gallery, []
 
@@ -195,10 +228,17 @@ def run_report(
     from ganviews.report.tables import write_report
 
     config = load_config(config)
-    results = evaluate_logits(logits_dir, config.ensemble)
+    expected = expected_images(store) if store is not None else None
+    results = evaluate_logits(logits_dir, config.ensemble, expected=expected)
     gallery, notes = (None, [])
+    if expected is None:
+        notes.append(
+            "images with no logit row at all (e.g. failed inversions) are not counted as "
+            "excluded: the report knows the expected images only from a latent store (--store)"
+        )
     if store is not None and config.gallery_images > 0:
-        gallery, notes = load_gallery(store, results.table, config)
+        gallery, more = load_gallery(store, results.table, config)
+        notes += more
     return write_report(
         results, out_dir, config=config, gallery=gallery, source=str(logits_dir), notes=notes
     )

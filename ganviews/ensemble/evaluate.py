@@ -29,8 +29,11 @@ Tie rules (stated once, used everywhere):
 Ragged input: within a group every image must carry every view 0…V−1 once, with one label
 and one logit length. A duplicated (image, view) row, differing logit lengths, conflicting
 labels, non-finite logits or differing view counts between val and test are errors naming
-the group; an image missing some views is an error by default, or is dropped (counted in
-``n_dropped`` and logged) with ``on_missing_views="drop"``. Different classifiers may have
+the group; an image missing some views is an error by default, is dropped (counted in
+``n_dropped`` and logged) with ``on_missing_views="drop"``, or is predicted from view 0 alone
+with ``on_missing_views="single"``. Every result says which images it leaves out and why
+(:mod:`ganviews.ensemble.accounting`): pass ``expected`` (image_id, split, detail) to
+:func:`build_groups` and images without any row are counted too. Different classifiers may have
 different class counts. Rows of other splits (``train``) are ignored; a group with val rows
 but no test rows (or the reverse) is an error. Image-augmentation × GAN combinations use the
 images present in both groups (the others are counted in ``n_dropped``).
@@ -49,6 +52,19 @@ import numpy as np
 import pandas as pd
 
 from ganviews.core.errors import ConfigError, GanviewsError
+from ganviews.ensemble.accounting import (
+    EXCLUSION_COLUMNS,
+    GROUP_COLUMNS,
+    MISSING_VIEWS,
+    NOT_IN_BOTH,
+    PREDICTION_COLUMNS,
+    Exclusion,
+    absent,
+    exclusion_counts,
+    exclusion_frame,
+    expected_ids,
+    prediction_frame,
+)
 from ganviews.ensemble.bootstrap import (
     binomial_se,
     blas_threads,
@@ -62,7 +78,6 @@ from ganviews.ensemble.scores import linear_scores, predict, probabilities
 
 log = logging.getLogger(__name__)
 
-GROUP_COLUMNS = ("task", "classifier", "method", "setting")
 REQUIRED_COLUMNS = ("image_id", "split", *GROUP_COLUMNS, "view", "logits", "label")
 SPLITS = ("val", "test")
 
@@ -82,8 +97,9 @@ class EnsembleConfig:
     image_aug_methods: tuple[str, ...] = ("color", "crop")
     # "image_method+gan_method", each side optionally "method@setting"; None: every pair; (): none
     combinations: tuple[str, ...] | None = None
-    # an image lacking some views: fail, or drop the image (counted in n_dropped)
-    on_missing_views: Literal["error", "drop"] = "error"
+    # an image lacking some views: fail, drop it (counted in n_dropped and the exclusions), or
+    # "single": predict it from view 0 alone at every α (counted in n_test_fallback)
+    on_missing_views: Literal["error", "drop", "single"] = "error"
     bootstrap_draws: int = 100  # view resamples for bootstrap errors and ensemble-size curves
     # groups that get an ensemble-size curve (best_setting: per classifier and method, on val)
     size_curve: Literal["best_setting", "all", "none"] = "best_setting"
@@ -102,9 +118,10 @@ class EnsembleConfig:
             raise ConfigError(
                 f"ensemble.tie_break: {self.tie_break!r} is not one of ['smallest', 'largest']"
             )
-        if self.on_missing_views not in ("error", "drop"):
+        if self.on_missing_views not in ("error", "drop", "single"):
             raise ConfigError(
-                f"ensemble.on_missing_views: {self.on_missing_views!r} is not one of ['error', 'drop']"
+                f"ensemble.on_missing_views: {self.on_missing_views!r} is not one of "
+                "['error', 'drop', 'single']"
             )
         if self.size_curve not in ("best_setting", "all", "none"):
             raise ConfigError(
@@ -203,6 +220,7 @@ class SplitArrays:
     image_ids: np.ndarray  # [N] image ids (str)
     labels: np.ndarray  # [N] int64 class index
     probs: np.ndarray  # [N, V, K] float64 class probabilities, views 0…V−1
+    fallback: np.ndarray | None = None  # [N] bool: views filled from view 0 ("single")
 
     @property
     def n(self) -> int:
@@ -222,6 +240,7 @@ class LogitGroup:
     val: SplitArrays
     test: SplitArrays
     n_dropped: int = 0  # images dropped for missing views (on_missing_views="drop")
+    excluded: tuple[Exclusion, ...] = ()  # (split, image_id, reason, detail) left out
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -276,11 +295,18 @@ def make_group(
     return group
 
 
-def build_groups(frame: pd.DataFrame, config: EnsembleConfig | None = None) -> list[LogitGroup]:
+def build_groups(
+    frame: pd.DataFrame,
+    config: EnsembleConfig | None = None,
+    *,
+    expected: pd.DataFrame | None = None,
+) -> list[LogitGroup]:
     """Dense val/test arrays for every (task, classifier, method, setting) group of a logits table.
 
     ``frame`` has the logits-table columns (``storage.logits.LOGITS_SCHEMA``); rows of splits
-    other than val/test are ignored. Groups come back sorted by key.
+    other than val/test are ignored. Groups come back sorted by key. ``expected`` (columns
+    image_id, split, optional detail: e.g. the manifest with each image's failure reason)
+    names the images every group should hold; those without rows become exclusions.
     """
     config = config or EnsembleConfig()
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
@@ -298,7 +324,7 @@ def build_groups(frame: pd.DataFrame, config: EnsembleConfig | None = None) -> l
     for key, rows in index.items():
         key = tuple(str(k) for k in key)
         name = "(" + ", ".join(key[:3]) + f", {key[3]!r})"
-        parts, dropped, lengths = {}, 0, set()
+        parts, dropped, lengths, excluded = {}, 0, set(), []
         for split in SPLITS:
             pos = rows[split_col[rows] == split]
             if pos.size == 0:
@@ -306,8 +332,11 @@ def build_groups(frame: pd.DataFrame, config: EnsembleConfig | None = None) -> l
                 raise EnsembleInputError(
                     f"group {name} has {other} rows but no {split} rows: α is chosen on val and reported on test"
                 )
-            parts[split], d, length = _dense_split(cols, pos, name, split, config.on_missing_views)
-            dropped += d
+            parts[split], out, length = _dense_split(
+                cols, pos, name, split, config.on_missing_views
+            )
+            dropped += len(out)
+            excluded += absent(split, expected_ids(expected, split), parts[split].image_ids) + out
             lengths.add(length)
         if len(lengths) > 1:
             raise EnsembleInputError(
@@ -321,6 +350,7 @@ def build_groups(frame: pd.DataFrame, config: EnsembleConfig | None = None) -> l
             val=parts["val"],
             test=parts["test"],
             n_dropped=dropped,
+            excluded=tuple(excluded),
         )
         _check_group_views(group)
         groups.append(group)
@@ -415,6 +445,12 @@ def _dense_split(cols: _Columns, pos: np.ndarray, name: str, split: str, on_miss
             f"{where}: image {uniques[i]!r} has different labels across views: {sorted(set(lab[i][present[i]].tolist()))}"
         )
     complete = present.all(axis=1)  # [N]
+    fallback = None
+    if on_missing == "single":  # predict from view 0 alone: every view gets view 0's logits
+        fallback = ~complete & present[:, 0]  # [N]
+        dense3 = dense.reshape(n, v, length)
+        dense3[fallback] = dense3[fallback, :1]
+        complete = complete | fallback
     dropped = int((~complete).sum())
     if dropped:
         i = int(np.flatnonzero(~complete)[0])
@@ -422,7 +458,8 @@ def _dense_split(cols: _Columns, pos: np.ndarray, name: str, split: str, on_miss
         if on_missing == "error":
             raise EnsembleInputError(
                 f"{where}: {dropped} of {n} images lack some of views 0…{v - 1}, e.g. image "
-                f"{uniques[i]!r} lacks views {lacking} (set ensemble.on_missing_views: drop to skip such images)"
+                f"{uniques[i]!r} lacks views {lacking} (set ensemble.on_missing_views: drop to "
+                "skip such images, or single to predict them from view 0 alone)"
             )
         log.warning(
             "%s: dropping %d of %d images that lack some views (e.g. %r lacks %s)",
@@ -438,7 +475,18 @@ def _dense_split(cols: _Columns, pos: np.ndarray, name: str, split: str, on_miss
     first = first[complete]
     _check_labels(name, split, first, max(2, length))
     ids_out = uniques[complete]
-    return SplitArrays(ids_out, first, probabilities(logits3)), dropped, length
+    out = [
+        (
+            split,
+            str(uniques[i]),
+            MISSING_VIEWS,
+            f"lacks views {np.flatnonzero(~present[i]).tolist()}",
+        )
+        for i in np.flatnonzero(~complete)
+    ]
+    if fallback is not None:
+        fallback = fallback[complete]
+    return SplitArrays(ids_out, first, probabilities(logits3), fallback), out, length
 
 
 def _check_labels(name: str, split: str, labels: np.ndarray, num_classes: int) -> None:
@@ -469,6 +517,8 @@ class _Split:
     """What an ensemble weighs on one split, as linear scores."""
 
     labels: np.ndarray  # [N]
+    image_ids: np.ndarray  # [N]
+    fallback: np.ndarray | None  # [N] bool: predicted from view 0 alone; None: no fallback
     single: np.ndarray  # [N, K'] the original image (view 0)
     image_views: np.ndarray  # [N, Vi, K'] weighted 1 − α (view 0; + augmentations if combined)
     gan_views: np.ndarray  # [N, Vg, K'] weighted α
@@ -480,12 +530,15 @@ def _plain_meta(g: LogitGroup) -> dict:
     gan_side = (g.method, g.setting) if g.kind == "gan" else ("", "")
     return {"num_classes": g.num_classes, "num_logits": g.num_logits, "n_dropped": g.n_dropped,
             "image_method": image_side[0], "image_setting": image_side[1],
-            "gan_method": gan_side[0], "gan_setting": gan_side[1]}  # fmt: skip
+            "gan_method": gan_side[0], "gan_setting": gan_side[1], "excluded": g.excluded}  # fmt: skip
 
 
 def _plain_split(arrays: SplitArrays, kind: str) -> _Split:
     s = linear_scores(arrays.probs)  # [N, V, K']
-    return _Split(arrays.labels, s[:, 0], s[:, :1], s[:, 1:], s[:, 1] if kind == "gan" else None)
+    recon = s[:, 1] if kind == "gan" else None
+    return _Split(
+        arrays.labels, arrays.image_ids, arrays.fallback, s[:, 0], s[:, :1], s[:, 1:], recon
+    )
 
 
 @dataclass(frozen=True)
@@ -496,15 +549,29 @@ class EnsembleResults:
     curves: pd.DataFrame  # task, classifier, method, setting, split, alpha, acc, correct, n
     size_curves: pd.DataFrame  # task, classifier, method, setting, alpha, num_views, acc, acc_se
     config: EnsembleConfig = field(default_factory=EnsembleConfig)
+    # one row per image a result leaves out: group, split, image_id, reason, detail
+    exclusions: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=EXCLUSION_COLUMNS)
+    )
+    # one row per (result, test image) at α*: label, prediction, probabilities, fallback
+    predictions: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=PREDICTION_COLUMNS)
+    )
 
     def size_curve_summary(self) -> pd.DataFrame:
         return summarize_size_curves(self.size_curves)
 
 
-def evaluate(frame: pd.DataFrame, config: EnsembleConfig | None = None) -> EnsembleResults:
-    """Everything for one logits table: dense groups, α-CV, combinations, size curves."""
+def evaluate(
+    frame: pd.DataFrame,
+    config: EnsembleConfig | None = None,
+    *,
+    expected: pd.DataFrame | None = None,
+) -> EnsembleResults:
+    """Everything for one logits table: dense groups, α-CV, combinations, size curves,
+    exclusions and per-image test predictions at α*; ``expected`` as in :func:`build_groups`."""
     config = config or EnsembleConfig()
-    return evaluate_groups(build_groups(frame, config), config)
+    return evaluate_groups(build_groups(frame, config, expected=expected), config)
 
 
 def evaluate_groups(
@@ -525,16 +592,22 @@ def evaluate_groups(
 
 def _evaluate_groups(groups, config: EnsembleConfig, size_curve_keys) -> EnsembleResults:
     start = time.perf_counter()
-    rows, curves = [], []
+    rows, curves, excluded, predictions = [], [], [], []
     jobs = [
         (g.key, g.kind, _plain_split(g.val, g.kind), _plain_split(g.test, g.kind), _plain_meta(g))
         for g in groups
     ]
     jobs += list(_combination_jobs(groups, config))
     for key, kind, val, test, meta in jobs:
-        row, curve = _evaluate_split_pair(key, kind, val, test, meta, config)
+        meta = dict(meta)
+        out = meta.pop("excluded")
+        row, curve, prediction = _evaluate_split_pair(
+            key, kind, val, test, {**meta, **exclusion_counts(out)}, config
+        )
         rows.append(row)
         curves.append(curve)
+        predictions.append(prediction)
+        excluded.append(exclusion_frame(key, out))
     table = (
         pd.DataFrame(rows, columns=RESULT_COLUMNS) if rows else pd.DataFrame(columns=RESULT_COLUMNS)
     )
@@ -552,7 +625,19 @@ def _evaluate_groups(groups, config: EnsembleConfig, size_curve_keys) -> Ensembl
         len(jobs) - len(groups),
         time.perf_counter() - start,
     )
-    return EnsembleResults(table, curves_df, size, config)
+    return EnsembleResults(
+        table,
+        curves_df,
+        size,
+        config,
+        _concat(excluded, EXCLUSION_COLUMNS),
+        _concat(predictions, PREDICTION_COLUMNS),
+    )
+
+
+def _concat(frames: Sequence[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
 def _combination_jobs(groups: Sequence[LogitGroup], config: EnsembleConfig) -> Iterable:
@@ -601,6 +686,7 @@ def _combine(ig: LogitGroup, gg: LogitGroup):
             f"combination {name}: {ig.num_classes} vs {gg.num_classes} classes"
         )
     splits, dropped = [], ig.n_dropped + gg.n_dropped
+    excluded = {(e[0], e[1]): e for e in (*ig.excluded, *gg.excluded)}
     for split in SPLITS:
         a, b = getattr(ig, split), getattr(gg, split)
         common, ia, ib = np.intersect1d(
@@ -611,20 +697,30 @@ def _combine(ig: LogitGroup, gg: LogitGroup):
                 f"combination {name} {split}: the two groups share no image ids"
             )
         dropped += a.n + b.n - 2 * common.size
+        for ids, other_method in ((a.image_ids, gg.method), (b.image_ids, ig.method)):
+            for image_id in np.setdiff1d(ids.astype(str), common):
+                detail = f"no row in {other_method}"
+                excluded.setdefault((split, image_id), (split, image_id, NOT_IN_BOTH, detail))
         if (a.labels[ia] != b.labels[ib]).any():
             bad = str(common[np.flatnonzero(a.labels[ia] != b.labels[ib])[0]])
             raise EnsembleInputError(
                 f"combination {name} {split}: image {bad!r} has different labels in the two groups"
             )
         sa, sb = linear_scores(a.probs[ia]), linear_scores(b.probs[ib])  # [N, Vi, K'], [N, Vg, K']
-        splits.append(_Split(a.labels[ia], sa[:, 0], sa, sb[:, 1:], sb[:, 1]))
+        fallback = None
+        if a.fallback is not None or b.fallback is not None:
+            fa = np.zeros(len(ia), bool) if a.fallback is None else a.fallback[ia]
+            fb = np.zeros(len(ib), bool) if b.fallback is None else b.fallback[ib]
+            fallback = fa | fb
+        splits.append(_Split(a.labels[ia], common, fallback, sa[:, 0], sa, sb[:, 1:], sb[:, 1]))
     if dropped:
         log.warning("combination %s: %d images not in both groups are left out", name, dropped)
     setting = gg.setting if not ig.setting else f"{ig.setting}+{gg.setting}"
     key = (ig.task, ig.classifier, f"{ig.method}+{gg.method}", setting)
     meta = {"num_classes": gg.num_classes, "num_logits": gg.num_logits, "n_dropped": dropped,
             "image_method": ig.method, "image_setting": ig.setting,
-            "gan_method": gg.method, "gan_setting": gg.setting}  # fmt: skip
+            "gan_method": gg.method, "gan_setting": gg.setting,
+            "excluded": tuple(sorted(excluded.values()))}  # fmt: skip
     return key, "combined", splits[0], splits[1], meta
 
 
@@ -638,6 +734,7 @@ RESULT_COLUMNS = [
     "gain", "gain_se", "n_improved", "n_worsened", "mcnemar_p",
     "num_classes", "num_logits", "n_views", "n_image_views", "n_dropped",
     "image_method", "image_setting", "gan_method", "gan_setting",
+    "n_val_excluded", "n_test_excluded", "n_test_fallback", "excluded_reasons",
 ]  # fmt: skip
 CURVE_COLUMNS = [*GROUP_COLUMNS, "split", "alpha", "acc", "correct", "n"]
 SIZE_COLUMNS = [*GROUP_COLUMNS, "alpha", "num_views", "acc", "acc_se", "n_test"]
@@ -698,6 +795,7 @@ def _evaluate_split_pair(key, kind, val: _Split, test: _Split, meta, config: Ens
         "gain_se": float(diff.std(ddof=1) / math.sqrt(n_test)) if n_test > 1 else np.nan,
         "n_improved": improved, "n_worsened": worsened, "mcnemar_p": mcnemar_p(improved, worsened),
         "n_views": test.gan_views.shape[1], "n_image_views": test.image_views.shape[1],
+        "n_test_fallback": 0 if test.fallback is None else int(test.fallback.sum()),
         **meta,
     }  # fmt: skip
     curve = pd.DataFrame({
@@ -708,7 +806,20 @@ def _evaluate_split_pair(key, kind, val: _Split, test: _Split, meta, config: Ens
         "correct": np.concatenate([counts["val"], counts["test"]]),
         "n": np.repeat([n_val, n_test], len(alphas)),
     })  # fmt: skip
-    return row, curve
+    a_star = alphas[i_star]
+    prediction = prediction_frame(
+        key,
+        "test",
+        image_ids=test.image_ids,
+        labels=test.labels,
+        ensemble_scores=(1 - a_star) * test.image_views.mean(axis=1)
+        + a_star * test.gan_views.mean(axis=1),
+        single_scores=test.single,
+        alpha=a_star,
+        num_classes=meta["num_classes"],
+        fallback=test.fallback,
+    )
+    return row, curve, prediction
 
 
 def size_curve_accuracy(
@@ -863,4 +974,6 @@ def concat_results(
         cat([p.curves for p in parts], CURVE_COLUMNS),
         cat([p.size_curves for p in parts], SIZE_COLUMNS),
         config,
+        cat([p.exclusions for p in parts], EXCLUSION_COLUMNS),
+        cat([p.predictions for p in parts], PREDICTION_COLUMNS),
     )

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def _draw_alpha(ax, curve: pd.DataFrame, row: Mapping, *, legend: bool, title: s
         ("test", dict(color="tab:orange", ls="-")),
     ):
         part = curve[curve["split"] == split].sort_values("alpha")
-        ax.plot(part["alpha"], part["acc"], marker=".", ms=3, label=split, **style)
+        ax.plot(part["alpha"], 100 * part["acc"], marker=".", ms=3, label=split, **style)
     ax.axvline(
         row["alpha_star"], color="tab:green", lw=1.2, label=f"α* = {row['alpha_star']:.2f} (val)"
     )
@@ -72,10 +74,10 @@ def _draw_alpha(ax, curve: pd.DataFrame, row: Mapping, *, legend: bool, title: s
         ls=":",
         label=f"test oracle {row['alpha_oracle']:.2f}",
     )
-    ax.plot([row["alpha_star"]], [row["test_acc"]], marker="o", color="tab:green", ms=5)
+    ax.plot([row["alpha_star"]], [100 * row["test_acc"]], marker="o", color="tab:green", ms=5)
     ax.set_xlim(-0.03, 1.03)  # keep α* = 0 or 1 visible off the frame
     ax.set_xlabel("α (weight of the views)")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     if legend:
@@ -135,7 +137,7 @@ def alpha_mean_figure(
         part = keyed.merge(sel[["task", "classifier", "method", "setting"]], how="inner")
         n_tasks = sel["task"].nunique()
         for split, color in (("val", "tab:blue"), ("test", "tab:orange")):
-            g = part[part["split"] == split].groupby("alpha")["acc"]
+            g = (100 * part[part["split"] == split].set_index("alpha")["acc"]).groupby(level=0)
             mean, sd = g.mean(), g.std().fillna(0.0)
             se = sd / math.sqrt(max(1, n_tasks))
             ax.plot(mean.index, mean.to_numpy(), color=color, label=f"{split} (mean of {n_tasks})")
@@ -153,7 +155,7 @@ def alpha_mean_figure(
         )
         ax.set_xlim(0, 1)
         ax.set_xlabel("α")
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel("accuracy (%)")
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -168,6 +170,11 @@ def gain_bar_figure(summary: pd.DataFrame, path: Path, *, title: str = "", dpi: 
     ``summary`` rows carry ``method, setting, gain_mean, gain_se`` and optionally
     ``oracle_gain_mean`` (drawn as a marker: the gain an α tuned on test would give).
     """
+    return _save(draw_gain_bars(summary, title=title), path, dpi)
+
+
+def draw_gain_bars(summary: pd.DataFrame, *, title: str = "") -> Figure:
+    """The figure of :func:`gain_bar_figure`, with a legend naming each method's colour."""
     methods = list(dict.fromkeys(summary.sort_values(["method", "setting"])["method"]))
     fig = _new_figure(max(4.5, 0.55 * len(summary) + 2.0), 3.8)
     ax = fig.add_subplot()
@@ -187,13 +194,19 @@ def gain_bar_figure(summary: pd.DataFrame, path: Path, *, title: str = "", dpi: 
             x += 1.0
         x += 0.6
     ax.axhline(0, color="black", lw=0.8)
+    handles = [Patch(color=f"C{i % 10}", label=m) for i, m in enumerate(methods)]
+    handles += [
+        Line2D([], [], color="black", marker="|", ls="", ms=8, label="± SE"),
+        Line2D([], [], color="black", marker="_", ls="", ms=12, mew=1.5, label="test-oracle α"),
+    ]
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_xticks(ticks, labels, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("accuracy gain over single image (points)")
     ax.set_title(
         title or "Ensemble at α* vs single image (bars ± SE; — : test-oracle α)", fontsize=9
     )
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path, dpi)
+    return fig
 
 
 def size_curve_figure(
@@ -270,6 +283,18 @@ def masked_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def gallery_columns(
+    num_views: Mapping[str, int], first_view: Mapping[str, int] | None = None
+) -> list[str]:
+    """Column titles of the gallery: input, input × mask, reconstruction, then "name / view k"
+    with k the view number of the logits table (``first_view[name]`` + position)."""
+    columns = ["input", "input × mask", "reconstruction"]
+    for name, count in num_views.items():
+        start = (first_view or {}).get(name, 0)
+        columns += [f"{name}\nview {start + j}" for j in range(count)]
+    return columns
+
+
 def gallery_figure(
     inputs: np.ndarray,
     masks: np.ndarray,
@@ -278,6 +303,7 @@ def gallery_figure(
     path: Path,
     *,
     image_ids: Sequence[str] | None = None,
+    first_view: Mapping[str, int] | None = None,
     max_views: int = 6,
     cell_inches: float = 1.3,
     dpi: int = 110,
@@ -286,6 +312,8 @@ def gallery_figure(
 
     ``inputs [N, C, H, W]``, ``masks [N, 1, H, W]``, ``reconstructions [N, C, H', W']`` and each
     ``views[name] [N, V, C, h, w]`` are uint8; masks hold {0, 1} or {0, 255} (1/255 = valid).
+    Column titles carry the view numbers of the logits table: ``views[name][:, j]`` is view
+    ``first_view[name] + j`` (default 0: the arrays as the store keeps them, 0 = the input).
     """
     inputs = _check_uint8("inputs", inputs, 4, "[N, C, H, W]")
     reconstructions = _check_uint8("reconstructions", reconstructions, 4, "[N, C, H, W]")
@@ -314,9 +342,7 @@ def gallery_figure(
         checked[name] = arr[:, :max_views]
     if n == 0:
         raise ValueError("inputs: no images to show")
-    columns = ["input", "input × mask", "reconstruction"]
-    for name, arr in checked.items():
-        columns += [f"{name}\nview {j + 1}" for j in range(arr.shape[1])]
+    columns = gallery_columns({k: v.shape[1] for k, v in checked.items()}, first_view)
     width, height = cell_inches * len(columns) + 0.6, cell_inches * n + 0.8
     fig = _new_figure(width, height, constrained=False)
     fig.subplots_adjust(left=0.3 / width, right=1 - 0.1 / width, bottom=0.1 / height, top=1 - 0.5 / height,

@@ -75,6 +75,7 @@ class GalleryArrays:
     reconstructions: np.ndarray  # [N, C, H, W] G(w*)
     views: Mapping[str, np.ndarray]  # name → [N, V, C, H, W]
     image_ids: Sequence[str] | None = None  # row labels
+    first_view: Mapping[str, int] | None = None  # name → view number of views[name][:, 0]
 
 
 @dataclass(frozen=True)
@@ -165,20 +166,44 @@ def write_tables(results: EnsembleResults, out_dir: Path) -> tuple[Path, Path, d
     _atomic(csv, lambda p: results.table.to_csv(p, index=False))
     _atomic(parquet, lambda p: results.table.to_parquet(p, index=False))
     tables = {
+        "exclusions": out_dir / "exclusions.csv",
+        "predictions": out_dir / "predictions.parquet",
         "alpha_curves": out_dir / "alpha_curves.csv",
         "size_curves": out_dir / "size_curves.csv",
         "size_curve_summary": out_dir / "size_curve_summary.csv",
         "summary": out_dir / "summary.csv",
     }
     frames = {
+        "exclusions": results.exclusions,
+        "predictions": results.predictions,
         "alpha_curves": results.curves,
         "size_curves": results.size_curves,
         "size_curve_summary": results.size_curve_summary(),
         "summary": summary_table(results.table),
     }
     for name, path in tables.items():
-        _atomic(path, lambda p, f=frames[name]: f.to_csv(p, index=False))
+        if path.suffix == ".parquet":
+            _atomic(path, lambda p, f=frames[name]: f.to_parquet(p, index=False))
+        else:
+            _atomic(path, lambda p, f=frames[name]: f.to_csv(p, index=False))
     return csv, parquet, tables
+
+
+def exclusion_summary(exclusions: pd.DataFrame) -> pd.DataFrame:
+    """Per (split, reason): distinct images, results affected, and a few example ids with details."""
+    cols = ["split", "reason", "images", "results", "examples"]
+    if exclusions.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for (split, reason), part in exclusions.groupby(["split", "reason"], sort=True):
+        first = part.drop_duplicates("image_id").head(3)
+        examples = ", ".join(
+            f"{r.image_id} ({r.detail})" if r.detail else str(r.image_id)
+            for r in first.itertuples()
+        )
+        results = part[list(GROUP_COLUMNS)].drop_duplicates()
+        rows.append([split, reason, part["image_id"].nunique(), len(results), examples])
+    return pd.DataFrame(rows, columns=cols)
 
 
 def _atomic(path: Path, write: Callable[[Path], object]) -> None:
@@ -261,11 +286,7 @@ def make_plots(
                     path,
                 )
             )
-    singles = (
-        _best_rows(table, best)
-        .sort_values(["task", "classifier", "method"])
-        .head(config.max_alpha_plots)
-    )
+    singles = alpha_plot_rows(table, best).head(config.max_alpha_plots)
     index = curves.set_index(list(GROUP_COLUMNS)).sort_index()
     for r in singles.to_dict("records"):
         key = tuple(r[c] for c in GROUP_COLUMNS)
@@ -282,7 +303,8 @@ def make_plots(
     if gallery is not None:
         path = plots.gallery_figure(
             gallery.inputs, gallery.masks, gallery.reconstructions, gallery.views, plot_dir / "gallery.png",
-            image_ids=gallery.image_ids, max_views=config.gallery_views, dpi=config.dpi,
+            image_ids=gallery.image_ids, first_view=gallery.first_view, max_views=config.gallery_views,
+            dpi=config.dpi,
         )  # fmt: skip
         out.append(
             (
@@ -295,6 +317,19 @@ def make_plots(
 
 def _best_rows(table: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
     return table.merge(best[["classifier", "method", "setting"]], how="inner")
+
+
+def alpha_plot_rows(table: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
+    """Groups that get a single α-curve figure, in the order they are drawn: the best setting
+    of every (classifier, method) for its first task before any method's second task, so a
+    cap (``max_alpha_plots``) still shows every method once before it repeats one."""
+    rows = _best_rows(table, best).sort_values(["task", "classifier", "method"])
+    rank = rows.groupby(["classifier", "method"], sort=False).cumcount()
+    return (
+        rows.assign(_rank=rank.to_numpy())
+        .sort_values(["_rank", "classifier", "method"], kind="stable")
+        .drop(columns="_rank")
+    )
 
 
 # ----------------------------------------------------------------------------- report
@@ -356,6 +391,7 @@ def build_blocks(
     )
     b.append(Block("text", overview))
     b += [Block("text", f"Note: {n}") for n in notes]
+    b += _exclusion_blocks(results)
     b.append(Block("heading", "How the numbers are computed"))
     b.append(Block("text", (
         "y_ens(α) = (1 − α)·p(image views) + α·mean p(GAN views) (paper Eq. 7); p = softmax of the logits, "
@@ -387,7 +423,8 @@ def build_blocks(
     b.append(Block("heading", "Per task"))
     cols = ["task", "classifier", "method", "setting", "alpha_star", "val_acc", "test_acc", "test_acc_se",
             "test_acc_single", "test_acc_recon", "test_acc_gan_only", "test_acc_oracle", "alpha_oracle",
-            "gain", "gain_se", "test_acc_views_se", "mcnemar_p", "n_val", "n_test"]  # fmt: skip
+            "gain", "gain_se", "test_acc_views_se", "mcnemar_p", "n_val", "n_test",
+            "n_test_excluded", "n_test_fallback"]  # fmt: skip
     shown = table.sort_values(list(GROUP_COLUMNS))[cols]
     if len(shown) > config.table_max_rows:
         b.append(
@@ -400,10 +437,39 @@ def build_blocks(
     b.append(Block("table", table=_display(shown)))
     singles = [(c, p) for c, p in plot_list if "α curve:" in c]
     if singles:
+        total = len(alpha_plot_rows(table, best_settings(table)))
         b.append(Block("heading", "α curves (best setting per method)"))
+        b.append(Block("text", (
+            f"{len(singles)} of {total} curves (every method's first task first; "
+            "`max_alpha_plots` sets the cap); all α curves are in alpha_curves.csv and the grids above."
+        )))  # fmt: skip
         b += [Block("image", c, path=p) for c, p in singles]
     b.append(Block("heading", "Configuration"))
     b.append(Block("code", yaml.safe_dump(to_dict(config), sort_keys=False)))
+    return b
+
+
+def _exclusion_blocks(results: EnsembleResults) -> list[Block]:
+    """The "Excluded images" section: what each accuracy leaves out, per split and reason."""
+    b = [Block("heading", "Excluded images")]
+    fallback = int(results.table["n_test_fallback"].sum()) if not results.table.empty else 0
+    if results.exclusions.empty:
+        b.append(Block("text", "No val/test image is left out of any result."))
+    else:
+        test = results.exclusions[results.exclusions["split"] == "test"]["image_id"].nunique()
+        b.append(Block("text", (
+            f"{test} test image(s) are left out of at least one result, so those accuracies are "
+            "over fewer images (n_test; per result in results.csv: n_val_excluded, "
+            "n_test_excluded, excluded_reasons; per image in exclusions.csv). "
+            "`ensemble.on_missing_views: single` keeps images that have the original (view 0) "
+            "but lack views, predicting them from the original alone."
+        )))  # fmt: skip
+        b.append(Block("table", table=exclusion_summary(results.exclusions)))
+    if fallback:
+        b.append(Block("text", (
+            f"{fallback} (result, test image) pairs are predicted from the original image alone "
+            "(ensemble.on_missing_views: single; n_test_fallback in results.csv)."
+        )))  # fmt: skip
     return b
 
 

@@ -302,3 +302,119 @@ def test_cli_reads_a_logits_table_written_by_pandas(known_logits, tmp_path):
     theirs = pd.read_csv(tmp_path / "theirs" / "results.csv")
     pd.testing.assert_frame_equal(ours, theirs)
     assert theirs["test_acc"].tolist() == [0.75]
+
+
+def test_cli_counts_failed_inversions_as_exclusions_from_the_store(known_logits, tmp_path):
+    """The store's manifest names a test image whose inversion failed and a pending val
+    image: neither has logit rows, and the report says so per split with the store's reason."""
+    from storage import LatentStore
+
+    ids = ["v0", "v1", "vP", "tA", "tE", "tF", "tG", "tX", "x0"]
+    manifest = pd.DataFrame(
+        {
+            "image_id": ids,
+            "path": [f"/data/{i}.png" for i in ids],
+            "split": ["val"] * 3 + ["test"] * 5 + ["train"],
+            "Smiling": [1, 1, 0, 1, 1, 0, 1, 1, 0],
+        }
+    )
+    store = LatentStore.create(tmp_path / "store", len(ids), 2, 4, 3, attrs={"generator_sha256": "0" * 64},
+                               manifest=manifest)  # fmt: skip
+    done = [0, 1, 3, 4, 5, 6, 8]
+    store.write(done, w=np.zeros((len(done), 2, 4), np.float32))
+    store.mark_failed([7], "ImageError: cannot decode /data/tX.png")
+    out = tmp_path / "out"
+    args = ["report", "--logits", str(known_logits), "--out", str(out), "--store", str(store.path)]
+    assert main(args) == 0
+    row = pd.read_csv(out / "results.csv", keep_default_na=False).iloc[0]
+    assert (row["n_val"], row["n_test"], row["n_val_excluded"], row["n_test_excluded"]) == (
+        2,
+        4,
+        1,
+        1,
+    )
+    assert row["excluded_reasons"] == "test: 1 no logits; val: 1 no logits"
+    excl = pd.read_csv(out / "exclusions.csv", keep_default_na=False).set_index("image_id")
+    assert excl.loc["tX", "detail"] == "inversion failed: ImageError: cannot decode /data/tX.png"
+    assert excl.loc["vP", "detail"] == "not inverted (pending)"
+    md = (out / "report.md").read_text()
+    assert "## Excluded images" in md and "1 test image(s) are left out" in md
+    assert "| test | no logits | 1 | 1 | tX (inversion failed: ImageError" in md
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    assert sorted(predictions["image_id"]) == ["tA", "tE", "tF", "tG"]
+    assert predictions["correct"].mean() == row["test_acc"]
+    # without a store, the report says it cannot know about images without rows
+    assert main(["report", "--logits", str(known_logits), "--out", str(tmp_path / "o2")]) == 0
+    md2 = (tmp_path / "o2" / "report.md").read_text()
+    assert "No val/test image is left out of any result." in md2
+    assert "not counted as excluded" in md2
+
+
+def test_gallery_shows_perturbed_views_under_their_view_numbers(tmp_path):
+    """The store keeps views by number (0 = input, 1 = reconstruction, 2… = perturbed): the
+    gallery shows views 2… of a GAN method and labels them "view 2", "view 3", …"""
+    from ganviews.cli.report import load_gallery
+    from ganviews.report.plots import gallery_columns
+    from ganviews.report.tables import ReportConfig
+    from storage import LatentStore
+
+    path = _store(tmp_path / "store")
+    table = pd.DataFrame([{"task": "t", "classifier": "c", "method": "isotropic_fine",
+                           "setting": "0.3", "kind": "gan", "val_acc": 1.0}])  # fmt: skip
+    gallery, notes = load_gallery(path, table, ReportConfig())
+    assert notes == [] and gallery.first_view == {"isotropic_fine/0.3": 2}
+    stored = LatentStore.open(path, mode="r").read_array("views/isotropic_fine/0.3", [1, 2, 3])
+    np.testing.assert_array_equal(gallery.views["isotropic_fine/0.3"], stored[:, 2:])
+    assert gallery_columns({"isotropic_fine/0.3": 1}, gallery.first_view)[3:] == [
+        "isotropic_fine/0.3\nview 2"
+    ]
+    assert gallery_columns({"crop/none": 2}, {"crop/none": 1})[3:] == [
+        "crop/none\nview 1",
+        "crop/none\nview 2",
+    ]
+
+
+def test_alpha_plots_are_in_percent_and_gain_bars_have_a_legend():
+    from matplotlib.figure import Figure
+
+    from ganviews.report.plots import _draw_alpha, draw_gain_bars
+
+    res = evaluate(known_table(), FAST)
+    row = res.table.iloc[0].to_dict()
+    ax = Figure().add_subplot()
+    _draw_alpha(ax, res.curves, row, legend=True, title="t")
+    assert ax.get_ylabel() == "accuracy (%)"
+    test_line = [ln for ln in ax.get_lines() if ln.get_label() == "test"][0]
+    assert max(test_line.get_ydata()) == 100.0  # α = 1 gets all four test images right
+    summary = summary_table(evaluate(random_table(seed=3, n_val=5, n_test=5), FAST).table)
+    fig = draw_gain_bars(summary[summary["classifier"] == "multi"])
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    methods = sorted(set(summary["method"]))  # combinations included
+    assert legend == [*methods, "± SE", "test-oracle α"] and "pca_coarse" in methods
+
+
+def test_capped_alpha_curves_show_every_method_before_repeating_one(tmp_path):
+    """Alphabetical order with a cap of 12 used to show only the first tasks' methods; now each
+    (classifier, method) gets its first curve before any gets a second, and the report says
+    how many of how many are shown."""
+    from ganviews.ensemble.evaluate import best_settings
+    from ganviews.report.tables import alpha_plot_rows
+
+    table = evaluate(random_table(seed=4, n_val=5, n_test=5), FAST).table
+    order = alpha_plot_rows(table, best_settings(table))
+    first = order.head(table.groupby(["classifier", "method"]).ngroups)
+    assert set(map(tuple, first[["classifier", "method"]].values.tolist())) == set(
+        map(tuple, table[["classifier", "method"]].values.tolist())
+    )
+    assert len(first) == table.groupby(["classifier", "method"]).ngroups
+    config = ReportConfig(ensemble=FAST, max_alpha_plots=3, grid_max_tasks=0, html=False)
+    md = run_report_on(
+        table=random_table(seed=4, n_val=5, n_test=5), tmp_path=tmp_path, config=config
+    )
+    assert f"3 of {len(order)} curves (every method's first task first" in md
+
+
+def run_report_on(*, table, tmp_path, config) -> str:
+    root = tmp_path / "logits"
+    write_logits(root, table, shard="s0")
+    return run_report(root, tmp_path / "out", config=config).report_md.read_text()
