@@ -52,6 +52,7 @@ from torch import nn
 
 from ganviews.core.config import from_dict, load_yaml, to_dict
 from ganviews.core.errors import CheckpointError, ConfigError
+from ganviews.core.file_limits import check_tensor_extents, check_zip_records, parse_json_config
 from ganviews.core.runtime import file_sha256
 from ganviews.core.weights_io import read_safetensors, weights_sha256, write_safetensors
 
@@ -664,15 +665,14 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         raise CheckpointError(
             f"{path}: classifier format version {meta.get('format_version')!r}; this code reads {FORMAT_VERSION!r}"
         )
-    try:
-        return state, json.loads(meta["config"])
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: metadata 'config' is missing or not JSON: {exc}") from exc
+    return state, parse_json_config(meta.get("config"), path=path, what="classifier config")
 
 
 def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     import argparse
 
+    if zipfile.is_zipfile(path):
+        check_zip_records(path)
     try:
         # Training scripts often store their args (argparse.Namespace) and numpy scalars (val
         # accuracy) next to the weights: allow exactly those, nothing that runs code.
@@ -692,7 +692,9 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
         ) from exc
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable torch checkpoint: {_reason(exc)}") from exc
-    return _unwrap_state_dict(obj, path)
+    state = _unwrap_state_dict(obj, path)
+    check_tensor_extents(state.items(), path=path, budget=path.stat().st_size)
+    return state
 
 
 def _numpy_scalar_globals() -> list[Any]:

@@ -40,6 +40,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ganviews.core.config import from_dict, to_dict
 from ganviews.core.errors import CheckpointError, ConfigError
+from ganviews.core.file_limits import parse_json_config
 from ganviews.core.runtime import (
     assert_shape,
     file_sha256,
@@ -289,8 +290,10 @@ def load_encoder(
         return load_official_encoder(path, device)
     meta = read_encoder_metadata(path)
     try:
-        config = from_dict(EncoderConfig, json.loads(meta["config"]))
-    except (KeyError, json.JSONDecodeError, ConfigError) as exc:
+        config = from_dict(
+            EncoderConfig, parse_json_config(meta.get("config"), path=path, what="encoder config")
+        )
+    except ConfigError as exc:
         raise CheckpointError(
             f"{path}: encoder config in the metadata is missing or invalid: {exc}"
         ) from exc

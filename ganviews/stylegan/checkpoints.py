@@ -15,6 +15,12 @@ Three formats, detected from the file's first bytes (not its suffix):
 Every reader returns a :class:`RawCheckpoint`: a config mapping for ``GeneratorConfig`` and
 a state dict with the official NVIDIA key names used by :mod:`ganviews.stylegan.networks`. Any
 problem raises :class:`ganviews.core.errors.CheckpointError` naming the file.
+
+Before a pickle or zip is unpickled, :mod:`ganviews.core.file_limits` bounds what it may
+expand to (memo indices, declared lengths, zip records) by the file's size; after it, every
+tensor must fit its storage and all storages the file. Nothing a ``BUILD`` opcode can reach
+is shared with the process: the allow-listed callables are sealed wrappers, ``EasyDict``'s
+class refuses attribute assignment and records are frozen, so a refused file leaves no trace.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ from __future__ import annotations
 import argparse
 import collections
 import io
-import json
 import logging
 import pickle
 from dataclasses import dataclass, field
@@ -33,6 +38,12 @@ import numpy as np
 import torch
 
 from ganviews.core.errors import CheckpointError
+from ganviews.core.file_limits import (
+    check_pickle_stream,
+    check_tensor_extents,
+    check_zip_records,
+    parse_json_config,
+)
 from ganviews.core.weights_io import container_format, read_safetensors
 from ganviews.stylegan.networks import block_resolutions, make_resample_filter
 
@@ -75,17 +86,29 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
             f"generator checkpoint not found: {path} (put the weights file there or pass its path)"
         )
     kind = detect_format(path)
-    if kind == "pickle":
-        return read_nvidia_pickle(path)
-    if kind in ("torch-zip", "torch-legacy"):
-        return read_rosinality(path)
-    return read_own_safetensors(path)
+    reader = {
+        "pickle": read_nvidia_pickle,
+        "torch-zip": read_rosinality,
+        "torch-legacy": read_rosinality,
+        "safetensors": read_own_safetensors,
+    }[kind]
+    try:
+        raw = reader(path)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # a malformed structure the readers did not foresee
+        raise CheckpointError(
+            f"{path}: malformed {kind} checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
+    if kind != "safetensors":  # safetensors checks its own offsets against the file
+        check_tensor_extents(raw.state.items(), path=path, budget=path.stat().st_size)
+    return raw
 
 
 # --------------------------------------------------------------------------- NVIDIA pickle
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class PersistentRecord:
     """Stand-in for one NVIDIA persistent object: data only, its source text is dropped."""
 
@@ -96,8 +119,40 @@ class PersistentRecord:
     children: dict[str, PersistentRecord]  # sub-modules by attribute name
 
 
-class EasyDict(dict):
+class _SealedClass(type):
+    """Metaclass whose classes refuse attribute assignment (a pickle's BUILD on the class)."""
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        raise pickle.UnpicklingError(f"refused to set {cls.__name__}.{name}")
+
+    def __delattr__(cls, name: str) -> None:
+        raise pickle.UnpicklingError(f"refused to delete {cls.__name__}.{name}")
+
+
+class EasyDict(dict, metaclass=_SealedClass):
     """Inert replacement for ``dnnlib.util.EasyDict``: a plain dict subclass."""
+
+
+class _Sealed:
+    """An allow-listed function as the unpickler sees it: callable, with no settable state.
+
+    A BUILD opcode aimed at it (``__defaults__``, ``__code__``, ``__dict__``) fails instead
+    of changing the function for the rest of the process.
+    """
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Any) -> None:
+        object.__setattr__(self, "_fn", fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._fn(*args, **kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise pickle.UnpicklingError(f"refused to set {name} on an allow-listed function")
+
+    def __delattr__(self, name: str) -> None:
+        raise pickle.UnpicklingError(f"refused to delete {name} of an allow-listed function")
 
 
 def _is_plain(value: Any) -> bool:
@@ -164,9 +219,15 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, 
     ints = [storage_offset, *size, *stride]
     if not all(isinstance(v, int) and v >= 0 for v in ints) or len(size) != len(stride):
         raise pickle.UnpicklingError("tensor with invalid offset/size/stride")
-    return torch._utils._rebuild_tensor_v2(
+    tensor = torch._utils._rebuild_tensor_v2(
         storage, storage_offset, tuple(size), tuple(stride), False, None
     )
+    if tensor.numel() * tensor.element_size() > storage.nbytes():  # zero/overlapping strides
+        raise pickle.UnpicklingError(
+            f"tensor of shape {list(size)} and stride {list(stride)} addresses more elements "
+            f"than its {storage.nbytes()}-byte storage holds"
+        )
+    return tensor
 
 
 def _rebuild_parameter(data, requires_grad=False, hooks=None, *rest):
@@ -197,15 +258,15 @@ def _numpy_scalar(dtype, data=None):
 
 # (module, name) → the harmless object that stands in for it. Nothing else resolves.
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_record,
-    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _Sealed(_persistent_record),
+    ("torch.storage", "_load_from_bytes"): _Sealed(_storage_from_bytes),
+    ("torch._utils", "_rebuild_tensor_v2"): _Sealed(_rebuild_tensor),
+    ("torch._utils", "_rebuild_parameter"): _Sealed(_rebuild_parameter),
+    ("collections", "OrderedDict"): collections.OrderedDict,  # a built-in type: immutable
     ("dnnlib.util", "EasyDict"): EasyDict,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy", "dtype"): _numpy_dtype,
+    ("numpy.core.multiarray", "scalar"): _Sealed(_numpy_scalar),
+    ("numpy._core.multiarray", "scalar"): _Sealed(_numpy_scalar),
+    ("numpy", "dtype"): _Sealed(_numpy_dtype),
 }
 
 
@@ -236,6 +297,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def load_nvidia_snapshot(path: Path) -> Any:
     """Unpickle the whole snapshot with the restricted unpickler (no code from the file runs)."""
+    check_pickle_stream(path)
     try:
         with open(path, "rb") as fh:
             return _RestrictedUnpickler(fh, path).load()
@@ -344,6 +406,8 @@ def _nvidia_config_and_state(record: PersistentRecord, path: Path) -> tuple[dict
 
 def read_rosinality(path: Path) -> RawCheckpoint:
     """``g_ema`` (+ ``latent_avg``) of a rosinality stylegan2-pytorch checkpoint."""
+    if detect_format(path) == "torch-zip":
+        check_zip_records(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             data = torch.load(path, map_location="cpu", weights_only=True)
@@ -505,13 +569,6 @@ def read_own_safetensors(path: Path) -> RawCheckpoint:
             f"{path}: generator format version {metadata.get('format_version')!r} is not supported "
             f"(this code reads version {OWN_FORMAT_VERSION})"
         )
-    try:
-        config = json.loads(metadata["config"])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(
-            f"{path}: the config in the metadata is not valid JSON: {exc}"
-        ) from exc
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: the config in the metadata is not a JSON object")
+    config = parse_json_config(metadata["config"], path=path, what="config")
     extra = {k: v for k, v in metadata.items() if k not in ("format", "format_version", "config")}
     return RawCheckpoint(format="ganviews-safetensors", config=config, state=state, metadata=extra)

@@ -41,6 +41,8 @@ LAYER_GROUP_NAMES = ("coarse", "middle", "fine")
 PAPER_MIDDLE_START, PAPER_FINE_START = 4, 10  # w+ boundaries of the paper's 18-layer split
 W_AVG_SAMPLES = 4096  # z samples used to estimate w_avg when a file lacks it
 W_AVG_SEED = 0  # seed of those samples (deterministic estimate)
+DECLARED_BYTES_PER_FILE_BYTE = 8  # float32 weights of a float16 file, with the bound's slack
+DECLARED_BYTES_SLACK = 64 << 20  # small files may declare this much regardless
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,21 @@ class GeneratorConfig:
             min(self.channel_base // r, self.channel_max)
             for r in block_resolutions(self.img_resolution)
         ]
+
+
+def weight_bytes_bound(config: GeneratorConfig) -> int:
+    """An upper bound of the bytes of a float32 ``Generator(config)``'s tensors, computed
+    from the config alone (nothing is built); a few times the true size at most (tested)."""
+    w, chans = config.w_dim, config.block_channels()
+    widest = max(chans)
+    embed = (config.embed_features or w) if config.c_dim else 0
+    hidden, layers = max(config.layer_features or w, w), config.mapping_layers
+    mapping = (config.z_dim + embed + layers * (hidden + 1)) * hidden + config.c_dim * embed + 2 * w
+    synthesis = sum(
+        9 * c * (widest + c) + 4 * w * widest + 2 * r * r + (config.img_channels + 24) * c
+        for c, r in zip(chans, block_resolutions(config.img_resolution), strict=True)
+    )
+    return 4 * (mapping + synthesis)
 
 
 def default_layer_groups(num_ws: int) -> dict[str, list[int]]:
@@ -242,11 +259,18 @@ def load_generator(
         if layer_groups is not None and "layer_groups" in str(exc):
             raise
         raise CheckpointError(f"{path}: inferred generator config is invalid: {exc}") from exc
-    G = Generator(config)
     state = dict(raw.state)
     if raw.needs_w_avg:
         state["mapping.w_avg"] = torch.zeros([config.w_dim])
-    load_state_checked(G, state, path)
+    declared, size = weight_bytes_bound(config), path.stat().st_size
+    if declared > DECLARED_BYTES_PER_FILE_BYTE * size + DECLARED_BYTES_SLACK:
+        raise CheckpointError(
+            f"{path}: refused to load: its config declares a generator of up to "
+            f"{declared / 2**20:.1f} MiB of weights, the {size}-byte file cannot hold them"
+        )
+    G = Generator(config)  # at most a small multiple of the file's size
+    check_state_fits(G.state_dict(), state, path)
+    G.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
     if raw.needs_w_avg:
         G.mapping.w_avg.copy_(estimate_w_avg(G))
     G._file_sha256 = file_sha256(path)
@@ -255,9 +279,11 @@ def load_generator(
     return G.to(device).eval().requires_grad_(False)
 
 
-def load_state_checked(G: Generator, state: Mapping[str, torch.Tensor], path: Path | str) -> None:
-    """Strict, shape-checked ``load_state_dict``; mismatches raise CheckpointError naming them."""
-    expected = G.state_dict()
+def check_state_fits(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], path: Path | str
+) -> None:
+    """Names and shapes of ``state`` equal ``expected``'s, values float and finite, or a
+    CheckpointError listing the mismatches. ``expected`` may live on the meta device."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [
@@ -279,7 +305,6 @@ def load_state_checked(G: Generator, state: Mapping[str, torch.Tensor], path: Pa
     bad = [k for k, v in state.items() if not v.is_floating_point() or not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{path}: non-float or non-finite values in {bad[:6]}")
-    G.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
 
 
 @torch.no_grad()
