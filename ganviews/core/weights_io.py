@@ -42,10 +42,13 @@ def container_format(path: str | os.PathLike, *, expected: str) -> str:
     legacy = b"\x80\x02\x8a\x0a" + _TORCH_LEGACY_MAGIC.to_bytes(10, "little")
     if head.startswith(legacy):
         return "torch-legacy"
-    if head[:1] in _PICKLE_FIRST_OPCODES:
-        return "pickle"
+    # safetensors first: its 8-byte header length may begin with a byte that is also a
+    # pickle opcode (0x80 = PROTO, '(' = MARK, …), while a pickle never has a small length
+    # followed by '{' at byte 8.
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 28):
         return "safetensors"
+    if head[:1] in _PICKLE_FIRST_OPCODES:
+        return "pickle"
     raise CheckpointError(
         f"{path}: unknown file format (first bytes {head[:8]!r}); expected {expected}"
     )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ganviews.core.errors import CheckpointError
+from ganviews.core.file_limits import check_tensor_extents, check_zip_records
 from ganviews.core.runtime import assert_shape, file_sha256
 
 log = logging.getLogger(__name__)
@@ -147,6 +149,8 @@ def load_official_encoder(
 ) -> OfficialEncoder:
     """The authors' encoder file at ``path`` (torch.save, read weights-only): eval, no gradients."""
     path = Path(path)
+    if zipfile.is_zipfile(path):
+        check_zip_records(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file becomes one clear error
@@ -161,6 +165,7 @@ def load_official_encoder(
             f"{path}: holds {type(payload).__name__}, not a state dict of tensors (or a dict with "
             "one under 'state_dict') as the authors' encoder files do"
         )
+    check_tensor_extents(state.items(), path=path, budget=path.stat().st_size)
     E = official_encoder_from_state(state, name=str(path))
     E._file_sha256 = file_sha256(path)
     log.info("loaded the authors' RGBM encoder %s (ResNet-%d, %d styles)", path, E.depth, E.num_ws)

@@ -78,3 +78,14 @@ def test_training_state_round_trip_format_check_and_rng(tmp_path):
         CheckpointError, match=r"junk.ckpt: not a readable test training checkpoint"
     ):
         load_training_state(tmp_path / "junk.ckpt", format_name="x", what="test training")
+
+
+def test_safetensors_whose_header_length_starts_like_a_pickle_is_safetensors(tmp_path):
+    """A header length of 128 starts with 0x80 (pickle's PROTO): still read as safetensors."""
+    from ganviews.core.weights_io import container_format
+
+    path = tmp_path / "w.safetensors"
+    for length in (0x80, 0x28, 0x7D):  # PROTO, MARK, EMPTY_DICT as the first byte
+        header = b'{"__metadata__":{}}'.ljust(length)
+        path.write_bytes(length.to_bytes(8, "little") + header)
+        assert container_format(path, expected="x") == "safetensors"
