@@ -41,6 +41,7 @@ images present in both groups (the others are counted in ``n_dropped``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -74,6 +75,7 @@ from ganviews.ensemble.bootstrap import (
     stream_rng,
     view_draws,
 )
+from ganviews.ensemble.paper import BASELINE_COLUMNS, PAPER_COLUMNS, paper_tables
 from ganviews.ensemble.scores import linear_scores, predict, probabilities
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,9 @@ class EnsembleConfig:
     # BLAS threads while evaluating: the products are small ([N, M] × [M, B]), and threads cost
     # more than they save (6× the CPU time on 2 cores); None leaves the BLAS setting alone
     blas_threads: int | None = 1
+    # "paper": also the authors' resampled protocol (ganviews.ensemble.paper: 20 resamples of 31
+    # views, α per resample, plain-mean colour/crop baselines) in results.paper / paper_baselines
+    protocol: Literal["ganviews", "paper"] = "ganviews"
 
     def __post_init__(self) -> None:
         if self.num_alphas < 2:
@@ -135,6 +140,10 @@ class EnsembleConfig:
             raise ConfigError(f"ensemble.blas_threads: {self.blas_threads} must be ≥ 1 (or null)")
         if self.chunk_elements < 1:
             raise ConfigError(f"ensemble.chunk_elements: {self.chunk_elements} must be ≥ 1")
+        if self.protocol not in ("ganviews", "paper"):
+            raise ConfigError(
+                f"ensemble.protocol: {self.protocol!r} is not one of ['ganviews', 'paper']"
+            )
         for text in self.combinations or ():
             parse_combination(text)
 
@@ -557,6 +566,8 @@ class EnsembleResults:
     predictions: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame(columns=PREDICTION_COLUMNS)
     )
+    paper: pd.DataFrame | None = None  # protocol "paper": ganviews.ensemble.paper.PAPER_COLUMNS
+    paper_baselines: pd.DataFrame | None = None  # protocol "paper": colour/crop, both ways
 
     def size_curve_summary(self) -> pd.DataFrame:
         return summarize_size_curves(self.size_curves)
@@ -625,7 +636,7 @@ def _evaluate_groups(groups, config: EnsembleConfig, size_curve_keys) -> Ensembl
         len(jobs) - len(groups),
         time.perf_counter() - start,
     )
-    return EnsembleResults(
+    results = EnsembleResults(
         table,
         curves_df,
         size,
@@ -633,6 +644,17 @@ def _evaluate_groups(groups, config: EnsembleConfig, size_curve_keys) -> Ensembl
         _concat(excluded, EXCLUSION_COLUMNS),
         _concat(predictions, PREDICTION_COLUMNS),
     )
+    if config.protocol != "paper":
+        return results
+    paper, baselines = paper_tables(groups, combinations=list(_combination_pairs(groups, config)))
+    ours = table[table["kind"] == "image"][["task", "classifier", "method", "test_acc"]]
+    baselines = baselines.merge(
+        ours.rename(columns={"test_acc": "acc_alpha_cv_ganviews"}).assign(split="test"),
+        how="left",
+        on=["task", "classifier", "method", "split"],
+    )
+    baselines["acc_alpha_cv_ganviews"] *= 100.0  # percent, like the authors' columns
+    return dataclasses.replace(results, paper=paper, paper_baselines=baselines)
 
 
 def _concat(frames: Sequence[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
@@ -641,6 +663,12 @@ def _concat(frames: Sequence[pd.DataFrame], columns: Sequence[str]) -> pd.DataFr
 
 
 def _combination_jobs(groups: Sequence[LogitGroup], config: EnsembleConfig) -> Iterable:
+    for ig, gg in _combination_pairs(groups, config):
+        yield _combine(ig, gg)
+
+
+def _combination_pairs(groups: Sequence[LogitGroup], config: EnsembleConfig) -> Iterable:
+    """(image-augmentation group, GAN group) pairs that ``config.combinations`` asks for."""
     by_pair: dict[tuple[str, str], list[LogitGroup]] = {}
     for g in groups:
         by_pair.setdefault((g.task, g.classifier), []).append(g)
@@ -666,7 +694,7 @@ def _combination_jobs(groups: Sequence[LogitGroup], config: EnsembleConfig) -> I
             for gg in gans:
                 if specs is not None and not any(_matches(ig, gg, s) for s in specs):
                     continue
-                yield _combine(ig, gg)
+                yield ig, gg
 
 
 def _matches(ig: LogitGroup, gg: LogitGroup, spec) -> bool:
@@ -969,6 +997,8 @@ def concat_results(
         frames = [f for f in frames if not f.empty]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
 
+    papers = [p.paper for p in parts if p.paper is not None]
+    bases = [p.paper_baselines for p in parts if p.paper_baselines is not None]
     return EnsembleResults(
         cat([p.table for p in parts], RESULT_COLUMNS),
         cat([p.curves for p in parts], CURVE_COLUMNS),
@@ -976,4 +1006,6 @@ def concat_results(
         config,
         cat([p.exclusions for p in parts], EXCLUSION_COLUMNS),
         cat([p.predictions for p in parts], PREDICTION_COLUMNS),
+        cat(papers, PAPER_COLUMNS) if papers else None,
+        cat(bases, [*BASELINE_COLUMNS, "acc_alpha_cv_ganviews"]) if bases else None,
     )

@@ -181,6 +181,12 @@ def write_tables(results: EnsembleResults, out_dir: Path) -> tuple[Path, Path, d
         "size_curve_summary": results.size_curve_summary(),
         "summary": summary_table(results.table),
     }
+    if results.paper is not None:  # protocol "paper"
+        for name, frame in (
+            ("paper_protocol", results.paper),
+            ("paper_baselines", results.paper_baselines),
+        ):
+            tables[name], frames[name] = out_dir / f"{name}.csv", frame
     for name, path in tables.items():
         if path.suffix == ".parquet":
             _atomic(path, lambda p, f=frames[name]: f.to_parquet(p, index=False))
@@ -435,6 +441,10 @@ def build_blocks(
         )
         shown = shown.head(config.table_max_rows)
     b.append(Block("table", table=_display(shown)))
+    if results.paper is not None:
+        from ganviews.report.paper_section import paper_blocks  # it imports Block from here
+
+        b += paper_blocks(results)
     singles = [(c, p) for c, p in plot_list if "α curve:" in c]
     if singles:
         total = len(alpha_plot_rows(table, best_settings(table)))
