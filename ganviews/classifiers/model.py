@@ -87,6 +87,9 @@ class Preprocessing:
     resize: int | None = (
         None  # shorter side resized to this many pixels (torchvision Resize(int)); None keeps the size
     )
+    size: tuple[int, int] | None = (
+        None  # resize to exactly (h, w) instead of `resize` (official car GAN path: (256, 342))
+    )
     interpolation: Literal["bilinear", "bicubic", "area", "nearest"] = (
         "bilinear"  # resize filter ("area" = box filter)
     )
@@ -102,6 +105,12 @@ class Preprocessing:
         if len(self.trim) != 4 or any(not 0.0 <= t < 0.5 for t in self.trim):
             raise ConfigError(
                 f"preprocessing.trim: {self.trim!r}; expected 4 fractions in [0, 0.5)"
+            )
+        if self.size is not None and (
+            len(self.size) != 2 or any(not isinstance(v, int) or v < 1 for v in self.size)
+        ):
+            raise ConfigError(
+                f"preprocessing.size: {self.size!r}; expected [height, width] positive integers or null"
             )
         for key in ("resize", "crop"):
             value = getattr(self, key)
@@ -123,9 +132,13 @@ PREPROCESSING_PRESETS: dict[str, Preprocessing] = {
     "celebahq": Preprocessing(
         resize=256, interpolation="area", antialias=False
     ),  # box-downsample to 256²
+    # official data/data_cars.py TensorBaseTransform: drop the black bands of 512² (64 rows
+    # each), bilinear resize to exactly 256×342 without antialias, no clamp, centre crop 256
     "car": Preprocessing(
-        trim=(0.125, 0.125, 0.0, 0.0), resize=256, crop=256
-    ),  # drop the black bands of 512²
+        clamp=False, trim=(0.125, 0.125, 0.0, 0.0), size=(256, 342), antialias=False, crop=256
+    ),
+    # the same with an antialiased shorter-side resize (256×341) and clamping (before the official path)
+    "car_antialias": Preprocessing(trim=(0.125, 0.125, 0.0, 0.0), resize=256, crop=256),
     "cat": Preprocessing(resize=256, crop=224),
     "imagenet": Preprocessing(
         resize=256, crop=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
@@ -390,7 +403,9 @@ class Classifier(nn.Module):
         if pre.clamp:
             x = x.clamp(-1.0, 1.0)
         x = _trim(x, pre.trim)  # [N, 3, H', W']
-        if pre.resize is not None:
+        if pre.size is not None:
+            x = _resize_to(x, pre.size, pre.interpolation, pre.antialias)  # [N, 3, h, w]
+        elif pre.resize is not None:
             x = _resize_shorter(x, pre.resize, pre.interpolation, pre.antialias)  # [N, 3, h, w]
         if pre.crop is not None:
             x = _center_crop(x, pre.crop)  # [N, 3, crop, crop]
@@ -465,8 +480,12 @@ def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
 
 
 def _resize_shorter(x: torch.Tensor, size: int, mode: str, antialias: bool) -> torch.Tensor:
+    return _resize_to(x, resized_shape(*x.shape[-2:], size), mode, antialias)
+
+
+def _resize_to(x: torch.Tensor, out: tuple[int, int], mode: str, antialias: bool) -> torch.Tensor:
     h, w = x.shape[-2:]
-    out = resized_shape(h, w, size)
+    out = tuple(out)
     if out == (h, w):
         return x
     if mode == "area":

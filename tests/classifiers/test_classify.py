@@ -406,3 +406,19 @@ def test_attribute_classifier_probability_is_the_authors_softmax_of_l_and_minus_
         probabilities(logit.double().numpy())[:, 1], official.double(), rtol=1e-6
     )
     assert not torch.allclose(torch.sigmoid(-l[:, 0]), official)  # the old sigmoid(−l) differs
+
+
+def test_car_preset_is_the_official_gan_path_256x342_without_antialias_or_clamp():
+    """data/data_cars.py TensorBaseTransform: image[:, :, 64:-64, :] of the 512² render,
+    torch.nn.Upsample((256, 342), mode='bilinear'), centre crop 256 (offset 43); no clamp."""
+    torch.set_num_threads(1)
+    C = build_classifier({"arch": "smallcnn", "num_outputs": 3, "width": 4, "preprocessing": "car"})
+    render = _images(2, 512, 512) * 1.3  # GAN outputs overshoot [-1, 1]
+    official = torch.nn.Upsample((256, 342), mode="bilinear")(render[:, :, 64:-64, :])
+    official = official[..., :, 43 : 43 + 256]
+    with torch.no_grad():
+        got = C.preprocess(render)
+    torch.testing.assert_close(got, official, atol=1e-6, rtol=0)
+    assert got.abs().max() > 1.0  # not clamped
+    with pytest.raises(ConfigError, match=r"preprocessing.size: \[256\]"):
+        Preprocessing(size=[256])
