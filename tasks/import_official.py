@@ -41,7 +41,9 @@ def official_latent_files(root: str | Path) -> dict[str, Path]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise ConfigError(f"latents folder {root} not found (unzip the authors' *_latents.zip there)")
+        raise ConfigError(
+            f"latents folder {root} not found (unzip the authors' *_latents.zip there)"
+        )
     files: dict[str, Path] = {}
     for path in sorted(root.rglob("*.pth")):
         if path.stem in files:
