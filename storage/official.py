@@ -22,8 +22,10 @@ the log of the smallest positive float64, so it stays finite; the prediction is 
 (``notebooks/evaluate_ensemble.ipynb``, ``get_accuracy_from_npz``: α grid 0:0.05:1, mean of
 probabilities; binary P > 0.5, multi-class argmax), docs/quickstart.md.
 
-Names: task = the attribute for ``celebahq`` (the classifier folder's name before ``__``),
-else the domain (``car``, ``cat``, ``cifar10``); classifier = the authors' classifier name;
+Names: for ``celebahq`` task = the attribute (the classifier folder's name before ``__``) and
+classifier = ``celebahq`` (``celebahq__<variant>`` for a folder ``<attribute>__<variant>``), so
+the report's per-classifier summaries average over the attributes as the paper's Fig. 4–5 do;
+elsewhere task = the domain (``car``, ``cat``, ``cifar10``) and classifier = the authors' name;
 method = the key without its setting (``combined_`` prefixed for ``_tensortransform``; image
 augmentations ``imcrop`` → ``crop``, ``imcolor`` → ``color``); setting = the number as
 ganviews writes it (``0.30`` → ``"0.3"``); image ids ``<split>-<row:06d>`` (the files carry
@@ -68,7 +70,16 @@ class EvaluationFile:
 
     @property
     def task(self) -> str:
-        return self.classifier.split("__")[0] if self.domain == "celebahq" else self.domain
+        return self.classifier.partition("__")[0] if self.domain == "celebahq" else self.domain
+
+    @property
+    def classifier_name(self) -> str:
+        """The logits table's classifier: one name for all 40 attribute classifiers (so the
+        report averages over attributes, as the paper's Fig. 4–5), the authors' name elsewhere."""
+        if self.domain != "celebahq":
+            return self.classifier
+        variant = self.classifier.partition("__")[2]
+        return f"celebahq__{variant}" if variant else "celebahq"
 
 
 def evaluation_files(root: str | Path) -> list[EvaluationFile]:
@@ -183,7 +194,7 @@ def evaluation_rows(entry: EvaluationFile, *, gan_views: int | None = None) -> I
             "image_id": pa.array(np.repeat(ids, v), pa.string()),
             "split": pa.array([entry.split] * rows, pa.string()),
             "task": pa.array([entry.task] * rows, pa.string()),
-            "classifier": pa.array([entry.classifier] * rows, pa.string()),
+            "classifier": pa.array([entry.classifier_name] * rows, pa.string()),
             "method": pa.array([method] * rows, pa.string()),
             "setting": pa.array([setting] * rows, pa.string()),
             "view": pa.array(np.tile(np.arange(v, dtype=np.int32), n)),

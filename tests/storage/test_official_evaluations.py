@@ -141,13 +141,19 @@ def _csv(path: Path) -> pd.DataFrame:
     return frame
 
 
-GROUPS = [  # (domain, task, classifier, file, npz key, method, setting)
-    ("celebahq", "Smiling", "Smiling", "gan_ensemble_stylemix_fine", "stylemix_fine", "stylemix_fine", ""),
-    ("celebahq", "Smiling", "Smiling", "gan_ensemble_isotropic_coarse_tensortransform", "isotropic_coarse_0.20",
-     "combined_isotropic_coarse", "0.2"),
-    ("car", "car", "imageclassifier", "gan_ensemble_stylemix_fine", "stylemix_fine", "stylemix_fine", ""),
-    ("car", "car", "imageclassifier", "gan_ensemble_isotropic_coarse_tensortransform", "isotropic_coarse_0.10",
-     "combined_isotropic_coarse", "0.1"),
+def _select(frame: pd.DataFrame, values: dict) -> pd.DataFrame:
+    return frame[np.logical_and.reduce([frame[c] == v for c, v in values.items()])]
+
+
+GROUPS = [  # (domain, the authors' classifier folder, task, classifier, file, npz key, method, setting)
+    ("celebahq", "Smiling", "Smiling", "celebahq", "gan_ensemble_stylemix_fine", "stylemix_fine",
+     "stylemix_fine", ""),
+    ("celebahq", "Smiling", "Smiling", "celebahq", "gan_ensemble_isotropic_coarse_tensortransform",
+     "isotropic_coarse_0.20", "combined_isotropic_coarse", "0.2"),
+    ("car", "imageclassifier", "car", "imageclassifier", "gan_ensemble_stylemix_fine", "stylemix_fine",
+     "stylemix_fine", ""),
+    ("car", "imageclassifier", "car", "imageclassifier", "gan_ensemble_isotropic_coarse_tensortransform",
+     "isotropic_coarse_0.10", "combined_isotropic_coarse", "0.1"),
 ]  # fmt: skip
 
 
@@ -157,15 +163,13 @@ def test_report_on_imported_evaluations_equals_the_notebook(evaluations, tmp_pat
     extra = [] if gan_views is None else ["--gan-views", str(gan_views)]
     table, curves = _report(evaluations, tmp_path, *extra)
     assert len(table[table["kind"] != "combined"]) == 2 * 3 + 2  # 3 GAN groups + crop, per domain
-    for domain, task, clf, file, key, method, setting in GROUPS:
-        row = table[
-            (table.task == task) & (table.method == method) & (table.setting == setting)
-        ].iloc[0]
-        ref = {s: _notebook(evaluations / domain / "output" / f"{clf}_{s}" / f"{file}.npz", key, gan_views)
+    for domain, folder, task, clf, file, key, method, setting in GROUPS:
+        key_cols = {"task": task, "classifier": clf, "method": method, "setting": setting}
+        row = _select(table, key_cols).iloc[0]
+        ref = {s: _notebook(evaluations / domain / "output" / f"{folder}_{s}" / f"{file}.npz", key, gan_views)
                for s in N}  # fmt: skip
         for split in N:
-            got = curves[(curves.task == task) & (curves.method == method) & (curves.setting == setting)
-                         & (curves.split == split)].sort_values("alpha")  # fmt: skip
+            got = _select(curves, {**key_cols, "split": split}).sort_values("alpha")
             np.testing.assert_allclose(got["alpha"], WEIGHTS, atol=1e-12)
             np.testing.assert_allclose(
                 100 * got["acc"].to_numpy(), ref[split]["curve"], rtol=0, atol=1e-6
@@ -178,12 +182,12 @@ def test_report_on_imported_evaluations_equals_the_notebook(evaluations, tmp_pat
         i = int(np.argmin(np.abs(WEIGHTS - row.alpha_star)))
         assert abs(100 * row.test_acc - ref["test"]["curve"][i]) <= 1e-6
         assert row.n_views == (gan_views or 33)
-    for domain, task, clf in (
+    for domain, task, folder in (
         ("celebahq", "Smiling", "Smiling"),
         ("car", "car", "imageclassifier"),
     ):
         row = table[(table.task == task) & (table.method == "crop")].iloc[0]
-        path = evaluations / domain / "output" / f"{clf}_test" / "image_ensemble_imcrop.npz"
+        path = evaluations / domain / "output" / f"{folder}_test" / "image_ensemble_imcrop.npz"
         assert abs(100 * row.test_acc_uniform - _notebook_image(path, "imcrop")) <= 1e-6
 
 
