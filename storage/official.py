@@ -26,6 +26,8 @@ Names: for ``celebahq`` task = the attribute (the classifier folder's name befor
 classifier = ``celebahq`` (``celebahq__<variant>`` for a folder ``<attribute>__<variant>``), so
 the report's per-classifier summaries average over the attributes as the paper's Fig. 4–5 do;
 elsewhere task = the domain (``car``, ``cat``, ``cifar10``) and classifier = the authors' name;
+condition = the authors' corruption / attack folder prefix (``corruption_jpeg_Smiling_val`` →
+``corruption_jpeg``, task ``Smiling``; Fig. 7), else ``clean``;
 method = the key without its setting (``combined_`` prefixed for ``_tensortransform``; image
 augmentations ``imcrop`` → ``crop``, ``imcolor`` → ``color``); setting = the number as
 ganviews writes it (``0.30`` → ``"0.3"``); image ids ``<split>-<row:06d>`` (the files carry
@@ -44,11 +46,14 @@ import numpy as np
 import pyarrow as pa
 
 from storage.errors import StoreError
-from storage.logits import LOGITS_SCHEMA, SPLITS, write_logits
+from storage.logits import CLEAN, LOGITS_SCHEMA, SPLITS, write_logits
 
 log = logging.getLogger(__name__)
 
 IMAGE_METHODS = {"imcrop": "crop", "imcolor": "color"}  # the authors' image-ensemble keys
+# the authors' CelebA-HQ folders of corrupted / attacked test images: <prefix><attribute>_<split>
+CONDITION_PREFIXES = ("corruption_jpeg_", "corruption_gaussian_blur_", "corruption_gaussian_noise_",
+                      "fgsm_", "pgd_", "cw_")  # fmt: skip
 RESERVED_KEYS = ("original", "reconstructed", "label", "random_seed")
 _TINY = np.finfo(np.float64).tiny  # stands in for a probability of exactly 0
 _FOLDER = re.compile(r"^(?P<classifier>.+)_(?P<split>train|val|test)$")
@@ -69,8 +74,21 @@ class EvaluationFile:
     combined: bool  # a _tensortransform file: jittered GAN views
 
     @property
+    def condition(self) -> str:
+        """The input condition: the authors' corruption / attack folder prefix (``fgsm``,
+        ``corruption_jpeg``, …; CelebA-HQ, Fig. 7) or ``clean``."""
+        if self.domain == "celebahq":
+            for prefix in CONDITION_PREFIXES:
+                if self.classifier.startswith(prefix):
+                    return prefix.rstrip("_")
+        return CLEAN
+
+    @property
     def task(self) -> str:
-        return self.classifier.partition("__")[0] if self.domain == "celebahq" else self.domain
+        if self.domain != "celebahq":
+            return self.domain
+        name = self.classifier.partition("__")[0]
+        return name.removeprefix(self.condition + "_") if self.condition != CLEAN else name
 
     @property
     def classifier_name(self) -> str:
@@ -201,6 +219,7 @@ def evaluation_rows(entry: EvaluationFile, *, gan_views: int | None = None) -> I
             "logits": pa.ListArray.from_arrays(offsets, pa.array(logits.reshape(-1))),
             "label": pa.array(np.repeat(labels, v)),
             "seed": pa.nulls(rows, pa.int64()),
+            "condition": pa.array([entry.condition] * rows, pa.string()),
         }
         yield pa.table(columns, schema=LOGITS_SCHEMA)  # [N·V rows], view-major per image
 

@@ -20,6 +20,7 @@ from ganviews.cli import main as cli_main
 from storage import read_logits
 from storage.errors import StoreError
 from storage.official import (
+    EvaluationFile,
     evaluation_files,
     import_official_evaluations,
     method_and_setting,
@@ -231,6 +232,17 @@ def test_logits_round_trip_to_the_stored_probabilities(evaluations, tmp_path):
 
 
 def test_names_and_conversions():
+    def entry(domain: str, folder: str) -> EvaluationFile:
+        return EvaluationFile(Path("x.npz"), domain, folder, "val", "gan", False)
+
+    names = lambda e: (e.task, e.classifier_name, e.condition)  # noqa: E731
+    assert names(entry("celebahq", "Smiling")) == ("Smiling", "celebahq", "clean")
+    assert names(entry("celebahq", "fgsm_Smiling")) == ("Smiling", "celebahq", "fgsm")
+    assert names(entry("celebahq", "corruption_gaussian_blur_Young")) == (
+        "Young", "celebahq", "corruption_gaussian_blur")  # fmt: skip
+    assert names(entry("celebahq", "Smiling__latent")) == ("Smiling", "celebahq__latent", "clean")
+    assert names(entry("car", "latentclassifier_stylemix_fine")) == (
+        "car", "latentclassifier_stylemix_fine", "clean")  # fmt: skip
     assert method_and_setting("isotropic_fine_0.30", kind="gan", combined=False) == (
         "isotropic_fine",
         "0.3",
