@@ -1,7 +1,7 @@
 """Orchestration overhead and scaling (docs/orchestration.md, "Measured overheads").
 
-1. Per-shard overhead: wall time per no-op shard (stage "noop": open the store, count its
-   pending items) — called directly (baseline), through the embedded flow (Prefect task runs
+1. Per-shard overhead: wall time per no-op shard (benchmarks/noop_stage.py: open the store,
+   count its pending items) — called directly (baseline), through the embedded flow (Prefect task runs
    on the local API), and through a Prefect server + process workers (one flow run, i.e. one
    new process, per shard).
 2. Scaling on CPU: the same inversion job (fixture generator, 32 px) with 1 vs 2 concurrent
@@ -164,6 +164,10 @@ class Cluster:
             "DO_NOT_TRACK": "1",
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "OMP_NUM_THREADS": "1",
+            # the no-op stage's deployment is imported from benchmarks/ by the workers
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO / "benchmarks"), os.environ.get("PYTHONPATH")) if p
+            ),
         }
         self.procs: list[subprocess.Popen] = []
         self.workers: list[subprocess.Popen] = []
@@ -253,32 +257,44 @@ def run_job(cfg_path: Path, env: dict, stages: str = "invert") -> float:
 # ----------------------------------------------------------------------------- measurements
 
 
+def prepare(cfg) -> None:
+    """Create the job's store (what the pipeline's invert stage does first)."""
+    from tasks.invert import prepare_store_task
+    from tasks.jobs import invert_job
+
+    prepare_store_task.fn(
+        invert_job(cfg), cfg.data.manifest, cfg.data.splits, cfg.orchestration.shard_size
+    )
+
+
 def noop_embedded(cfg_path: Path, n_shards: int) -> tuple[float, float]:
     """(direct seconds per no-op shard, embedded-flow seconds per no-op shard), in this process."""
+    from noop_stage import noop_job, noop_shard_task, run_noop
     from prefect import flow
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.shards import run_shards
-    from tasks.common import as_config, plain_config, prepare_store, run_shard
+    from tasks.pipeline_config import as_config, pipeline_config_dict
 
     cfg = as_config(cfg_path)
-    prepare_store(cfg)
+    prepare(cfg)
     shards = [tuple(s) for s in __import__("storage").LatentStore.open(cfg.paths.store).shards()][
         :n_shards
     ]
+    job = noop_job(cfg)
     t0 = time.perf_counter()
     for s in shards:
-        run_shard(cfg, "noop", s, device="cpu")
+        run_noop(job, s, device="cpu")
     direct = (time.perf_counter() - t0) / len(shards)
 
     @flow(name="bench-noop")
     def noop_flow(config: dict) -> None:
-        run_shards(as_config(config), "noop", shards)
+        run_shards(as_config(config), "noop", job, shards, task=noop_shard_task)
 
     with prefect_test_harness(server_startup_timeout=300):
-        noop_flow(plain_config(cfg))  # warm-up: first flow and task runs
+        noop_flow(pipeline_config_dict(cfg))  # warm-up: first flow and task runs
         t0 = time.perf_counter()
-        noop_flow(plain_config(cfg))
+        noop_flow(pipeline_config_dict(cfg))
         embedded = (time.perf_counter() - t0) / len(shards)
     return direct, embedded
 
@@ -288,19 +304,24 @@ def noop_distributed(cluster: Cluster, cfg_path: Path, n_shards: int, workers: i
     code = (
         "import sys, time\n"
         "from prefect import flow\n"
+        "from prefect.deployments.runner import EntrypointType\n"
         "from flows.shards import run_shards\n"
-        "from tasks.common import as_config, plain_config\n"
+        "from noop_stage import NOOP_SHARD_FLOW, noop_job, noop_shard_flow\n"
+        "from tasks.pipeline_config import as_config, pipeline_config_dict\n"
         "from storage import LatentStore\n"
+        "noop_shard_flow.to_deployment('bench', work_pool_name='bench', work_queue_name='shards',\n"
+        "    entrypoint_type=EntrypointType.MODULE_PATH).apply(work_pool_name='bench')\n"
         "@flow(name='bench-noop')\n"
         "def f(config: dict):\n"
         "    cfg = as_config(config)\n"
-        f"    run_shards(cfg, 'noop', [tuple(s) for s in LatentStore.open(cfg.paths.store).shards()][:{n_shards}])\n"
+        f"    shards = [tuple(s) for s in LatentStore.open(cfg.paths.store).shards()][:{n_shards}]\n"
+        "    run_shards(cfg, 'noop', noop_job(cfg), shards, deployment=NOOP_SHARD_FLOW + '/bench')\n"
         "cfg = as_config(sys.argv[1])\n"
-        "t0 = time.perf_counter(); f(plain_config(cfg)); print('SECONDS', time.perf_counter() - t0)\n"
+        "t0 = time.perf_counter(); f(pipeline_config_dict(cfg)); print('SECONDS', time.perf_counter() - t0)\n"
     )
-    from tasks.common import as_config, prepare_store
+    from tasks.pipeline_config import as_config
 
-    prepare_store(as_config(cfg_path))
+    prepare(as_config(cfg_path))
     cluster.set_workers(workers)
     out = subprocess.run(
         [sys.executable, "-c", code, str(cfg_path)], env=cluster.env, capture_output=True, text=True

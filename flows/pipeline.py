@@ -14,8 +14,7 @@ from prefect.logging import get_run_logger
 
 from flows import stages as S
 from ganviews.core.errors import ConfigError
-from tasks.common import as_config, check_files, job_name, plain_config
-from tasks.pipeline_config import STAGES
+from tasks.pipeline_config import STAGES, as_config, check_files, job_name, pipeline_config_dict
 
 STAGE_FLOWS = {
     "train_encoder": S.train_encoder,
@@ -52,5 +51,5 @@ def pipeline(config: str | dict[str, Any], stages: list[str] | None = None) -> d
     logger.info(
         "job %s: stages %s, %s mode", job_name(cfg), ", ".join(chosen), cfg.orchestration.mode
     )
-    params = plain_config(cfg)
+    params = pipeline_config_dict(cfg)  # stage flows are runs of their own: plain parameters
     return {stage: STAGE_FLOWS[stage](params) for stage in chosen}

@@ -1,5 +1,8 @@
 """Fan a stage's shards out: in this process (embedded) or as runs of a deployment (distributed).
 
+A stage's shards are scheduled through the registry :data:`tasks.stages.SHARD_STAGES`: its
+typed task gets the stage's typed job (:mod:`tasks.jobs`) and one shard.
+
 Embedded: one concurrent shard per device of ``orchestration.devices`` (every visible GPU, or
 the CPU), each shard handed the device that just became free, on Prefect's thread or
 process-pool task runner. Distributed: each shard becomes a run of the deployment
@@ -32,8 +35,11 @@ from prefect.logging import get_run_logger
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from ganviews.core.errors import GanviewsError
-from tasks.common import as_config, device_list, job_name, plain_config, shard_name, shard_task
-from tasks.pipeline_config import PipelineConfig
+from tasks.jobs import from_plain, to_plain
+from tasks.pipeline_config import PipelineConfig, job_name
+from tasks.run_state import shard_name
+from tasks.shard_runner import device_list
+from tasks.stages import SHARD_STAGES
 
 SHARD_FLOW = "ganviews-shard"
 
@@ -55,11 +61,9 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")
 
 
-def _retrying(cfg: PipelineConfig):
-    orch = cfg.orchestration
-    return shard_task.with_options(
-        retries=orch.retries, retry_delay_seconds=list(orch.retry_delay_seconds)
-    )
+def retrying(task, retries: int, retry_delay_seconds: Sequence[float]):
+    """``task`` retried ``retries`` times after a transient error, with this back-off."""
+    return task.with_options(retries=retries, retry_delay_seconds=list(retry_delay_seconds))
 
 
 class _Progress:
@@ -85,17 +89,33 @@ class _Progress:
         )
 
 
-def run_shards(cfg: PipelineConfig, stage: str, shards: Sequence[Sequence[int]]) -> ShardReport:
-    """Run ``stage`` on every shard (embedded or distributed); ShardsFailed if any did not complete."""
+def run_shards(
+    cfg: PipelineConfig,
+    stage: str,
+    job: Any,
+    shards: Sequence[Sequence[int]],
+    *,
+    task: Any = None,
+    deployment: str | None = None,
+) -> ShardReport:
+    """Run ``stage``'s task on ``job`` for every shard (embedded or distributed); ShardsFailed if
+    any did not complete.
+
+    ``task`` (embedded; default the registry's) and ``deployment`` (distributed; default
+    ``ganviews-shard/<orchestration.deployment>``) let a caller run a stage of its own
+    (the orchestration benchmark's no-op stage).
+    """
     report = ShardReport(stage, planned=len(shards))
     if not shards:
         get_run_logger().info("%s: every shard is complete, nothing to run", stage)
         return report
     progress = _Progress(cfg, stage, len(shards))
     if cfg.orchestration.mode == "embedded":
-        _run_embedded(cfg, stage, shards, progress, report)
+        task = task if task is not None else SHARD_STAGES[stage].task
+        _run_embedded(cfg, stage, task, job, shards, progress, report)
     else:
-        _run_distributed(cfg, stage, shards, progress, report)
+        name = deployment or f"{SHARD_FLOW}/{cfg.orchestration.deployment}"
+        _run_distributed(cfg, stage, name, to_plain(job), shards, progress, report)
     rows = [
         {k: v for k, v in s.items() if not isinstance(v, (dict, list))} for s in report.summaries
     ]
@@ -115,13 +135,12 @@ def run_shards(cfg: PipelineConfig, stage: str, shards: Sequence[Sequence[int]])
 
 
 def _run_embedded(
-    cfg: PipelineConfig, stage: str, shards, progress: _Progress, report: ShardReport
+    cfg: PipelineConfig, stage: str, task, job, shards, progress: _Progress, report: ShardReport
 ) -> None:
-    devices = device_list(cfg.orchestration.devices)
-    runner_type = (
-        ThreadPoolTaskRunner if cfg.orchestration.task_runner == "thread" else ProcessPoolTaskRunner
-    )
-    task, params = _retrying(cfg), plain_config(cfg)
+    orch = cfg.orchestration
+    devices = device_list(orch.devices)
+    runner_type = ThreadPoolTaskRunner if orch.task_runner == "thread" else ProcessPoolTaskRunner
+    task = retrying(task, orch.retries, orch.retry_delay_seconds)
     queue, free, running = deque(shards), list(devices), {}
     get_run_logger().info(
         "%s: %d shards on %s (%s task runner)",
@@ -134,9 +153,7 @@ def _run_embedded(
         while queue or running:
             while queue and free:  # each free device takes the next shard
                 device, shard = free.pop(0), queue.popleft()
-                future = runner.submit(
-                    task, {"config": params, "stage": stage, "shard": list(shard), "device": device}
-                )
+                future = runner.submit(task, {"job": job, "shard": list(shard), "device": device})
                 running[future] = (device, shard)
             future = next(as_completed(list(running)))
             device, shard = running.pop(future)
@@ -155,23 +172,31 @@ def idempotency_key(job: str, stage: str, shard: Sequence[int], parent: str, att
 
 
 def _run_distributed(
-    cfg: PipelineConfig, stage: str, shards, progress: _Progress, report: ShardReport
+    cfg: PipelineConfig,
+    stage: str,
+    name: str,
+    job: dict[str, Any],
+    shards,
+    progress: _Progress,
+    report: ShardReport,
 ) -> None:
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.deployments import run_deployment
 
-    orch, job, params = cfg.orchestration, job_name(cfg), plain_config(cfg)
+    orch, run_job = cfg.orchestration, job_name(cfg)
+    params = {"stage": stage, "job": job, "retries": orch.retries,
+              "retry_delay_seconds": list(orch.retry_delay_seconds)}  # fmt: skip
     ctx = FlowRunContext.get()
     parent = str(ctx.flow_run.id) if ctx and ctx.flow_run else "no-parent"
-    name = f"{SHARD_FLOW}/{orch.deployment}"
     logger = get_run_logger()
 
     def submit(shard: Sequence[int], attempt: int):
         return run_deployment(
-            name, parameters={"config": params, "stage": stage, "shard": list(shard)}, timeout=0,
-            idempotency_key=idempotency_key(job, stage, shard, parent, attempt), tags=["ganviews", job, stage],
-            flow_run_name=f"{job}-{stage}-{shard_name(shard)}" + (f"-a{attempt}" if attempt else ""),
+            name, parameters={**params, "shard": list(shard)}, timeout=0,
+            idempotency_key=idempotency_key(run_job, stage, shard, parent, attempt),
+            tags=["ganviews", run_job, stage],
+            flow_run_name=f"{run_job}-{stage}-{shard_name(shard)}" + (f"-a{attempt}" if attempt else ""),
         )  # fmt: skip
 
     runs = {}  # flow run id → (shard, attempt)
@@ -222,7 +247,16 @@ def _run_distributed(
 
 
 @flow(name=SHARD_FLOW)
-def shard_flow(config: dict, stage: str, shard: list[int], device: str = "auto") -> dict:
-    """One shard as its own flow run (the deployment the workers run); transient errors retried."""
-    cfg = as_config(config)
-    return _retrying(cfg)(plain_config(cfg), stage, shard, device)
+def shard_flow(
+    stage: str,
+    job: dict[str, Any],
+    shard: list[int],
+    device: str = "auto",
+    retries: int = 0,
+    retry_delay_seconds: list[float] | None = None,
+) -> dict:
+    """One shard as its own flow run (the deployment the workers run): the registry's task for
+    ``stage`` on the job rebuilt from its plain data; transient errors retried."""
+    spec = SHARD_STAGES[stage]
+    task = retrying(spec.task, retries, retry_delay_seconds or [0.0])
+    return task(from_plain(spec.job_type, job), shard, device)

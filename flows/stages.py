@@ -1,9 +1,11 @@
 """The pipeline's stages as Prefect flows (Chai et al., CVPR 2021, Sec. 3–4), each thin over tasks/.
 
-Every flow takes ``config`` — a YAML path or the plain dict of a PipelineConfig — and skips
-work whose outputs are complete: the latent store says which images are inverted, the render
-markers which shards' logits are current, the encoder/classifier/PCA files whether those
-exist, the evaluate marker whether the report matches the logits (tasks/common.py).
+Every flow takes ``config`` — a YAML path or the plain dict of a PipelineConfig (flow-run
+parameters are plain data) — turns it into the typed config once (:func:`as_config`) and
+skips work whose outputs are complete: the latent store says which images are inverted, the
+render markers which shards' logits are current, the encoder/classifier/PCA files whether
+those exist, the evaluate marker whether the report matches the logits. The sharded stages
+run through the registry :data:`tasks.stages.SHARD_STAGES`.
 """
 
 from __future__ import annotations
@@ -14,24 +16,13 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from flows.shards import run_shards
-from tasks.common import (
-    as_config,
-    classifier_done,
-    encoder_done,
-    evaluate_done,
-    job_name,
-    pca_done,
-    pca_needed,
-    pca_stats_task,
-    plain_config,
-    plan_invert,
-    plan_render,
-    prepare_store_task,
-    record_evaluation,
-    train_classifier_stage_task,
-    train_encoder_task,
-)
-from tasks.evaluate import evaluate_ensembles_task
+from tasks.evaluate import evaluate_done, evaluate_ensembles_task, record_evaluation
+from tasks.invert import prepare_store_task
+from tasks.pca import pca_done, pca_needed, pca_task
+from tasks.pipeline_config import as_config, job_name
+from tasks.stages import SHARD_STAGES
+from tasks.train_classifier import classifier_done, pipeline_arguments, train_classifier_task
+from tasks.train_encoder import encoder_done, train_encoder_task
 
 Config = str | dict[str, Any]
 
@@ -49,20 +40,27 @@ def train_encoder(config: Config) -> dict[str, Any]:
         return _skip("train_encoder", "encoder_training.enabled is false")
     if encoder_done(cfg):
         return _skip("train_encoder", f"{cfg.models.encoder} exists")
-    return train_encoder_task(plain_config(cfg))
+    return train_encoder_task(
+        cfg.models.generator, cfg.models.encoder, cfg.encoder_training, device=cfg.device,
+        seed=cfg.seed, lpips_weights_dir=cfg.models.lpips_weights_dir,
+    )  # fmt: skip
 
 
 @flow(name="invert-dataset")
 def invert_dataset(config: Config) -> dict[str, Any]:
     """Create/reopen the store, plan the shards with pending or failed images, invert them (Sec. 3.2)."""
     cfg = as_config(config)
-    store = prepare_store_task(plain_config(cfg))
-    report = run_shards(cfg, "invert", plan_invert(cfg))
+    stage = SHARD_STAGES["invert"]
+    job = stage.build(cfg)
+    store = prepare_store_task(
+        job, cfg.data.manifest, cfg.data.splits, cfg.orchestration.shard_size
+    )
+    report = run_shards(cfg, "invert", job, stage.plan(job))
     return {
         "stage": "invert",
         **store,
         "shards_run": report.planned,
-        "todo_after": len(plan_invert(cfg)),
+        "todo_after": len(stage.plan(job)),
     }
 
 
@@ -74,14 +72,16 @@ def compute_pca_stats(config: Config) -> dict[str, Any]:
         return _skip("pca", "no PCA view group in views.gan")
     if pca_done(cfg):
         return _skip("pca", "the store's pca_stats.npz matches the generator, samples and seed")
-    return pca_stats_task(plain_config(cfg))
+    return pca_task(cfg.models.generator, cfg.paths.store, cfg.pca, device=cfg.device)
 
 
 @flow(name="render-and-classify")
 def render_and_classify(config: Config) -> dict[str, Any]:
     """Render + classify the views of every shard whose logits are missing or stale (Sec. 3.3)."""
     cfg = as_config(config)
-    report = run_shards(cfg, "render", plan_render(cfg))
+    stage = SHARD_STAGES["render"]
+    job = stage.build(cfg)
+    report = run_shards(cfg, "render", job, stage.plan(job))
     return {
         "stage": "render",
         "shards_run": report.planned,
@@ -100,7 +100,8 @@ def train_classifier(config: Config) -> dict[str, Any]:
             "train_classifier",
             f"{cfg.models.classifiers[cfg.classifier_training.name].path} exists",
         )
-    return train_classifier_stage_task(plain_config(cfg))
+    report = train_classifier_task(**pipeline_arguments(cfg))
+    return {k: report[k] for k in ("classifier", "sha256", "n_train")}
 
 
 @flow(name="evaluate-ensembles")

@@ -13,13 +13,13 @@ another. The cache sits next to the latent store: ``<store>/pca_stats.npz``.
 
 from __future__ import annotations
 
-import os
-import uuid
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from storage.atomic import atomic_write_bytes
 from storage.errors import StoreError
 
 FORMAT_VERSION = 1
@@ -56,22 +56,19 @@ def save_pca_stats(
         raise StoreError(
             f"PCA stats for {path}: generator_sha256 is required (it guards against mix-ups)"
         )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}.npz")
-    with open(tmp, "wb") as fh:
-        np.savez(
-            fh,
-            mean=mean,
-            components=components,
-            stdevs=stdevs,
-            generator_sha256=np.array(str(generator_sha256)),
-            n_samples=np.array(int(n_samples), dtype=np.int64),
-            seed=np.array(int(seed), dtype=np.int64),
-            format_version=np.array(FORMAT_VERSION, dtype=np.int64),
-        )
-    os.replace(tmp, path)
-    return path
+    sink = io.BytesIO()
+    np.savez(
+        sink,
+        mean=mean,
+        components=components,
+        stdevs=stdevs,
+        generator_sha256=np.array(str(generator_sha256)),
+        n_samples=np.array(int(n_samples), dtype=np.int64),
+        seed=np.array(int(seed), dtype=np.int64),
+        format_version=np.array(FORMAT_VERSION, dtype=np.int64),
+    )
+    atomic_write_bytes(path, sink.getvalue())
+    return Path(path)
 
 
 def load_pca_stats(path: str | Path, *, generator_sha256: str | None = None) -> dict[str, Any]:

@@ -1,26 +1,41 @@
 """Prefect task: α cross-validation and the ensemble report (Chai et al. 2021, Sec. 3.4, Eq. 7).
 
-Reads the logit tables, writes results.csv / results.parquet, plots and report.md through
-:func:`ganviews.cli.report.run_report`, and — inside a Prefect run — publishes the results
-table, the per-method summary, the report (images inlined) and the summary plots as artifacts.
+:func:`run_evaluate` is the stage's one body (``ganviews report`` and the pipeline): it reads
+the Parquet logit tables (one task at a time, so tables far larger than memory as a DataFrame
+still work), cross-validates α per (task, classifier, method, setting) and writes
+results.csv / results.parquet, plots and report.md. :data:`evaluate_ensembles_task` also — inside
+a Prefect run — publishes the results table, the per-method summary, the report (images
+inlined) and the summary plots as artifacts. :func:`evaluate_done` / :func:`record_evaluation`
+keep the pipeline's ``<state>/evaluate.json`` marker (the logits a report was built from).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext, TaskRunContext
-from prefect.exceptions import MissingContextError
-from prefect.logging import get_run_logger
 
-from ganviews.cli.report import run_report
-from ganviews.report.tables import ReportOutputs, data_uri
+from ganviews.core.config import to_dict
+from ganviews.core.errors import ConfigError
+from ganviews.report.tables import ReportConfig, ReportOutputs, data_uri, write_report
+from storage.arrays import ALIGNED, INVERSION_ARRAYS, MASK, RECON, VIEWS_PREFIX, view_array
+from storage.latents import DONE, FAILED, LatentStore
+from storage.logits import read_logits
+from storage.results import write_results
+from tasks.pipeline_config import PipelineConfig
+from tasks.run_state import digest, read_json, write_json
+from tasks.shard_runner import run_logger
+
+log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = [
     "task", "classifier", "method", "setting", "kind", "alpha_star", "val_acc", "test_acc", "test_acc_se",
@@ -39,17 +54,17 @@ def evaluate_ensembles_task(
     logits_dir: str | Path,
     out_dir: str | Path,
     store: str | Path | None = None,
-    config: Any = None,
+    config: ReportConfig = ReportConfig(),  # noqa: B008 - frozen
     *,
     artifact_prefix: str = "ensemble",
 ) -> dict[str, str]:
-    """Evaluate the ensembles under ``logits_dir``, write the report to ``out_dir`` → paths written.
+    """Prefect task: :func:`run_evaluate` → the paths written.
 
-    ``config``: None, a ReportConfig, a mapping or a YAML path. Artifacts (keys start with
-    ``artifact_prefix``) are published only when running inside a Prefect flow or task run.
+    Artifacts (keys start with ``artifact_prefix``) are published only when running inside a
+    Prefect flow or task run.
     """
-    logger = _logger()
-    outputs = run_report(logits_dir, out_dir, store=store, config=config)
+    logger = run_logger()
+    outputs = run_evaluate(logits_dir, out_dir, store=store, config=config)
     table = outputs.results.table
     logger.info(
         "ensemble report: %s (%d rows, %d plots)", outputs.report_md, len(table), len(outputs.plots)
@@ -63,6 +78,199 @@ def evaluate_ensembles_task(
         "results_csv": str(outputs.results_csv),
         "results_parquet": str(outputs.results_parquet),
     }
+
+
+def logit_tasks(root: str | Path) -> list[str]:
+    """Task values of a logits dataset from its ``task=<task>`` partition folders (storage/logits.py layout)."""
+    return sorted(p.name.split("=", 1)[1] for p in Path(root).glob("task=*") if p.is_dir())
+
+
+def evaluate_logits(root: str | Path, config=None, *, expected=None):
+    """α-CV over a whole logits dataset, one task at a time; size curves for settings chosen over
+    all tasks. ``expected`` (image_id, split, detail) names the images every result should hold."""
+    from ganviews.ensemble.evaluate import (
+        GROUP_COLUMNS,
+        EnsembleConfig,
+        EnsembleInputError,
+        EnsembleResults,
+        best_settings,
+        build_groups,
+        concat_results,
+        evaluate,
+        size_curves,
+    )
+
+    config = config or EnsembleConfig()
+    tasks = logit_tasks(root)
+    if len(tasks) <= 1:  # one chunk (or a layout without task folders): a single pass
+        results = evaluate(read_logits(root, arrow_logits=True), config, expected=expected)
+    else:
+        first = dataclasses.replace(config, size_curve="none")
+        results = concat_results(
+            [
+                evaluate(
+                    read_logits(root, {"task": t}, arrow_logits=True), first, expected=expected
+                )
+                for t in tasks
+            ],
+            config,
+        )
+        if config.size_curve != "none" and not results.table.empty:
+            plain = results.table[results.table["kind"] != "combined"]
+            if config.size_curve == "best_setting":
+                plain = plain.merge(
+                    best_settings(plain)[["classifier", "method", "setting"]], how="inner"
+                )
+            keys = set(map(tuple, plain[list(GROUP_COLUMNS)].to_numpy().tolist()))
+            sizes = []
+            for t in tasks:
+                mine = {k for k in keys if k[0] == t}
+                if not mine:
+                    continue
+                frame = read_logits(
+                    root, {"task": t, "method": sorted({k[2] for k in mine})}, arrow_logits=True
+                )
+                groups = [g for g in build_groups(frame, config) if g.key in mine]
+                sizes.append(
+                    size_curves(
+                        groups, results.table[results.table["task"] == t], config, keys=mine
+                    )
+                )
+            parts = [
+                EnsembleResults(results.table.iloc[:0], results.curves.iloc[:0], s, config)
+                for s in sizes
+            ]
+            results = dataclasses.replace(
+                results, size_curves=concat_results(parts, config).size_curves
+            )
+    if results.table.empty:
+        raise EnsembleInputError(
+            f"{root}: no val/test logit rows to evaluate (α is chosen on val, reported on test)"
+        )
+    return results
+
+
+def expected_images(store_path: str | Path):
+    """The store manifest's val/test images (image_id, split) with why an image may lack logits:
+    ``detail`` is "inversion failed: <reason>", "not inverted (pending)" or ""."""
+    store = LatentStore.open(store_path, mode="r")
+    manifest = store.manifest()
+    if manifest is None:
+        return None
+    status = store.read(np.arange(store.n_images), fields=["status", "reason"])
+    detail = np.where(
+        status["status"] == FAILED,
+        np.char.add("inversion failed: ", status["reason"].astype(str)),
+        np.where(status["status"] == DONE, "", "not inverted (pending)"),
+    )
+    frame = manifest[["image_id", "split"]].assign(detail=detail)
+    return frame[frame["split"].isin(["val", "test"])].reset_index(drop=True)
+
+
+def load_gallery(store_path: str | Path, table, config):
+    """Gallery arrays read from a latent store → (GalleryArrays or None, notes for the report)."""
+
+    from ganviews.ensemble.evaluate import best_settings
+    from ganviews.report.tables import GalleryArrays
+
+    store = LatentStore.open(store_path, mode="r")
+    names = set(store.array_names())
+    missing = [n for n in INVERSION_ARRAYS if n not in names]
+    if missing:
+        note = f"no reconstruction gallery: the store {store_path} lacks {missing}"
+        log.warning(note)
+        return None, [note]
+    done = store.done()
+    idx = (done if len(done) else np.arange(store.n_images))[: config.gallery_images]
+    if config.gallery_arrays is not None:
+        wanted = list(config.gallery_arrays)
+        absent = [n for n in wanted if n not in names]
+        if absent:
+            views = sorted(n for n in names if n.startswith(VIEWS_PREFIX))
+            raise ConfigError(
+                f"report.gallery_arrays: {absent} not in the store (its views: {views})"
+            )
+    else:
+        gan = table[table["kind"] == "gan"]
+        best = best_settings(gan) if not gan.empty else gan
+        wanted = [view_array(r.method, r.setting) for r in best.itertuples()]
+        wanted = [n for n in dict.fromkeys(wanted) if n in names] or sorted(
+            n for n in names if n.startswith(VIEWS_PREFIX)
+        )[:4]
+    # the store keeps views by number (0 = the input, 1 = G(w*) for GAN methods), and the
+    # gallery shows the input and the reconstruction in their own columns: start after them
+    image_methods = set(config.ensemble.image_aug_methods)
+    first = {
+        n.removeprefix(VIEWS_PREFIX): 1 if n.split("/")[1] in image_methods else 2 for n in wanted
+    }
+    views = {name: store.read_array(VIEWS_PREFIX + name, idx)[:, k:] for name, k in first.items()}
+    gallery = GalleryArrays(
+        inputs=store.read_array(ALIGNED, idx),
+        masks=store.read_array(MASK, idx),
+        reconstructions=store.read_array(RECON, idx),
+        views=views,
+        image_ids=[str(i) for i in store.image_ids[idx]],
+        first_view=first,
+    )
+    return gallery, []
+
+
+def run_evaluate(
+    logits_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    store: str | Path | None = None,
+    config: ReportConfig = ReportConfig(),  # noqa: B008 - frozen
+) -> ReportOutputs:
+    """Evaluate the logits under ``logits_dir`` and write the report into ``out_dir`` → ReportOutputs.
+
+    Writes results.csv / results.parquet (:func:`storage.results.write_results`), the curve
+    tables, PNG plots and report.md (+ report.html); with ``store`` also a reconstruction
+    gallery read from the latent store.
+    """
+    expected = expected_images(store) if store is not None else None
+    results = evaluate_logits(logits_dir, config.ensemble, expected=expected)
+    gallery, notes = (None, [])
+    if expected is None:
+        notes.append(
+            "images with no logit row at all (e.g. failed inversions) are not counted as "
+            "excluded: the report knows the expected images only from a latent store (--store)"
+        )
+    if store is not None and config.gallery_images > 0:
+        gallery, more = load_gallery(store, results.table, config)
+        notes += more
+    files = write_results(results.table, out_dir)
+    return write_report(
+        results, out_dir, results_files=files, config=config, gallery=gallery,
+        source=str(logits_dir), notes=notes,
+    )  # fmt: skip
+
+
+def evaluate_key(cfg: PipelineConfig) -> str:
+    """What the report depends on: every logits file (size, mtime) and the report config."""
+    root = Path(cfg.paths.logits)
+    files = (
+        sorted(
+            (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*.parquet")
+            if not p.name.startswith((".", "_"))
+        )
+        if root.is_dir()
+        else []
+    )
+    return digest({"files": files, "report": to_dict(cfg.report), "store": str(cfg.paths.store)})
+
+
+def evaluate_done(cfg: PipelineConfig) -> bool:
+    """The report exists and was built from the current logits and report config."""
+    results = Path(cfg.paths.report) / "results.csv"
+    marker = read_json(cfg.state_dir / "evaluate.json")
+    return results.is_file() and marker.get("key") == evaluate_key(cfg)
+
+
+def record_evaluation(cfg: PipelineConfig, outputs: Mapping[str, str]) -> None:
+    """Remember which logits the report was built from (the pipeline skips an unchanged report)."""
+    write_json(cfg.state_dir / "evaluate.json", {"key": evaluate_key(cfg), **outputs})
 
 
 def publish_artifacts(outputs: ReportOutputs, *, prefix: str = "ensemble") -> list[str]:
@@ -129,10 +337,3 @@ def _records(frame) -> list[dict[str, Any]]:
 def _key(text: str) -> str:
     """Artifact keys allow lowercase letters, digits and dashes only."""
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-") or "x"
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except MissingContextError:  # called as .fn outside any run
-        return logging.getLogger(__name__)

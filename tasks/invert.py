@@ -13,8 +13,11 @@ done only after their data is on disk.
 The aligned image is quantised to uint8 *before* inversion, so ``images/aligned`` is
 exactly the target that w* reconstructs (later steps read it back as the original).
 
-:func:`run_invert_shard` is the plain function (CLI, notebooks); :data:`invert_shard` is its
-Prefect task. Models are loaded once per process (cache keyed by file path and content hash).
+:func:`run_invert` is the stage's one body (``ganviews invert``, the pipeline's shards,
+notebooks), configured by an :class:`~tasks.jobs.InvertJob`; :data:`invert_shard_task` is its
+typed Prefect task (one shard through :func:`tasks.shard_runner.run_shard`).
+:func:`prepare_store` creates or reopens the store for both. Models are loaded once per
+process (cache keyed by file path and content hash).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,40 +34,25 @@ import numpy as np
 import pandas as pd
 import torch
 from prefect import task
-from prefect.exceptions import MissingContextError
-from prefect.logging import get_run_logger
+from prefect.cache_policies import NO_CACHE
 
-from ganviews.core.config import from_dict, to_dict
+from ganviews.core.config import to_dict
 from ganviews.core.errors import ConfigError, GanviewsError
+from ganviews.core.images import signed_to_uint8, uint8_to_signed
 from ganviews.core.runtime import file_sha256, resolve_device, set_numerics_policy
 from ganviews.inversion.lbfgs import Status
+from storage.arrays import ALIGNED, MASK, RECON
 from storage.latents import LatentStore
+from tasks.jobs import InvertJob
+from tasks.shard_runner import SHARD_TASK_OPTIONS, run_logger, run_shard
+from tasks.store_io import load_aligned, select_splits, shard_range
 
 log = logging.getLogger(__name__)
 
-ALIGNED, MASK, RECON = "images/aligned", "images/mask", "images/recon"
 NOT_IDENTITY = ("batch_size",)  # InversionConfig fields that do not change results
 
 
 # ---------------------------------------------------------------- configs and identity
-
-
-def resolve_configs(align_cfg: Any, inversion_cfg: Any):
-    """(AlignConfig, InversionConfig) from dataclasses or mappings (errors name the key)."""
-    from ganviews.inversion.align import AlignConfig
-    from ganviews.inversion.invert import InversionConfig
-
-    align = (
-        align_cfg
-        if isinstance(align_cfg, AlignConfig)
-        else from_dict(AlignConfig, align_cfg or {}, key="align")
-    )
-    inv = (
-        inversion_cfg
-        if isinstance(inversion_cfg, InversionConfig)
-        else from_dict(InversionConfig, inversion_cfg or {}, key="invert")
-    )
-    return align, inv
 
 
 def check_align_resolution(align_cfg, G) -> None:
@@ -166,62 +154,6 @@ def load_inversion_models(
 # ---------------------------------------------------------------- the work
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] float images → uint8 (clamped, rounded)."""
-    from ganviews.core.images import signed_to_uint8
-
-    return signed_to_uint8(images.detach().float().cpu().numpy())
-
-
-def _shard_range(store: LatentStore, shard: int | Sequence[int]) -> tuple[int, int]:
-    shards = store.shards()
-    if isinstance(shard, (int, np.integer)):
-        if not 0 <= int(shard) < len(shards):
-            raise ConfigError(
-                f"shard: index {shard} out of range (the store has {len(shards)} shards)"
-            )
-        return shards[int(shard)]
-    start, stop = (int(v) for v in shard)
-    if (start, stop) not in shards:
-        raise ConfigError(
-            f"shard: {(start, stop)} is not a shard of {store.path} (shards: {shards[:4]}…)"
-        )
-    return start, stop
-
-
-def _optional(row: pd.Series, column: str) -> Any:
-    value = row.get(column)
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    return value
-
-
-def load_aligned(
-    rows: pd.DataFrame, align_cfg, *, image_root: Path
-) -> tuple[list[int], list, dict[int, str]]:
-    """Load and align manifest ``rows`` → (positions that worked, (image, mask) pairs, {position: reason})."""
-    from ganviews.core.images import load_image
-    from ganviews.inversion.align import align_image
-
-    ok, pairs, failed = [], [], {}
-    for pos, (_, row) in enumerate(rows.iterrows()):
-        path = Path(row["path"])
-        path = path if path.is_absolute() else image_root / path
-        try:
-            img, mask = align_image(
-                load_image(path),
-                align_cfg,
-                bbox=_optional(row, "bbox"),
-                landmarks=_optional(row, "landmarks"),
-            )
-        except GanviewsError as exc:
-            failed[pos] = getattr(exc, "reason", None) or str(exc)
-            continue
-        ok.append(pos)
-        pairs.append((img, mask))
-    return ok, pairs, failed
-
-
 def invert_batch_into(
     store: LatentStore,
     idx: np.ndarray,
@@ -245,9 +177,9 @@ def invert_batch_into(
     if not ok:
         return {"done": 0, "failed": len(failed), "loss": 0.0, "psnr": 0.0}
     device, dtype = G.mean_w.device, G.mean_w.dtype
-    aligned = to_uint8(torch.from_numpy(np.stack([p[0] for p in pairs])))  # [k, 3, R, R]
+    aligned = signed_to_uint8(np.stack([p[0] for p in pairs]))  # [k, 3, R, R]
     masks = np.stack([p[1] for p in pairs]).astype(np.float32)  # [k, 1, R, R]
-    x = torch.from_numpy(aligned).to(device=device, dtype=dtype) / 127.5 - 1.0  # the stored target
+    x = uint8_to_signed(torch.from_numpy(aligned).to(device=device), dtype)  # the stored target
     m = torch.from_numpy(masks).to(device=device, dtype=dtype)
     res = invert(G, x, m, encoder=E, perceptual=P, **dataclasses.asdict(inversion_cfg))
     good = (res.status != Status.NONFINITE).cpu().numpy() & np.isfinite(res.loss.cpu().numpy())
@@ -274,7 +206,7 @@ def invert_batch_into(
         arrays={
             ALIGNED: aligned[sel],
             MASK: (masks[sel] * 255).round().astype(np.uint8),
-            RECON: to_uint8(res.recon[sel]),
+            RECON: signed_to_uint8(res.recon[sel].float()).cpu().numpy(),
         },
     )
     return {
@@ -298,7 +230,7 @@ def invert_shard_with(
     retry_failed: bool = True,
 ) -> dict[str, Any]:
     """Invert the pending (+ failed) items of one shard with loaded models → summary dict."""
-    start, stop = _shard_range(store, shard)
+    start, stop = shard_range(store, shard)
     check_align_resolution(align_cfg, G)
     manifest = store.manifest()
     if manifest is None:
@@ -341,90 +273,111 @@ def invert_shard_with(
     return summary
 
 
-def run_invert_shard(
-    store_path: str | Path,
-    shard: int | Sequence[int],
+def prepare_store(
+    job: InvertJob,
+    manifest: pd.DataFrame,
+    G,
+    E,
     *,
-    generator_path: str | Path,
-    encoder_path: str | Path | None = None,
-    align_cfg: Any = None,
-    inversion_cfg: Any = None,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    image_root: str | Path | None = None,
-    lpips_weights_dir: str | Path | None = None,
-    retry_failed: bool = True,
-) -> dict[str, Any]:
-    """Invert one shard (index into ``store.shards()`` or ``(start, stop)``) of an existing store.
+    shard_size: int,
+    overwrite: bool = False,
+) -> LatentStore:
+    """Create ``job.store`` from the selected ``manifest`` rows, replace it (``overwrite``), or
+    reopen it checking that it was inverted with the same generator, encoder and configs."""
+    if not len(manifest):
+        raise ConfigError(f"{job.store}: no manifest rows selected to invert")
+    check_align_resolution(job.align, G)  # before the store exists, not once per shard
+    attrs = store_attrs(G, E, job.align, job.invert)
+    layout = dict(n_images=len(manifest), num_ws=G.num_ws, w_dim=G.w_dim, shard_size=shard_size)
+    if overwrite:
+        return LatentStore.create(
+            job.store, **layout, attrs=attrs, manifest=manifest, overwrite=True
+        )
+    if (Path(job.store) / "zarr.json").is_file():
+        check_store_models(LatentStore.open(job.store, mode="r"), G, E)
+    return LatentStore.open_or_create(job.store, **layout, attrs=attrs, manifest=manifest)
 
-    ``align_cfg`` / ``inversion_cfg``: dataclasses or mappings; they must be the ones the
-    store was created with (its config hash), as must the generator and encoder.
-    ``seed``: the objective is deterministic (noise "const"), so nothing is drawn; recorded
-    for symmetry with the other shard tasks. ``image_root``: base of relative manifest
-    paths (default: the store folder). ``lpips_weights_dir``: folder searched first for the
-    LPIPS backbone file (:func:`ganviews.inversion.perceptual.load_perceptual`).
+
+def plan_invert(job: InvertJob) -> list[tuple[int, int]]:
+    """Shards of the store with pending or failed items (chunk-aligned ranges)."""
+    store = LatentStore.open(job.store, mode="r")
+    return [s for s in store.shards() if len(store.todo(shard=s))]
+
+
+def run_invert(
+    job: InvertJob,
+    shards: Sequence[int | Sequence[int]] | None = None,
+    *,
+    device: str | torch.device = "auto",
+    retry_failed: bool = True,
+) -> list[dict[str, Any]]:
+    """Invert the pending (and, with ``retry_failed``, failed) items of ``shards`` of the store
+    (indices into ``store.shards()`` or ``(start, stop)``; None: every shard) → one summary each.
+
+    The store must have been created with the job's generator, encoder and configs
+    (:func:`prepare_store`). The objective is deterministic (noise "const"): ``job.seed`` is
+    only recorded. Models are loaded once per process.
     """
-    align, inv = resolve_configs(align_cfg, inversion_cfg)
     device = resolve_device(device)
     set_numerics_policy(device)
     G, E, P = load_inversion_models(
-        generator_path, encoder_path, inv, device=device, lpips_weights_dir=lpips_weights_dir
+        job.generator,
+        job.encoder,
+        job.invert,
+        device=device,
+        lpips_weights_dir=job.lpips_weights_dir,
     )
-    expect = store_attrs(G, E, align, inv)
-    store = LatentStore.open(store_path, mode="a")
+    expect = store_attrs(G, E, job.align, job.invert)
+    store = LatentStore.open(job.store, mode="a")
     check_store_models(store, G, E)
     store.check_identity({"config": expect["config"]})
-    summary = invert_shard_with(
-        store,
-        shard,
-        G,
-        E,
-        P,
-        align_cfg=align,
-        inversion_cfg=inv,
-        image_root=image_root,
-        retry_failed=retry_failed,
-    )
-    summary["seed"] = seed
-    return summary
+    out = []
+    for shard in store.shards() if shards is None else shards:
+        summary = invert_shard_with(
+            store, shard, G, E, P, align_cfg=job.align, inversion_cfg=job.invert,
+            image_root=job.image_root, retry_failed=retry_failed,
+        )  # fmt: skip
+        out.append({**summary, "seed": job.seed})
+    return out
 
 
-@task(name="invert-shard")
-def invert_shard(
-    store_path: str | Path,
-    shard: int | Sequence[int],
-    *,
-    generator_path: str | Path,
-    encoder_path: str | Path | None = None,
-    align_cfg: Mapping[str, Any] | Any = None,
-    inversion_cfg: Mapping[str, Any] | Any = None,
-    device: str = "auto",
-    seed: int = 0,
-    image_root: str | Path | None = None,
-    lpips_weights_dir: str | Path | None = None,
+def _invert_shard(job: InvertJob, shard: tuple[int, int], device: str) -> dict[str, Any]:
+    return run_invert(job, [shard], device=device)[0]
+
+
+@task(name="invert-shard", task_run_name="invert-{shard[0]}-{shard[1]}", **SHARD_TASK_OPTIONS)
+def invert_shard_task(job: InvertJob, shard: Sequence[int], device: str = "auto") -> dict[str, Any]:
+    """Prefect task: invert one shard ``(start, stop)`` of ``job.store`` → the shard's summary."""
+    return run_shard("invert", _invert_shard, job, shard, device)
+
+
+@task(name="prepare-store", cache_policy=NO_CACHE)
+def prepare_store_task(
+    job: InvertJob, manifest: Path, splits: Sequence[str], shard_size: int
 ) -> dict[str, Any]:
-    """Prefect task around :func:`run_invert_shard` (same arguments) → the shard summary."""
-    summary = run_invert_shard(
-        store_path,
-        shard,
-        generator_path=generator_path,
-        encoder_path=encoder_path,
-        align_cfg=align_cfg,
-        inversion_cfg=inversion_cfg,
-        device=device,
-        seed=seed,
-        image_root=image_root,
-        lpips_weights_dir=lpips_weights_dir,
+    """Prefect task: create the store from the manifest's ``splits`` (or reopen it) → its counts."""
+    from ganviews.stylegan.generator import load_generator
+    from storage.manifest import read_manifest
+
+    rows = select_splits(read_manifest(manifest), splits, key="data.splits", source=manifest)
+    G = load_generator(job.generator, device="cpu")
+    E = None
+    if job.encoder is not None:
+        from ganviews.inversion.encoder import load_encoder
+
+        E = load_encoder(job.encoder, device="cpu")
+    store = prepare_store(job, rows, G, E, shard_size=shard_size)
+    out = {
+        "store": str(store.path),
+        "n_images": store.n_images,
+        "shards": len(store.shards()),
+        "todo": int(len(store.todo())),
+    }
+    run_logger().info(
+        "store %s: %d images in %d shards, %d to do",
+        out["store"],
+        out["n_images"],
+        out["shards"],
+        out["todo"],
     )
-    try:
-        get_run_logger().info(
-            "invert %s: %d done, %d failed, mean PSNR %.2f dB, %.0f s",
-            summary["shard"],
-            summary["done"],
-            summary["failed"],
-            summary["mean_psnr"],
-            summary["seconds"],
-        )
-    except MissingContextError:  # called as .fn outside a run
-        pass
-    return summary
+    return out

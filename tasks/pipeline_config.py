@@ -14,8 +14,9 @@ The stage sections reuse the library's own configs (``AlignConfig``, ``Inversion
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -233,6 +234,12 @@ def load_pipeline_config(
     return cfg
 
 
+def as_config(config: PipelineConfig | Mapping[str, Any] | str | Path) -> PipelineConfig:
+    """The flows' one coercion: a PipelineConfig from itself, its plain dict
+    (:func:`pipeline_config_dict`, a flow-run parameter) or a YAML path."""
+    return config if isinstance(config, PipelineConfig) else load_pipeline_config(config)
+
+
 def pipeline_config_dict(cfg: PipelineConfig) -> dict[str, Any]:
     """Plain data (absolute paths) that :func:`load_pipeline_config` maps back onto ``cfg``."""
     return to_dict(cfg)
@@ -370,3 +377,50 @@ def check_pipeline_config(cfg: PipelineConfig) -> None:
             )
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def job_name(cfg: PipelineConfig) -> str:
+    """The job's name: ``orchestration.job``, else ``job-<hash of the store path>``."""
+    if cfg.orchestration.job:
+        return cfg.orchestration.job
+    return "job-" + hashlib.sha1(str(cfg.paths.store).encode()).hexdigest()[:10]
+
+
+_HINTS = {
+    "models.encoder": " (put the authors' released RGBM encoder for this generator there, "
+    "sgan_encoders_<ffhq|car|cat>_RGBM_model_initial.pth.tar, docs/quickstart.md; or name a "
+    ".safetensors file and set encoder_training.enabled: true to train one)"
+}
+
+
+def check_files(cfg: PipelineConfig, stages: Sequence[str]) -> None:
+    """ConfigError naming every input file the given stages need and cannot find."""
+    need: list[tuple[str, Path | None]] = [("models.generator", cfg.models.generator)]
+    if "invert" in stages:
+        need.append(("data.manifest", cfg.data.manifest))
+        if cfg.models.encoder is not None and not (
+            "train_encoder" in stages and cfg.encoder_training.enabled
+        ):
+            need.append(("models.encoder", cfg.models.encoder))
+    trained = (
+        cfg.classifier_training.name
+        if cfg.classifier_training.enabled and "train_classifier" in stages
+        else None
+    )
+    if "render" in stages:
+        if not cfg.models.classifiers:
+            raise ConfigError("models.classifiers: the render stage needs at least one classifier")
+        need += [
+            (f"models.classifiers.{k}.path", v.path)
+            for k, v in cfg.models.classifiers.items()
+            if k != trained
+        ]
+    missing = [
+        f"{key}: {path} not found{_HINTS.get(key, '')}"
+        for key, path in need
+        if path is not None and not Path(path).is_file()
+    ]
+    if missing:
+        raise ConfigError(
+            "\n".join(missing) + "\n(put the files there or fix the paths in the config)"
+        )

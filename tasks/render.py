@@ -10,11 +10,15 @@ view number (index 0 = the original).
 
 Inputs: ``w`` and the aligned originals ``images/aligned`` from the store (written by the
 inversion step); if that array is missing, the originals are loaded from the manifest paths
-and aligned again with ``align`` (or the store's recorded ``config.align``). PCA statistics
-are read from ``<store>/pca_stats.npz`` (computed and cached there when missing).
+and aligned again (:func:`tasks.store_io.read_originals`). PCA statistics are read from
+``<store>/pca_stats.npz`` (computed there with the job's PCA settings when missing,
+:func:`tasks.pca.load_pca`).
 
-:func:`run_render_shard` is the plain function (usable without Prefect); ``render_shard_task``
-is its Prefect wrapper; :func:`render_shards` loads the models once for several shards (CLI).
+:func:`run_render` is the stage's one body (``ganviews render``, the pipeline's shards,
+notebooks), configured by a :class:`~tasks.jobs.RenderJob`; it loads the models once for
+all its shards. :data:`render_shard_task` is its typed Prefect task; in the pipeline it also
+writes the shard's render marker (``<state>/render/<shard>.json``: the key of the inputs the
+logits were made from, :func:`render_key`), so :func:`plan_render` skips unchanged shards.
 """
 
 from __future__ import annotations
@@ -28,40 +32,23 @@ import numpy as np
 import pandas as pd
 import torch
 from prefect import task
-from prefect.exceptions import MissingContextError
-from prefect.logging import get_run_logger
 
-from ganviews.core.config import load_yaml, to_dict
+from ganviews.core.config import to_dict
 from ganviews.core.errors import ConfigError, GanviewsError
-from ganviews.core.runtime import resolve_device, set_numerics_policy
-from ganviews.views.perturb import PCAStats, compute_pca_stats
-from ganviews.views.render import GroupLogits, ViewConfig, render_and_classify, view_config
+from ganviews.core.runtime import file_sha256, resolve_device, set_numerics_policy
+from ganviews.views.perturb import PCAStats
+from ganviews.views.render import GroupLogits, ViewConfig, render_and_classify
+from storage.arrays import view_array
 from storage.identity import code_version
 from storage.latents import LatentStore
 from storage.logits import write_logits
-from storage.pca_stats import cache_path, load_pca_stats, save_pca_stats
+from tasks.jobs import RenderJob
+from tasks.pca import load_pca
+from tasks.run_state import digest, read_json, shard_name, write_json
+from tasks.shard_runner import SHARD_TASK_OPTIONS, run_shard
+from tasks.store_io import read_originals, shard_range
 
 log = logging.getLogger(__name__)
-
-ALIGNED = "images/aligned"
-PCA_SAMPLES = 100_000  # w samples for the PCA statistics when they must be computed
-PCA_SEED = 0  # their seed (fixed, so every worker computes the same cache)
-
-
-def shard_key(start: int, stop: int) -> str:
-    """The logits file key of a shard: ``00000064-00000128``."""
-    return f"{start:08d}-{stop:08d}"
-
-
-def resolve_view_config(view_cfg: ViewConfig | Mapping[str, Any] | str | Path | None) -> ViewConfig:
-    """A ViewConfig from itself, a mapping, a YAML path, or None (the "faces" preset)."""
-    if isinstance(view_cfg, ViewConfig):
-        return view_cfg
-    if view_cfg is None:
-        return view_config(preset="faces")
-    if isinstance(view_cfg, (str, Path)):
-        return view_config(load_yaml(view_cfg))
-    return view_config(view_cfg)
 
 
 def load_models(
@@ -99,86 +86,6 @@ def classifier_tasks(
             )
         out[name] = col
     return out
-
-
-def prepare_pca(
-    store_path: str | Path,
-    G,
-    config: ViewConfig,
-    *,
-    device: torch.device,
-    n_samples: int = PCA_SAMPLES,
-) -> PCAStats | None:
-    """The PCA statistics the config needs (None if no PCA group): cached next to the store."""
-    if not any(g.method == "pca" for g in config.gan):
-        return None
-    path = cache_path(store_path)
-    if path.is_file():
-        data = load_pca_stats(path, generator_sha256=G.sha256)
-    else:
-        log.info("computing PCA statistics of %d w samples → %s", n_samples, path)
-        stats = compute_pca_stats(G, n_samples=n_samples, seed=PCA_SEED, device=device)
-        save_pca_stats(
-            path, **stats.as_arrays(), generator_sha256=G.sha256, n_samples=n_samples, seed=PCA_SEED
-        )
-        data = load_pca_stats(path, generator_sha256=G.sha256)
-    return PCAStats.from_arrays(
-        data["mean"], data["components"], data["stdevs"],
-        generator_sha256=data["generator_sha256"], n_samples=data["n_samples"],
-    )  # fmt: skip
-
-
-def _shard_range(store: LatentStore, shard: int | Sequence[int]) -> tuple[int, int]:
-    shards = store.shards()
-    if isinstance(shard, (int, np.integer)):
-        if not 0 <= int(shard) < len(shards):
-            raise ConfigError(
-                f"shard: index {shard} out of range (the store has {len(shards)} shards)"
-            )
-        return shards[int(shard)]
-    start, stop = (int(v) for v in shard)
-    if (start, stop) not in shards:
-        raise ConfigError(
-            f"shard: {(start, stop)} is not a shard of {store.path} (shards: {shards[:4]}…)"
-        )
-    return start, stop
-
-
-def load_originals(
-    store: LatentStore,
-    idx: np.ndarray,
-    manifest: pd.DataFrame,
-    *,
-    align: Any = None,
-    image_root: str | Path | None = None,
-) -> torch.Tensor:
-    """The aligned originals [k, 3, R, R] in [-1, 1]: from ``images/aligned``, else re-aligned."""
-    if ALIGNED in store.array_names():
-        pixels = store.read_array(ALIGNED, idx)  # [k, 3, R, R] uint8
-        return torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0)
-    from ganviews.core.config import from_dict
-    from ganviews.core.images import load_image
-    from ganviews.inversion.align import AlignConfig, align_image
-
-    recorded = (store.attrs.get("config") or {}).get("align")
-    spec = align if align is not None else recorded
-    if spec is None:
-        raise ConfigError(
-            f"{store.path} has no {ALIGNED!r} array and no align config was given or recorded; "
-            "pass align= (AlignConfig or mapping) to re-align the originals from the manifest"
-        )
-    cfg = spec if isinstance(spec, AlignConfig) else from_dict(AlignConfig, spec, key="align")
-    root = Path(image_root) if image_root is not None else store.path
-    out = []
-    for i in idx:
-        row = manifest.iloc[int(i)]
-        path = Path(row["path"])
-        path = path if path.is_absolute() else root / path
-        img, _ = align_image(
-            load_image(path), cfg, bbox=row.get("bbox"), landmarks=row.get("landmarks")
-        )
-        out.append(img)
-    return torch.from_numpy(np.stack(out))  # [k, 3, R, R]
 
 
 def logit_frame(
@@ -229,10 +136,10 @@ def render_shard_with(
     pca: PCAStats | None = None,
     class_column: str | None = None,
     align: Any = None,
-    image_root: str | Path | None = None,
+    image_root: Any = None,
 ) -> dict[str, Any]:
     """Render + classify the done images of one shard with loaded models; write logits (+ views)."""
-    start, stop = _shard_range(store, shard)
+    start, stop = shard_range(store, shard)
     manifest = store.manifest()
     if manifest is None:
         raise ConfigError(f"{store.path} has no manifest.parquet: splits and labels come from it")
@@ -240,12 +147,12 @@ def render_shard_with(
     col_of = classifier_tasks(classifiers, tasks, label_columns)
     done = store.done()
     idx = done[(done >= start) & (done < stop)]  # [k] inverted images of the shard
-    summary = {"shard": shard_key(start, stop), "images": int(len(idx)), "rows": 0, "files": 0}
+    summary = {"shard": shard_name((start, stop)), "images": int(len(idx)), "rows": 0, "files": 0}
     if not len(idx):
         log.info("shard %s: no inverted images, nothing to render", summary["shard"])
         return summary
     w = torch.from_numpy(store.read(idx, ["w"])["w"])  # [k, L, C]
-    images = load_originals(store, idx, manifest, align=align, image_root=image_root)
+    images = read_originals(store, idx, manifest, align=align, image_root=image_root)
     c = None
     if G.c_dim:
         if class_column is None:
@@ -297,7 +204,7 @@ def persist_views(store: LatentStore, idx: np.ndarray, groups: Iterable[GroupLog
     for g in groups:
         if g.views is None:
             continue
-        name = f"views/{g.method}/{g.setting or 'none'}"
+        name = view_array(g.method, g.setting)
         store.ensure_array(name, g.views.shape[1:], np.uint8)
         store.write_array(name, idx, g.views)
         names.append(name)
@@ -313,36 +220,29 @@ def _check_generator(store: LatentStore, G) -> None:
         )
 
 
-def render_shards(
-    store_path: str | Path,
+def run_render(
+    job: RenderJob,
     shards: Iterable[int | Sequence[int]] | None = None,
     *,
-    generator_path: str | Path,
-    classifier_paths: Mapping[str, str | Path],
-    tasks: Mapping[str, str] | None = None,
-    view_cfg: ViewConfig | Mapping[str, Any] | str | Path | None = None,
-    logits_dir: str | Path,
     device: str | torch.device = "auto",
-    seed: int = 0,
-    class_column: str | None = None,
-    align: Any = None,
-    image_root: str | Path | None = None,
-    pca_samples: int = PCA_SAMPLES,
 ) -> list[dict[str, Any]]:
-    """Load the models once and render several shards (None = every shard) → one summary each."""
-    cfg = resolve_view_config(view_cfg)
+    """Render and classify ``shards`` of the store (indices into ``store.shards()`` or
+    ``(start, stop)``; None: every shard), loading the models once → one summary each."""
     device = resolve_device(device)
     set_numerics_policy(device)
-    store = LatentStore.open(store_path, mode="a" if cfg.persist_views else "r")
-    G, classifiers = load_models(generator_path, classifier_paths, device=device)
+    store = LatentStore.open(job.store, mode="a" if job.views.persist_views else "r")
+    G, classifiers = load_models(job.generator, job.classifiers, device=device)
     _check_generator(store, G)
-    pca = prepare_pca(store.path, G, cfg, device=device, n_samples=pca_samples)
+    pca = None
+    if any(g.method == "pca" for g in job.views.gan):
+        pca = load_pca(store.path, G, job.pca, device=device)
     out = []
     for shard in store.shards() if shards is None else shards:
         out.append(
             render_shard_with(
-                store, shard, G, classifiers, view_cfg=cfg, logits_dir=logits_dir, device=device, seed=seed,
-                tasks=tasks, pca=pca, class_column=class_column, align=align, image_root=image_root,
+                store, shard, G, classifiers, view_cfg=job.views, logits_dir=job.logits,
+                device=device, seed=job.seed, tasks=job.tasks, pca=pca,
+                class_column=job.class_column, align=job.align, image_root=job.image_root,
             )
         )  # fmt: skip
         log.info(
@@ -354,43 +254,63 @@ def render_shards(
     return out
 
 
-def run_render_shard(
-    store_path: str | Path,
-    shard: int | Sequence[int],
-    *,
-    generator_path: str | Path,
-    classifier_paths: Mapping[str, str | Path],
-    tasks: Mapping[str, str] | None = None,
-    view_cfg: ViewConfig | Mapping[str, Any] | str | Path | None = None,
-    logits_dir: str | Path,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    class_column: str | None = None,
-    align: Any = None,
-    image_root: str | Path | None = None,
-    pca_samples: int = PCA_SAMPLES,
-) -> dict[str, Any]:
-    """Render and classify one shard (index into ``store.shards()`` or ``(start, stop)``) → summary."""
-    return render_shards(
-        store_path, [shard], generator_path=generator_path, classifier_paths=classifier_paths, tasks=tasks,
-        view_cfg=view_cfg, logits_dir=logits_dir, device=device, seed=seed, class_column=class_column,
-        align=align, image_root=image_root, pca_samples=pca_samples,
-    )[0]  # fmt: skip
+# ----------------------------------------------------------------------------- pipeline markers
 
 
-@task(name="render-shard")
-def render_shard_task(
-    store_path: str | Path, shard: int | Sequence[int], **kwargs: Any
-) -> dict[str, Any]:
-    """Prefect wrapper of :func:`run_render_shard` (same keyword arguments)."""
-    summary = run_render_shard(store_path, shard, **kwargs)
-    try:
-        get_run_logger().info(
-            "render %s: %d images → %d logit rows",
-            summary["shard"],
-            summary["images"],
-            summary["rows"],
-        )
-    except MissingContextError:
-        pass
+def model_hashes(job: RenderJob) -> dict[str, str]:
+    """Content hashes of the generator and every classifier."""
+    out = {"generator": file_sha256(job.generator)}
+    out.update({f"classifier:{k}": file_sha256(v) for k, v in job.classifiers.items()})
+    return out
+
+
+def render_key(job: RenderJob, image_ids: Sequence[str], hashes: Mapping[str, str]) -> str:
+    """What a shard's logits depend on: models (file hashes), view config, seed and its images."""
+    return digest(
+        {
+            "models": dict(hashes),
+            "views": to_dict(job.views),
+            "seed": job.seed,
+            "tasks": {k: job.tasks.get(k, "") for k in job.classifiers},
+            "class_column": job.class_column,
+            "ids": [str(i) for i in image_ids],
+        }
+    )
+
+
+def _marker(job: RenderJob, shard: Sequence[int]):
+    return job.state_dir / "render" / f"{shard_name(shard)}.json"
+
+
+def _shard_ids(store: LatentStore, shard: Sequence[int]) -> np.ndarray:
+    done = store.done()
+    return store.image_ids[done[(done >= shard[0]) & (done < shard[1])]]
+
+
+def plan_render(job: RenderJob) -> list[tuple[int, int]]:
+    """Shards with inverted images whose logits are missing or were rendered with other inputs."""
+    store = LatentStore.open(job.store, mode="r")
+    hashes = model_hashes(job)
+    todo = []
+    for shard in store.shards():
+        ids = _shard_ids(store, shard)
+        if len(ids) and read_json(_marker(job, shard)).get("key") != render_key(job, ids, hashes):
+            todo.append(shard)
+    return todo
+
+
+def _render_shard(job: RenderJob, shard: tuple[int, int], device: str) -> dict[str, Any]:
+    if job.state_dir is None:
+        return run_render(job, [shard], device=device)[0]
+    store = LatentStore.open(job.store, mode="r")
+    key = render_key(job, _shard_ids(store, shard), model_hashes(job))
+    summary = run_render(job, [shard], device=device)[0]
+    write_json(_marker(job, shard), {"key": key, **summary})
     return summary
+
+
+@task(name="render-shard", task_run_name="render-{shard[0]}-{shard[1]}", **SHARD_TASK_OPTIONS)
+def render_shard_task(job: RenderJob, shard: Sequence[int], device: str = "auto") -> dict[str, Any]:
+    """Prefect task: render + classify one shard ``(start, stop)``; with ``job.state_dir`` also
+    its render marker → the shard's summary."""
+    return run_shard("render", _render_shard, job, shard, device)

@@ -6,23 +6,24 @@ the views it is later ensembled over.
 
 Data comes through storage only:
 
-- a **manifest** (Parquet; ``source="real"`` only): images are loaded with
-  :func:`ganviews.core.images.load_image`, aligned with :func:`ganviews.inversion.align.align_image` and kept
-  in memory as uint8 (N·3·R² bytes); unreadable images are skipped and listed in the report.
+- a **manifest** (Parquet; ``source="real"`` only): images are loaded and aligned
+  (:func:`tasks.store_io.load_aligned`) and kept in memory as uint8 (N·3·R² bytes);
+  unreadable images are skipped and listed in the report.
 - a **latent store**: labels and splits from its ``manifest.parquet``; latents ``w`` of the
   done images; real images from ``images/aligned`` (read lazily, one batch ahead), else
-  re-aligned from the manifest paths (:func:`tasks.render.load_originals`). GAN sources need
-  the generator the store was inverted with (checked by content hash).
+  re-aligned from the manifest paths (:func:`tasks.store_io.read_originals`). GAN sources need
+  the generator the store was inverted with (checked by content hash); PCA views read the
+  store's PCA statistics (:func:`tasks.pca.load_pca`).
 
 Outputs: the classifier in the project's format at ``out``, a training checkpoint
 ``<out>.ckpt`` (resumable) and a report ``<out>.train.json`` (configs, data identity,
-history). :func:`run_train_classifier` is the plain function; ``train_classifier_task`` wraps
-it for Prefect.
+history). :func:`run_train_classifier` is the stage's one body (``ganviews train-classifier``
+and the pipeline); ``train_classifier_task`` wraps it for Prefect and
+:func:`pipeline_arguments` maps the pipeline config onto its arguments.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from ganviews.classifiers.model import build_classifier, load_backbone_weights, save_classifier
 from ganviews.classifiers.training import (
@@ -41,16 +43,21 @@ from ganviews.classifiers.training import (
     make_batches,
     train_classifier,
 )
-from ganviews.core.config import from_dict, load_yaml, to_dict
-from ganviews.core.errors import ConfigError, ImageError
+from ganviews.core.config import from_dict, to_dict
+from ganviews.core.errors import ConfigError
+from ganviews.core.images import signed_to_uint8
 from ganviews.core.runtime import resolve_device, set_numerics_policy
+from ganviews.inversion.align import AlignConfig
+from storage.arrays import ALIGNED
 from storage.identity import code_version
 from storage.latents import LatentStore
 from storage.manifest import manifest_sha256, read_manifest
+from tasks.pipeline_config import PCAConfig, PipelineConfig
+from tasks.run_state import write_json
+from tasks.shard_runner import run_logger
+from tasks.store_io import load_aligned, read_originals
 
 log = logging.getLogger(__name__)
-
-ALIGNED = "images/aligned"
 
 
 @dataclass
@@ -63,16 +70,6 @@ class Split:
     ws: Any = None  # reader(indices) → [k, L, C] float32; None = no latents
 
 
-def _as_config(cls: type, value: Any, key: str) -> Any:
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, (str, Path)):
-        value = load_yaml(value)
-    return from_dict(cls, value, key=key)
-
-
 def _label_column(manifest, task_name: str, where: str) -> np.ndarray:
     labels = list(manifest.attrs.get("label_columns") or [])
     if task_name not in labels:
@@ -83,45 +80,26 @@ def _label_column(manifest, task_name: str, where: str) -> np.ndarray:
 
 
 def _manifest_split(
-    path: Path, task_name: str, split: str, align: Any
+    path: Path, task_name: str, split: str, align: AlignConfig
 ) -> tuple[Split, dict[str, str]]:
     """Real images of one split of a manifest, aligned and held as uint8 (failures skipped)."""
-    from ganviews.core.images import load_image, signed_to_uint8
-    from ganviews.inversion.align import AlignConfig, align_image
-
     manifest = read_manifest(path)
     labels = _label_column(manifest, task_name, str(path))
-    cfg = (
-        align
-        if isinstance(align, AlignConfig)
-        else from_dict(AlignConfig, align or {}, key="align")
-    )
-    rows, images, failed = [], [], {}
-    for i in np.flatnonzero(manifest["split"].to_numpy() == split):
-        row = manifest.iloc[int(i)]
-        file = Path(row["path"]) if Path(row["path"]).is_absolute() else path.parent / row["path"]
-        try:
-            img, _ = align_image(
-                load_image(file), cfg, bbox=row.get("bbox"), landmarks=row.get("landmarks")
-            )
-        except ImageError as exc:
-            failed[str(row["image_id"])] = getattr(exc, "reason", str(exc))
-            continue
-        rows.append(int(i))
-        images.append(signed_to_uint8(img))  # [3, R, R]
+    rows = np.flatnonzero(manifest["split"].to_numpy() == split)
+    ok, pairs, reasons = load_aligned(manifest.iloc[rows], align, image_root=path.parent)
+    failed = {str(manifest["image_id"].iloc[rows[pos]]): why for pos, why in reasons.items()}
     if failed:
         log.warning("%s split %s: skipped %d unreadable images", path, split, len(failed))
-    ids = manifest["image_id"].to_numpy()[rows].astype(str).tolist()
-    stack = torch.from_numpy(np.stack(images)) if images else None
-    return Split(ids, labels[rows].astype(np.int64), stack), failed
+    kept = rows[ok]
+    ids = manifest["image_id"].to_numpy()[kept].astype(str).tolist()
+    stack = torch.from_numpy(signed_to_uint8(np.stack([p[0] for p in pairs]))) if pairs else None
+    return Split(ids, labels[kept].astype(np.int64), stack), failed
 
 
 def _store_split(
-    store: LatentStore, task_name: str, split: str, *, need_w: bool, align: Any
+    store: LatentStore, task_name: str, split: str, *, need_w: bool, align: AlignConfig | None
 ) -> Split:
     """One split of a latent store; with ``need_w`` only images whose inversion is done."""
-    from tasks.render import load_originals
-
     manifest = store.manifest()
     if manifest is None:
         raise ConfigError(f"{store.path} has no manifest.parquet: splits and labels come from it")
@@ -142,7 +120,7 @@ def _store_split(
     if has_aligned:
         images: Any = lambda sub: store.read_array(ALIGNED, idx[sub])  # noqa: E731 - uint8 rows
     else:
-        images = lambda sub: load_originals(store, idx[sub], manifest, align=align)  # noqa: E731
+        images = lambda sub: read_originals(store, idx[sub], manifest, align=align)  # noqa: E731
         if len(idx):
             images(
                 np.array([0])
@@ -174,37 +152,37 @@ def run_train_classifier(
     data: str | Path,
     *,
     task: str,
-    config: Any,
+    config: Mapping[str, Any],
     out: str | Path,
     source: str = "real",
     generator_path: str | Path | None = None,
     device: str = "auto",
     seed: int = 0,
-    train: TrainConfig | Mapping[str, Any] | str | Path | None = None,
-    views: SourceConfig | Mapping[str, Any] | str | Path | None = None,
-    align: Any = None,
+    train: TrainConfig = TrainConfig(),  # noqa: B008 - frozen
+    views: SourceConfig = SourceConfig(),  # noqa: B008 - frozen
+    align: AlignConfig | None = None,
     init_from: str | Path | None = None,
     resume: bool = False,
     train_split: str = "train",
     val_split: str | None = "val",
     class_column: str | None = None,
+    pca: PCAConfig = PCAConfig(),  # noqa: B008 - frozen
 ) -> dict[str, Any]:
     """Train a classifier for label column ``task`` from a manifest or a latent store; save it to ``out``.
 
-    ``config``: the classifier (ClassifierConfig, mapping or YAML; ``num_outputs`` defaults
-    to the label count, 2 classes → one sigmoid logit). ``views``: the Eq. 8 mixture
-    (:class:`SourceConfig`; its ``source`` is overridden by ``source``). ``resume``: continue
+    ``config``: the classifier's ClassifierConfig keys (``num_outputs`` defaults to the label
+    count, 2 classes → one sigmoid logit). ``views``: the Eq. 8 mixture (:class:`SourceConfig`;
+    its ``source`` is overridden by ``source``). ``align``: how images are aligned: a manifest's
+    (None: AlignConfig defaults), a store's only when it holds no aligned pixels (None: the
+    store's recorded config). ``pca``: settings of
+    the PCA statistics when PCA views need them and the store has none. ``resume``: continue
     ``<out>.ckpt``; without it an existing checkpoint is an error (never silently discarded).
     """
     data, out = Path(data), Path(out)
     dev = resolve_device(device)
     set_numerics_policy(dev)
-    tcfg = _as_config(TrainConfig, train, "train")
-    scfg = from_dict(
-        SourceConfig,
-        {**to_dict(_as_config(SourceConfig, views, "views")), "source": source},
-        key="views",
-    )
+    tcfg = train
+    scfg = from_dict(SourceConfig, {**to_dict(views), "source": source}, key="views")
     ckpt = out.with_name(out.name + ".ckpt")
     if ckpt.exists() and not resume:
         raise ConfigError(
@@ -218,8 +196,9 @@ def run_train_classifier(
             raise ConfigError(
                 f"source: {scfg.source!r} needs latents; {data} is a manifest, pass a latent store"
             )
-        tr, failed = _manifest_split(data, task, train_split, align)
-        va = _manifest_split(data, task, val_split, align)[0] if val_split else None
+        real = align or AlignConfig()
+        tr, failed = _manifest_split(data, task, train_split, real)
+        va = _manifest_split(data, task, val_split, real)[0] if val_split else None
     else:
         tr = _store_split(store, task, train_split, need_w=need_w, align=align)
         va = _store_split(store, task, val_split, need_w=False, align=align) if val_split else None
@@ -227,12 +206,11 @@ def run_train_classifier(
         raise ConfigError(f"{data}: no usable {train_split!r} images for task {task!r}")
     va = va if va is not None and len(va.labels) and va.images is not None else None
 
-    cfg_map = to_dict(config) if not isinstance(config, (str, Path)) else load_yaml(config)
-    C = build_classifier(classifier_for_labels({"task": task, **cfg_map}, tr.labels))
+    C = build_classifier(classifier_for_labels({"task": task, **to_dict(config)}, tr.labels))
     if init_from is not None:
         load_backbone_weights(C, init_from)
     G = _generator(generator_path, store, dev) if need_w else None
-    pca = _pca(store, G, scfg, dev)
+    pca_stats = _pca(store, G, scfg, pca, dev)
     c = _classes(store, G, class_column, train_split)
     try:
         batches = make_batches(
@@ -242,7 +220,7 @@ def run_train_classifier(
             images=tr.images,
             ws=tr.ws,
             G=G,
-            pca=pca,
+            pca=pca_stats,
             c=c,
             seed=seed,
         )
@@ -290,18 +268,16 @@ def run_train_classifier(
         "selected_epoch": result.selected_epoch,
         "history": [asdict(h) for h in result.history],
     }
-    out.with_name(out.name + ".train.json").write_text(json.dumps(report, indent=2, default=str))
+    write_json(out.with_name(out.name + ".train.json"), report)
     return report
 
 
-def _pca(store: LatentStore | None, G, scfg: SourceConfig, device: torch.device):
+def _pca(store: LatentStore | None, G, scfg: SourceConfig, settings: PCAConfig, device):
     if scfg.source != "views" or scfg.method != "pca":
         return None
-    from ganviews.views.render import GanGroup, ViewConfig
-    from tasks.render import prepare_pca
+    from tasks.pca import load_pca
 
-    probe = ViewConfig(gan=(GanGroup("pca", scfg.layers, (float(scfg.setting or 0.0),)),))
-    return prepare_pca(store.path, G, probe, device=device)
+    return load_pca(store.path, G, settings, device=device)
 
 
 def _classes(
@@ -321,7 +297,38 @@ def _classes(
     ).float()
 
 
-@task(name="train-classifier")
-def train_classifier_task(data: str, **kwargs: Any) -> dict[str, Any]:
-    """Prefect wrapper of :func:`run_train_classifier` (same arguments)."""
-    return run_train_classifier(data, **kwargs)
+def classifier_done(cfg: PipelineConfig) -> bool:
+    """The pipeline's trained classifier and its training report exist."""
+    out = Path(cfg.models.classifiers[cfg.classifier_training.name].path)
+    return out.is_file() and out.with_name(out.name + ".train.json").is_file()
+
+
+def pipeline_arguments(cfg: PipelineConfig) -> dict[str, Any]:
+    """The pipeline's ``classifier_training`` as the arguments of :func:`run_train_classifier`."""
+    ct = cfg.classifier_training
+    ref = cfg.models.classifiers[ct.name]
+    if not ref.task:
+        raise ConfigError(
+            f"models.classifiers.{ct.name}.task: name the label column the trained classifier predicts"
+        )
+    out = Path(ref.path)
+    return dict(
+        data=cfg.paths.store if ct.data == "store" else cfg.data.manifest, task=ref.task,
+        config={**ct.classifier, "name": ct.classifier.get("name") or ct.name}, out=out, source=ct.source,
+        generator_path=cfg.models.generator, device=cfg.device, seed=cfg.seed, train=ct.train, views=ct.views,
+        align=cfg.align, init_from=ct.init_from, resume=out.with_name(out.name + ".ckpt").is_file(),
+        train_split=ct.train_split, val_split=ct.val_split, class_column=cfg.models.class_column, pca=cfg.pca,
+    )  # fmt: skip
+
+
+@task(name="train-classifier", cache_policy=NO_CACHE)
+def train_classifier_task(data: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Prefect task: :func:`run_train_classifier` (same arguments) → its report."""
+    report = run_train_classifier(data, **kwargs)
+    run_logger().info(
+        "classifier %s: %d train images, best val acc %s",
+        report["classifier"],
+        report["n_train"],
+        report["best_val_acc"],
+    )
+    return report

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from ganviews.classifiers.model import ARCHITECTURES, Classifier, classifier_config
 from ganviews.core.config import to_dict
 from ganviews.core.errors import CheckpointError, ConfigError
+from ganviews.core.images import uint8_to_signed
 from ganviews.core.runtime import item_seed, resolve_device
 from ganviews.core.weights_io import (
     load_training_state,
@@ -244,7 +245,7 @@ class _Rows:
 def to_signed(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] → float [-1, 1]; float images pass through as float32."""
     if images.dtype == torch.uint8:
-        return images.float() / 127.5 - 1.0
+        return uint8_to_signed(images)
     if not images.is_floating_point():
         raise TypeError(f"images: expected uint8 or float, got {images.dtype}")
     return images.float()

@@ -253,10 +253,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     from ganviews.cli.run import prepare_environment
-    from tasks.common import plain_config
-    from tasks.pipeline_config import STAGES
+    from tasks.pipeline_config import STAGES, pipeline_config_dict
 
-    plain = plain_config(cfg)
+    plain = pipeline_config_dict(cfg)
     (out / "pipeline.yaml").write_text(
         yaml.safe_dump(json.loads(json.dumps(plain, default=str)), sort_keys=False)
     )

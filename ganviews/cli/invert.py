@@ -104,11 +104,12 @@ def parse_shards(text: str, n_shards: int) -> list[int]:
 
 def load_config(path: str | None, args: argparse.Namespace):
     """(the ``align:`` section, InversionConfig) from the YAML and the command-line overrides.
-    Both are checked here, before any model is loaded; the AlignConfig is resolved once the
+    Both are checked here, before any model is loaded; the AlignConfig is built once the
     generator is known (``align.resolution`` defaults to its resolution)."""
-    from ganviews.core.config import load_yaml
+    from ganviews.core.config import from_dict, load_yaml
     from ganviews.core.errors import ConfigError
-    from tasks.invert import resolve_configs
+    from ganviews.inversion.align import AlignConfig
+    from ganviews.inversion.invert import InversionConfig
 
     data = load_yaml(path) if path else {}
     unknown = sorted(set(data) - set(CONFIG_SECTIONS))
@@ -119,79 +120,54 @@ def load_config(path: str | None, args: argparse.Namespace):
         if value is not None:
             inv[key] = value
     align = dict(data.get("align") or {})
-    resolve_configs(align, None)  # unknown keys and bad values fail here
-    return align, resolve_configs(None, inv)[1]
-
-
-def select_splits(manifest, splits: str | None):
-    """Rows of the manifest whose split is in the comma-separated ``splits`` (all when None)."""
-    from ganviews.core.errors import ConfigError
-
-    if not splits:
-        return manifest
-    wanted = [s.strip() for s in splits.split(",") if s.strip()]
-    present = sorted(set(manifest["split"]))
-    missing = [s for s in wanted if s not in present]
-    if missing:
-        raise ConfigError(f"--split: {missing} not in the manifest (its splits: {present})")
-    frame = manifest[manifest["split"].isin(wanted)].reset_index(drop=True)
-    frame.attrs = dict(manifest.attrs)
-    return frame
-
-
-def open_store(path: str, manifest, G, E, align_cfg, inv_cfg, *, shard_size: int, overwrite: bool):
-    """Create the store (or replace it with ``overwrite``), or reopen it checking its identity."""
-    from pathlib import Path
-
-    from storage import LatentStore
-    from tasks.invert import check_store_models, store_attrs
-
-    attrs = store_attrs(G, E, align_cfg, inv_cfg)
-    layout = dict(n_images=len(manifest), num_ws=G.num_ws, w_dim=G.w_dim, shard_size=shard_size)
-    if overwrite:
-        return LatentStore.create(path, **layout, attrs=attrs, manifest=manifest, overwrite=True)
-    if (Path(path) / "zarr.json").is_file():
-        check_store_models(LatentStore.open(path, mode="r"), G, E)
-    return LatentStore.open_or_create(path, **layout, attrs=attrs, manifest=manifest)
+    from_dict(AlignConfig, align, key="align")  # unknown keys and bad values fail here
+    return align, from_dict(InversionConfig, inv, key="invert")
 
 
 def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from ganviews.core.config import from_dict
     from ganviews.core.errors import ConfigError
     from ganviews.core.runtime import resolve_device, set_numerics_policy
+    from ganviews.inversion.align import AlignConfig
     from storage import read_manifest
-    from tasks.invert import invert_shard_with, load_inversion_models, resolve_configs
+    from tasks.invert import load_inversion_models, prepare_store, run_invert
+    from tasks.jobs import InvertJob
+    from tasks.store_io import select_splits
 
     if args.shard_size < 1:
         raise ConfigError(f"--shard-size: must be ≥ 1, got {args.shard_size}")
     align, inv_cfg = load_config(args.config, args)
-    manifest = select_splits(read_manifest(args.manifest), args.split)
+    splits = [s.strip() for s in (args.split or "").split(",") if s.strip()]
+    manifest = select_splits(
+        read_manifest(args.manifest), splits, key="--split", source="the manifest"
+    )
     if not len(manifest):
         raise ConfigError(f"{args.manifest}: no rows to invert")
     device = resolve_device(args.device)
     set_numerics_policy(device)
-    G, E, P = load_inversion_models(
+    G, E, _ = load_inversion_models(
         args.generator,
         args.encoder,
         inv_cfg,
         device=device,
         lpips_weights_dir=args.lpips_weights_dir,
     )
-    align_cfg, _ = resolve_configs({"resolution": G.resolution, **align}, inv_cfg)
-    store = open_store(
-        args.store,
-        manifest,
-        G,
-        E,
-        align_cfg,
-        inv_cfg,
-        shard_size=args.shard_size,
-        overwrite=args.overwrite,
+    job = InvertJob(
+        store=Path(args.store),
+        generator=Path(args.generator),
+        encoder=Path(args.encoder) if args.encoder else None,
+        align=from_dict(AlignConfig, {"resolution": G.resolution, **align}, key="align"),
+        invert=inv_cfg,
+        image_root=Path(args.image_root)
+        if args.image_root
+        else Path(args.manifest).resolve().parent,
+        lpips_weights_dir=Path(args.lpips_weights_dir) if args.lpips_weights_dir else None,
     )
+    store = prepare_store(job, manifest, G, E, shard_size=args.shard_size, overwrite=args.overwrite)
     shards = parse_shards(args.shards, len(store.shards()))
-    image_root = Path(args.image_root) if args.image_root else Path(args.manifest).resolve().parent
     print(
         f"inverting {len(shards)} of {len(store.shards())} shards of {store.path} on {device} "
         f"({inv_cfg.optimizer}, {inv_cfg.steps} steps, batch {inv_cfg.batch_size})",
@@ -200,9 +176,7 @@ def run(args: argparse.Namespace) -> int:
     done = failed = 0
     t0 = time.perf_counter()
     for k in shards:
-        s = invert_shard_with(
-            store, k, G, E, P, align_cfg=align_cfg, inversion_cfg=inv_cfg, image_root=image_root
-        )
+        s = run_invert(job, [k], device=device)[0]
         done, failed = done + s["done"], failed + s["failed"]
         extra = (
             f", mean loss {s['mean_loss']:.4f}, PSNR {s['mean_psnr']:.2f} dB" if s["done"] else ""
@@ -212,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
             f"{extra}, {s['seconds']:.1f} s",
             flush=True,
         )
+    store = type(store).open(job.store, mode="r")
     total = len(store.done())
     print(
         f"{done} images inverted, {failed} failed in {time.perf_counter() - t0:.1f} s; "

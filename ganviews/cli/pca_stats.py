@@ -1,7 +1,8 @@
 """``ganviews pca-stats``: PCA statistics of a generator's w space, for the PCA views (paper Sec. 3.3).
 
 Samples w = mapping(z) (z ~ N(0, I), ψ = 1), runs a float64 PCA and writes an ``.npz``
-(storage/pca_stats.py) that records the generator's content hash. Put it next to a latent
+(storage/pca_stats.py) that records the generator's content hash; the body is
+:func:`tasks.pca.run_pca`, as in the pipeline's pca stage. Put it next to a latent
 store as ``<store>/pca_stats.npz`` and ``ganviews render`` picks it up.
 """
 
@@ -41,24 +42,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ganviews.core.runtime import resolve_device
     from ganviews.stylegan.generator import load_generator
-    from ganviews.views.perturb import compute_pca_stats
-    from storage.pca_stats import save_pca_stats
+    from tasks.pca import run_pca
+    from tasks.pipeline_config import PCAConfig
 
     if args.samples < 2:
         raise SystemExit(f"ganviews pca-stats: error: --samples must be ≥ 2, got {args.samples}")
     device = resolve_device(args.device)
     G = load_generator(args.generator, device=device)
     t0 = time.perf_counter()
-    stats = compute_pca_stats(
-        G, n_samples=args.samples, seed=args.seed, device=device, batch_size=args.batch_size
-    )
-    path = save_pca_stats(
-        args.out,
-        **stats.as_arrays(),
-        generator_sha256=G.sha256,
-        n_samples=stats.n_samples,
-        seed=args.seed,
-    )
+    settings = PCAConfig(samples=args.samples, seed=args.seed, batch_size=args.batch_size)
+    path, stats = run_pca(G, args.out, settings, device=device)
     top = ", ".join(f"{v:.3f}" for v in stats.stdevs[:5].tolist())
     print(
         f"wrote {path}: {stats.components.shape[0]} components of w_dim {G.w_dim} from {stats.n_samples} "

@@ -67,11 +67,14 @@ def parse_classifier(spec: str) -> tuple[str, str, str | None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from ganviews.cli.invert import parse_shards
     from ganviews.core.config import load_yaml
     from ganviews.views.render import view_config
     from storage import LatentStore
-    from tasks.render import render_shards
+    from tasks.jobs import RenderJob
+    from tasks.render import run_render
 
     specs = [parse_classifier(s) for s in args.classifier]
     names = [s[0] for s in specs]
@@ -87,12 +90,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = view_config(data, preset=args.preset or ("faces" if "preset" not in data else None))
     n_shards = len(LatentStore.open(args.store, mode="r").shards())
     shards = parse_shards(args.shards, n_shards)
-    summaries = render_shards(
-        args.store, shards, generator_path=args.generator,
-        classifier_paths={n: p for n, p, _ in specs}, tasks={n: t for n, _, t in specs if t},
-        view_cfg=cfg, logits_dir=args.logits, device=args.device, seed=args.seed,
-        class_column=args.class_column,
+    job = RenderJob(
+        store=Path(args.store), generator=Path(args.generator),
+        classifiers={n: Path(p) for n, p, _ in specs}, tasks={n: t for n, _, t in specs if t},
+        views=cfg, logits=Path(args.logits), seed=args.seed, class_column=args.class_column,
     )  # fmt: skip
+    summaries = run_render(job, shards, device=args.device)
     for s in summaries:
         print(f"shard {s['shard']}: {s['images']} images → {s['rows']} rows in {s['files']} files")
     total = sum(s["rows"] for s in summaries)

@@ -23,22 +23,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def interrupted_shards(state_dir) -> list[dict]:
-    """Shard progress records still marked running (their process ended without finishing)."""
-    import json
-    from pathlib import Path
-
-    out = []
-    for path in sorted((Path(state_dir) / "shards").glob("*/*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if record.get("status") == "running":
-            out.append(record)
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     from ganviews.cli.run import load_job, prepare_environment, print_outcome
     from ganviews.core.errors import ConfigError
@@ -51,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     prepare_environment(cfg)
     from flows.pipeline import pipeline, select_stages
     from storage import LatentStore
-    from tasks.common import check_files, job_name, plain_config
+    from tasks.pipeline_config import check_files, job_name, pipeline_config_dict
+    from tasks.run_state import interrupted_shards
 
     store = LatentStore.open(cfg.paths.store, mode="r")
     table = store.status_table()
@@ -68,5 +53,5 @@ def run(args: argparse.Namespace) -> int:
         )
     stages = select_stages(args.stages)
     check_files(cfg, stages)
-    print_outcome(pipeline(plain_config(cfg), stages=stages))
+    print_outcome(pipeline(pipeline_config_dict(cfg), stages=stages))
     return 0

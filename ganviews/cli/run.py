@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_job(args)
     prepare_environment(cfg)
     from flows.pipeline import pipeline, select_stages
-    from tasks.common import check_files, job_name, plain_config
+    from tasks.pipeline_config import check_files, job_name, pipeline_config_dict
 
     stages = select_stages(args.stages)
     check_files(cfg, stages)  # before any flow starts: a missing file is one line, at once
@@ -117,6 +117,6 @@ def run(args: argparse.Namespace) -> int:
         f"ganviews run: job {job_name(cfg)}, stages {', '.join(stages)}, {cfg.orchestration.mode} mode",
         flush=True,
     )
-    print_outcome(pipeline(plain_config(cfg), stages=stages))
+    print_outcome(pipeline(pipeline_config_dict(cfg), stages=stages))
     print(f"store status: ganviews status {cfg.paths.store}")
     return 0

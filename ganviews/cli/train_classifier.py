@@ -100,6 +100,9 @@ def _override(section: dict, **values) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ganviews.classifiers.training import SourceConfig, TrainConfig
+    from ganviews.core.config import from_dict
+    from ganviews.inversion.align import AlignConfig
     from tasks.train_classifier import run_train_classifier
 
     cfg = _sections(args.config)
@@ -140,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
         generator_path=args.generator,
         device=args.device,
         seed=args.seed,
-        train=train,
-        views=views,
-        align=align,
+        train=from_dict(TrainConfig, train, key="train"),
+        views=from_dict(SourceConfig, views, key="views"),
+        align=from_dict(AlignConfig, align, key="align"),
         init_from=args.init,
         resume=args.resume,
         val_split=args.val_split or None,

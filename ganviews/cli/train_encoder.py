@@ -6,7 +6,8 @@
 A training checkpoint (model + optimiser + step + RNG state) is kept next to the output
 (``E.safetensors.ckpt`` unless ``--checkpoint`` names another file); ``--resume`` continues
 it to ``--steps`` in total. Without ``--resume`` an existing checkpoint is an error, so a
-run is never restarted or overwritten by accident. See docs/alignment_encoder.md.
+run is never restarted or overwritten by accident. The body is
+:func:`tasks.train_encoder.run_train_encoder`, as in the pipeline. See docs/alignment_encoder.md.
 """
 
 from __future__ import annotations
@@ -115,63 +116,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from ganviews.core.errors import GanviewsError
-    from ganviews.core.runtime import resolve_device, set_numerics_policy
-    from ganviews.inversion.encoder import EncoderConfig, save_encoder, train_encoder
-    from ganviews.stylegan.generator import load_generator
+    from tasks.pipeline_config import EncoderTrainingConfig
+    from tasks.train_encoder import run_train_encoder
 
     # training progress (one line per --log-every window) is shown even without -v
     logging.getLogger("ganviews.inversion.encoder").setLevel(
         min(logging.getLogger().level, logging.INFO)
     )
-    checkpoint = args.checkpoint or args.out.with_name(args.out.name + ".ckpt")
-    if checkpoint.exists() and not args.resume:
-        raise GanviewsError(
-            f"training checkpoint {checkpoint} exists: pass --resume to continue it, or delete it to start over"
-        )
-    device = resolve_device(args.device)
-    set_numerics_policy(device)
-    G = load_generator(args.generator, device=device)
-    perceptual = None
-    if args.perceptual != "none":
-        from ganviews.inversion.perceptual import load_perceptual
-
-        perceptual = load_perceptual(args.perceptual, device=device, weights_dir=args.weights_dir)
-    config = EncoderConfig(
-        num_ws=G.num_ws,
-        w_dim=G.w_dim,
-        img_channels=G.img_channels,
-        depth=args.depth,
-        resolution=args.resolution or min(G.resolution, 256),
-        width=args.width,
-        norm=args.norm,
-    )
-    result = train_encoder(
-        G,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lambda_latent=args.lambda_latent,
-        perceptual=perceptual,
-        config=config,
-        truncation_psi=args.truncation_psi,
-        style_mix_prob=args.style_mix_prob,
-        device=device,
-        seed=args.seed,
-        checkpoint=checkpoint,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        log_every=args.log_every,
-    )
-    save_encoder(
-        result.encoder,
-        args.out,
-        metadata={
-            "steps": str(result.steps),
-            "perceptual": args.perceptual,
-            "seed": str(args.seed),
-        },
-    )
+    settings = EncoderTrainingConfig(
+        enabled=True, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        lambda_latent=args.lambda_latent, perceptual=args.perceptual, depth=args.depth,
+        resolution=args.resolution, width=args.width, norm=args.norm,
+        truncation_psi=args.truncation_psi, style_mix_prob=args.style_mix_prob,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+    )  # fmt: skip
+    result = run_train_encoder(
+        args.generator, args.out, settings, device=args.device, seed=args.seed,
+        lpips_weights_dir=args.weights_dir, checkpoint=args.checkpoint, resume=args.resume,
+    )  # fmt: skip
     last = result.history[-1] if result.history else {}
     losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step")
     print(

@@ -45,6 +45,24 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, key: str = "") ->
     return _build(cls, data or {})
 
 
+def config_from(cls: type[T], value: Any, *, key: str = "") -> T:
+    """The one config coercion, used at the CLI and flow edges: ``None`` → ``cls()``, an
+    instance as is, a YAML path or a mapping → :func:`from_dict` (ConfigError names the key).
+    Library functions take the dataclass itself."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, (str, Path)):
+        value = load_yaml(value)
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{key or 'config'}: expected a {cls.__name__}, a mapping or a YAML path, "
+            f"got {type(value).__name__}"
+        )
+    return from_dict(cls, value, key=key)
+
+
 def to_dict(obj: Any) -> Any:
     """A dataclass (possibly nested) as plain YAML/JSON-friendly data."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -53,10 +53,31 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _EXIF_ORIENTATION = 0x0112
 
 
-def signed_to_uint8(images: np.ndarray) -> np.ndarray:
-    """Float pixels in [-1, 1] (the GAN's range) → uint8 [0, 255]: clamped, rounded half to even."""
-    x = np.clip(np.asarray(images), -1.0, 1.0)
-    return np.round((x + 1.0) * 127.5).astype(np.uint8)
+def signed_to_uint8(images):
+    """Float pixels in [-1, 1] (the GAN's range) → uint8 [0, 255]: clamped, rounded half to even.
+
+    A NumPy array gives a NumPy array; a torch tensor gives a uint8 tensor on its device.
+    With :func:`uint8_to_signed` the project's one pair of pixel conversions.
+    """
+    if isinstance(images, np.ndarray) or not hasattr(images, "clamp"):
+        x = np.clip(np.asarray(images), -1.0, 1.0)
+        return np.round((x + 1.0) * 127.5).astype(np.uint8)
+    import torch
+
+    return ((images.detach().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+def uint8_to_signed(pixels, dtype=None):
+    """uint8 pixels [0, 255] (or floats on that scale) → floats in [-1, 1] (the GAN's range).
+
+    A NumPy array gives float32 (or ``dtype``); a torch tensor gives ``dtype`` (default
+    float32) on its device. The inverse of :func:`signed_to_uint8` on uint8 input.
+    """
+    if isinstance(pixels, np.ndarray) or not hasattr(pixels, "to"):
+        return np.asarray(pixels).astype(dtype or np.float32) / 127.5 - 1.0
+    import torch
+
+    return pixels.to(dtype or torch.float32) / 127.5 - 1.0
 
 
 def _reject(path: Path, reason: str) -> ImageError:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ganviews.core.atomic import write_atomically
 from ganviews.core.errors import CheckpointError
 
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of a non-zip torch.save file
@@ -74,9 +75,7 @@ def write_safetensors(
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    return _replace_atomically(
-        path, lambda tmp: save_file(tensors, str(tmp), metadata=dict(metadata))
-    )
+    return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=dict(metadata)))
 
 
 def read_safetensors(
@@ -119,7 +118,7 @@ def restore_rng_states(state: Mapping[str, Any]) -> None:
 
 def save_training_state(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """``torch.save`` a training checkpoint atomically (temp file, then rename)."""
-    return _replace_atomically(path, lambda tmp: torch.save(dict(state), tmp))
+    return write_atomically(path, lambda tmp: torch.save(dict(state), tmp))
 
 
 def load_training_state(path: str | os.PathLike, *, format_name: str, what: str) -> dict[str, Any]:
@@ -135,16 +134,3 @@ def load_training_state(path: str | os.PathLike, *, format_name: str, what: str)
     if not isinstance(state, dict) or state.get("format") != format_name:
         raise CheckpointError(f"{path}: not a ganviews {what} checkpoint")
     return state
-
-
-def _replace_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """``write(tmp)`` to a hidden temp file next to ``path``, then rename it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from ganviews.core.errors import ConfigError, GanviewsError, ImageError
+from ganviews.core.images import uint8_to_signed
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def warp_aligned(rgb: np.ndarray, M: np.ndarray, cfg: AlignConfig) -> tuple[np.n
         warped = rgb.astype(np.float32)  # identity: no resampling at all
     else:
         warped = _warp_pixels(rgb, M, R, cfg.pad_mode)  # [R, R, 3] float32 in [0, 255]
-    image = warped / 127.5 - 1.0  # [R, R, 3] in [-1, 1]
+    image = uint8_to_signed(warped)  # [R, R, 3] in [-1, 1]
     if cfg.pad_mode == "constant":
         image = np.where(mask[:, :, None] > 0, image, np.float32(cfg.fill))
     else:

@@ -20,6 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from ganviews.core.atomic import write_atomically
+
 log = logging.getLogger(__name__)
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -46,10 +48,7 @@ def _panel_grid(fig: Figure, nrow: int, ncol: int, *, width: float, height: floa
 
 
 def _save(fig: Figure, path: Path, dpi: int) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
-    return path
+    return write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
 
 
 def _group_label(row: Mapping) -> str:

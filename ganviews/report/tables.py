@@ -25,6 +25,7 @@ import pandas as pd
 import yaml
 
 from ganviews import __version__
+from ganviews.core.atomic import write_atomically
 from ganviews.core.config import to_dict
 from ganviews.core.errors import ConfigError
 from ganviews.ensemble.evaluate import (
@@ -159,12 +160,10 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     return out[cols]
 
 
-def write_tables(results: EnsembleResults, out_dir: Path) -> tuple[Path, Path, dict[str, Path]]:
-    """results.csv / results.parquet and the curve tables as CSV; returns their paths."""
+def write_tables(results: EnsembleResults, out_dir: Path) -> dict[str, Path]:
+    """The curve and summary tables as CSV (the results table itself is the catalog's:
+    ``storage.results.write_results``); returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv, parquet = out_dir / "results.csv", out_dir / "results.parquet"
-    _atomic(csv, lambda p: results.table.to_csv(p, index=False))
-    _atomic(parquet, lambda p: results.table.to_parquet(p, index=False))
     tables = {
         "exclusions": out_dir / "exclusions.csv",
         "predictions": out_dir / "predictions.parquet",
@@ -189,10 +188,10 @@ def write_tables(results: EnsembleResults, out_dir: Path) -> tuple[Path, Path, d
             tables[name], frames[name] = out_dir / f"{name}.csv", frame
     for name, path in tables.items():
         if path.suffix == ".parquet":
-            _atomic(path, lambda p, f=frames[name]: f.to_parquet(p, index=False))
+            write_atomically(path, lambda p, f=frames[name]: f.to_parquet(p, index=False))
         else:
-            _atomic(path, lambda p, f=frames[name]: f.to_csv(p, index=False))
-    return csv, parquet, tables
+            write_atomically(path, lambda p, f=frames[name]: f.to_csv(p, index=False))
+    return tables
 
 
 def exclusion_summary(exclusions: pd.DataFrame) -> pd.DataFrame:
@@ -210,12 +209,6 @@ def exclusion_summary(exclusions: pd.DataFrame) -> pd.DataFrame:
         results = part[list(GROUP_COLUMNS)].drop_duplicates()
         rows.append([split, reason, part["image_id"].nunique(), len(results), examples])
     return pd.DataFrame(rows, columns=cols)
-
-
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    write(tmp)
-    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -552,25 +545,33 @@ def write_report(
     results: EnsembleResults,
     out_dir: str | Path,
     *,
+    results_files: tuple[Path, Path],
     config: ReportConfig | None = None,
     gallery: GalleryArrays | None = None,
     source: str = "",
     notes: Sequence[str] = (),
 ) -> ReportOutputs:
-    """Tables, plots, report.md (and report.html) under ``out_dir``."""
+    """Tables, plots, report.md (and report.html) under ``out_dir``.
+
+    ``results_files``: (results.csv, results.parquet) already written by the caller
+    (``storage.results.write_results``: the library does not write the catalog's tables).
+    """
     config = config or ReportConfig(ensemble=results.config)
     out_dir = Path(out_dir)
-    csv, parquet, tables = write_tables(results, out_dir)
+    csv, parquet = results_files
+    tables = write_tables(results, out_dir)
     plot_list = make_plots(results, out_dir, config, gallery=gallery) if config.plots else []
     blocks = build_blocks(results, plot_list, config, source=source, notes=notes)
     md_path = out_dir / "report.md"
     relative = lambda p: Path(p).relative_to(out_dir).as_posix()  # noqa: E731
-    _atomic(md_path, lambda p: p.write_text(render_markdown(blocks, relative), encoding="utf-8"))
+    write_atomically(
+        md_path, lambda p: p.write_text(render_markdown(blocks, relative), encoding="utf-8")
+    )
     html_path = None
     if config.html:
         html_path = out_dir / "report.html"
         ref = data_uri if config.html_embed_images else relative
-        _atomic(
+        write_atomically(
             html_path,
             lambda p: p.write_text(render_html(blocks, ref, title=config.title), encoding="utf-8"),
         )

@@ -41,8 +41,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ganviews.core.atomic import write_atomically
 from ganviews.core.config import from_dict, to_dict
 from ganviews.core.errors import CheckpointError, ConfigError
+from ganviews.core.images import uint8_to_signed
 from ganviews.stylegan.discriminator import Discriminator, DiscriminatorConfig
 from ganviews.stylegan.generator import Generator, GeneratorConfig, save_generator
 
@@ -180,7 +182,7 @@ class ShuffledImages:
         for pos in range(step * self.batch_size, (step + 1) * self.batch_size):
             index.append(int(self._permutation(pos // n)[pos % n]))
         x = self.images[index].to(self.device)  # [B, C, R, R] uint8
-        return x.to(torch.float32) / 127.5 - 1.0  # [B, C, R, R] in [-1, 1]
+        return uint8_to_signed(x)  # [B, C, R, R] in [-1, 1]
 
 
 @dataclass
@@ -323,11 +325,7 @@ def save_checkpoint(state: TrainState, config: TrainGANConfig, path: str | Path)
         "opt_D": state.opt_D.state_dict(),
         "rng": state.rng.get_state(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from ganviews.core.config import from_dict, to_dict
 from ganviews.core.errors import ConfigError
+from ganviews.core.images import signed_to_uint8
 from ganviews.core.runtime import assert_shape
 from ganviews.views.augment import (
     JitterConfig,
@@ -265,7 +266,7 @@ def to_uint8(images: torch.Tensor, resolution: int = 0) -> torch.Tensor:
     if resolution and x.shape[-1] != resolution:
         mode = "area" if x.shape[-1] > resolution else "bilinear"
         x = F.interpolate(x, size=(resolution, resolution), mode=mode)
-    return ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return signed_to_uint8(x)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from storage.adapters._common import AdapterError, check_fraction, finalize, seeded_split
+from storage.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,7 @@ def _png_bytes(rgb: np.ndarray) -> bytes:
 def _write_if_changed(path: Path, data: bytes) -> bool:
     if path.is_file() and path.read_bytes() == data:
         return False
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    atomic_write_bytes(path, data)
     return True
 
 

@@ -95,7 +95,7 @@ def test_progress_and_table_artifacts(job, harness) -> None:
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from tasks.common import as_config, job_name
+    from tasks.pipeline_config import as_config, job_name
 
     name = job_name(as_config(job / "pipeline.yaml"))
     with get_client(sync_client=True) as client:
@@ -164,11 +164,12 @@ def test_retry_policy() -> None:
     """Transient errors (I/O, CUDA OOM) are retried with the configured back-off; input errors are not."""
     from prefect.states import Failed
 
-    from flows.shards import _retrying, idempotency_key
+    from flows.shards import idempotency_key, retrying
     from ganviews.core.errors import ConfigError
     from storage.errors import StoreError
-    from tasks.common import is_transient
     from tasks.pipeline_config import load_pipeline_config
+    from tasks.shard_runner import is_transient
+    from tasks.stages import SHARD_STAGES
 
     for exc, retry in (
         (OSError("stale NFS file handle"), True),
@@ -187,7 +188,8 @@ def test_retry_policy() -> None:
         },
         base_dir="/x",
     )
-    task = _retrying(cfg)
+    orch = cfg.orchestration
+    task = retrying(SHARD_STAGES["invert"].task, orch.retries, orch.retry_delay_seconds)
     assert (
         task.retries == 3
         and list(task.retry_delay_seconds) == [1.0, 5.0]

@@ -8,15 +8,15 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from ensemble.test_ensemble import FAST, known_table, random_table
 from matplotlib.image import imread
-from test_ensemble import FAST, known_table, random_table
 
 from ganviews.cli import main
-from ganviews.cli.report import run_report
 from ganviews.ensemble.evaluate import EnsembleConfig, evaluate
 from ganviews.report.plots import gallery_figure
 from ganviews.report.tables import Block, ReportConfig, render_markdown, summary_table
 from storage.logits import write_logits
+from tasks.evaluate import run_evaluate
 
 REQUIRED = ["task", "classifier", "method", "setting", "alpha_star", "val_acc", "test_acc", "test_acc_single",
             "test_acc_recon", "test_acc_gan_only", "test_acc_oracle", "alpha_oracle", "n_val", "n_test"]  # fmt: skip
@@ -80,14 +80,14 @@ def test_cli_end_to_end_on_known_table(known_logits, tmp_path, capsys):
 
 
 def test_report_over_several_tasks_equals_one_pass_evaluation(tmp_path):
-    """run_report reads one task at a time (two passes); the numbers equal evaluating the table at once."""
+    """run_evaluate reads one task at a time (two passes); the numbers equal evaluating the table at once."""
     frame = random_table(seed=11, n_val=9, n_test=12)
     root = tmp_path / "logits"
     half = frame["image_id"].str.endswith(("0", "2", "4", "6", "8"))
     write_logits(root, frame[half], shard="a")  # two shards per partition: the reader joins them
     write_logits(root, frame[~half], shard="b")
     config = ReportConfig(ensemble=FAST, plots=False, html=False)
-    outputs = run_report(root, tmp_path / "out", config=config)
+    outputs = run_evaluate(root, tmp_path / "out", config=config)
     direct = evaluate(frame, FAST)
     keys = ["task", "classifier", "method", "setting"]
     got = outputs.results.table.sort_values(keys).reset_index(drop=True)
@@ -106,7 +106,7 @@ def test_plots_per_classifier(tmp_path):
     frame = frame[frame["classifier"].isin(["bin1", "multi"]) & (frame["setting"] != "0.2")]
     write_logits(tmp_path / "logits", frame, shard="s")
     config = ReportConfig(ensemble=FAST, max_alpha_plots=2, grid_max_tasks=1, html=False, dpi=60)
-    outputs = run_report(tmp_path / "logits", tmp_path / "out", config=config)
+    outputs = run_evaluate(tmp_path / "logits", tmp_path / "out", config=config)
     plots = [p for _, p in outputs.plots]
     assert len([p for p in plots if p.parent.name == "alpha"]) == 2
     for clf in ("bin1", "multi"):
@@ -264,14 +264,17 @@ def test_cli_with_store_draws_a_gallery(known_logits, tmp_path, capsys):
 
 def test_store_without_images_is_a_note_not_a_failure(known_logits, tmp_path):
     store = _store(tmp_path / "store", with_images=False)
-    outputs = run_report(
-        known_logits, tmp_path / "out", store=store, config={"ensemble": {"bootstrap_draws": 5}}
+    outputs = run_evaluate(
+        known_logits,
+        tmp_path / "out",
+        store=store,
+        config=ReportConfig(ensemble=EnsembleConfig(bootstrap_draws=5)),
     )
     md = outputs.report_md.read_text()
     assert "no reconstruction gallery: the store" in md and "images/aligned" in md
     assert not (tmp_path / "out" / "plots" / "gallery.png").exists()
     with pytest.raises(Exception, match="is not a latent store|no latent store"):
-        run_report(known_logits, tmp_path / "out2", store=tmp_path / "logits")
+        run_evaluate(known_logits, tmp_path / "out2", store=tmp_path / "logits")
 
 
 def test_markdown_table_escapes_pipes():
@@ -353,10 +356,10 @@ def test_cli_counts_failed_inversions_as_exclusions_from_the_store(known_logits,
 def test_gallery_shows_perturbed_views_under_their_view_numbers(tmp_path):
     """The store keeps views by number (0 = input, 1 = reconstruction, 2… = perturbed): the
     gallery shows views 2… of a GAN method and labels them "view 2", "view 3", …"""
-    from ganviews.cli.report import load_gallery
     from ganviews.report.plots import gallery_columns
     from ganviews.report.tables import ReportConfig
     from storage import LatentStore
+    from tasks.evaluate import load_gallery
 
     path = _store(tmp_path / "store")
     table = pd.DataFrame([{"task": "t", "classifier": "c", "method": "isotropic_fine",
@@ -417,4 +420,4 @@ def test_capped_alpha_curves_show_every_method_before_repeating_one(tmp_path):
 def run_report_on(*, table, tmp_path, config) -> str:
     root = tmp_path / "logits"
     write_logits(root, table, shard="s0")
-    return run_report(root, tmp_path / "out", config=config).report_md.read_text()
+    return run_evaluate(root, tmp_path / "out", config=config).report_md.read_text()

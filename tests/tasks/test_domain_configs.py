@@ -214,7 +214,7 @@ def test_missing_generator_names_the_file(relocated, domain):
 
 @pytest.mark.parametrize("domain", list(DOMAINS))
 def test_pipeline_file_check_lists_every_missing_input(relocated, domain):
-    from tasks.common import check_files
+    from tasks.pipeline_config import check_files
 
     cfg = relocated(domain)
     with pytest.raises(ConfigError) as err:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from test_ensemble import known_table
+from ensemble.test_ensemble import known_table
 
-from ganviews.report.tables import data_uri
+from ganviews.core.config import from_dict
+from ganviews.report.tables import ReportConfig, data_uri
 from storage.logits import write_logits
 from tasks.evaluate import (
     ARTIFACT_BYTES,
@@ -16,7 +17,10 @@ from tasks.evaluate import (
     evaluate_ensembles_task,
 )
 
-CONFIG = {"ensemble": {"bootstrap_draws": 10}, "max_alpha_plots": 1, "grid_max_tasks": 1, "dpi": 50}
+CONFIG = from_dict(
+    ReportConfig,
+    {"ensemble": {"bootstrap_draws": 10}, "max_alpha_plots": 1, "grid_max_tasks": 1, "dpi": 50},
+)
 
 
 @pytest.fixture

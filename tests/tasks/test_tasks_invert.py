@@ -17,9 +17,11 @@ from ganviews.core.errors import GanviewsError
 from ganviews.inversion.align import AlignConfig
 from ganviews.inversion.invert import InversionConfig
 from ganviews.stylegan.generator import load_generator
+from storage.arrays import ALIGNED, MASK, RECON
 from storage.errors import StoreError
 from storage.latents import LatentStore
-from tasks.invert import ALIGNED, MASK, RECON, invert_shard, run_invert_shard, store_attrs
+from tasks.invert import invert_shard_task, run_invert, store_attrs
+from tasks.jobs import InvertJob
 
 INV = InversionConfig(steps=3, lpips_net="lpips-random", batch_size=2)
 ALIGN = AlignConfig(mode="none", resolution=32)
@@ -71,15 +73,11 @@ def test_shard_task_end_to_end(tmp_path, gen_path) -> None:
         attrs=store_attrs(G, None, ALIGN, INV),
         manifest=frame,
     )
-    kwargs = dict(
-        generator_path=gen_path,
-        align_cfg=ALIGN,
-        inversion_cfg=INV,
-        device="cpu",
-        image_root=tmp_path,
+    job = InvertJob(
+        store=store.path, generator=gen_path, align=ALIGN, invert=INV, image_root=tmp_path
     )
-    first = run_invert_shard(store.path, 0, **kwargs)  # items 0, 1, 2 (2 is corrupt)
-    second = invert_shard.fn(store.path, (3, 5), **kwargs)  # the Prefect task's body
+    first = run_invert(job, [0], device="cpu")[0]  # items 0, 1, 2 (2 is corrupt)
+    second = invert_shard_task.fn(job, (3, 5), "cpu")  # the Prefect task's body
     assert (first["todo"], first["done"], first["failed"]) == (3, 2, 1)
     assert (second["todo"], second["done"], second["failed"]) == (2, 2, 0)
 
@@ -112,10 +110,10 @@ def test_shard_task_end_to_end(tmp_path, gen_path) -> None:
     assert np.abs(recon.astype(int) - expected.numpy().astype(int)).max() <= 1
 
     # A rerun skips done items; fixing the corrupt file lets the retry finish it.
-    again = run_invert_shard(store.path, 1, **kwargs)
+    again = run_invert(job, [1], device="cpu")[0]
     assert again["todo"] == 0
     Image.fromarray(pixels[1]).save(tmp_path / "images" / "img2.png")
-    retry = run_invert_shard(store.path, 0, **kwargs)
+    retry = run_invert(job, [0], device="cpu")[0]
     assert (retry["todo"], retry["done"], retry["failed"]) == (1, 1, 0)
     store = LatentStore.open(store.path)
     assert store.done().tolist() == [0, 1, 2, 3, 4] and store.failures().empty
@@ -139,47 +137,47 @@ def test_store_refuses_other_generator_or_config(tmp_path, gen_path, stylegan2_f
     with pytest.raises(
         GanviewsError, match=r"made with generator sha256 .* but the given generator"
     ):
-        run_invert_shard(
-            store.path,
-            0,
-            generator_path=other,
-            align_cfg=ALIGN,
-            inversion_cfg=INV,
+        run_invert(
+            InvertJob(
+                store=store.path, generator=other, align=ALIGN, invert=INV, image_root=tmp_path
+            ),
+            [0],
             device="cpu",
-            image_root=tmp_path,
         )
     changed = InversionConfig(steps=4, lpips_net="lpips-random", batch_size=2)
     with pytest.raises(StoreError, match=r"config.invert.steps"):
-        run_invert_shard(
-            store.path,
-            0,
-            generator_path=gen_path,
-            align_cfg=ALIGN,
-            inversion_cfg=changed,
+        run_invert(
+            InvertJob(
+                store=store.path,
+                generator=gen_path,
+                align=ALIGN,
+                invert=changed,
+                image_root=tmp_path,
+            ),
+            [0],
             device="cpu",
-            image_root=tmp_path,
         )
     # The batch size is not part of the identity: a resume may use another one.
     other_batch = InversionConfig(steps=3, lpips_net="lpips-random", batch_size=1)
-    out = run_invert_shard(
-        store.path,
-        0,
-        generator_path=gen_path,
-        align_cfg=ALIGN,
-        inversion_cfg=other_batch,
+    (out,) = run_invert(
+        InvertJob(
+            store=store.path,
+            generator=gen_path,
+            align=ALIGN,
+            invert=other_batch,
+            image_root=tmp_path,
+        ),
+        [0],
         device="cpu",
-        image_root=tmp_path,
     )
     assert out["done"] == 2
     with pytest.raises(GanviewsError, match=r"shard: index 5 out of range"):
-        run_invert_shard(
-            store.path,
-            5,
-            generator_path=gen_path,
-            align_cfg=ALIGN,
-            inversion_cfg=INV,
+        run_invert(
+            InvertJob(
+                store=store.path, generator=gen_path, align=ALIGN, invert=INV, image_root=tmp_path
+            ),
+            [5],
             device="cpu",
-            image_root=tmp_path,
         )
 
 

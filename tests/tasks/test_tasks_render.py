@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,13 +13,17 @@ from PIL import Image
 from ganviews.classifiers.model import build_classifier, load_classifier, save_classifier
 from ganviews.cli import main
 from ganviews.core.errors import ConfigError, GanviewsError
+from ganviews.inversion.align import AlignConfig
 from ganviews.stylegan.generator import load_generator
 from ganviews.views.perturb import PCAStats
 from ganviews.views.render import GanGroup, ViewConfig, render_and_classify
 from storage.latents import LatentStore
 from storage.logits import read_logits, read_logits_metadata
 from storage.pca_stats import load_pca_stats
-from tasks.render import load_originals, render_shard_task, run_render_shard
+from tasks.jobs import RenderJob
+from tasks.pipeline_config import PCAConfig
+from tasks.render import render_shard_task, run_render
+from tasks.store_io import read_originals
 
 N_IMAGES, SHARD = 6, 4
 CFG = ViewConfig(
@@ -89,17 +95,23 @@ def _make_store(tmp_path, G, *, aligned: bool = True) -> LatentStore:
     return store
 
 
-def _kwargs(gen_path, classifier_paths, logits, **extra):
-    return dict(
-        generator_path=gen_path, classifier_paths=classifier_paths, tasks={"kind": "kind"},
-        view_cfg=CFG, logits_dir=logits, device="cpu", seed=4, pca_samples=2000, **extra,
+def _job(store, gen_path, classifier_paths, logits, **changes) -> RenderJob:
+    job = RenderJob(
+        store=store, generator=gen_path, classifiers=classifier_paths, tasks={"kind": "kind"},
+        views=CFG, logits=logits, seed=4, pca=PCAConfig(samples=2000),
     )  # fmt: skip
+    return dataclasses.replace(job, **changes)
+
+
+def run_render_shard(job: RenderJob, shard) -> dict:
+    return run_render(job, [shard], device="cpu")[0]
 
 
 def test_shard_end_to_end(tmp_path, G, gen_path, classifier_paths):
     store = _make_store(tmp_path, G)
     logits = tmp_path / "logits"
-    summary = run_render_shard(store.path, 0, **_kwargs(gen_path, classifier_paths, logits))
+    job = _job(store.path, gen_path, classifier_paths, logits)
+    summary = run_render_shard(job, 0)
     # images 0, 1, 3 are done in shard [0, 4); image 2 failed and is skipped
     per_image = 3 * (CFG.n_views + 1) + CFG.n_views  # three GAN groups + crop
     assert summary == {
@@ -166,7 +178,7 @@ def test_shard_end_to_end(tmp_path, G, gen_path, classifier_paths):
     )
 
     # re-running the shard replaces its rows (no duplicates, same values); the other shard adds its own
-    run_render_shard(store.path, (0, 4), **_kwargs(gen_path, classifier_paths, logits))
+    run_render_shard(job, (0, 4))
     again = read_logits(logits)
     assert len(again) == len(rows)
     key = ["classifier", "method", "setting", "image_id", "view"]
@@ -174,7 +186,7 @@ def test_shard_end_to_end(tmp_path, G, gen_path, classifier_paths):
     np.testing.assert_array_equal(
         np.concatenate(list(a["logits"])), np.concatenate(list(b["logits"]))
     )
-    second = render_shard_task.fn(store.path, 1, **_kwargs(gen_path, classifier_paths, logits))
+    second = render_shard_task.fn(job, store.shards()[1], "cpu")
     assert second["images"] == 2 and len(read_logits(logits)) == len(rows) + second["rows"]
 
 
@@ -182,9 +194,9 @@ def test_persisted_views_go_to_the_store(tmp_path, G, gen_path, classifier_paths
     store = _make_store(tmp_path, G)
     cfg = ViewConfig(n_views=2, gan=(GanGroup("stylemix", "coarse"),), image_methods=("crop",), persist_views=True,
                      persist_resolution=16)  # fmt: skip
-    kw = _kwargs(gen_path, classifier_paths, tmp_path / "logits")
-    kw["view_cfg"] = cfg
-    run_render_shard(store.path, 1, **kw)
+    run_render_shard(
+        _job(store.path, gen_path, classifier_paths, tmp_path / "logits", views=cfg), 1
+    )
     store = LatentStore.open(store.path)
     assert {"views/stylemix_coarse/none", "views/crop/none"} <= set(store.array_names())
     views = store.read_array("views/stylemix_coarse/none", [4, 5, 0])
@@ -197,45 +209,43 @@ def test_originals_realigned_from_the_manifest_when_not_stored(
     tmp_path, G, gen_path, classifier_paths
 ):
     store = _make_store(tmp_path, G, aligned=False)
-    kw = _kwargs(gen_path, classifier_paths, tmp_path / "logits")
+    job = _job(store.path, gen_path, classifier_paths, tmp_path / "logits")
     with pytest.raises(ConfigError, match="has no 'images/aligned' array and no align config"):
-        run_render_shard(store.path, 1, **kw)
-    summary = run_render_shard(store.path, 1, **kw, align={"mode": "none", "resolution": 32})
+        run_render_shard(job, 1)
+    align = AlignConfig(mode="none", resolution=32)
+    summary = run_render_shard(dataclasses.replace(job, align=align), 1)
     assert summary["images"] == 2 and summary["rows"] > 0
     # the re-aligned originals are the stored ones (align mode "none" at the same size)
     (tmp_path / "b").mkdir()
     other = _make_store(tmp_path / "b", G)
     manifest = store.manifest()
-    again = load_originals(
-        store, np.array([4, 5]), manifest, align={"mode": "none", "resolution": 32}
-    )
-    stored = load_originals(other, np.array([4, 5]), manifest)
+    again = read_originals(store, np.array([4, 5]), manifest, align=align)
+    stored = read_originals(other, np.array([4, 5]), manifest)
     assert again.shape == stored.shape == (2, 3, 32, 32)
     torch.testing.assert_close(again, stored, rtol=0, atol=1 / 127.5 + 1e-6)
 
 
 def test_task_errors(tmp_path, G, gen_path, classifier_paths, stylegan2_fixtures):
     store = _make_store(tmp_path, G)
-    kw = _kwargs(gen_path, classifier_paths, tmp_path / "logits")
+    job = _job(store.path, gen_path, classifier_paths, tmp_path / "logits")
     with pytest.raises(
         GanviewsError, match="holds latents of generator sha256 .* render with the generator"
     ):
-        run_render_shard(
-            store.path, 0, **{**kw, "generator_path": stylegan2_fixtures / "rosinality-res32.pt"}
-        )
+        other = stylegan2_fixtures / "rosinality-res32.pt"
+        run_render_shard(dataclasses.replace(job, generator=other), 0)
     with pytest.raises(ConfigError, match=r"classifier 'kind': no task \(label column\) given"):
-        run_render_shard(store.path, 0, **{**kw, "tasks": None})
+        run_render_shard(dataclasses.replace(job, tasks={}), 0)
     with pytest.raises(
         ConfigError,
         match=r"task 'age' is not a label column of the manifest \(label columns: \['smiling', 'kind'\]\)",
     ):
-        run_render_shard(store.path, 0, **{**kw, "tasks": {"kind": "age"}})
+        run_render_shard(dataclasses.replace(job, tasks={"kind": "age"}), 0)
     with pytest.raises(
         ConfigError, match=r"shard: index 7 out of range \(the store has 2 shards\)"
     ):
-        run_render_shard(store.path, 7, **kw)
+        run_render_shard(job, 7)
     with pytest.raises(ConfigError, match=r"shard: \(1, 3\) is not a shard"):
-        run_render_shard(store.path, (1, 3), **kw)
+        run_render_shard(job, (1, 3))
     assert not (tmp_path / "logits").exists()
 
 

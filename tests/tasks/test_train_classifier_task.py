@@ -11,14 +11,21 @@ import torch
 from PIL import Image
 
 from ganviews.classifiers.model import load_classifier
+from ganviews.classifiers.training import SourceConfig, TrainConfig
 from ganviews.cli import main as cli_main
+from ganviews.core.config import from_dict
 from ganviews.core.errors import ConfigError
+from ganviews.inversion.align import AlignConfig
 from storage.latents import LatentStore
 from storage.manifest import write_manifest
 from tasks.train_classifier import run_train_classifier, train_classifier_task
 
 SMALL = {"arch": "smallcnn", "width": 4}
-FAST = {"epochs": 2, "lr": 3e-3, "log_every": 0}
+FAST = TrainConfig(epochs=2, lr=3e-3, log_every=0)
+
+
+def views(**keys) -> SourceConfig:
+    return from_dict(SourceConfig, keys, key="views")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +96,7 @@ def test_real_images_from_a_manifest(dataset, tmp_path):
         task="colour",
         config=SMALL,
         out=out,
-        align={"mode": "none", "resolution": 32},
+        align=AlignConfig(mode="none", resolution=32),
         train=FAST,
         seed=1,
     )
@@ -117,7 +124,7 @@ def test_views_from_a_store_and_resume(dataset, tmp_path, G, stylegan2_fixtures)
         source="views",
         generator_path=gen,
         train=FAST,
-        views={"method": "stylemix", "layers": "fine", "batch_size": 4, "p_generated": 0.5},
+        views=views(method="stylemix", layers="fine", batch_size=4, p_generated=0.5),
     )
     report = run_train_classifier(dataset / "store", **kwargs)
     assert report["n_train"] == 7  # image 3 failed inversion: left out
@@ -142,8 +149,8 @@ def test_recon_through_the_prefect_task(dataset, tmp_path, stylegan2_fixtures):
         out=tmp_path / "r.safetensors",
         source="recon",
         generator_path=stylegan2_fixtures / "nvidia-ada-res32.pkl",
-        train={"epochs": 1, "log_every": 0},
-        views={"p_generated": 1.0},
+        train=TrainConfig(epochs=1, log_every=0),
+        views=views(p_generated=1.0),
     )
     assert report["history"][0]["n_generated"] == 7
 
@@ -188,7 +195,7 @@ def test_input_errors(dataset, tmp_path, stylegan2_fixtures):
             out=tmp_path / "f.st",
             source="views",
             generator_path=stylegan2_fixtures / "nvidia-ada-res32.pkl",
-            views={"method": "stylemix", "layers": "top"},
+            views=views(method="stylemix", layers="top"),
         )
     with pytest.raises(ConfigError, match=r"train: scheduler='plateau' .* need a validation split"):
         run_train_classifier(
@@ -197,8 +204,8 @@ def test_input_errors(dataset, tmp_path, stylegan2_fixtures):
             config=SMALL,
             out=tmp_path / "g.st",
             val_split=None,
-            train={"scheduler": "plateau"},
-            align={"resolution": 32},
+            train=TrainConfig(scheduler="plateau"),
+            align=AlignConfig(resolution=32),
         )
     with pytest.raises(ConfigError, match=r"views\.setting: method 'isotropic' needs σ"):
         run_train_classifier(

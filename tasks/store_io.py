@@ -1,0 +1,129 @@
+"""Reading a stage's inputs: shard ranges, manifest splits, and aligned images.
+
+:func:`load_aligned` is the one load-and-align loop (manifest rows → aligned images, each
+unusable image a recorded reason instead of an error); the inversion, the render stage (when
+the store holds no aligned pixels) and classifier training on a manifest all use it.
+:func:`read_originals` is the render / training view of it: the store's ``images/aligned``
+when present, else the manifest's images aligned again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ganviews.core.errors import ConfigError, GanviewsError
+from ganviews.core.images import load_image, uint8_to_signed
+from ganviews.inversion.align import AlignConfig, align_image
+from storage.arrays import ALIGNED
+from storage.latents import LatentStore
+
+
+def shard_range(store: LatentStore, shard: int | Sequence[int]) -> tuple[int, int]:
+    """``(start, stop)`` of a shard given as an index into ``store.shards()`` or as the range."""
+    shards = store.shards()
+    if isinstance(shard, (int, np.integer)):
+        if not 0 <= int(shard) < len(shards):
+            raise ConfigError(
+                f"shard: index {shard} out of range (the store has {len(shards)} shards)"
+            )
+        return shards[int(shard)]
+    start, stop = (int(v) for v in shard)
+    if (start, stop) not in shards:
+        raise ConfigError(
+            f"shard: {(start, stop)} is not a shard of {store.path} (shards: {shards[:4]}…)"
+        )
+    return start, stop
+
+
+def select_splits(
+    manifest: pd.DataFrame, splits: Sequence[str], *, key: str, source: Any
+) -> pd.DataFrame:
+    """The manifest's rows whose split is in ``splits`` (all rows when empty).
+
+    ConfigError naming ``key`` (``data.splits``, ``--split``) when a split is not in ``source``.
+    """
+    if not splits:
+        return manifest
+    present = sorted(set(manifest["split"]))
+    missing = [s for s in splits if s not in present]
+    if missing:
+        raise ConfigError(f"{key}: {missing} not in {source} (its splits: {present})")
+    frame = manifest[manifest["split"].isin(list(splits))].reset_index(drop=True)
+    frame.attrs = dict(manifest.attrs)
+    return frame
+
+
+def _optional(row: pd.Series, column: str) -> Any:
+    value = row.get(column)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value
+
+
+def load_aligned(
+    rows: pd.DataFrame, align_cfg: AlignConfig, *, image_root: Path
+) -> tuple[list[int], list, dict[int, str]]:
+    """Load and align manifest ``rows`` → (positions that worked, (image, mask) pairs, {position: reason}).
+
+    Images are floats in [-1, 1] ``[3, R, R]`` with masks ``[1, R, R]``; relative paths are
+    found under ``image_root``; an image that cannot be used gives its reason, not an error.
+    """
+    ok, pairs, failed = [], [], {}
+    for pos, (_, row) in enumerate(rows.iterrows()):
+        path = Path(row["path"])
+        path = path if path.is_absolute() else Path(image_root) / path
+        try:
+            img, mask = align_image(
+                load_image(path),
+                align_cfg,
+                bbox=_optional(row, "bbox"),
+                landmarks=_optional(row, "landmarks"),
+            )
+        except GanviewsError as exc:
+            failed[pos] = getattr(exc, "reason", None) or str(exc)
+            continue
+        ok.append(pos)
+        pairs.append((img, mask))
+    return ok, pairs, failed
+
+
+def read_originals(
+    store: LatentStore,
+    idx: np.ndarray,
+    manifest: pd.DataFrame,
+    *,
+    align: AlignConfig | None = None,
+    image_root: str | Path | None = None,
+) -> torch.Tensor:
+    """The aligned originals [k, 3, R, R] in [-1, 1]: from ``images/aligned``, else re-aligned.
+
+    Re-aligning uses ``align``, else the store's recorded ``config.align``; relative paths
+    are found under ``image_root`` (default: the store folder).
+    """
+    if ALIGNED in store.array_names():
+        return torch.from_numpy(uint8_to_signed(store.read_array(ALIGNED, idx)))
+    if align is None:
+        recorded = (store.attrs.get("config") or {}).get("align")
+        if recorded is None:
+            raise ConfigError(
+                f"{store.path} has no {ALIGNED!r} array and no align config was given or recorded; "
+                "pass align= (an AlignConfig) to re-align the originals from the manifest"
+            )
+        from ganviews.core.config import from_dict
+
+        align = from_dict(AlignConfig, recorded, key="align")
+    root = Path(image_root) if image_root is not None else store.path
+    rows = manifest.iloc[np.asarray(idx, dtype=np.int64)]
+    ok, pairs, failed = load_aligned(rows, align, image_root=root)
+    if failed:
+        pos, reason = next(iter(failed.items()))
+        raise GanviewsError(
+            f"image {rows.iloc[pos]['image_id']} of {store.path} cannot be aligned again: {reason}"
+        )
+    return torch.from_numpy(np.stack([p[0] for p in pairs]))  # [k, 3, R, R]
