@@ -73,24 +73,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_latents(args: argparse.Namespace) -> int:
-    from ganviews.cli.invert import select_splits
-    from ganviews.core.config import load_yaml, to_dict
+    from ganviews.core.config import from_dict, load_yaml, to_dict
     from ganviews.core.errors import ConfigError
+    from ganviews.inversion.align import AlignConfig
     from ganviews.stylegan.generator import load_generator
     from storage import LatentStore, read_manifest
     from tasks.import_official import SOURCE, import_official_latents
-    from tasks.invert import check_align_resolution, resolve_configs
+    from tasks.invert import check_align_resolution
+    from tasks.store_io import select_splits
 
     if args.shard_size < 1:
         raise ConfigError(f"--shard-size: must be ≥ 1, got {args.shard_size}")
-    manifest = select_splits(read_manifest(args.manifest), args.split)
+    splits = [s.strip() for s in (args.split or "").split(",") if s.strip()]
+    manifest = select_splits(
+        read_manifest(args.manifest), splits, key="--split", source="the manifest"
+    )
     if not len(manifest):
         raise ConfigError(f"{args.manifest}: no rows to import")
     G = load_generator(args.generator, device="cpu")
     config: dict = {"source": SOURCE}
     if args.config:
         align = dict(load_yaml(args.config).get("align") or {})
-        align_cfg = resolve_configs({"resolution": G.resolution, **align}, None)[0]
+        align_cfg = from_dict(AlignConfig, {"resolution": G.resolution, **align}, key="align")
         check_align_resolution(align_cfg, G)
         config["align"] = to_dict(align_cfg)
     attrs = {"generator_sha256": G.sha256, "encoder_sha256": None, "config": config}

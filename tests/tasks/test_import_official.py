@@ -19,7 +19,9 @@ from ganviews.stylegan.generator import load_generator
 from ganviews.views.render import GanGroup, ViewConfig
 from storage import LatentStore, read_logits, write_manifest
 from storage.latents import DONE, FAILED
-from tasks.render import run_render_shard
+from tasks.jobs import RenderJob
+from tasks.pipeline_config import PCAConfig
+from tasks.render import run_render
 
 N = 6
 
@@ -106,10 +108,11 @@ def test_views_and_logits_run_on_imported_latents(tmp_path, G, gen_path):
     views = ViewConfig(
         n_views=2, gan=(GanGroup("stylemix", "fine"),), image_methods=(), batch_size=8
     )
-    summary = run_render_shard(
-        store_path, 0, generator_path=gen_path, classifier_paths={"c": clf}, view_cfg=views,
-        logits_dir=tmp_path / "logits", device="cpu", seed=0, pca_samples=100,
+    job = RenderJob(
+        store=store_path, generator=gen_path, classifiers={"c": clf}, views=views,
+        logits=tmp_path / "logits", seed=0, pca=PCAConfig(samples=100),
     )  # fmt: skip
+    (summary,) = run_render(job, [0], device="cpu")
     assert summary["images"] == 4
     rows = read_logits(tmp_path / "logits")
     assert set(rows["image_id"]) == {"im0", "im1", "im3", "im5"}
