@@ -81,9 +81,9 @@ class JitterConfig:
             raise ValueError(f"JitterConfig.hue: got {self.hue}, must be in [0, 0.5]")
 
 
-def jitter_seed(view_seed: int) -> int:
-    """The image-jitter seed of a combined view, derived from its GAN view seed."""
-    return item_seed(view_seed, "jitter")
+def jitter_seed(view_seed: int, jitter: int = 0) -> int:
+    """The seed of image jitter ``jitter`` (0, 1, …) on top of the GAN view with ``view_seed``."""
+    return item_seed(view_seed, "jitter") if jitter == 0 else item_seed(view_seed, "jitter", jitter)
 
 
 def image_view_seed(seed: int, image_id: str, method: str, view: int) -> int:

@@ -109,6 +109,9 @@ class ViewConfig:
         False  # also return uint8 views (for the store's views/<method>/<setting>)
     )
     persist_resolution: int = 0  # side of persisted views; 0 → the generator's resolution
+    # combined groups: 0 → every perturbed view its own render + one jitter; R > 0 → the first R
+    # renders, each jittered again and again (the authors' tensortransform: 8 renders × 4 jitters)
+    combined_renders: int = 0
 
     def __post_init__(self) -> None:
         if self.n_views < 2:
@@ -133,6 +136,10 @@ class ViewConfig:
             raise ConfigError(f"dtype: got {self.dtype!r}, allowed: {list(_DTYPES)}")
         if self.persist_resolution < 0:
             raise ConfigError(f"persist_resolution: got {self.persist_resolution}, must be ≥ 0")
+        if self.combined_renders < 0:
+            raise ConfigError(
+                f"combined_renders: got {self.combined_renders}, must be ≥ 0 (≥ n_views − 1 acts as 0)"
+            )
 
 
 def _official_gan(iso_fine, iso_coarse, pca_grid) -> tuple[GanGroup, ...]:
@@ -151,17 +158,21 @@ def _official_gan(iso_fine, iso_coarse, pca_grid) -> tuple[GanGroup, ...]:
 # 224 window moved by 0–32 px on both axes. Cars: RandomCrop(256) of the 342×256 resize of the
 # de-padded 512×384 render = the classifier's 384-px-wide window of the 512² frame moved
 # horizontally only (whole render pixels: 129 offsets of 2/3 of an official pixel step).
+# Combined views: 8 renders, each jittered repeatedly (evaluate_gan_ensemble.py tensortransform).
 PRESETS: dict[str, ViewConfig] = {
     "faces": ViewConfig(
         gan=_official_gan((0.1, 0.2, 0.3), (0.1, 0.2, 0.3), (1.0, 2.0, 3.0)),
+        combined_renders=8,
         jitter=JitterConfig(crop_scale=1056 / 1024, combined_color=True),
     ),
     "cars": ViewConfig(
         gan=_official_gan((0.3, 0.5, 0.7), (1.0, 1.5, 2.0), (1.0, 2.0, 3.0)),
+        combined_renders=8,
         jitter=JitterConfig(crop_mode="window", crop_window=(1.0, 0.75), combined_color=False),
     ),
     "cats": ViewConfig(
         gan=_official_gan((0.1, 0.2, 0.3), (0.5, 0.7, 1.0), (0.5, 0.7, 1.0)),
+        combined_renders=8,
         jitter=JitterConfig(
             crop_mode="window", crop_window=(224 / 256, 224 / 256), combined_color=False
         ),
@@ -479,18 +490,43 @@ def _gan_views(G, classifiers, w, groups, sink, config, image_ids, seed, c, pca,
                     c=None if c is None else c[rows],
                 )  # fmt: skip
         pixels = G.synthesis(ws, noise_mode=config.noise_mode)  # [B, 3, R, R]
-        combo = [k for k, j in enumerate(batch) if j.group in twin]
+        combo = [  # (render k, combined view, jitter index)
+            (k, v, p)
+            for k, j in enumerate(batch)
+            if j.group in twin
+            for v, p in _combined_views(j.view, config)
+        ]
         if combo:
-            seeds = [jitter_seed(batch[k].seed) for k in combo]
+            seeds = [jitter_seed(batch[k].seed, p) for k, _, p in combo]
             jittered = augment(
-                pixels[combo], seeds, "combined", config=config.jitter
+                pixels[[k for k, _, _ in combo]], seeds, "combined", config=config.jitter
             )  # [B', 3, R, R]
             pixels = torch.cat([pixels, jittered.to(pixels.dtype)])  # [B + B', 3, R, R]
             batch = [
                 *batch,
-                *(dataclasses.replace(batch[k], group=twin[batch[k].group]) for k in combo),
+                *(
+                    dataclasses.replace(batch[k], group=twin[batch[k].group], view=v)
+                    for k, v, _ in combo
+                ),
             ]
         _emit(classifiers, pixels, batch, groups, sink, config, res)
+
+
+def _combined_views(view: int, config: ViewConfig) -> list[tuple[int, int]]:
+    """(combined view, jitter index) pairs made from the render of GAN view ``view``.
+
+    combined_renders R = 0: the same view, jitter 0. R > 0: render r = view − FIRST_VIEW < R
+    feeds the combined views FIRST_VIEW + r + p·R (p = 0, 1, …) with jitter p; later renders
+    feed none."""
+    r = view - FIRST_VIEW
+    step = config.combined_renders
+    if step == 0:
+        return [(view, 0)]
+    if r >= step:
+        return []
+    return [
+        (FIRST_VIEW + r + p * step, p) for p in range((config.n_views - 1 - r + step - 1) // step)
+    ]
 
 
 def _image_views(classifiers, images, groups, sink, config, image_ids, seed, res):

@@ -140,6 +140,9 @@ def test_perturbation_grids_match_the_official_settings(domain):
     assert {(g.method, g.layers): tuple(g.settings) for g in preset.gan} == got
     assert cfg.views.jitter.crop_scale == pytest.approx(preset.jitter.crop_scale)
     assert cfg.views.jitter.crop_mode == preset.jitter.crop_mode
+    assert (
+        cfg.views.combined_renders == preset.combined_renders == 8
+    )  # official 8 renders × jitters
     assert cfg.views.jitter.crop_window == pytest.approx(preset.jitter.crop_window)
     assert cfg.views.jitter.combined_color == preset.jitter.combined_color
     assert cfg.views.image_methods == ("color", "crop")

@@ -362,3 +362,35 @@ def test_render_errors(G, classifiers, batch, config):
         render_and_classify(
             G, classifiers, w, images, image_ids=IDS, config=bad, device="cpu", seed=0
         )
+
+
+def test_combined_renders_reuse_few_renders_with_several_jitters(G, classifiers, batch):
+    """scripts/eval_ensemble/evaluate_gan_ensemble.py --apply_tensor_transform: 8 renders, each
+    through the random tensor transform 4 times (32 views). Here R = 2 renders feed views 2..5:
+    render r → views 2 + r + 2p with jitter p."""
+    torch.set_num_threads(1)
+    w, images = batch
+    cfg = ViewConfig(
+        n_views=5, gan=(GanGroup("isotropic", "fine", (0.5,), combined=True),),
+        image_methods=(), combined_renders=2, batch_size=4,
+    )  # fmt: skip
+    C = {"multi": classifiers["multi"]}
+    plain, combined = render_and_classify(
+        G, C, w[:1], images[:1], image_ids=["a"], config=cfg, device="cpu", seed=9
+    )
+    renders = {v: view_seed(9, "a", "isotropic", "fine", 0.5, v) for v in (2, 3)}
+    for r in np.flatnonzero(combined.view >= 2):
+        v = int(combined.view[r])
+        base, jitter = 2 + (v - 2) % 2, (v - 2) // 2
+        assert int(combined.seed[r]) == renders[base]
+        wv = perturb_from_seeds(
+            G, w[:1], [renders[base]], method="isotropic", layers="fine", setting=0.5
+        )
+        x = augment(
+            G.synthesis(wv, noise_mode="const"), [jitter_seed(renders[base], jitter)], "combined"
+        )
+        np.testing.assert_allclose(combined.logits["multi"][r], C["multi"](x)[0].numpy(), atol=1e-4)
+    assert len(set(combined.seed[combined.view >= 2].tolist())) == 2
+    assert len(set(plain.seed[plain.view >= 2].tolist())) == 4  # the plain group: 4 renders
+    with pytest.raises(ConfigError, match=r"combined_renders: got -1, must be ≥ 0"):
+        ViewConfig(n_views=5, combined_renders=-1)
