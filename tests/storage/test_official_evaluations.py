@@ -279,3 +279,62 @@ def test_errors_name_the_file(tmp_path, capsys):
     assert "pca_fine.npz: key 'original' holds values outside [0, 1]" in err
     assert cli_main([*argv, "--split", "val,dev"]) == 2
     assert "--split: ['dev'] not in ['train', 'val', 'test']" in capsys.readouterr().err
+
+
+def _notebook_resampled(folder: Path, file: str, key: str, *, add_aug: bool = False) -> float:
+    """The notebook's ``resample_wrapper`` (test mean over seeds 0…19; ens_size 31, or 16 + 16
+    crops with ``add_aug``), α by pandas' ``argsort().iloc[-1]`` on val as theirs."""
+    ens_size = 16 if add_aug else 31
+
+    def sample(raw: np.ndarray, seed: int) -> np.ndarray:
+        return raw[:, np.random.RandomState(seed).choice(raw.shape[1], ens_size, replace=True)]
+
+    def table(split: str, seed: int, weights) -> list[float]:
+        d = np.load(folder.with_name(folder.name + f"_{split}") / f"{file}.npz")
+        label = d["label"].reshape(-1)
+        if add_aug:
+            aug = np.load(folder.with_name(folder.name + f"_{split}") / "image_ensemble_imcrop.npz")
+            original = sample(np.concatenate([aug["original"], aug["imcrop"]], axis=1), seed)
+            original = original.mean(axis=1, keepdims=True)
+        else:
+            original = d["original"]
+        gan = sample(np.concatenate([d["reconstructed"], d[key]], axis=1), seed)
+        mean = gan.mean(axis=1, keepdims=True)
+        return [100.0 * np.mean(_predict((1 - w) * original + w * mean) == label) for w in weights]
+
+    tests = []
+    for seed in range(20):
+        val = pd.Series(table("val", seed, WEIGHTS))
+        best = WEIGHTS[val.argsort().iloc[-1]]
+        tests.append(table("test", seed, [best])[0])
+    return float(np.mean(tests))
+
+
+@pytest.mark.slow  # ~10 s: the resampled protocol evaluates 20 × 21 ensembles per group
+def test_protocol_paper_on_imported_evaluations_equals_the_notebook_resampling(
+    evaluations, tmp_path
+):
+    """The paper's figure numbers: `ensemble.protocol: paper` on the authors' own files."""
+    logits, report = tmp_path / "logits", tmp_path / "report"
+    assert (
+        cli_main(["import-official", "evaluations", str(evaluations), "--logits", str(logits)]) == 0
+    )
+    cfg = tmp_path / "report.yaml"
+    cfg.write_text(
+        "plots: false\nhtml: false\nensemble: {size_curve: none, protocol: paper, "
+        "combinations: ['crop+stylemix_fine']}\n"
+    )
+    argv = ["report", "--logits", str(logits), "--out", str(report), "--config", str(cfg)]
+    assert cli_main(argv) == 0
+    paper = _csv(report / "paper_protocol.csv")
+    car = evaluations / "car" / "output" / "imageclassifier"
+    for task, method, folder, add_aug in (
+        ("Smiling", "stylemix_fine", evaluations / "celebahq" / "output" / "Smiling", False),
+        ("car", "stylemix_fine", car, False),
+        ("car", "crop+stylemix_fine", car, True),
+    ):
+        row = _select(paper, {"task": task, "method": method, "setting": ""}).iloc[0]
+        ref = _notebook_resampled(
+            folder, "gan_ensemble_stylemix_fine", "stylemix_fine", add_aug=add_aug
+        )
+        assert abs(row.test_acc - ref) <= 1e-6, (task, method, row.test_acc, ref)
