@@ -22,9 +22,15 @@ Conversion rules (docs/alignment_encoder.md lists them with the reasons):
 * Everything else PIL can convert to ``RGB`` (``RGBX``, ``YCbCr``, ``LAB`` …) is converted.
 
 Rejections: missing file, unidentified format, truncated or corrupt data, a side shorter
-than ``min_size``, more than ``max_pixels`` pixels (checked from the header before any
-decoding; PIL's own DecompressionBombWarning/Error also become rejections), modes that
+than ``min_size``, more than ``max_pixels`` pixels or a decoded size (pixels × bytes per
+pixel of the source mode) above ``max_decoded_bytes`` (both checked from the header before
+any decoding; PIL's own DecompressionBombWarning/Error also become rejections), modes that
 cannot be mapped to RGB.
+
+Peak memory per image is bounded: 8-bit sources are decoded in 8 bits, and alpha
+compositing and 16-bit scaling run over row blocks of about :data:`BLOCK_BYTES`, so besides
+the decoded image and the ``uint8`` output only one small block is alive (the whole-image
+float64 copies cost 7.7 GB for an 8192² RGBA PNG).
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = (
     1 << 26
 )  # 67,108,864 px (8192²): ~200 MB as uint8 RGB; larger is treated as a bomb
+DEFAULT_MAX_DECODED_BYTES = 1 << 30  # decoded source bytes: 8192² RGBA 16-bit is 512 MiB
+BLOCK_BYTES = 1 << 22  # working set of one row block in compositing and 16-bit scaling
 DEFAULT_MIN_SIZE = 16  # shortest side in pixels; smaller images carry too little to invert
 DEFAULT_BACKGROUND = (255, 255, 255)  # transparent pixels are composited over white
 
@@ -90,12 +98,14 @@ def load_image(
     path: str | os.PathLike,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
     min_size: int = DEFAULT_MIN_SIZE,
     background: tuple[int, int, int] = DEFAULT_BACKGROUND,
 ) -> np.ndarray:
     """Read one image file as ``np.uint8 [H, W, 3]`` RGB, or raise ImageError with a reason.
 
     ``max_pixels`` bounds width × height (decompression-bomb guard, checked before decoding);
+    ``max_decoded_bytes`` bounds width × height × bytes per pixel of the source (likewise);
     ``min_size`` bounds the shortest side; ``background`` is the RGB colour transparent
     pixels are composited over.
     """
@@ -112,8 +122,10 @@ def load_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 _check_size(path, im.size, max_pixels=max_pixels, min_size=min_size)
+                sixteen_bit_colour = _is_16bit_colour_png(path, im)
+                _check_decoded_bytes(path, im, sixteen_bit_colour, budget=max_decoded_bytes)
                 orientation = _exif_orientation(path, im)
-                if _is_16bit_colour_png(path, im):
+                if sixteen_bit_colour:
                     rgb = _decode_16bit_colour_png(path, background)
                 else:
                     im.seek(0)
@@ -172,6 +184,32 @@ def _check_size(path: Path, size: tuple[int, int], *, max_pixels: int, min_size:
         raise _reject(path, f"too small: {width}x{height} px (shortest side must be >= {min_size})")
 
 
+def _check_decoded_bytes(
+    path: Path, im: Image.Image, sixteen_bit_colour: bool, *, budget: int
+) -> None:
+    """Refuse a file whose decoded source (pixels × bytes per pixel) exceeds ``budget``."""
+    if sixteen_bit_colour:
+        per_pixel = 8  # OpenCV decodes up to 4 channels of uint16
+    else:
+        per_pixel = len(im.getbands()) * (2 if im.mode in _SIXTEEN_BIT_MODES else 1)
+        per_pixel *= 4 if im.mode in ("I", "F") else 1
+    width, height = im.size
+    need = width * height * max(per_pixel, 3)  # the RGB output is at least this
+    if need > budget:
+        raise _reject(
+            path,
+            f"too large to decode: {width}x{height} {im.mode} needs {need} bytes, more than "
+            f"max_decoded_bytes={budget}",
+        )
+
+
+def _row_blocks(height: int, row_bytes: int):
+    """Row slices of about BLOCK_BYTES each."""
+    step = max(1, BLOCK_BYTES // max(row_bytes, 1))
+    for top in range(0, height, step):
+        yield slice(top, min(top + step, height))
+
+
 def _exif_orientation(path: Path, im: Image.Image) -> int:
     try:
         value = int(im.getexif().get(_EXIF_ORIENTATION, 1))
@@ -222,14 +260,17 @@ def _decode_16bit_colour_png(path: Path, background: tuple[int, int, int]) -> np
         raise _reject(path, "truncated or corrupt: 16-bit PNG data could not be decoded")
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    values = arr.astype(np.float64) / 65535.0  # [H, W, C] in [0, 1]
-    channels = values.shape[2]
-    colour = values[:, :, :1].repeat(3, axis=2) if channels <= 2 else values[:, :, 2::-1]
-    if channels in (2, 4):
-        alpha = values[:, :, -1:]
-        bg = np.asarray(background, dtype=np.float64).reshape(1, 1, 3) / 255.0
-        colour = colour * alpha + bg * (1.0 - alpha)
-    return np.clip(np.round(colour * 255.0), 0, 255).astype(np.uint8)
+    height, width, channels = arr.shape
+    out = np.empty((height, width, 3), dtype=np.uint8)  # [H, W, 3]
+    bg = np.asarray(background, dtype=np.float64).reshape(1, 1, 3) / 255.0
+    for rows in _row_blocks(height, width * channels * 8):
+        values = arr[rows].astype(np.float64) / 65535.0  # [h, W, C] in [0, 1]
+        colour = values[:, :, :1].repeat(3, axis=2) if channels <= 2 else values[:, :, 2::-1]
+        if channels in (2, 4):
+            alpha = values[:, :, -1:]
+            colour = colour * alpha + bg * (1.0 - alpha)
+        out[rows] = np.clip(np.round(colour * 255.0), 0, 255)
+    return out
 
 
 def _to_rgb(path: Path, im: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
@@ -258,14 +299,17 @@ def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
 
 
 def _scale_16bit(path: Path, values: np.ndarray, mode: str) -> np.ndarray:
-    values = values.astype(np.int64)
     if values.size and (values.min() < 0 or values.max() > 65535):
         raise _reject(
             path,
             f"unsupported {mode!r} image: values span [{values.min()}, {values.max()}], "
             "outside the 16-bit range",
         )
-    return ((values * 255 + 32767) // 65535).astype(np.uint8)  # round(v / 257), exact ends
+    out = np.empty(values.shape, dtype=np.uint8)  # [H, W]
+    for rows in _row_blocks(values.shape[0], values.shape[1] * 8):
+        block = values[rows].astype(np.int64)
+        out[rows] = (block * 255 + 32767) // 65535  # round(v / 257), exact ends
+    return out
 
 
 def _scale_float(path: Path, values: np.ndarray) -> np.ndarray:
@@ -275,11 +319,20 @@ def _scale_float(path: Path, values: np.ndarray) -> np.ndarray:
 
 
 def _composite(rgba: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
-    arr = np.asarray(rgba, dtype=np.float64)  # [H, W, 4]
-    alpha = arr[:, :, 3:4] / 255.0
-    bg = np.asarray(background, dtype=np.float64).reshape(1, 1, 3)
-    out = arr[:, :, :3] * alpha + bg * (1.0 - alpha)
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    """Exact integer "over": round((c·a + bg·(255 − a)) / 255), block by block.
+
+    The numerator is an integer and 255 is odd, so the quotient is never a tie and
+    ``(n + 127) // 255`` equals the float rounding the whole-image float64 version did.
+    """
+    arr = np.asarray(rgba)  # [H, W, 4] uint8
+    height, width = arr.shape[:2]
+    out = np.empty((height, width, 3), dtype=np.uint8)  # [H, W, 3]
+    bg = np.asarray(background, dtype=np.uint32).reshape(1, 1, 3)
+    for rows in _row_blocks(height, width * 4 * 4):
+        block = arr[rows].astype(np.uint32)  # [h, W, 4]
+        alpha = block[:, :, 3:4]
+        out[rows] = (block[:, :, :3] * alpha + bg * (255 - alpha) + 127) // 255
+    return out
 
 
 def _cmyk_to_rgb(path: Path, im: Image.Image) -> np.ndarray:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import struct
+import subprocess
+import sys
 import warnings
 import zlib
 from pathlib import Path
@@ -267,3 +270,74 @@ def test_signed_to_uint8_clamps_rounds_and_inverts_the_uint8_scaling():
     )
     assert got.dtype == np.uint8
     assert got.tolist() == [0, 0, 128, 255, 255, 0]  # 127.5 → 128, 0.5 → 0 (half to even)
+
+
+def test_integer_compositing_equals_the_float64_formula_for_every_value():
+    """Every (colour, alpha) pair over three backgrounds: the block-wise integer "over" gives
+    exactly round(c·a/255 + bg·(1 − a/255)) as computed in float64."""
+    from ganviews.core.images import _composite
+
+    c, a = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")  # [256, 256]
+    rgba = np.stack([c, c, 255 - c, a], axis=2).astype(np.uint8)
+    for bg in ((255, 255, 255), (0, 0, 0), (17, 128, 254)):
+        got = _composite(Image.fromarray(rgba, "RGBA"), bg)
+        x = rgba.astype(np.float64)
+        want = x[:, :, :3] * (x[:, :, 3:] / 255) + np.asarray(bg) * (1 - x[:, :, 3:] / 255)
+        np.testing.assert_array_equal(got, np.clip(np.round(want), 0, 255).astype(np.uint8))
+
+
+PEAK_CHILD = """
+import json, resource, sys
+import numpy as np, cv2
+from PIL import Image
+from ganviews.core.images import load_image
+def peak_kib():  # VmHWM: ru_maxrss of an exec'd child starts at its parent's peak
+    return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
+vm = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + 512 * 2**20, resource.RLIM_INFINITY))
+open("/proc/self/clear_refs", "w").write("5")  # peak RSS := current RSS (Linux)
+base = peak_kib()
+shape = load_image(sys.argv[1]).shape
+print(json.dumps({"shape": shape, "growth_mb": (peak_kib() - base) / 1024}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["rgba8", "rgba16"])
+def test_peak_memory_per_image_is_bounded(tmp_path, kind):
+    """Issue 18.2: an 8192² RGBA PNG took 7.7 GB (float64 compositing of the whole image), a
+    16-bit one 7.1 GB. At 2048² the decoded source is 16 / 32 MiB and the output 12 MiB;
+    the child (address space capped at +512 MiB) may grow its peak RSS (VmHWM) by the decoded
+    source + output + 96 MiB, not by float64 copies (the old code grew by 470-480 MiB)."""
+    side = 2048
+    ramp = np.arange(side, dtype=np.uint32)
+    alpha = (ramp[None, :] + ramp[:, None]) % 256  # [H, W]: every alpha value, compressible
+    if kind == "rgba8":
+        arr = np.dstack([alpha, 255 - alpha, alpha // 2, alpha]).astype(np.uint8)
+        decoded = side * side * 4
+    else:
+        arr = (np.dstack([alpha, 255 - alpha, alpha // 2, alpha]) * 257).astype(np.uint16)
+        decoded = side * side * 8
+    path = tmp_path / f"{kind}.png"
+    assert cv2.imwrite(str(path), arr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    del arr
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK_CHILD, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["shape"] == [side, side, 3]
+    assert result["growth_mb"] < (decoded + side * side * 3) / 2**20 + 96, result
+
+
+def test_decoded_size_budget_rejects_before_decoding_and_fails_alone(tmp_path):
+    """A 16-bit RGBA PNG over ``max_decoded_bytes`` is rejected from its header, by itself."""
+    big = tmp_path / "big16.png"
+    assert cv2.imwrite(str(big), np.zeros((512, 512, 4), np.uint16))
+    good = tmp_path / "good.png"
+    Image.fromarray(_rgb()).save(good)
+    arrays, failures = load_images([good, big, good], max_decoded_bytes=1 << 20)
+    assert list(failures) == [1]
+    assert failures[1] == (
+        "too large to decode: 512x512 RGBA needs 2097152 bytes, more than max_decoded_bytes=1048576"
+    )
+    assert arrays[0].shape == arrays[2].shape == (24, 32, 3)
