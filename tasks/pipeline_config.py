@@ -31,6 +31,7 @@ from ganviews.views.render import PRESETS, ViewConfig
 
 STAGES = ("train_encoder", "invert", "train_classifier", "pca", "render", "evaluate")
 MODES = ("embedded", "distributed")
+MAX_SHARD_SIZE = 1 << 16  # images per shard: 65,536 w+ of a 1024 px generator is a 2.4 GB chunk
 
 
 @dataclass(frozen=True)
@@ -320,8 +321,11 @@ def check_pipeline_config(cfg: PipelineConfig) -> None:
     """Cross-field rules the types cannot express (each a ConfigError naming the key)."""
     orch = cfg.orchestration
     problems = []
-    if orch.shard_size < 1:
-        problems.append(f"orchestration.shard_size: {orch.shard_size} must be ≥ 1")
+    if not 1 <= orch.shard_size <= MAX_SHARD_SIZE:
+        problems.append(
+            f"orchestration.shard_size: {orch.shard_size} must be between 1 and {MAX_SHARD_SIZE} "
+            "(images per shard and per store chunk)"
+        )
     devices = (orch.devices,) if isinstance(orch.devices, str) else orch.devices
     if not devices:
         problems.append(

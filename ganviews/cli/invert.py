@@ -135,10 +135,13 @@ def run(args: argparse.Namespace) -> int:
     from storage import read_manifest
     from tasks.invert import load_inversion_models, prepare_store, run_invert
     from tasks.jobs import InvertJob
+    from tasks.pipeline_config import MAX_SHARD_SIZE
     from tasks.store_io import select_splits
 
-    if args.shard_size < 1:
-        raise ConfigError(f"--shard-size: must be ≥ 1, got {args.shard_size}")
+    if not 1 <= args.shard_size <= MAX_SHARD_SIZE:
+        raise ConfigError(
+            f"--shard-size: must be between 1 and {MAX_SHARD_SIZE}, got {args.shard_size}"
+        )
     align, inv_cfg = load_config(args.config, args)
     splits = [s.strip() for s in (args.split or "").split(",") if s.strip()]
     manifest = select_splits(

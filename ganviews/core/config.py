@@ -3,6 +3,11 @@
 Every component declares a frozen dataclass (``InversionConfig``, ``ViewConfig`` …) with a
 comment per field. ``from_dict`` maps a plain mapping onto it, recursing into nested
 dataclasses, and rejects unknown keys and wrong types naming the full key path.
+
+``load_yaml`` refuses files over :data:`MAX_YAML_BYTES` and documents whose aliases would
+expand to more than :data:`MAX_YAML_NODES` nodes ("billion laughs": a 1 KB file of nested
+aliases took 30 s and 6 GB once something walked it), counted on the composed node graph
+before any Python object is built.
 """
 
 from __future__ import annotations
@@ -20,21 +25,71 @@ from ganviews.core.errors import ConfigError
 
 T = TypeVar("T")
 
+MAX_YAML_BYTES = 1 << 20  # a pipeline config is a few KB; a manifest is never YAML
+MAX_YAML_NODES = 100_000  # nodes after expanding every alias (a real config has a few hundred)
+_ENDLESS = 1 << 62  # the count given to a recursive alias (and the cap of any count)
+
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or a non-mapping top level is a ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(
+            f"{path}: {size} bytes is too large for a config (at most {MAX_YAML_BYTES})"
+        )
+    loader = yaml.SafeLoader(path.read_text())
     try:
-        data = yaml.safe_load(path.read_text())
+        node = loader.get_single_node()
+        expanded = _expanded_nodes(node)
+        if expanded > MAX_YAML_NODES:
+            amount = "without end" if expanded >= _ENDLESS else f"to {expanded} nodes"
+            raise ConfigError(
+                f"{path}: its aliases expand {amount} (at most {MAX_YAML_NODES} nodes); "
+                "refusing an alias-expansion bomb"
+            )
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+def _expanded_nodes(root: yaml.Node | None) -> int:
+    """Number of nodes the document has once every alias is expanded, computed on the shared
+    node graph (each node once, memoised; iterative, so deep nesting cannot overflow)."""
+    if root is None:
+        return 0
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # entered, children not yet summed: meeting one is a cycle
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if not children_done and id(node) in open_nodes:
+            return _ENDLESS  # a recursive alias expands without end
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        if children_done:
+            sizes[id(node)] = min(1 + sum(sizes.get(id(c), 0) for c in children), _ENDLESS)
+            open_nodes.discard(id(node))
+        else:
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, key: str = "") -> T:

@@ -37,3 +37,33 @@ def test_every_mistake_is_one_line_naming_the_key():
     assert any(line.startswith("inner.stepz: unknown key") for line in lines)
     assert any(line.startswith("inner.lr: expected a number") for line in lines)
     assert len(lines) == 4
+
+
+def _laughs(levels: int) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "data:\n  splits:\n" + "".join(f"    {line}\n" for line in lines)
+
+
+def test_load_yaml_refuses_alias_bombs_before_building_anything(tmp_path):
+    """Issue 18.2: a 1 KB "billion laughs" in data.splits took 30 s and 6 GB, then MemoryError."""
+    import time
+
+    from ganviews.core.config import load_yaml
+
+    path = tmp_path / "laughs.yaml"
+    path.write_text(_laughs(9))
+    assert path.stat().st_size < 1024
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"laughs\.yaml: its aliases expand to 1234567913 nodes"):
+        load_yaml(path)
+    assert time.perf_counter() - start < 1.0
+    path.write_text("a: &a [1, *a]\n")
+    with pytest.raises(ConfigError, match="its aliases expand without end"):
+        load_yaml(path)
+    path.write_text(_laughs(4))  # about 12,000 nodes: ordinary alias use still loads
+    splits = load_yaml(path)["data"]["splits"]
+    assert len(splits["a3"]) == 10 and splits["a3"][0][0][0] == ["x"] * 10
+    path.write_text("x: " + "y" * (1 << 20) + "\n")
+    with pytest.raises(ConfigError, match="is too large for a config"):
+        load_yaml(path)

@@ -109,7 +109,14 @@ def test_plain_dict_round_trip() -> None:
             {"orchestration": {"devices": ["auto", "cpu"]}},
             r"^orchestration\.devices: \"auto\" stands alone",
         ),
-        ({"orchestration": {"shard_size": 0}}, r"^orchestration\.shard_size: 0 must be ≥ 1$"),
+        (
+            {"orchestration": {"shard_size": 0}},
+            r"^orchestration\.shard_size: 0 must be between 1 and 65536 \(images per shard",
+        ),
+        (  # issue 18.2: reached a 14.2 PiB allocation before
+            {"orchestration": {"shard_size": 10**15}},
+            r"^orchestration\.shard_size: 1000000000000000 must be between 1 and 65536",
+        ),
         (
             {"orchestration": {"retry_delay_seconds": [-1]}},
             r"^orchestration\.retry_delay_seconds: \[-1\.0\] must be ≥ 0",
