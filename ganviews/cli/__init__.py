@@ -3,6 +3,8 @@
 Each module ``ganviews/cli/<name>.py`` defines ``register(subparsers)``, which adds its
 parser and sets ``func``; heavy imports (torch, Prefect, Zarr) happen inside ``func`` so
 ``ganviews --help`` stays fast. Library errors become one clean line on stderr, exit code 2.
+Output piped into a reader that stops early (``ganviews status S | head``) ends the command
+quietly with exit code 141 (128 + SIGPIPE, what a shell reports for tools killed by it).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 
@@ -46,7 +49,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe fails here, inside the handler, not at exit
+        return code
+    except BrokenPipeError:
+        # the reader went away: send what is still buffered to /dev/null so that the
+        # interpreter's final flush does not fail again, and stop without a traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except (GanviewsError, StoreError) as exc:
         print(f"ganviews {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -29,7 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="store indices (5), ranges (10:20) or image ids; default: all done",
     )
     latents.add_argument("--array", default="w", help="w (default), w_init, or an extra array name")
-    latents.add_argument("--out", type=Path, default=None, help="save the selected rows as .npy")
+    latents.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="save the selected rows: .npz holds the array, image_id and index; .npy the array "
+        "alone, with the ids in OUT.ids.csv beside it",
+    )
     latents.set_defaults(func=run_latents)
 
     query = sub.add_parser("sql", help="SQL over the views logits, manifest, latents_status")
@@ -133,10 +139,29 @@ def run_latents(args: argparse.Namespace) -> int:
             ).to_string(index=False)
         )
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        np.save(args.out, values)
-        print(f"saved {values.shape} to {args.out}")
+        save_rows(args.out, args.array, values, idx, data["image_id"])
     return 0
+
+
+def save_rows(out: Path, array: str, values, idx, image_ids) -> None:
+    """The selected rows with their ids: one .npz, or a .npy plus ``OUT.ids.csv`` (index, image_id)."""
+    import numpy as np
+    import pandas as pd
+
+    from storage import StoreError
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ids = np.asarray(image_ids).astype(str)
+    if out.suffix.lower() == ".npz":
+        np.savez(out, **{array.replace("/", "_"): values, "image_id": ids, "index": idx})
+        print(f"saved {values.shape} with image_id and index to {out}")
+    elif out.suffix.lower() == ".npy":
+        np.save(out, values)
+        sidecar = out.with_name(out.name + ".ids.csv")
+        pd.DataFrame({"index": idx, "image_id": ids}).to_csv(sidecar, index=False)
+        print(f"saved {values.shape} to {out}, row ids to {sidecar}")
+    else:
+        raise StoreError(f"--out {out}: use a .npz (array + ids) or .npy (+ .ids.csv) name")
 
 
 def run_sql(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
-"""``ganviews status STORE``: per-shard progress of a latent store and a summary of its failures."""
+"""``ganviews status STORE [--json]``: per-shard progress of a latent store and a summary of its
+failures; ``--json`` prints the same as one JSON object for scripts and monitoring."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=10,
         metavar="N",
-        help="list up to N failed images (default 10)",
+        help="list up to N failed images (default 10; with --json every failure is listed)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: identity, totals, every shard, failures and their reasons",
     )
     parser.set_defaults(func=run)
 
@@ -32,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from storage import LatentStore
 
     store = LatentStore.open(args.store, mode="r")
+    if args.json:
+        print(json.dumps(status_json(store), indent=1, default=str))
+        return 0
     attrs = store.attrs
     table = store.status_table()
     done, failed, pending = (int(table[c].sum()) for c in ("done", "failed", "pending"))
@@ -70,6 +80,27 @@ def run(args: argparse.Namespace) -> int:
             print()
             print(failures.head(args.failures).to_string(index=False, max_colwidth=80))
     return 0
+
+
+def status_json(store) -> dict:
+    """The store's identity, totals, per-shard counts and failures as plain JSON types."""
+    attrs = store.attrs
+    table = store.status_table()
+    failures = store.failures()
+    reasons = failures["reason"].map(_last_line).value_counts() if len(failures) else {}
+    keys = ("generator_sha256", "encoder_sha256", "config_hash", "created_at", "code_version")
+    return {
+        "store": str(store.path),
+        **{k: attrs.get(k) for k in keys},
+        "n_images": int(store.n_images),
+        "num_ws": int(store.num_ws),
+        "w_dim": int(store.w_dim),
+        "shard_size": int(store.shard_size),
+        **{c: int(table[c].sum()) for c in ("done", "failed", "pending")},
+        "shards": table.to_dict("records"),
+        "failure_reasons": {str(k): int(v) for k, v in dict(reasons).items()},
+        "failures": failures.to_dict("records"),
+    }
 
 
 def _bar(done: int, total: int, width: int = 20) -> str:
