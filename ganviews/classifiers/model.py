@@ -765,8 +765,8 @@ def _sidecar_config(path: Path) -> dict[str, Any]:
             return load_yaml(cand)
     tried = ", ".join(str(c) for c in dict.fromkeys(candidates))
     raise CheckpointError(
-        f"{path}: the checkpoint does not record its preprocessing; pass config= (or --classifier-config) "
-        f"or put a YAML config next to it (looked for {tried}); see docs/classifiers.md"
+        f"{path}: the checkpoint does not record its preprocessing; put a YAML config next to it "
+        f"(looked for {tried}) or, from Python, pass load_classifier(..., config=); see docs/classifiers.md"
     )
 
 

@@ -1,6 +1,7 @@
 """``ganviews manifest DATASET ROOT --out manifest.parquet``: build a dataset manifest from its own files.
 
-One sub-command per adapter in ``storage.adapters.ADAPTERS`` (celebahq, cars, cats, folder). Prints
+One sub-command per adapter in ``storage.adapters.ADAPTERS`` (celebahq, cars, cats, folder,
+digits: scikit-learn's bundled digits rendered as PNGs under ROOT, the demo's domain). Prints
 the number of images per split and per label; see docs/datasets.md for the files each one reads.
 """
 
@@ -18,7 +19,9 @@ _DATASETS = {
     "cars": "Stanford Cars as SUV / Sedan / Cab with boxes (devkit .mat files)",
     "cats": "Oxford-IIIT Pet cats, 12 breeds, head boxes (list/trainval/test + VOC XML)",
     "folder": "any image folder with a CSV or Parquet labels file",
+    "digits": "scikit-learn's bundled 8×8 digits rendered as PNGs under ROOT (the demo domain)",
 }
+_GENERATED = {"digits"}  # adapters that write their images: no annotated image can be missing
 _MAX_LEVELS = 20  # a label column with more distinct values is summarised, not tabulated
 
 
@@ -35,12 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
         sub.add_argument("root", type=Path, metavar="ROOT", help="the dataset's root folder")
         sub.add_argument("--out", type=Path, required=True, help="manifest Parquet file to write")
-        sub.add_argument(
-            "--on-missing-image",
-            choices=("error", "drop"),
-            default="error",
-            help="annotated images absent on disk: fail (default) or leave them out",
-        )
+        if name not in _GENERATED:
+            sub.add_argument(
+                "--on-missing-image",
+                choices=("error", "drop"),
+                default="error",
+                help="annotated images absent on disk: fail (default) or leave them out",
+            )
         _DATASET_OPTIONS[name](sub)
         sub.set_defaults(func=run)
 
@@ -115,15 +119,35 @@ def _folder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stratify", help="label column to stratify that split by")
 
 
+def _digits_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=32,
+        help="side of the PNGs in pixels (default: %(default)s)",
+    )
+    p.add_argument("--val-fraction", type=float, default=0.2, help="default: %(default)s")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
+
+
 _DATASET_OPTIONS = {
     "celebahq": _celebahq_options,
     "cars": _cars_options,
     "cats": _cats_options,
     "folder": _folder_options,
+    "digits": _digits_options,
 }
 
 
 def _options(args: argparse.Namespace) -> dict[str, object]:
+    if args.dataset == "digits":
+        return {
+            "resolution": args.resolution,
+            "val_fraction": args.val_fraction,
+            "test_fraction": args.test_fraction,
+            "seed": args.seed,
+        }
     common = {"on_missing_image": args.on_missing_image}
     if args.dataset == "celebahq":
         return {**common, "image_dir": args.image_dir, "partition_file": args.partition_file}

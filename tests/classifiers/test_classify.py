@@ -314,8 +314,10 @@ def test_missing_unreadable_and_unconfigured_files(tmp_path):
     with pytest.raises(
         CheckpointError,
         match=r"bare\.pth: the checkpoint does not record its preprocessing.*bare\.yaml",
-    ):
+    ) as info:
         load_classifier(tmp_path / "bare.pth")
+    assert "--classifier-config" not in str(info.value)  # an option that never existed
+    assert "load_classifier(..., config=)" in str(info.value)
 
 
 def test_config_errors_name_the_key():
