@@ -18,6 +18,7 @@ from ganviews.ensemble.paper import (
     resampled_alpha_cv,
 )
 from ganviews.report.tables import ReportConfig, write_report, write_tables
+from storage.results import write_results
 
 
 def test_resample_indices_are_the_authors_randomstate_draws():
@@ -121,10 +122,13 @@ def test_evaluate_with_protocol_paper_reports_both_baselines(tmp_path):
     ours = res.table[res.table["method"] == "crop"].iloc[0]
     assert test["acc_alpha_cv_ganviews"] == pytest.approx(100 * ours["test_acc"])
     assert test["acc_plain_mean"] == pytest.approx(100 * ours["test_acc_uniform"])
-    _, _, tables = write_tables(res, tmp_path)
+    tables = write_tables(res, tmp_path)
     assert pd.read_csv(tables["paper_protocol"]).shape[0] == 4
     assert "acc_alpha_cv_ganviews" in pd.read_csv(tables["paper_baselines"]).columns
-    md = write_report(res, tmp_path / "r", config=ReportConfig(plots=False, ensemble=config))
+    files = write_results(res.table, tmp_path / "r")
+    md = write_report(
+        res, tmp_path / "r", results_files=files, config=ReportConfig(plots=False, ensemble=config)
+    )
     assert "The authors' protocol (protocol: paper)" in md.report_md.read_text(encoding="utf-8")
     assert evaluate_groups(groups, EnsembleConfig(size_curve="none")).paper is None
     with pytest.raises(ConfigError, match=r"ensemble.protocol: 'authors' is not one of"):
