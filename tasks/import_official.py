@@ -15,6 +15,7 @@ Files are read with ``torch.load(weights_only=True)``: nothing stored in them ru
 from __future__ import annotations
 
 import logging
+import zipfile
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ganviews.core.errors import ConfigError
+from ganviews.core.errors import CheckpointError, ConfigError
+from ganviews.core.file_limits import check_tensor_extents, check_zip_records
 from storage import LatentStore
 
 log = logging.getLogger(__name__)
@@ -59,12 +61,18 @@ def read_official_latent(path: Path, *, num_ws: int, w_dim: int) -> np.ndarray:
     """``w`` [num_ws, w_dim] float32 of one of the authors' ``.pth`` files; ValueError saying what
     is wrong otherwise (the caller records it as the image's failure reason)."""
     try:
+        if zipfile.is_zipfile(path):
+            check_zip_records(path)  # the same caps as every weights-only reader
         payload = torch.load(path, map_location="cpu", weights_only=True)
+        w = payload.get("w") if isinstance(payload, dict) else None
+        if isinstance(w, torch.Tensor):
+            check_tensor_extents([("w", w)], path=path, budget=path.stat().st_size)
+    except CheckpointError as exc:
+        raise ValueError(f"{path.name}: {str(exc).removeprefix(f'{path}: ')}") from exc
     except Exception as exc:  # an unreadable file is this image's failure, not the import's
         raise ValueError(
             f"{path.name}: torch.load(weights_only=True) failed ({type(exc).__name__})"
         ) from exc
-    w = payload.get("w") if isinstance(payload, dict) else None
     if not isinstance(w, torch.Tensor):
         raise ValueError(f"{path.name}: holds no tensor under 'w'")
     if tuple(w.shape) != (1, num_ws, w_dim):

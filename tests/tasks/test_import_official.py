@@ -129,3 +129,24 @@ def test_errors(tmp_path, G, gen_path, capsys):
     argv[2] = str(tmp_path / "nowhere")
     assert cli_main(argv) == 2
     assert f"latents folder {tmp_path / 'nowhere'} not found" in capsys.readouterr().err
+
+
+class _Payload:
+    """A pickled object: the weights-only reader must refuse it (nothing runs)."""
+
+
+def test_unusable_latent_files_become_reasons(tmp_path):
+    from tasks.import_official import read_official_latent
+
+    cases = {
+        "code": ({"w": torch.zeros(1, 8, 64), "x": _Payload()}, r"torch.load\(weights_only=True\) failed"),
+        "nokey": ({"z": torch.zeros(1, 8, 64)}, "holds no tensor under 'w'"),
+        "stride": ({"w": torch.zeros(1, 1, 1).expand(1, 8, 64)}, "zero, negative or overlapping"),
+        "nan": ({"w": torch.full((1, 8, 64), float("nan"))}, "NaN or infinite"),
+    }  # fmt: skip
+    for name, (payload, message) in cases.items():
+        torch.save(payload, tmp_path / f"{name}.pth")
+        with pytest.raises(ValueError, match=message):
+            read_official_latent(tmp_path / f"{name}.pth", num_ws=8, w_dim=64)
+    torch.save({"w": torch.ones(1, 8, 64)}, tmp_path / "ok.pth")
+    assert read_official_latent(tmp_path / "ok.pth", num_ws=8, w_dim=64).shape == (8, 64)
