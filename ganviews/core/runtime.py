@@ -10,10 +10,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from ganviews.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -29,28 +33,98 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def set_numerics_policy(device: torch.device) -> None:
-    """The one place that decides precision knobs, with the reason for each."""
+    """Process-wide knobs that are safe to share between threads, set once per process.
+
+    Precision is *not* decided here: it is per call, :func:`numerics` with a
+    :class:`NumericsPolicy`, so two threads driving two GPUs cannot race on it.
+    """
     if device.type == "cuda":
-        # Rendering and classification of views tolerate TF32 matmuls/convs (≈1e-3 relative).
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
         # Input sizes are fixed within a job, so cuDNN autotuning pays off after the first batch.
         torch.backends.cudnn.benchmark = True
 
 
-@contextlib.contextmanager
-def exact_fp32(device: torch.device) -> Iterator[None]:
-    """L-BFGS curvature pairs are sensitive to TF32 rounding: run the optimiser in full fp32."""
-    if device.type != "cuda":
-        yield
-        return
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+#: Allowed values of ``NumericsPolicy.precision`` (the YAML's ``invert.precision``).
+PRECISIONS = ("exact", "tf32", "bf16")
+
+
+@dataclass(frozen=True)
+class NumericsPolicy:
+    """How the networks (G, LPIPS, encoder, classifiers) compute; optimiser state stays fp32.
+
+    ``exact``: IEEE fp32 everywhere (TF32 off on CUDA). ``tf32``: fp32 tensors, TF32 tensor
+    cores for CUDA matmuls/convolutions (no effect on CPU). ``bf16``: bfloat16 autocast for
+    the networks' forward and backward (CUDA and CPU) plus TF32 for what autocast leaves in
+    fp32. In every mode, callers cast network outputs to fp32 before loss reductions, and
+    L-BFGS state (iterates, gradients, curvature pairs) is fp32 (or the generator's dtype).
+    """
+
+    precision: str = "tf32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision={self.precision!r}: unknown; allowed: {', '.join(PRECISIONS)}"
+            )
+
+    @contextlib.contextmanager
+    def networks(self, device: torch.device) -> Iterator[None]:
+        """Context for network forward/backward passes on ``device`` under this policy."""
+        with _TF32_GATE.hold(device, self.precision != "exact"):
+            if self.precision == "bf16":
+                # autocast state is thread-local: no other thread sees it.
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    yield
+            else:
+                with torch.autocast(device.type, enabled=False):
+                    yield
+
+
+class _TF32Gate:
+    """Serialises the process-wide CUDA TF32 switches between threads.
+
+    PyTorch's TF32 flags are global, not per thread or per device. Every holder declares the
+    setting it needs; holders that agree run concurrently, a holder that disagrees waits until
+    the others have left, so the flags never change under a running computation (the old
+    save-and-restore context let two inversion threads flip them under each other).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._holders = 0
+        self._tf32: bool | None = None
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def hold(self, device: torch.device, tf32: bool) -> Iterator[None]:
+        if device.type != "cuda":  # CPU kernels have no TF32 mode: nothing to switch
+            yield
+            return
+        held = getattr(self._local, "held", [])
+        if held and held[-1] != tf32:
+            raise RuntimeError(
+                "numerics: a nested policy asks for a different TF32 setting than the "
+                "enclosing one on this thread; use one policy per call"
+            )
+        with self._cond:
+            while self._holders and self._tf32 != tf32:
+                self._cond.wait()
+            if self._holders == 0 and self._tf32 != tf32:
+                mode = "tf32" if tf32 else "ieee"
+                torch.backends.cuda.matmul.fp32_precision = mode
+                torch.backends.cudnn.conv.fp32_precision = mode
+                self._tf32 = tf32
+            self._holders += 1
+        self._local.held = [*held, tf32]
+        try:
+            yield
+        finally:
+            self._local.held = held
+            with self._cond:
+                self._holders -= 1
+                self._cond.notify_all()
+
+
+_TF32_GATE = _TF32Gate()
 
 
 def item_seed(base_seed: int, *keys: object) -> int:

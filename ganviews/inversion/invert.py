@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from ganviews.core.errors import ConfigError
-from ganviews.core.runtime import assert_shape, exact_fp32
+from ganviews.core.runtime import PRECISIONS, NumericsPolicy, assert_shape
+from ganviews.inversion.batching import ChunkedEvaluation, auto_batch_size
 from ganviews.inversion.lbfgs import (
     AdamConfig,
     LBFGSConfig,
@@ -40,6 +41,7 @@ from ganviews.inversion.lbfgs import (
     adam_minimize,
     lbfgs_minimize,
 )
+from ganviews.inversion.perceptual import TargetFeatures
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,10 @@ class InversionConfig:
     lpips_net: Literal["lpips-alex", "lpips-vgg", "lpips-random"] = "lpips-alex"  # perceptual net
     lpips_resolution: int | None = None  # area-downsample to this size before LPIPS (None: full)
     noise_mode: Literal["const", "none"] = "const"  # synthesis noise (deterministic objective)
-    batch_size: int = 16  # images optimised together
+    batch_size: int | Literal["auto"] = 16  # slots optimised together; "auto": fit free memory
+    precision: Literal["exact", "tf32", "bf16"] = "tf32"  # networks' numerics (NumericsPolicy)
+    progress_tol: float = 0.0  # opt-in early stop: relative loss gain per window ≤ this (0: off)
+    progress_window: int = 50  # L-BFGS steps per progress check
 
     def __post_init__(self) -> None:
         checks = [
@@ -81,8 +86,9 @@ class InversionConfig:
             ),
             (
                 "batch_size",
-                isinstance(self.batch_size, int) and self.batch_size >= 1,
-                "an integer ≥ 1",
+                self.batch_size == "auto"
+                or (isinstance(self.batch_size, int) and self.batch_size >= 1),
+                "an integer ≥ 1 or 'auto'",
             ),
             (
                 "lpips_resolution",
@@ -90,6 +96,7 @@ class InversionConfig:
                 "None or ≥ 16",
             ),
             ("adam_lr", self.adam_lr > 0, "> 0"),
+            ("precision", self.precision in PRECISIONS, " or ".join(map(repr, PRECISIONS))),
         ]
         for name, ok, allowed in checks:
             if not ok:
@@ -102,6 +109,8 @@ class InversionConfig:
             max_evals=self.lbfgs_max_evals,
             tolerance_grad=self.tolerance_grad,
             tolerance_change=self.tolerance_change,
+            progress_tol=self.progress_tol,
+            progress_window=self.progress_window,
         )
 
 
@@ -138,28 +147,62 @@ def masked_psnr(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.T
 
 
 class _Objective:
-    """The per-image inversion loss for a fixed batch of targets (rows selected by index)."""
+    """The per-image inversion loss for a fixed set of targets (rows selected by index).
 
-    def __init__(self, G, images, masks, *, perceptual, encoder, latent_mode, w_ref, enc_ref, cfg):
+    What does not change between evaluations is computed once, when the objective is built:
+    the encoder's E(x, m) and LPIPS's target features (:meth:`MaskedLPIPS.target`).
+    """
+
+    def __init__(
+        self, G, images, masks, *, perceptual, encoder, latent_mode, w_init, cfg, policy, chunk
+    ):
         self.G, self.images, self.masks = G, images, masks
         self.perceptual, self.encoder = perceptual, encoder
         self.latent_mode = latent_mode  # "encoder_consistency" | "l2" | None (no latent term)
-        self.w_ref, self.enc_ref = w_ref, enc_ref  # [N, L, C] targets of the latent term
-        self.cfg = cfg
+        self.cfg, self.policy = cfg, policy
         self.shape = (G.num_ws, G.w_dim)
+        self.use_lpips = perceptual is not None and cfg.lambda_lpips > 0
+        N, device, dtype = images.shape[0], images.device, images.dtype
+        self.enc_ref = None
+        self.lpips_target = None
+        with torch.no_grad(), policy.networks(device):
+            if encoder is not None:
+                enc = [
+                    encoder(images[i : i + chunk], masks[i : i + chunk]) for i in range(0, N, chunk)
+                ]
+                self.enc_ref = torch.cat(enc).to(dtype)  # [N, L, C] E(x, m): start and target
+                assert_shape(self.enc_ref, [N, G.num_ws, G.w_dim], "encoder output")
+            if perceptual is not None:
+                self.lpips_target = TargetFeatures.cat(
+                    [
+                        perceptual.target(images[i : i + chunk], masks[i : i + chunk])
+                        for i in range(0, N, chunk)
+                    ]
+                )
+        if w_init is None:
+            w_init = self.enc_ref if self.enc_ref is not None else G.mean_w.expand(N, *self.shape)
+        self.w_init = w_init.detach().clone()  # [N, L, C]
+        use_enc = latent_mode == "l2" and self.enc_ref is not None
+        self.w_ref = self.enc_ref if use_enc else self.w_init  # [N, L, C] target of the ℓ2 term
 
     def terms(
         self, ws: torch.Tensor, index: torch.Tensor
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Weighted loss terms ([M] each) and the rendered images for ``ws`` [M, L, C]."""
+        """Weighted loss terms ([M] each) and the rendered images for ``ws`` [M, L, C].
+
+        Networks run under the numerics policy; their outputs are cast back to the
+        generator's dtype before any loss reduction.
+        """
         cfg, x, m = self.cfg, self.images[index], self.masks[index]
-        img = self.G.synthesis(ws, noise_mode=cfg.noise_mode)  # [M, C, H, W]
+        with self.policy.networks(ws.device):
+            img = self.G.synthesis(ws, noise_mode=cfg.noise_mode).to(x.dtype)  # [M, C, H, W]
+            lp = self.perceptual.distance(img, self.lpips_target, index) if self.use_lpips else None
+            enc = self.encoder(img, m) if self.latent_mode == "encoder_consistency" else None
         out = {"l1": (1.0 - cfg.lambda_lpips) * masked_l1(img, x, m)}
         zero = out["l1"].new_zeros(out["l1"].shape)
-        use_lpips = self.perceptual is not None and cfg.lambda_lpips > 0
-        out["lpips"] = cfg.lambda_lpips * self.perceptual(img, x, m) if use_lpips else zero
-        if self.latent_mode == "encoder_consistency":
-            diff = self.enc_ref[index] - self.encoder(img, m)  # [M, L, C]
+        out["lpips"] = cfg.lambda_lpips * lp.to(x.dtype) if lp is not None else zero
+        if enc is not None:
+            diff = self.enc_ref[index] - enc.to(x.dtype)  # [M, L, C]
             out["latent"] = cfg.latent_weight * diff.square().mean(dim=(1, 2))
         elif self.latent_mode == "l2":
             out["latent"] = cfg.latent_weight * (ws - self.w_ref[index]).square().mean(dim=(1, 2))
@@ -244,8 +287,11 @@ def invert(
     ``options``: any other :class:`InversionConfig` field, keyword only (e.g.
     ``lambda_lpips=0.5, latent_weight=0.25, latent_term="l2", batch_size=16``), so
     ``invert(G, x, **dataclasses.asdict(cfg))`` runs a stored config. The generator's
-    device and dtype (float32 or float64) are used throughout; on CUDA the optimisation
-    runs with TF32 off (:func:`ganviews.core.runtime.exact_fp32`).
+    device and dtype (float32 or float64) hold the optimiser state and every loss
+    reduction; ``precision`` decides how the networks compute
+    (:class:`ganviews.core.runtime.NumericsPolicy`: "exact", "tf32", "bf16"). All images
+    go through ``batch_size`` slots by continuous batching: a finished image's slot takes
+    the next image, each with its own optimiser state.
     """
     unknown = sorted(set(options) - {f.name for f in dataclasses.fields(InversionConfig)})
     if unknown:
@@ -262,90 +308,92 @@ def invert(
         log.info(
             "no perceptual net: loss = %.2f·L1 + latent term (LPIPS term off)", 1 - cfg.lambda_lpips
         )
-    parts = []
-    for start in range(0, images.shape[0], cfg.batch_size):
-        sl = slice(start, start + cfg.batch_size)
-        parts.append(
-            _invert_batch(
-                G,
-                images[sl],
-                masks[sl],
-                None if w_init is None else w_init[sl],
-                encoder=encoder,
-                perceptual=perceptual,
-                latent_mode=latent_mode,
-                cfg=cfg,
-            )
-        )
-    return InversionResult(
-        **{
-            f.name: torch.cat([getattr(p, f.name) for p in parts])
-            for f in dataclasses.fields(InversionResult)
-        }
+    return _invert_all(
+        G,
+        images,
+        masks,
+        w_init,
+        encoder=encoder,
+        perceptual=perceptual,
+        latent_mode=latent_mode,
+        cfg=cfg,
     )
 
 
 @torch.no_grad()
-def _invert_batch(
+def _invert_all(
     G, images, masks, w_init, *, encoder, perceptual, latent_mode, cfg
 ) -> InversionResult:
     device = images.device
     N = images.shape[0]
     t0 = time.perf_counter()
-    with exact_fp32(device):
-        enc_ref = None
-        if encoder is not None:
-            enc_ref = encoder(images, masks)  # [N, L, C] E(x, m): start and latent target
-            assert_shape(enc_ref, [N, G.num_ws, G.w_dim], "encoder output")
-        if w_init is None:
-            w_init = enc_ref if enc_ref is not None else G.mean_w.expand(N, G.num_ws, G.w_dim)
-        w_init = w_init.detach().clone()  # [N, L, C]
-        w_ref = enc_ref if (latent_mode == "l2" and enc_ref is not None) else w_init
-        objective = _Objective(
-            G,
-            images,
-            masks,
-            perceptual=perceptual,
-            encoder=encoder,
-            latent_mode=latent_mode,
-            w_ref=w_ref,
-            enc_ref=enc_ref,
-            cfg=cfg,
+    policy = NumericsPolicy(cfg.precision)
+    limit = N if cfg.batch_size == "auto" else min(cfg.batch_size, N)
+    objective = _Objective(
+        G,
+        images,
+        masks,
+        perceptual=perceptual,
+        encoder=encoder,
+        latent_mode=latent_mode,
+        w_init=w_init,
+        cfg=cfg,
+        policy=policy,
+        chunk=limit if cfg.batch_size != "auto" else min(N, 16),
+    )
+    w_init = objective.w_init
+    x0 = w_init.reshape(N, -1)  # [N, L·C]
+    rows = torch.arange(N, device=device)
+    width = limit
+    if cfg.batch_size == "auto":
+        width = auto_batch_size(objective, x0, rows, limit=limit)
+    evaluate = ChunkedEvaluation(objective, width)  # halves and retries on out-of-memory
+    if cfg.optimizer == "lbfgs":
+        opt: MinimizeResult = lbfgs_minimize(
+            evaluate, x0, steps=cfg.steps, config=cfg.lbfgs_config(), batch_size=width
         )
-        x0 = w_init.reshape(N, -1)  # [N, L·C]
-        if cfg.optimizer == "lbfgs":
-            opt: MinimizeResult = lbfgs_minimize(
-                objective, x0, steps=cfg.steps, config=cfg.lbfgs_config()
-            )
-        else:
-            opt = adam_minimize(objective, x0, steps=cfg.steps, config=AdamConfig(lr=cfg.adam_lr))
-        w = opt.x.view(N, G.num_ws, G.w_dim)
-        rows = torch.arange(N, device=device)
-        init_parts, _ = objective.terms(w_init, rows)
-        final, recon = objective.terms(w, rows)
-        lpips = perceptual(recon, images, masks) if perceptual is not None else None  # [N]
-    loss = final["l1"] + final["lpips"] + final["latent"]
+    else:
+        opt = adam_minimize(evaluate, x0, steps=cfg.steps, config=AdamConfig(lr=cfg.adam_lr))
+    w = opt.x.view(N, G.num_ws, G.w_dim)
+    init_parts, final, recon, lpips = [], [], [], []
+    for i in range(0, N, evaluate.chunk):
+        idx = rows[i : i + evaluate.chunk]
+        init_parts.append(objective.terms(w_init[idx], idx)[0])
+        parts, img = objective.terms(w[idx], idx)
+        final.append(parts)
+        recon.append(img)
+        if perceptual is not None:
+            with policy.networks(device):
+                lpips.append(perceptual.distance(img, objective.lpips_target, idx).to(img.dtype))
+    init = {k: torch.cat([p[k] for p in init_parts]) for k in init_parts[0]}
+    end = {k: torch.cat([p[k] for p in final]) for k in final[0]}
+    recon = torch.cat(recon)
+    loss = end["l1"] + end["lpips"] + end["latent"]
     result = InversionResult(
         w=w,
         w_init=w_init,
         loss=loss,
-        loss_l1=final["l1"],
-        loss_lpips=final["lpips"],
-        loss_latent=final["latent"],
-        loss_init=init_parts["l1"] + init_parts["lpips"] + init_parts["latent"],
+        loss_l1=end["l1"],
+        loss_lpips=end["lpips"],
+        loss_latent=end["latent"],
+        loss_init=init["l1"] + init["lpips"] + init["latent"],
         psnr=masked_psnr(recon, images, masks),
-        lpips=lpips if lpips is not None else torch.full_like(loss, math.nan),
+        lpips=torch.cat(lpips) if lpips else torch.full_like(loss, math.nan),
         iterations=opt.iterations,
         evaluations=opt.evaluations,
         status=opt.status,
         recon=recon,
     )
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # give the shard's cached blocks back before the next one
     log.info(
-        "inverted %d images (%s, %d steps): loss %.4f → %.4f (mean), PSNR %.2f dB, %d batched calls, "
-        "%.1f s; stops: %s",
+        "inverted %d images (%s, %d steps, %s, %d slots): loss %.4f → %.4f (mean), "
+        "PSNR %.2f dB, %d batched calls, %.1f s; stops: %s",
         N,
         cfg.optimizer,
         cfg.steps,
+        cfg.precision,
+        width,
         float(result.loss_init.mean()),
         float(loss.mean()),
         float(result.psnr.mean()),

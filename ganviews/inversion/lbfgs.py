@@ -49,6 +49,7 @@ class Status(enum.IntEnum):
     CHANGE_TOL = 3  # |Δloss| or max |Δx| of the last step ≤ tolerance_change
     LINE_SEARCH_FAILED = 4  # no acceptable step even along steepest descent
     NONFINITE = 5  # loss or gradient at the starting point is NaN/inf
+    PROGRESS_TOL = 6  # opt-in: relative loss gain over progress_window steps ≤ progress_tol
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class LBFGSConfig:
     curvature_eps: float = 1e-2  # store a pair only if yᵀs > curvature_eps · sᵀBs
     tolerance_grad: float = 1e-7  # stop when max |g| ≤ this
     tolerance_change: float = 1e-9  # stop when |ΔF| or max |Δx| of a step ≤ this
+    progress_tol: float = 0.0  # opt-in (0 = off): stop when a window's relative gain ≤ this
+    progress_window: int = 50  # steps per progress check
 
     def __post_init__(self) -> None:
         checks = [
@@ -76,6 +79,8 @@ class LBFGSConfig:
             ("curvature_eps", self.curvature_eps > 0, "> 0"),
             ("tolerance_grad", self.tolerance_grad >= 0, "≥ 0"),
             ("tolerance_change", self.tolerance_change >= 0, "≥ 0"),
+            ("progress_tol", 0 <= self.progress_tol < 1, "in [0, 1)"),
+            ("progress_window", self.progress_window >= 1, "an integer ≥ 1"),
         ]
         for name, ok, allowed in checks:
             if not ok:
@@ -142,63 +147,234 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(dim=-1)
 
 
-class _History:
-    """Ring buffers of curvature pairs, one per problem, and the two-loop recursion."""
+#: Names of the per-slot state tensors, ``[B]`` or ``[B, D]`` (history ``[B, m(, D)]``).
+_ROW_KEYS = ("x", "loss", "grad", "d", "gtd", "t", "lo", "lo_f", "lo_g", "lo_grad", "hi", "hi_f")
+_COUNT_KEYS = ("ls_evals", "iterations", "evaluations", "status", "fresh", "since_check")
+_HIST_KEYS = ("hs", "hy", "rho", "count", "head", "h_diag", "ckpt_loss")
 
-    def __init__(self, num: int, dim: int, size: int, like: torch.Tensor) -> None:
-        self.size = size
-        self.s = like.new_zeros(num, size, dim)  # [N, m, D]
-        self.y = like.new_zeros(num, size, dim)  # [N, m, D]
-        self.rho = like.new_zeros(num, size)  # [N, m]  1 / yᵀs
-        self.count = torch.zeros(num, dtype=torch.long, device=like.device)  # [N] pairs stored
-        self.head = torch.zeros(num, dtype=torch.long, device=like.device)  # [N] next slot
-        self.h_diag = like.new_ones(num)  # [N] initial inverse-Hessian scale yᵀs / yᵀy
-        self.rows = torch.arange(num, device=like.device)
+State = dict[str, torch.Tensor]
 
-    def push(self, mask: torch.Tensor, s: torch.Tensor, y: torch.Tensor, ys: torch.Tensor) -> None:
-        """Store (s, y) for the problems in ``mask`` (bool [N])."""
-        rows = self.rows[mask]
-        slot = self.head[mask]
-        self.s[rows, slot] = s[mask]
-        self.y[rows, slot] = y[mask]
-        self.rho[rows, slot] = 1.0 / ys[mask]
-        self.h_diag[mask] = ys[mask] / _dot(y[mask], y[mask])
-        self.head[mask] = (slot + 1) % self.size
-        self.count[mask] = torch.clamp(self.count[mask] + 1, max=self.size)
 
-    def clear(self, mask: torch.Tensor) -> None:
-        """Forget the pairs of the problems in ``mask``; their scale ``h_diag`` is kept."""
-        self.count[mask] = 0
-        self.head[mask] = 0
+def _fresh_state(x0: torch.Tensor, history_size: int) -> State:
+    """Slots holding problems that start at ``x0`` [B, D]; their first evaluation is at x0."""
+    num, dim = x0.shape
+    like = x0.new_zeros(num)
+    long = torch.zeros(num, dtype=torch.long, device=x0.device)
+    st = {k: like.clone() for k in _ROW_KEYS if k not in ("x", "grad", "d", "lo_grad")}
+    st.update({k: x0.new_zeros(num, dim) for k in ("grad", "d", "lo_grad")})
+    st["x"] = x0.detach().clone()
+    st.update({k: long.clone() for k in _COUNT_KEYS})
+    st["fresh"] = torch.ones(num, dtype=torch.bool, device=x0.device)
+    st["hs"] = x0.new_zeros(num, history_size, dim)
+    st["hy"] = x0.new_zeros(num, history_size, dim)
+    st["rho"] = x0.new_zeros(num, history_size)
+    st["count"], st["head"] = long.clone(), long.clone()
+    st["h_diag"] = x0.new_ones(num)
+    st["ckpt_loss"] = like.clone()
+    return st
 
-    def direction(self, g: torch.Tensor) -> torch.Tensor:
-        """``-H g`` per problem, H the L-BFGS inverse-Hessian estimate (two-loop recursion)."""
-        q = g.clone()  # [N, D]
-        depth = int(self.count.max()) if self.count.numel() else 0
-        coeffs = []
-        for k in range(depth):  # newest pair first
-            valid = k < self.count  # [N]
-            slot = (self.head - 1 - k) % self.size
-            s_k, y_k, rho_k = (
-                self.s[self.rows, slot],
-                self.y[self.rows, slot],
-                self.rho[self.rows, slot],
+
+def _trial_point(st: State) -> torch.Tensor:
+    """Where each slot is evaluated next: x for a fresh (or finished) slot, else x + t·d."""
+    moving = (st["status"] == int(Status.RUNNING)) & ~st["fresh"]
+    return torch.where(moving[:, None], st["x"] + st["t"][:, None] * st["d"], st["x"])  # [B, D]
+
+
+def _direction(st: State, g: torch.Tensor) -> torch.Tensor:
+    """``-H g`` per slot by the two-loop recursion over all m ring slots (unused ones masked)."""
+    size = st["hs"].shape[1]
+    rows = torch.arange(g.shape[0], device=g.device)
+    q = g.clone()  # [B, D]
+    coeffs = []
+    for k in range(size):  # newest pair first
+        slot = (st["head"] - 1 - k) % size
+        s_k, y_k, rho_k = st["hs"][rows, slot], st["hy"][rows, slot], st["rho"][rows, slot]
+        a = torch.where(k < st["count"], rho_k * _dot(s_k, q), torch.zeros_like(rho_k))  # [B]
+        q = q - a[:, None] * y_k
+        coeffs.append(a)
+    r = st["h_diag"][:, None] * q  # [B, D]
+    for k in reversed(range(size)):  # oldest pair first
+        slot = (st["head"] - 1 - k) % size
+        s_k, y_k, rho_k = st["hs"][rows, slot], st["hy"][rows, slot], st["rho"][rows, slot]
+        b = torch.where(k < st["count"], rho_k * _dot(y_k, r), torch.zeros_like(rho_k))
+        r = r + (coeffs[k] - b)[:, None] * s_k
+    return -r
+
+
+def _push(st: State, mask: torch.Tensor, s: torch.Tensor, y: torch.Tensor, ys: torch.Tensor):
+    """Store the pair (s, y) in the ring of the slots in ``mask`` (bool [B]), fixed shapes."""
+    size = st["hs"].shape[1]
+    at = (torch.arange(size, device=s.device)[None, :] == st["head"][:, None]) & mask[:, None]
+    st["hs"] = torch.where(at[:, :, None], s[:, None, :], st["hs"])  # [B, m, D]
+    st["hy"] = torch.where(at[:, :, None], y[:, None, :], st["hy"])
+    st["rho"] = torch.where(at, (1.0 / ys)[:, None], st["rho"])  # [B, m]
+    st["h_diag"] = torch.where(mask, ys / _dot(y, y), st["h_diag"])
+    st["head"] = torch.where(mask, (st["head"] + 1) % size, st["head"])
+    st["count"] = torch.where(mask, torch.clamp(st["count"] + 1, max=size), st["count"])
+
+
+def _clear(st: State, mask: torch.Tensor) -> None:
+    """Forget the pairs of the slots in ``mask``; their scale ``h_diag`` is kept."""
+    st["count"] = torch.where(mask, 0, st["count"])
+    st["head"] = torch.where(mask, 0, st["head"])
+
+
+def _start_step(st: State, mask: torch.Tensor, first_trial: torch.Tensor) -> None:
+    """New direction and fresh line search for the slots in ``mask``."""
+    grad = st["grad"]
+    new_d = _direction(st, grad)  # [B, D]
+    new_gtd = _dot(grad, new_d)
+    bad = mask & ~(new_gtd < 0)  # not a descent direction (or NaN): scaled steepest descent
+    _clear(st, bad)
+    sd = -st["h_diag"][:, None] * grad
+    new_d = torch.where(bad[:, None], sd, new_d)
+    new_gtd = torch.where(bad, _dot(grad, sd), new_gtd)
+    col = mask[:, None]
+    st["d"] = torch.where(col, new_d, st["d"])
+    st["gtd"] = torch.where(mask, new_gtd, st["gtd"])
+    st["t"] = torch.where(mask, first_trial, st["t"])
+    st["lo"] = torch.where(mask, 0.0, st["lo"])
+    st["lo_f"] = torch.where(mask, st["loss"], st["lo_f"])
+    st["lo_g"] = torch.where(mask, st["gtd"], st["lo_g"])
+    st["lo_grad"] = torch.where(col, grad, st["lo_grad"])
+    st["hi"] = torch.where(mask, math.inf, st["hi"])
+    st["hi_f"] = torch.where(mask, math.nan, st["hi_f"])
+    st["ls_evals"] = torch.where(mask, 0, st["ls_evals"])
+
+
+def make_update(
+    config: LBFGSConfig, steps: int
+) -> Callable[[State, torch.Tensor, torch.Tensor], State]:
+    """The bookkeeping of one batched evaluation: ``update(state, loss [B], grad [B, D])``.
+
+    Pure tensor code with fixed shapes and no host reads (masks and ``torch.where`` instead of
+    boolean indexing), so it compiles with ``torch.compile(fullgraph=True)`` and can be
+    captured in a CUDA graph. ``loss``/``grad`` are the objective at :func:`_trial_point`.
+    """
+    cfg = config
+
+    def update(st: State, new_loss: torch.Tensor, new_grad: torch.Tensor) -> State:
+        st = dict(st)
+        running = st["status"] == int(Status.RUNNING)
+        fresh = st["fresh"] & running
+        ls = running & ~st["fresh"]  # slots inside a line search
+        st["evaluations"] = st["evaluations"] + running.long()
+
+        # A fresh slot's evaluation is its starting point.
+        st["loss"] = torch.where(fresh, new_loss, st["loss"])
+        st["grad"] = torch.where(fresh[:, None], new_grad, st["grad"])
+        finite = torch.isfinite(new_loss) & torch.isfinite(new_grad).all(dim=-1)
+        small = new_grad.abs().amax(dim=-1) <= cfg.tolerance_grad
+        status = st["status"]
+        status = torch.where(fresh & ~finite, int(Status.NONFINITE), status)
+        status = torch.where(fresh & finite & small, int(Status.GRAD_TOL), status)
+        if steps == 0:
+            status = torch.where(fresh & finite & ~small, int(Status.MAX_STEPS), status)
+        begin = fresh & (status == int(Status.RUNNING))
+        st["ckpt_loss"] = torch.where(fresh, new_loss, st["ckpt_loss"])
+        st["fresh"] = torch.zeros_like(st["fresh"])
+
+        # Line-search slots: the evaluation is at x + t·d.
+        nan = torch.full_like(new_loss, math.nan)
+        new_loss = torch.where(ls, new_loss, nan)
+        new_grad = torch.where(ls[:, None], new_grad, st["grad"])
+        st["ls_evals"] = st["ls_evals"] + ls.long()
+        loss, grad, t, gtd = st["loss"], st["grad"], st["t"], st["gtd"]
+        legal = torch.isfinite(new_loss) & torch.isfinite(new_grad).all(dim=-1)
+        armijo = legal & (new_loss <= loss + cfg.c1 * t * gtd)
+        new_gtd = _dot(new_grad, st["d"])
+        curvature = new_gtd >= cfg.c2 * gtd
+        accept = ls & armijo & curvature
+        too_short = ls & armijo & ~curvature
+        too_long = ls & ~armijo
+
+        # Update the bracket [α, β] and choose the next trial step.
+        lo = torch.where(too_short, t, st["lo"])
+        lo_f = torch.where(too_short, new_loss, st["lo_f"])
+        lo_g = torch.where(too_short, new_gtd, st["lo_g"])
+        lo_grad = torch.where(too_short[:, None], new_grad, st["lo_grad"])
+        hi = torch.where(too_long, t, st["hi"])
+        hi_f = torch.where(too_long, torch.where(legal, new_loss, nan), st["hi_f"])
+        width = hi - lo
+        curv = (hi_f - lo_f - lo_g * width) / (width * width)  # quadratic coefficient
+        t_quad = lo - lo_g / (2.0 * curv)
+        quad_ok = torch.isfinite(hi_f) & (curv > 0) & torch.isfinite(t_quad)
+        t_interp = torch.where(
+            quad_ok,
+            torch.minimum(torch.maximum(t_quad, lo + 0.1 * width), hi - 0.1 * width),
+            lo + 0.5 * width,
+        )
+        t_next = torch.where(torch.isinf(hi), t * cfg.extrapolation, t_interp)
+        unfinished = (too_short | too_long) & (st["ls_evals"] >= cfg.max_evals)
+        st["t"] = torch.where((too_short | too_long) & ~unfinished, t_next, t)
+        st.update(lo=lo, lo_f=lo_f, lo_g=lo_g, lo_grad=lo_grad, hi=hi, hi_f=hi_f)
+        # An unfinished search that found an Armijo point takes it (curvature unproven);
+        # one that found none leaves x where it was.
+        partial = unfinished & (lo > 0)
+        failed = unfinished & ~partial
+
+        take = accept | partial
+        step = torch.where(accept, t, lo)  # [B]
+        x = st["x"]
+        x_new = torch.where(take[:, None], x + step[:, None] * st["d"], x)  # the evaluated points
+        g_new = torch.where(accept[:, None], new_grad, lo_grad)
+        f_new = torch.where(accept, new_loss, lo_f)
+        s = x_new - x  # [B, D]
+        y = g_new - grad  # [B, D]
+        ys = _dot(y, s)
+        s_bs = -step * step * gtd  # sᵀBs with Bs = -t g (the direction solves B d = -g)
+        _push(st, take & (ys > cfg.curvature_eps * s_bs), s, y, ys)
+        loss_change = (f_new - loss).abs()
+        st["x"] = x_new
+        st["loss"] = torch.where(take, f_new, loss)
+        st["grad"] = torch.where(take[:, None], g_new, grad)
+        iterations = st["iterations"] + take.long()
+        small_grad = take & (st["grad"].abs().amax(dim=-1) <= cfg.tolerance_grad)
+        small_change = (
+            take
+            & ~small_grad
+            & (
+                (loss_change <= cfg.tolerance_change)
+                | (s.abs().amax(dim=-1) <= cfg.tolerance_change)
             )
-            a = torch.where(valid, rho_k * _dot(s_k, q), torch.zeros_like(rho_k))  # [N]
-            q = q - a[:, None] * y_k
-            coeffs.append(a)
-        r = self.h_diag[:, None] * q  # [N, D]
-        for k in reversed(range(depth)):  # oldest pair first
-            valid = k < self.count
-            slot = (self.head - 1 - k) % self.size
-            s_k, y_k, rho_k = (
-                self.s[self.rows, slot],
-                self.y[self.rows, slot],
-                self.rho[self.rows, slot],
-            )
-            b = torch.where(valid, rho_k * _dot(y_k, r), torch.zeros_like(rho_k))
-            r = r + (coeffs[k] - b)[:, None] * s_k
-        return -r
+        )
+        status = torch.where(small_grad, int(Status.GRAD_TOL), status)
+        status = torch.where(small_change, int(Status.CHANGE_TOL), status)
+        restart = take & ~small_grad & ~small_change
+        if cfg.progress_tol > 0:
+            # Opt-in: stop when the last progress_window steps gained < progress_tol (relative).
+            st["since_check"] = st["since_check"] + take.long()
+            check = restart & (st["since_check"] >= cfg.progress_window)
+            ckpt = st["ckpt_loss"]
+            stalled = check & (ckpt - st["loss"] <= cfg.progress_tol * ckpt.abs())
+            status = torch.where(stalled, int(Status.PROGRESS_TOL), status)
+            st["ckpt_loss"] = torch.where(check, st["loss"], ckpt)
+            st["since_check"] = torch.where(check, 0, st["since_check"])
+            restart = restart & ~stalled
+
+        # A failed search with a history forgets it and retries along scaled steepest descent
+        # from the initial trial step; without one it goes on from the step it would have
+        # tried next, until that step no longer moves x.
+        iterations = iterations + failed.long()
+        had_history = failed & (st["count"] > 0)
+        _clear(st, had_history)
+        continue_search = failed & ~had_history
+        degenerate = continue_search & (
+            ((x + t_next[:, None] * st["d"]) == x).all(dim=-1)
+            | ((t_next[:, None] * st["d"]).abs().amax(dim=-1) <= cfg.tolerance_change)
+        )
+        status = torch.where(degenerate, int(Status.LINE_SEARCH_FAILED), status)
+        initial = torch.full_like(t, cfg.initial_step)
+        first_trial = torch.where(continue_search, t_next, initial)
+        restart = restart | (failed & ~degenerate)
+
+        out_of_steps = restart & (iterations >= steps)
+        status = torch.where(out_of_steps, int(Status.MAX_STEPS), status)
+        st["iterations"], st["status"] = iterations, status
+        _start_step(st, (restart & ~out_of_steps) | begin, torch.where(begin, initial, first_trial))
+        return st
+
+    return update
 
 
 def lbfgs_minimize(
@@ -207,6 +383,8 @@ def lbfgs_minimize(
     *,
     steps: int,
     config: LBFGSConfig = LBFGSConfig(),
+    batch_size: int | None = None,
+    compile: bool = False,
 ) -> MinimizeResult:
     """Minimise N independent objectives from ``x0`` [N, D], at most ``steps`` steps each.
 
@@ -224,171 +402,91 @@ def lbfgs_minimize(
     or, with an empty history already, it resumes from the trial step the search would
     have tried next; ``LINE_SEARCH_FAILED`` once that step no longer moves x. Loss and
     gradient are evaluated together: every evaluation is one forward and one backward pass.
+
+    Continuous batching: ``batch_size`` slots (default: all N) are evaluated together at a
+    fixed shape; when a slot's problem stops, its result is kept and the slot is refilled
+    with the next problem (fresh state), so the batch stays full while problems remain.
+    Once none remain, the batch halves whenever at most half of its slots are still busy
+    (a few fixed shapes, little wasted work). ``fn`` always receives the problem ids of the
+    slots as ``index``. ``compile``: run the bookkeeping through ``torch.compile``
+    (fullgraph; on CUDA with CUDA graphs, ``mode="reduce-overhead"``).
     """
     _check_x0(x0, steps)
     num, dim = x0.shape
-    device = x0.device
-    cfg = config
-    rows = torch.arange(num, device=device)
-    x = x0.detach().clone()  # [N, D]
-    loss, grad = _evaluate(fn, x, rows, num)  # [N], [N, D]
-    calls = 1
-    evaluations = torch.ones(num, dtype=torch.long, device=device)
-    iterations = torch.zeros(num, dtype=torch.long, device=device)
-    status = torch.zeros(num, dtype=torch.long, device=device)
-
-    finite = torch.isfinite(loss) & torch.isfinite(grad).all(dim=-1)
-    status[~finite] = Status.NONFINITE
-    status[finite & (grad.abs().amax(dim=-1) <= cfg.tolerance_grad)] = Status.GRAD_TOL
-    if steps == 0:
-        status[status == Status.RUNNING] = Status.MAX_STEPS
-
-    hist = _History(num, dim, cfg.history_size, x)
-    inf = torch.full_like(loss, math.inf)
-    nan = torch.full_like(loss, math.nan)
-    # Per-problem line-search state (meaningful for running problems only).
-    d = torch.zeros_like(x)  # [N, D] search direction
-    gtd = torch.zeros_like(loss)  # [N] directional derivative gᵀd at x
-    t = torch.zeros_like(loss)  # [N] current trial step
-    lo, lo_f, lo_g = torch.zeros_like(loss), loss.clone(), torch.zeros_like(loss)  # α, F(α), F'(α)
-    lo_grad = grad.clone()  # [N, D] gradient at x + α d (the best Armijo point so far)
-    hi, hi_f = inf.clone(), nan.clone()  # β, F(β)
-    ls_evals = torch.zeros(num, dtype=torch.long, device=device)
-
-    def start_step(mask: torch.Tensor, first_trial: torch.Tensor) -> None:
-        """New direction and fresh line search for the problems in ``mask``."""
-        new_d = hist.direction(grad)  # [N, D]
-        new_gtd = _dot(grad, new_d)
-        bad = mask & ~(new_gtd < 0)  # not a descent direction (or NaN): scaled steepest descent
-        if bool(bad.any()):
-            hist.clear(bad)
-            sd = -hist.h_diag[:, None] * grad
-            new_d = torch.where(bad[:, None], sd, new_d)
-            new_gtd = torch.where(bad, _dot(grad, sd), new_gtd)
-        d.copy_(torch.where(mask[:, None], new_d, d))
-        gtd.copy_(torch.where(mask, new_gtd, gtd))
-        t.copy_(torch.where(mask, first_trial, t))
-        lo.masked_fill_(mask, 0.0)
-        lo_f.copy_(torch.where(mask, loss, lo_f))
-        lo_g.copy_(torch.where(mask, gtd, lo_g))
-        lo_grad.copy_(torch.where(mask[:, None], grad, lo_grad))
-        hi.masked_fill_(mask, math.inf)
-        hi_f.masked_fill_(mask, math.nan)
-        ls_evals.masked_fill_(mask, 0)
-
-    initial = torch.full_like(loss, cfg.initial_step)
-    running = status == Status.RUNNING
-    if bool(running.any()):
-        start_step(running, initial)
-
-    while bool(running.any()):
-        active = rows[running]  # [M]
-        x_trial = x + t[:, None] * d  # [N, D] (only running rows are evaluated)
-        loss_a, grad_a = _evaluate(fn, x_trial[active], active, int(active.numel()))
-        calls += 1
-        new_loss = nan.clone()
-        new_loss[active] = loss_a
-        new_grad = grad.clone()
-        new_grad[active] = grad_a
-        evaluations += running.long()
-        ls_evals += running.long()
-
-        legal = torch.isfinite(new_loss) & torch.isfinite(new_grad).all(dim=-1)
-        armijo = legal & (new_loss <= loss + cfg.c1 * t * gtd)
-        new_gtd = _dot(new_grad, d)
-        curvature = new_gtd >= cfg.c2 * gtd
-        accept = running & armijo & curvature
-        too_short = running & armijo & ~curvature
-        too_long = running & ~armijo
-
-        # Update the bracket [α, β] and choose the next trial step.
-        lo.copy_(torch.where(too_short, t, lo))
-        lo_f.copy_(torch.where(too_short, new_loss, lo_f))
-        lo_g.copy_(torch.where(too_short, new_gtd, lo_g))
-        lo_grad.copy_(torch.where(too_short[:, None], new_grad, lo_grad))
-        hi.copy_(torch.where(too_long, t, hi))
-        hi_f.copy_(torch.where(too_long, torch.where(legal, new_loss, nan), hi_f))
-        width = hi - lo
-        curv = (hi_f - lo_f - lo_g * width) / (width * width)  # quadratic coefficient
-        t_quad = lo - lo_g / (2.0 * curv)
-        quad_ok = torch.isfinite(hi_f) & (curv > 0) & torch.isfinite(t_quad)
-        t_interp = torch.where(
-            quad_ok,
-            torch.minimum(torch.maximum(t_quad, lo + 0.1 * width), hi - 0.1 * width),
-            lo + 0.5 * width,
-        )
-        t_next = torch.where(torch.isinf(hi), t * cfg.extrapolation, t_interp)
-        unfinished = (too_short | too_long) & (ls_evals >= cfg.max_evals)
-        t.copy_(torch.where((too_short | too_long) & ~unfinished, t_next, t))
-        # An unfinished search that found an Armijo point takes it (curvature unproven);
-        # one that found none leaves x where it was.
-        partial = unfinished & (lo > 0)
-        failed = unfinished & ~partial
-
-        restart = torch.zeros_like(running)
-        first_trial = initial.clone()
-        take = accept | partial
-        if bool(take.any()):
-            step = torch.where(accept, t, lo)  # [N]
-            x_new = torch.where(take[:, None], x + step[:, None] * d, x)  # the evaluated points
-            g_new = torch.where(accept[:, None], new_grad, lo_grad)
-            f_new = torch.where(accept, new_loss, lo_f)
-            s = x_new - x  # [N, D]
-            y = g_new - grad  # [N, D]
-            ys = _dot(y, s)
-            s_bs = -step * step * gtd  # sᵀBs with Bs = -t g (the direction solves B d = -g)
-            hist.push(take & (ys > cfg.curvature_eps * s_bs), s, y, ys)
-            loss_change = (f_new - loss).abs()
-            x.copy_(x_new)
-            loss.copy_(torch.where(take, f_new, loss))
-            grad.copy_(torch.where(take[:, None], g_new, grad))
-            iterations += take.long()
-            small_grad = take & (grad.abs().amax(dim=-1) <= cfg.tolerance_grad)
-            small_change = (
-                take
-                & ~small_grad
-                & (
-                    (loss_change <= cfg.tolerance_change)
-                    | (s.abs().amax(dim=-1) <= cfg.tolerance_change)
-                )
-            )
-            status[small_grad] = Status.GRAD_TOL
-            status[small_change] = Status.CHANGE_TOL
-            restart |= take & ~small_grad & ~small_change
-
-        if bool(failed.any()):
-            # With a history: forget it and retry along scaled steepest descent from the
-            # initial trial step. Without one: go on from the step the search would have
-            # tried next, until that step no longer moves x.
-            iterations += failed.long()
-            had_history = failed & (hist.count > 0)
-            hist.clear(had_history)
-            continue_search = failed & ~had_history
-            degenerate = continue_search & (
-                ((x + t_next[:, None] * d) == x).all(dim=-1)
-                | ((t_next[:, None] * d).abs().amax(dim=-1) <= cfg.tolerance_change)
-            )
-            status[degenerate] = Status.LINE_SEARCH_FAILED
-            first_trial = torch.where(continue_search, t_next, first_trial)
-            restart |= failed & ~degenerate
-
-        out_of_steps = restart & (iterations >= steps)
-        status[out_of_steps] = Status.MAX_STEPS
-        restart &= ~out_of_steps
-        if bool(restart.any()):
-            start_step(restart, first_trial)
-        running = status == Status.RUNNING
-
-    log.debug("L-BFGS: %d problems, %d batched calls", num, calls)
-    return MinimizeResult(
-        x=x,
-        loss=loss,
-        grad=grad,
-        iterations=iterations,
-        evaluations=evaluations,
-        status=status,
-        batch_calls=calls,
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size={batch_size!r}: must be None or an integer ≥ 1")
+    width = num if batch_size is None else min(batch_size, num)
+    update = make_update(config, steps)
+    if compile:
+        mode = "reduce-overhead" if x0.device.type == "cuda" else None
+        update = torch.compile(update, fullgraph=True, mode=mode)
+    out = MinimizeResult(
+        x=x0.detach().clone(),
+        loss=x0.new_full((num,), math.nan),
+        grad=torch.zeros_like(x0),
+        iterations=torch.zeros(num, dtype=torch.long, device=x0.device),
+        evaluations=torch.zeros(num, dtype=torch.long, device=x0.device),
+        status=torch.zeros(num, dtype=torch.long, device=x0.device),
+        batch_calls=0,
     )
+    if num == 0:
+        return out
+    item = list(range(width))  # host copy: the problem each slot holds (-1: none)
+    slot_item = torch.arange(width, device=x0.device)
+    st = _fresh_state(x0[:width], config.history_size)
+    queued = width
+    while True:
+        loss_a, grad_a = _evaluate(fn, _trial_point(st), slot_item, len(item))
+        out.batch_calls += 1
+        st = update(st, loss_a, grad_a)
+        done = (st["status"] != int(Status.RUNNING)).tolist()  # the one host read per evaluation
+        ended = [j for j, (d, i) in enumerate(zip(done, item, strict=True)) if d and i >= 0]
+        if ended:
+            _harvest(out, st, ended, [item[j] for j in ended])
+            refill = ended[: num - queued]
+            for j in ended[len(refill) :]:
+                item[j] = -1
+            if refill:
+                ids = list(range(queued, queued + len(refill)))
+                queued += len(refill)
+                _load(st, refill, x0[ids], config.history_size)
+                for j, i in zip(refill, ids, strict=True):
+                    item[j] = i
+            slot_item = torch.tensor([max(i, 0) for i in item], device=x0.device)
+            busy = [j for j, i in enumerate(item) if i >= 0]
+            if not busy:
+                break
+            if queued == num and len(busy) <= len(item) // 2:
+                st, item = _shrink(st, item, busy)
+                slot_item = torch.tensor([max(i, 0) for i in item], device=x0.device)
+    log.debug("L-BFGS: %d problems in %d slots, %d batched calls", num, width, out.batch_calls)
+    return out
+
+
+def _harvest(out: MinimizeResult, st: State, slots: list[int], items: list[int]) -> None:
+    """Copy the results of finished slots into their problems' rows of ``out``."""
+    src = torch.tensor(slots, device=st["x"].device)
+    dst = torch.tensor(items, device=st["x"].device)
+    for name in ("x", "loss", "grad", "iterations", "evaluations", "status"):
+        getattr(out, name)[dst] = st[name][src]
+
+
+def _load(st: State, slots: list[int], x0: torch.Tensor, history_size: int) -> None:
+    """Refill ``slots`` with problems starting at ``x0`` [K, D]: every per-slot field fresh."""
+    src = torch.tensor(slots, device=x0.device)
+    for key, value in _fresh_state(x0, history_size).items():
+        st[key] = st[key].index_copy(0, src, value)
+
+
+def _shrink(st: State, item: list[int], busy: list[int]) -> tuple[State, list[int]]:
+    """Halve the batch (repeatedly) once at most half its slots still hold a problem."""
+    width = len(item)
+    while width > 1 and len(busy) <= width // 2:
+        width //= 2
+    idle = [j for j, i in enumerate(item) if i < 0]
+    keep = busy + idle[: width - len(busy)]
+    rows = torch.tensor(keep, device=st["x"].device)
+    return {k: v.index_select(0, rows) for k, v in st.items()}, [item[j] for j in keep]
 
 
 def adam_minimize(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -136,6 +137,31 @@ def _load_backbone(trunk: nn.Module, state: dict[str, torch.Tensor], path: Path)
                     param.copy_(state[key])
 
 
+@dataclass
+class TargetFeatures:
+    """The target side of :class:`MaskedLPIPS`, reusable across evaluations (:meth:`target`)."""
+
+    feats: list[torch.Tensor]  # per trunk layer [N, C_k, h_k, w_k], unit-normalised
+    mask: torch.Tensor | None  # [N, 1, H, W] applied to renders before the trunk
+    weight: torch.Tensor  # [N, 1, h, w] weights of the distance map
+    input_size: tuple[int, int]  # (H, W) of the images compared
+    size: tuple[int, int]  # (h, w) at which the trunk sees both images
+
+    @staticmethod
+    def cat(parts: list[TargetFeatures]) -> TargetFeatures:
+        """The targets of several batches as one (computed in chunks to bound memory)."""
+        if len(parts) == 1:
+            return parts[0]
+        masks = [p.mask for p in parts]
+        return TargetFeatures(
+            feats=[torch.cat(layer) for layer in zip(*(p.feats for p in parts), strict=True)],
+            mask=None if masks[0] is None else torch.cat(masks),
+            weight=torch.cat([p.weight for p in parts]),
+            input_size=parts[0].input_size,
+            size=parts[0].size,
+        )
+
+
 class MaskedLPIPS(nn.Module):
     """``P(x, y, mask=None) -> [N]``: mask-weighted mean of the spatial LPIPS map per image."""
 
@@ -153,27 +179,68 @@ class MaskedLPIPS(nn.Module):
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if x.ndim != 4 or x.shape != y.shape or x.shape[1] != 3:
-            raise ValueError(
-                f"x, y: expected two [N, 3, H, W] tensors, got {list(x.shape)} and {list(y.shape)}"
-            )
+        return self.distance(x, self.target(y, mask))
+
+    def target(self, y: torch.Tensor, mask: torch.Tensor | None = None) -> TargetFeatures:
+        """The fixed side of the distance, computed once: masked, resized, unit-normalised.
+
+        An inversion compares many renders with the same targets; its objective keeps this and
+        calls :meth:`distance` per evaluation, so the target's trunk pass is not repeated
+        (the same numbers as ``forward(x, y, mask)``, which is ``distance(x, target(y, mask))``).
+        """
+        if y.ndim != 4 or y.shape[1] != 3:
+            raise ValueError(f"y: expected an [N, 3, H, W] tensor, got {list(y.shape)}")
         if mask is not None:
-            if mask.shape != (x.shape[0], 1, *x.shape[2:]):
+            if mask.shape != (y.shape[0], 1, *y.shape[2:]):
                 raise ValueError(
-                    f"mask: expected shape {[x.shape[0], 1, *x.shape[2:]]}, got {list(mask.shape)}"
+                    f"mask: expected shape {[y.shape[0], 1, *y.shape[2:]]}, got {list(mask.shape)}"
                 )
-            x = x * mask  # [N, 3, H, W] unknown pixels → 0 in both images
-            y = y * mask
-        else:
-            mask = x.new_ones(x.shape[0], 1, *x.shape[2:])  # [N, 1, H, W]
-        if self.resolution is not None and max(x.shape[2:]) > self.resolution:
-            size = (self.resolution, self.resolution)
-            x = F.interpolate(x, size=size, mode="area")  # [N, 3, r, r]
-            y = F.interpolate(y, size=size, mode="area")
-            mask = F.interpolate(mask, size=size, mode="area")  # [N, 1, r, r] fractional weights
-        dist = self.model(x, y)  # [N, 1, h, w] spatial LPIPS map
-        weight = mask.sum(dim=(1, 2, 3)).clamp_min(torch.finfo(mask.dtype).tiny)  # [N]
-        return (dist * mask).sum(dim=(1, 2, 3)) / weight  # [N]
+            y = y * mask  # [N, 3, H, W] unknown pixels → 0 (the render gets the same mask)
+        input_size = tuple(y.shape[2:])
+        weight = mask if mask is not None else y.new_ones(y.shape[0], 1, *input_size)
+        if self.resolution is not None and max(y.shape[2:]) > self.resolution:
+            y = F.interpolate(y, size=(self.resolution,) * 2, mode="area")  # [N, 3, r, r]
+            weight = F.interpolate(weight, size=y.shape[2:], mode="area")  # fractional weights
+        return TargetFeatures(
+            feats=self._features(y),
+            mask=mask,
+            weight=weight,
+            input_size=input_size,
+            size=tuple(y.shape[2:]),
+        )
+
+    def distance(
+        self, x: torch.Tensor, target: TargetFeatures, index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Masked LPIPS of renders ``x`` [M, 3, H, W] against rows ``index`` of ``target`` → [M]."""
+        feats, mask, weight = target.feats, target.mask, target.weight
+        if index is not None:
+            feats = [f[index] for f in feats]
+            mask = None if mask is None else mask[index]
+            weight = weight[index]
+        want = [feats[0].shape[0], 3, *target.input_size]
+        if list(x.shape) != want:
+            raise ValueError(f"x: expected shape {want} (as the target), got {list(x.shape)}")
+        if mask is not None:
+            x = x * mask  # [M, 3, H, W]
+        if tuple(x.shape[2:]) != target.size:
+            x = F.interpolate(x, size=target.size, mode="area")  # [M, 3, r, r]
+        lin = self.model.lins
+        dist = 0.0
+        for k, fx in enumerate(self._features(x)):
+            layer = lin[k]((fx - feats[k]) ** 2)  # [M, 1, h_k, w_k]
+            dist = dist + F.interpolate(
+                layer, size=target.size, mode="bilinear", align_corners=False
+            )
+        total = weight.sum(dim=(1, 2, 3)).clamp_min(torch.finfo(weight.dtype).tiny)  # [M]
+        return (dist * weight).sum(dim=(1, 2, 3)) / total  # [M]
+
+    def _features(self, img: torch.Tensor) -> list[torch.Tensor]:
+        """The trunk's unit-normalised feature maps, as ``lpips.LPIPS.forward`` computes them."""
+        import lpips
+
+        outs = self.model.net(self.model.scaling_layer(img))
+        return [lpips.normalize_tensor(out) for out in outs]
 
 
 def load_perceptual(
