@@ -8,7 +8,8 @@ chosen device:
 
 * ``t_eval``: one evaluation of the inversion objective per image — loss and gradient of
   masked L1 + LPIPS + encoder consistency, exactly the call L-BFGS makes inside ``invert()``
-  (``ganviews.inversion.invert._Objective``), in exact fp32, batch ``--batch``;
+  (``ganviews.inversion.invert._Objective``), under the config's numerics policy
+  (``invert.precision``), batch ``--batch``;
 * ``t_render``: one ``G.synthesis`` per image (no grad), batch ``--batch``;
 * ``t_cls``: one classifier forward per image (its own preprocessing included).
 
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ganviews.classifiers.model import build_classifier  # noqa: E402
-from ganviews.core.runtime import exact_fp32, resolve_device, set_numerics_policy  # noqa: E402
+from ganviews.core.runtime import NumericsPolicy, resolve_device, set_numerics_policy  # noqa: E402
 from ganviews.inversion.encoder import Encoder  # noqa: E402
 from ganviews.inversion.invert import _Objective  # noqa: E402  (the objective invert() minimises)
 from ganviews.inversion.perceptual import load_perceptual  # noqa: E402
@@ -118,8 +119,6 @@ def bench_config(path: Path, args, device: torch.device) -> dict:
     masks = torch.ones(B, 1, R, R, device=device)  # [B, 1, R, R]
 
     res = {}
-    with torch.no_grad():
-        enc_ref = E(images, masks)  # [B, num_ws, w_dim]: the start and the latent target
     objective = _Objective(
         G,
         images,
@@ -127,16 +126,14 @@ def bench_config(path: Path, args, device: torch.device) -> dict:
         perceptual=P,
         encoder=E,
         latent_mode=cfg.invert.latent_term,
-        w_ref=enc_ref,
-        enc_ref=enc_ref,
+        w_init=None,
         cfg=cfg.invert,
+        policy=NumericsPolicy(cfg.invert.precision),
+        chunk=B,
     )
-    x0 = enc_ref.reshape(B, -1)  # [B, num_ws·w_dim]: what L-BFGS hands the objective
+    x0 = objective.enc_ref.reshape(B, -1)  # [B, num_ws·w_dim]: what L-BFGS hands the objective
     rows = torch.arange(B, device=device)
-    with exact_fp32(device):  # as in invert(): TF32 off
-        t_eval = (
-            timed(lambda: objective(x0, rows), device, args.rounds) / B
-        )  # loss + gradient, per image
+    t_eval = timed(lambda: objective(x0, rows), device, args.rounds) / B  # loss + grad, per image
 
     with torch.no_grad():
         ws = G.mapping(

@@ -355,6 +355,9 @@ def _invert_all(
     else:
         opt = adam_minimize(evaluate, x0, steps=cfg.steps, config=AdamConfig(lr=cfg.adam_lr))
     w = opt.x.view(N, G.num_ws, G.w_dim)
+    # The reported losses, PSNR and LPIPS are measured in exact fp32 whatever the policy, so
+    # runs under different policies compare on the same scale.
+    objective.policy = exact = NumericsPolicy("exact")
     init_parts, final, recon, lpips = [], [], [], []
     for i in range(0, N, evaluate.chunk):
         idx = rows[i : i + evaluate.chunk]
@@ -363,7 +366,7 @@ def _invert_all(
         final.append(parts)
         recon.append(img)
         if perceptual is not None:
-            with policy.networks(device):
+            with exact.networks(device):
                 lpips.append(perceptual.distance(img, objective.lpips_target, idx).to(img.dtype))
     init = {k: torch.cat([p[k] for p in init_parts]) for k in init_parts[0]}
     end = {k: torch.cat([p[k] for p in final]) for k in final[0]}

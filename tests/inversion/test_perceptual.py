@@ -141,3 +141,23 @@ def test_backbone_loaded_from_local_file(tmp_path, monkeypatch) -> None:
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable torch weights file"):
         load_perceptual("lpips-alex", device="cpu", weights_dir=tmp_path, check_hash=False)
+
+
+@pytest.mark.parametrize("resolution", [None, 32])
+def test_cached_target_gives_the_lpips_package_value_bit_for_bit(resolution) -> None:
+    """distance(x, target(y, m)) is the `lpips` package's spatial map, masked and averaged,
+    bit for bit; rows of a cached target picked by index give the same values too."""
+    P = load_perceptual("lpips-random", resolution=resolution)
+    x, y = _pair(4, size=64, seed=2)
+    m = (torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(3)) > 0.3).float()
+    xx, yy, mm = x * m, y * m, m
+    if resolution is not None:
+        xx, yy, mm = (F.interpolate(t, size=(32, 32), mode="area") for t in (xx, yy, mm))
+    reference = (P.model(xx, yy) * mm).sum(dim=(1, 2, 3)) / mm.sum(dim=(1, 2, 3))
+    target = P.target(y, m)
+    assert torch.equal(P.distance(x, target), reference)
+    assert torch.equal(P(x, y, m), reference)
+    picked = P.distance(x[[2, 0]], target, torch.tensor([2, 0]))
+    assert torch.allclose(picked, reference[[2, 0]], rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match=r"x: expected shape \[4, 3, 64, 64\]"):
+        P.distance(x[:, :, :32, :32], target)
