@@ -6,9 +6,11 @@ way, so test images are aligned the same way first:
 * ``"face"``: FFHQ-style alignment from eye centres and mouth corners. An oriented square
   (the "quad") is built from the eye-to-eye and eye-to-mouth vectors and mapped onto the
   output square by a similarity transform. Landmarks come from the manifest (68-point dlib
-  layout or 5-point layout, see :data:`FIVE_POINT_ORDER`); without them an OpenCV Haar
-  cascade (shipped inside ``opencv-python-headless``) finds the face box and eyes, and the
-  mouth is placed from a template ratio (docs/alignment_encoder.md states the accuracy).
+  layout or 5-point layout, see :data:`FIVE_POINT_ORDER`); without them, dlib's 68 landmarks
+  (the detector FFHQ was aligned with; pip ``dlib-bin`` + ``face-recognition-models``), or,
+  when those are absent or ``face_detector="haar"``, an OpenCV Haar cascade (shipped inside
+  ``opencv-python-headless``) finds the face box and eyes and the mouth is placed from a
+  template ratio (docs/alignment_encoder.md states the accuracy).
 * ``"object"`` (cars, cats): the bounding box centre is moved to the frame centre and the
   box is scaled to a fraction of the frame (``object_scale="bbox"``), or the image is
   scaled so its width fills the frame's width and only shifted (``"width"``, the official
@@ -34,7 +36,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import logging
+import os
 from typing import Literal
 
 import cv2
@@ -80,8 +84,8 @@ class AlignConfig:
     face_eye_factor: float = 2.0  # FFHQ: quad half-size ≥ this × eye distance
     face_mouth_factor: float = 1.8  # FFHQ: quad half-size ≥ this × eye-to-mouth distance
     face_center_shift: float = 0.1  # FFHQ: quad centre = eye midpoint + this × eye-to-mouth vector
-    face_detector: Literal["haar", "none"] = (
-        "haar"  # without landmarks: OpenCV Haar cascades, or reject
+    face_detector: Literal["dlib", "haar", "none"] = (
+        "dlib"  # without landmarks: dlib's 68 landmarks (FFHQ's; Haar when dlib is absent), Haar cascades, or reject
     )
     face_mouth_ratio: float = (
         1.15  # detector path: eye-to-mouth / eye distance (ArcFace 5-point template)
@@ -109,7 +113,11 @@ class AlignConfig:
                 "face_eye_factor/face_mouth_factor",
                 "> 0",
             ),
-            (self.face_detector in ("haar", "none"), "face_detector", "'haar' or 'none'"),
+            (
+                self.face_detector in ("dlib", "haar", "none"),
+                "face_detector",
+                "'dlib', 'haar' or 'none'",
+            ),
             (self.face_mouth_ratio > 0, "face_mouth_ratio", "> 0"),
         ]
         for ok, name, allowed in checks:
@@ -204,8 +212,58 @@ def face_points(rgb: np.ndarray, landmarks: object | None, cfg: AlignConfig) -> 
     if landmarks is None:
         if cfg.face_detector == "none":
             raise ImageError("face alignment needs landmarks: none given and face_detector='none'")
+        if cfg.face_detector == "dlib" and dlib_available():
+            return _anchor_points(detect_dlib_landmarks(rgb))
         return _anchor_points(detect_face_points(rgb, mouth_ratio=cfg.face_mouth_ratio))
     return _anchor_points(landmarks)
+
+
+def dlib_available() -> bool:
+    """Whether dlib (pip ``dlib-bin``) and its 68-point model (pip ``face-recognition-models``)
+    are installed; logs once which fallback is used when not."""
+    ok = _dlib_model_path() is not None and importlib.util.find_spec("dlib") is not None
+    if not ok:
+        _warn_once("dlib or face-recognition-models is not installed: faces are aligned from "
+                   "OpenCV Haar cascades instead of dlib's 68 landmarks (pip install dlib-bin "
+                   "face-recognition-models)")  # fmt: skip
+    return ok
+
+
+def detect_dlib_landmarks(rgb: np.ndarray) -> np.ndarray:
+    """dlib's 68 facial landmarks ``[68, 2]`` (pixel centres) of the highest-scoring face.
+
+    The landmarks FFHQ was aligned from: dlib's HOG frontal face detector (image upsampled
+    once) and the 68-point shape predictor shipped by ``face-recognition-models``. Raises
+    ImageError when no face is found."""
+    rgb = _check_rgb(rgb)
+    detector, predictor = _dlib_models()
+    boxes, scores, _ = detector.run(rgb, 1, 0.0)
+    if not boxes:
+        raise ImageError("face alignment: no landmarks given and dlib's detector found no face")
+    box = boxes[int(np.argmax(scores))]
+    shape = predictor(rgb, box)
+    return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)  # [68, 2]
+
+
+def _dlib_model_path() -> str | None:
+    spec = importlib.util.find_spec("face_recognition_models")  # not imported: it needs setuptools
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(root, "models", "shape_predictor_68_face_landmarks.dat")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+@functools.cache
+def _dlib_models():
+    import dlib
+
+    return dlib.get_frontal_face_detector(), dlib.shape_predictor(_dlib_model_path())
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
 
 
 def _anchor_points(landmarks: object) -> np.ndarray:

