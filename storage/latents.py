@@ -26,11 +26,14 @@ image can be read without decoding its 63 neighbours.
 Durability: every chunk file is written to a temporary name, fsynced and renamed
 (:class:`storage.atomic.DurableLocalStore`), and :meth:`LatentStore.write` writes all data
 arrays before it writes the status chunk, so a writer killed at any instant leaves no item
-marked done without its data. One writer per shard is the contract (the flows plan it).
+marked done without its data. One writer per shard is enforced, not just planned: every
+write holds the shard's ``flock`` (:mod:`storage.lease`) from its status check to its status
+write, and a shard task holds the shard's writer lease.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
@@ -51,6 +54,7 @@ from zarr.errors import ContainsArrayError, ContainsGroupError
 from storage.atomic import DurableLocalStore, fsync_dir, remove_stale_partials
 from storage.errors import StoreError
 from storage.identity import code_version, config_hash, diff_mappings, plain
+from storage.lease import shard_locks
 from storage.manifest import manifest_sha256, read_manifest, validate_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -611,22 +615,23 @@ class LatentStore:
             return
         order = np.argsort(idx, kind="stable")
         idx_sorted = idx[order]
-        status = self._read_rows("status", idx_sorted)  # only the touched shards' chunks
-        if not overwrite:
-            already = idx_sorted[status == DONE]
-            if len(already):
-                raise StoreError(
-                    f"{self._path}: indices {already[:10].tolist()} are already done "
-                    "(pass overwrite=True to replace finished results)"
-                )
-        for name, value in values.items():
-            self._write_rows(name, idx_sorted, value[order])
-            self._fire("after_array", name)
-        self._fire("after_data")
-        self._write_rows("status", idx_sorted, np.full(k, DONE, np.uint8))
-        stale = idx_sorted[status == FAILED]
-        if len(stale):  # the reason of an earlier failure no longer applies
-            self._write_rows("reason", stale, np.full(len(stale), "", dtype=object))
+        with self._locked(idx_sorted):  # check, data, then status: one writer per shard
+            status = self._read_rows("status", idx_sorted)  # only the touched shards' chunks
+            if not overwrite:
+                already = idx_sorted[status == DONE]
+                if len(already):
+                    raise StoreError(
+                        f"{self._path}: indices {already[:10].tolist()} are already done "
+                        "(pass overwrite=True to replace finished results)"
+                    )
+            for name, value in values.items():
+                self._write_rows(name, idx_sorted, value[order])
+                self._fire("after_array", name)
+            self._fire("after_data")
+            self._write_rows("status", idx_sorted, np.full(k, DONE, np.uint8))
+            stale = idx_sorted[status == FAILED]
+            if len(stale):  # the reason of an earlier failure no longer applies
+                self._write_rows("reason", stale, np.full(len(stale), "", dtype=object))
 
     def mark_failed(
         self,
@@ -647,24 +652,26 @@ class LatentStore:
         if not len(idx):
             return
         texts = [t or "unspecified" for t in texts]
-        if not overwrite:
-            already = idx[self._read_rows("status", idx) == DONE]
-            if len(already):
-                raise StoreError(
-                    f"{self._path}: indices {already[:10].tolist()} are done; pass "
-                    "overwrite=True to mark finished items failed"
-                )
-        order = np.argsort(idx, kind="stable")
-        self._write_rows("reason", idx[order], np.asarray(texts, dtype=object)[order])
-        self._write_rows("status", idx[order], np.full(len(idx), FAILED, np.uint8))
+        with self._locked(idx):
+            if not overwrite:
+                already = idx[self._read_rows("status", idx) == DONE]
+                if len(already):
+                    raise StoreError(
+                        f"{self._path}: indices {already[:10].tolist()} are done; pass "
+                        "overwrite=True to mark finished items failed"
+                    )
+            order = np.argsort(idx, kind="stable")
+            self._write_rows("reason", idx[order], np.asarray(texts, dtype=object)[order])
+            self._write_rows("status", idx[order], np.full(len(idx), FAILED, np.uint8))
 
     def reset(self, indices: Sequence[int] | np.ndarray) -> None:
         """Mark ``indices`` pending again (their data stays until overwritten)."""
         self._writable()
         idx = np.sort(self._indices(indices))
         if len(idx):
-            self._write_rows("status", idx, np.full(len(idx), PENDING, np.uint8))
-            self._write_rows("reason", idx, np.full(len(idx), "", dtype=object))
+            with self._locked(idx):
+                self._write_rows("status", idx, np.full(len(idx), PENDING, np.uint8))
+                self._write_rows("reason", idx, np.full(len(idx), "", dtype=object))
 
     # ------------------------------------------------------------------ reading
 
@@ -745,7 +752,8 @@ class LatentStore:
         idx = self._indices(indices)
         values = self._check_values(name, values, (len(idx), *arr.shape[1:]), arr.dtype)
         order = np.argsort(idx, kind="stable")
-        self._write_rows(name, idx[order], values[order])
+        with self._locked(idx):
+            self._write_rows(name, idx[order], values[order])
 
     def read_array(self, name: str, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Rows ``indices`` of an extra array, in order."""
@@ -889,6 +897,12 @@ class LatentStore:
             return np.asarray(arr[lo:hi])
         uniq, inverse = np.unique(idx, return_inverse=True)
         return np.asarray(arr.oindex[uniq])[inverse]
+
+    def _locked(self, idx: np.ndarray) -> contextlib.AbstractContextManager[None]:
+        """The write locks of the shards ``idx`` touches (storage.lease), none when empty."""
+        if not len(idx):
+            return contextlib.nullcontext()
+        return shard_locks(self._path, np.unique(np.asarray(idx) // self.shard_size).tolist())
 
     def _fire(self, point: str, *args: Any) -> None:
         hook = self._hooks.get(point)

@@ -43,6 +43,7 @@ from ganviews.core.runtime import file_sha256, resolve_device, set_numerics_poli
 from ganviews.inversion.lbfgs import Status
 from storage.arrays import ALIGNED, MASK, RECON
 from storage.latents import LatentStore
+from storage.lease import shard_lease
 from tasks.jobs import InvertJob
 from tasks.shard_runner import SHARD_TASK_OPTIONS, run_logger, run_shard
 from tasks.store_io import load_aligned, select_splits, shard_range
@@ -333,10 +334,12 @@ def run_invert(
     store.check_identity({"config": expect["config"]})
     out = []
     for shard in store.shards() if shards is None else shards:
-        summary = invert_shard_with(
-            store, shard, G, E, P, align_cfg=job.align, inversion_cfg=job.invert,
-            image_root=job.image_root, retry_failed=retry_failed,
-        )  # fmt: skip
+        start, _ = shard_range(store, shard)
+        with shard_lease(store.path, start // store.shard_size):  # one writer per shard
+            summary = invert_shard_with(
+                store, shard, G, E, P, align_cfg=job.align, inversion_cfg=job.invert,
+                image_root=job.image_root, retry_failed=retry_failed,
+            )  # fmt: skip
         out.append({**summary, "seed": job.seed})
     return out
 
