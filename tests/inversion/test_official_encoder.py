@@ -130,8 +130,12 @@ def test_errors_name_the_file(tmp_path, E):
     with pytest.raises(CheckpointError, match=r"junk.bin: unknown file format .*authors' RGBM"):
         load_encoder(junk)
 
+    # files that fail before the network is built hold key names with tiny tensors only
+    skeleton = {k: torch.zeros(1) for k in E.state_dict()}
+    skeleton["conv1.weight"] = torch.zeros(64, 4, 7, 7)
+    skeleton["layer5.conv5.weight"] = torch.zeros(4096, 1, 1, 1)
     code = tmp_path / "code.pth"
-    torch.save({"state_dict": E.state_dict(), "obj": _NotAllowed()}, code)
+    torch.save({"state_dict": skeleton, "obj": _NotAllowed()}, code)
     with pytest.raises(CheckpointError, match=r"code.pth: torch.load\(weights_only=True\) refused"):
         load_encoder(code)
 
@@ -140,22 +144,28 @@ def test_errors_name_the_file(tmp_path, E):
     with pytest.raises(CheckpointError, match=r"plain.pkl: .*refused or failed"):
         load_encoder(plain)
 
-    rgb = {k: v for k, v in E.state_dict().items()}
-    rgb["conv1.weight"] = rgb["conv1.weight"][:, :3]
+    rgb = {**skeleton, "conv1.weight": torch.zeros(64, 3, 7, 7)}
     torch.save({"state_dict": rgb}, tmp_path / "rgb.pth")
     with pytest.raises(CheckpointError, match=r"rgb.pth: conv1.weight has shape \[64, 3, 7, 7\]"):
         load_encoder(tmp_path / "rgb.pth")
 
-    cut = {k: v for k, v in E.state_dict().items() if not k.startswith("layer3.1.")}
+    cut = {k: v for k, v in skeleton.items() if not k.startswith("layer3.1.")}
     torch.save({"state_dict": cut}, tmp_path / "cut.pth")
     with pytest.raises(CheckpointError, match=r"cut.pth: ResNet stages \[2, 2, 1, 2\]"):
         load_encoder(tmp_path / "cut.pth")
 
-    odd = dict(E.state_dict())
-    odd["layer2.0.bn1.weight"] = torch.ones(7)
+    odd = {**skeleton, "layer5.conv5.weight": torch.zeros(4000, 1, 1, 1)}
     torch.save({"state_dict": odd}, tmp_path / "odd.pth")
-    with pytest.raises(CheckpointError, match=r"odd.pth: .*wrong shape \['layer2.0.bn1.weight'\]"):
+    with pytest.raises(CheckpointError, match=r"odd.pth: layer5.conv5 has 4000 output channels"):
         load_encoder(tmp_path / "odd.pth")
+
+    wrong = dict(E.state_dict())  # the one case that needs the whole network
+    wrong["layer2.0.bn1.weight"] = torch.ones(7)
+    torch.save({"state_dict": wrong}, tmp_path / "wrong.pth")
+    with pytest.raises(
+        CheckpointError, match=r"wrong.pth: .*wrong shape \['layer2.0.bn1.weight'\]"
+    ):
+        load_encoder(tmp_path / "wrong.pth")
 
     torch.save({"state_dict": {"a": 1}}, tmp_path / "nontensor.pth")
     with pytest.raises(CheckpointError, match="nontensor.pth: holds dict, not a state dict"):
