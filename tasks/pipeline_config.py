@@ -96,7 +96,13 @@ class EncoderTrainingConfig:
     width: int = 64  # ResNet stem width
     norm: Literal["batch", "group"] = "batch"  # normalisation layers
     truncation_psi: float = 1.0  # ψ of the sampled w
-    style_mix_prob: float = 0.9  # share of style-mixed training samples
+    style_mix_prob: float = 0.9  # share of style-mixed training samples (authors' recipe: 0)
+    # the authors' recipe (latent-composition train_sgan_encoder.py): pixel_loss mse, perceptual
+    # lpips-vgg at perceptual_resolution 256, beta1 0.5, masks blobs, style_mix_prob 0
+    pixel_loss: Literal["l1", "mse"] = "l1"  # image term besides the perceptual one
+    perceptual_resolution: int | None = None  # area-downsample to at most this side before LPIPS
+    beta1: float = 0.9  # Adam β1 (β2 = 0.999)
+    masks: Literal["rects", "blobs"] = "rects"  # rectangles / border crops, or the authors' blobs
     checkpoint_every: int = 1000  # steps between resumable checkpoints (<encoder>.ckpt)
     log_every: int = 100  # steps per logged loss average
 

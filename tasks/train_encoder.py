@@ -48,7 +48,12 @@ def run_train_encoder(
     if settings.perceptual != "none":
         from ganviews.inversion.perceptual import load_perceptual
 
-        P = load_perceptual(settings.perceptual, device=dev, weights_dir=lpips_weights_dir)
+        P = load_perceptual(
+            settings.perceptual,
+            device=dev,
+            weights_dir=lpips_weights_dir,
+            resolution=settings.perceptual_resolution,
+        )
     arch = EncoderConfig(
         num_ws=G.num_ws,
         w_dim=G.w_dim,
@@ -68,6 +73,9 @@ def run_train_encoder(
         config=arch,
         truncation_psi=settings.truncation_psi,
         style_mix_prob=settings.style_mix_prob,
+        betas=(settings.beta1, 0.999),
+        mask_kind=settings.masks,
+        pixel_loss=settings.pixel_loss,
         device=dev,
         seed=seed,
         checkpoint=ckpt,

@@ -375,6 +375,23 @@ def random_masks(
     return masks  # [n, 1, size, size]
 
 
+def blob_masks(
+    n: int,
+    size: int,
+    *,
+    generator: torch.Generator,
+    grid: int = 6,
+    cutoff: tuple[float, float] = (0.3, 1.0),
+) -> torch.Tensor:
+    """The authors' encoder-training masks (chail/latent-composition ``utils/masking.py``,
+    ``mask_upsample``): uniform noise on a ``grid`` × ``grid`` lattice, bilinearly upsampled to
+    ``size``, known where it is below one cutoff ~ U[cutoff) per batch → ``[n, 1, size, size]``."""
+    noise = torch.rand(n, 1, grid, grid, generator=generator)  # [n, 1, g, g]
+    smooth = F.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)
+    level = cutoff[0] + (cutoff[1] - cutoff[0]) * float(torch.rand((), generator=generator))
+    return (smooth < level).float()  # [n, 1, size, size]
+
+
 def sample_training_batch(
     G: nn.Module,
     batch_size: int,
@@ -386,6 +403,7 @@ def sample_training_batch(
     style_mix_prob: float = 0.9,
     mask_full_prob: float = 0.3,
     mask_border_prob: float = 0.4,
+    mask_kind: Literal["rects", "blobs"] = "rects",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ws [B, L, C], images [B, C, R, R], masks [B, 1, R, R]) for one step; the draws depend
     only on (seed, step), so a resumed run sees exactly the batches it would have seen."""
@@ -400,13 +418,16 @@ def sample_training_batch(
         1, max(G.num_ws, 2), (batch_size,), generator=gen
     )  # [B] first layer of w2
     cutoff = torch.where(mixing, cutoff, torch.full_like(cutoff, G.num_ws))
-    masks = random_masks(
-        batch_size,
-        G.resolution,
-        generator=gen,
-        full_prob=mask_full_prob,
-        border_prob=mask_border_prob,
-    )
+    if mask_kind == "blobs":
+        masks = blob_masks(batch_size, G.resolution, generator=gen)
+    else:
+        masks = random_masks(
+            batch_size,
+            G.resolution,
+            generator=gen,
+            full_prob=mask_full_prob,
+            border_prob=mask_border_prob,
+        )
     with torch.no_grad():
         w1 = G.mapping(z[0].to(device), c, truncation_psi=truncation_psi)  # [B, L, C]
         w2 = G.mapping(z[1].to(device), c, truncation_psi=truncation_psi)  # [B, L, C]
@@ -433,6 +454,8 @@ def train_encoder(
     style_mix_prob: float = 0.9,
     mask_full_prob: float = 0.3,
     mask_border_prob: float = 0.4,
+    mask_kind: Literal["rects", "blobs"] = "rects",
+    pixel_loss: Literal["l1", "mse"] = "l1",
     device: str | torch.device = "cpu",
     seed: int = 0,
     checkpoint: str | os.PathLike | None = None,
@@ -444,7 +467,9 @@ def train_encoder(
 
     Per step: w from the mapping of random z (style-mixed with a second w at a random layer
     with probability ``style_mix_prob``), x = G(w) (constant noise), a random mask m; loss
-    ``lambda_l1·L1(G(E(x,m)), x) + lambda_perceptual·P(G(E(x,m)), x) + lambda_latent·‖E(x,m) − w‖²``
+    ``lambda_l1·D(G(E(x,m)), x) + lambda_perceptual·P(G(E(x,m)), x) + lambda_latent·‖E(x,m) − w‖²``
+    with D the ``pixel_loss`` (L1 by default, "mse" in the authors' recipe) and masks of
+    ``mask_kind`` (:func:`random_masks` rectangles, or the authors' :func:`blob_masks`)
     (means over pixels / latent entries, then over the batch). The image terms cover the whole
     image: G(w) is known everywhere, and the encoder learns to fill in what the mask hides.
     ``perceptual`` is any ``P(x, y, mask) -> [N]`` (e.g. ``ganviews.inversion.perceptual.load_perceptual``)
@@ -464,6 +489,10 @@ def train_encoder(
         log_every=log_every,
         checkpoint_every=checkpoint_every,
     )
+    for name, value, allowed in (("mask_kind", mask_kind, ("rects", "blobs")),
+                                 ("pixel_loss", pixel_loss, ("l1", "mse"))):  # fmt: skip
+        if value not in allowed:
+            raise ValueError(f"{name}: got {value!r}, allowed: {list(allowed)}")
     device = resolve_device(device)
     G = G.to(device).eval()
     E = _initial_encoder(G, encoder, config, seed).to(device)
@@ -477,6 +506,8 @@ def train_encoder(
              "perceptual": getattr(perceptual, "name", type(perceptual).__name__ if perceptual else "none"),
              "truncation_psi": truncation_psi, "style_mix_prob": style_mix_prob,
              "mask_full_prob": mask_full_prob, "mask_border_prob": mask_border_prob}  # fmt: skip
+    if (mask_kind, pixel_loss) != ("rects", "l1"):  # only then: older checkpoints still resume
+        hyper.update(mask_kind=mask_kind, pixel_loss=pixel_loss)
     start, history = 0, []
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if ckpt_path is not None and resume and ckpt_path.is_file():
@@ -493,10 +524,12 @@ def train_encoder(
             ws, images, masks = sample_training_batch(
                 G, batch_size, seed=seed, step=step, device=device, truncation_psi=truncation_psi,
                 style_mix_prob=style_mix_prob, mask_full_prob=mask_full_prob, mask_border_prob=mask_border_prob,
+                mask_kind=mask_kind,
             )  # fmt: skip
             pred = E(images, masks)  # [B, L, C]
             recon = G.synthesis(pred, noise_mode="const")  # [B, C, R, R]
-            l1 = (recon - images).abs().mean(dim=(1, 2, 3))  # [B]
+            diff = recon - images  # [B, C, R, R]
+            l1 = (diff.abs() if pixel_loss == "l1" else diff.square()).mean(dim=(1, 2, 3))  # [B]
             lat = (pred - ws).square().mean(dim=(1, 2))  # [B]
             perc = (
                 perceptual(recon, images, None) if perceptual is not None else torch.zeros_like(l1)
@@ -505,7 +538,9 @@ def train_encoder(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            window.add(loss=loss, l1=l1.mean(), perceptual=perc.mean(), latent=lat.mean())
+            window.add(
+                loss=loss, **{pixel_loss: l1.mean()}, perceptual=perc.mean(), latent=lat.mean()
+            )
             done = step + 1
             if done % log_every == 0 or done == steps:
                 history.append(window.flush(done))

@@ -18,6 +18,7 @@ from ganviews.core.runtime import file_sha256
 from ganviews.inversion.encoder import (
     Encoder,
     EncoderConfig,
+    blob_masks,
     load_encoder,
     random_masks,
     read_encoder_metadata,
@@ -304,3 +305,38 @@ def test_cli_trains_saves_and_refuses_to_restart(tmp_path, stylegan2_fixtures, c
     assert "pass --resume to continue it" in capsys.readouterr().err
     assert cli_main([*argv[:5], "--steps", "3", *argv[7:], "--resume"]) == 0
     assert read_encoder_metadata(out)["steps"] == "3"
+
+
+def test_blob_masks_are_the_authors_thresholded_upsampled_noise():
+    """latent-composition utils/masking.py mask_upsample: U[0,1) on a 6×6 grid, bilinear to the
+    image size, known below one cutoff ~ U[0.3, 1) per batch."""
+    gen = torch.Generator().manual_seed(0)
+    m = blob_masks(64, 32, generator=gen)
+    assert m.shape == (64, 1, 32, 32) and set(m.unique().tolist()) <= {0.0, 1.0}
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.rand(64, 1, 6, 6, generator=gen)
+    cutoff = 0.3 + 0.7 * float(torch.rand((), generator=gen))
+    smooth = torch.nn.functional.interpolate(
+        noise, size=(32, 32), mode="bilinear", align_corners=False
+    )
+    assert torch.equal(m, (smooth < cutoff).float())
+    assert 0.3 <= cutoff < 1.0 and abs(float(m.mean()) - cutoff) < 0.15  # known share ≈ cutoff
+
+
+def test_authors_recipe_mse_blobs_beta_half_no_mixing(G):
+    """latent-composition training/train_sgan_encoder.py: MSE pixel term, blob masks, Adam β1 0.5,
+    w from one z (no style mixing)."""
+    result = train_encoder(
+        G, steps=2, batch_size=2, config=EncoderConfig(**SMALL), log_every=1, betas=(0.5, 0.999),
+        pixel_loss="mse", mask_kind="blobs", style_mix_prob=0.0,
+    )  # fmt: skip
+    assert all("mse" in h and "l1" not in h for h in result.history)
+    total = [h["mse"] + h["latent"] for h in result.history]
+    assert [h["loss"] for h in result.history] == pytest.approx(total, rel=1e-5)
+    _, _, masks = sample_training_batch(
+        G, 4, seed=0, step=0, device=torch.device("cpu"), mask_kind="blobs"
+    )
+    _, _, rects = sample_training_batch(G, 4, seed=0, step=0, device=torch.device("cpu"))
+    assert not torch.equal(masks, rects)
+    with pytest.raises(ValueError, match=r"pixel_loss: got 'l2', allowed: \['l1', 'mse'\]"):
+        train_encoder(G, steps=1, pixel_loss="l2")
