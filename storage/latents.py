@@ -54,6 +54,7 @@ from zarr.errors import ContainsArrayError, ContainsGroupError
 from storage.atomic import DurableLocalStore, fsync_dir, remove_stale_partials
 from storage.errors import StoreError
 from storage.identity import code_version, config_hash, diff_mappings, plain
+from storage.integrity import CHECKSUM, decoding
 from storage.lease import shard_locks
 from storage.manifest import manifest_sha256, read_manifest, validate_manifest, write_manifest
 
@@ -389,7 +390,7 @@ class LatentStore:
                 chunks=(shard, num_ws, w_dim),
                 dtype="float32",
                 fill_value=np.nan,
-                compressors=[LATENT_CODEC],
+                compressors=[LATENT_CODEC, CHECKSUM],
                 dimension_names=("image", "layer", "channel"),
             )
         for name, (dtype, fill) in METRICS.items():
@@ -399,7 +400,7 @@ class LatentStore:
                 chunks=(shard,),
                 dtype=dtype,
                 fill_value=fill,
-                compressors=[SMALL_CODEC],
+                compressors=[SMALL_CODEC, CHECKSUM],
                 dimension_names=("image",),
             )
         group.create_array(
@@ -408,7 +409,7 @@ class LatentStore:
             chunks=(shard,),
             dtype="uint8",
             fill_value=PENDING,
-            compressors=[SMALL_CODEC],
+            compressors=[SMALL_CODEC, CHECKSUM],
             dimension_names=("image",),
         )
         for name in TEXT:
@@ -418,6 +419,7 @@ class LatentStore:
                 chunks=(shard,),
                 dtype=str,
                 fill_value="",
+                compressors=[SMALL_CODEC, CHECKSUM],
                 dimension_names=("image",),
             )
 
@@ -490,7 +492,8 @@ class LatentStore:
     def image_ids(self) -> np.ndarray:
         """All image ids (object array of str), index-aligned with the arrays."""
         if self._image_ids is None:
-            self._image_ids = np.asarray(self._array("image_id")[:], dtype=object)
+            with decoding(self, "image_id", 0, self.n_images):
+                self._image_ids = np.asarray(self._array("image_id")[:], dtype=object)
         return self._image_ids
 
     def indices_of(self, image_ids: Sequence[str]) -> np.ndarray:
@@ -516,7 +519,8 @@ class LatentStore:
     # ------------------------------------------------------------------ status
 
     def _status(self) -> np.ndarray:
-        return np.asarray(self._array("status")[:])
+        with decoding(self, "status", 0, self.n_images):
+            return np.asarray(self._array("status")[:])
 
     def pending(self) -> np.ndarray:
         return np.flatnonzero(self._status() == PENDING).astype(np.int64)
@@ -734,7 +738,7 @@ class LatentStore:
                 shards=outer if inner else None,
                 dtype=dtype,
                 fill_value=fill_value,
-                compressors=[_codec_for(dtype)],
+                compressors=[_codec_for(dtype), CHECKSUM],
                 dimension_names=("image", *(f"dim_{i}" for i in range(1, len(shape)))),
             )
         except (ContainsArrayError, ContainsGroupError):  # created concurrently: check it
@@ -882,7 +886,8 @@ class LatentStore:
             if hi - lo == len(rows):
                 arr[lo:hi] = values[sel]
             else:
-                block = np.asarray(arr[lo:hi])
+                with decoding(self, name, lo, hi):
+                    block = np.asarray(arr[lo:hi])
                 if block.dtype.kind == "T":  # numpy StringDType from vlen-utf8
                     block = block.astype(object)
                 block[rows - lo] = values[sel]
@@ -893,10 +898,11 @@ class LatentStore:
         if len(idx) == 0:
             return np.empty((0, *arr.shape[1:]), dtype=object if name in TEXT else arr.dtype)
         lo, hi = int(idx.min()), int(idx.max()) + 1
-        if hi - lo == len(idx) and np.all(np.diff(idx) == 1):
-            return np.asarray(arr[lo:hi])
-        uniq, inverse = np.unique(idx, return_inverse=True)
-        return np.asarray(arr.oindex[uniq])[inverse]
+        with decoding(self, name, lo, hi):
+            if hi - lo == len(idx) and np.all(np.diff(idx) == 1):
+                return np.asarray(arr[lo:hi])
+            uniq, inverse = np.unique(idx, return_inverse=True)
+            return np.asarray(arr.oindex[uniq])[inverse]
 
     def _locked(self, idx: np.ndarray) -> contextlib.AbstractContextManager[None]:
         """The write locks of the shards ``idx`` touches (storage.lease), none when empty."""

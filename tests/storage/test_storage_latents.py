@@ -67,7 +67,7 @@ def test_create_layout_attrs_and_shards(store, tmp_path):
     # one chunk per shard along axis 0, for every array
     meta = json.loads((tmp_path / "s.zarr" / "w" / "zarr.json").read_text())
     assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [4, 4, 8]
-    assert [c["name"] for c in meta["codecs"]] == ["bytes", "blosc"]
+    assert [c["name"] for c in meta["codecs"]] == ["bytes", "blosc", "crc32c"]
     # nothing is written for untouched items: reads give the "not written" fill values
     empty = store.read([2])
     assert (

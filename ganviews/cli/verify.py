@@ -1,0 +1,45 @@
+"""``ganviews verify STORE [--reset]``: list a latent store's damaged chunks; ``--reset`` marks
+their images pending so the next ``ganviews invert`` (or flow run) recomputes them.
+
+Exit status: 0 when the store is intact (or was reset), 1 when damage was found and left.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "verify",
+        help="check every chunk of a latent store; --reset marks damaged images pending",
+        description="Decode every chunk of every array of a latent store (checksummed in new "
+        "stores), check that shards with done images have finite w, and list what is damaged.",
+    )
+    parser.add_argument("store", metavar="STORE", help="path of the latent store (Zarr)")
+    parser.add_argument(
+        "--reset",
+        action="store_true",
+        help="rewrite damaged chunks with their fill value and mark their images pending",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from storage import LatentStore
+    from storage.integrity import reset_damaged, verify
+
+    store = LatentStore.open(args.store, mode="a" if args.reset else "r")
+    damages = verify(store)
+    if not damages:
+        print(f"{store.path}: every chunk of {len(store.array_names())} arrays is intact")
+        return 0
+    print(f"{store.path}: {len(damages)} damaged chunk(s)")
+    for damage in damages:
+        print(f"  {damage.line()}")
+    if not args.reset:
+        print(f"run `ganviews verify {store.path} --reset` to mark their images pending")
+        return 1
+    n = reset_damaged(store, damages)
+    print(f"reset: {n} images pending; `ganviews invert` (or resume) recomputes them")
+    return 0
