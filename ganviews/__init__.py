@@ -8,6 +8,7 @@ The library is pure PyTorch + numpy, grouped by pipeline stage:
 - ``ganviews.classifiers``: classifier architectures, loading, training / fine-tuning (Eq. 8)
 - ``ganviews.ensemble``: view groups, alpha cross-validation, size curves, bootstrap, scores
 - ``ganviews.report``: result tables, Markdown / HTML report, plots
+- ``ganviews.genrep``: GenRep multiview sampling, contrastive training, linear probe (Jahanian et al.)
 - ``ganviews.core``: errors, config dataclass I/O, devices and seeds, weight files, images
 
 It knows nothing of Prefect, Zarr or Parquet: the ``storage`` package owns all artefacts,
@@ -45,6 +46,13 @@ _EXPORTS = {
     "evaluate": "ganviews.ensemble.evaluate",
     "EnsembleConfig": "ganviews.ensemble.evaluate",
     "load_image": "ganviews.core.images",
+    "SamplingConfig": "ganviews.genrep.sampling",
+    "sample_multiview": "ganviews.genrep.sampling",
+    "ContrastiveConfig": "ganviews.genrep.contrastive",
+    "train_contrastive": "ganviews.genrep.contrastive",
+    "ProbeConfig": "ganviews.genrep.probe",
+    "extract_features": "ganviews.genrep.probe",
+    "linear_probe": "ganviews.genrep.probe",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from ganviews.classifiers.training import SourceConfig, TrainConfig
 from ganviews.core.config import from_dict, load_yaml, to_dict
 from ganviews.core.errors import ConfigError
+from ganviews.genrep.experiment import MultiviewConfig
 from ganviews.inversion.align import AlignConfig
 from ganviews.inversion.invert import InversionConfig
 from ganviews.report.tables import ReportConfig
@@ -201,6 +202,9 @@ class PipelineConfig:
         default_factory=ReportConfig
     )  # ganviews.report.tables.ReportConfig (with `ensemble:`)
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
+    multiview: MultiviewConfig = field(
+        default_factory=MultiviewConfig
+    )  # ganviews.genrep.experiment.MultiviewConfig (`ganviews multiview`, docs/genrep.md)
 
     @property
     def state_dir(self) -> Path:

@@ -1,0 +1,1 @@
+"""GenRep: generative models as a data source for multiview representation learning."""

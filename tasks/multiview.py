@@ -1,0 +1,281 @@
+"""Prefect tasks of the GenRep stage (Jahanian et al., ICLR 2022): sample, train, probe.
+
+- :func:`run_sample_shard`: one shard of a multiview store — anchors and their views drawn
+  and rendered by :func:`ganviews.genrep.sampling.sample_multiview`, written by
+  :class:`storage.multiview.MultiviewStore` (data first, then the done mark);
+- :func:`run_train_variant`: one encoder (a Table 1/2 row), resumable from its checkpoint;
+- :func:`run_probe`: the linear probe of every trained encoder on the real splits, and the report.
+
+Each ``run_*`` is a plain function (a notebook or a test calls it directly); the ``*_task``
+objects are their Prefect wrappers. Outputs live under ``multiview.out``: ``stores/<name>``,
+``encoders/<variant>.safetensors`` (+ ``.ckpt`` while training), ``report/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import task
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
+
+from ganviews.core.config import from_dict, load_yaml, to_dict
+from ganviews.core.errors import ConfigError
+from ganviews.core.runtime import item_seed, resolve_device, set_numerics_policy
+from ganviews.genrep.experiment import MultiviewConfig, Variant, all_variants, dataset_for, datasets
+from ganviews.genrep.sampling import SamplingConfig, sample_multiview
+from storage.multiview import MultiviewStore
+
+PATH_KEYS = ("generator", "manifest", "image_root", "out")
+
+
+def _log() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------ config
+
+
+def load_multiview_config(
+    source: str | Path | Mapping[str, Any] | MultiviewConfig, *, base_dir: str | Path | None = None
+) -> MultiviewConfig:
+    """The ``multiview`` section of a YAML (or a mapping holding it) as a MultiviewConfig.
+
+    ``generator`` / ``manifest`` default to the pipeline's ``models.generator`` /
+    ``data.manifest`` of the same file; relative paths resolve against the YAML's folder.
+    """
+    if isinstance(source, MultiviewConfig):
+        return source
+    if isinstance(source, (str, Path)):
+        data, base = load_yaml(source), Path(source).resolve().parent
+    else:
+        data, base = dict(source), Path(base_dir or Path.cwd()).resolve()
+    if "multiview" not in data:
+        raise ConfigError("multiview: section missing from the config (see configs/example.yaml)")
+    section = dict(data["multiview"] or {})
+    section.setdefault("generator", (data.get("models") or {}).get("generator"))
+    section.setdefault("manifest", (data.get("data") or {}).get("manifest"))
+    cfg = from_dict(MultiviewConfig, section, key="multiview")
+    changes = {}
+    for key in PATH_KEYS:
+        value = getattr(cfg, key)
+        if value is not None and not value.is_absolute():
+            changes[key] = (base / value).resolve()
+    cfg = dataclasses.replace(cfg, **changes)
+    for key in ("generator", "manifest"):
+        if getattr(cfg, key) is None:
+            raise ConfigError(f"multiview.{key}: required (or set the pipeline's own)")
+    return cfg
+
+
+def plain(cfg: MultiviewConfig) -> dict[str, Any]:
+    """The config as JSON-safe data (what flow parameters carry); load_multiview_config reads it."""
+    return {"multiview": json.loads(json.dumps(to_dict(cfg)))}
+
+
+def store_path(cfg: MultiviewConfig, name: str) -> Path:
+    return cfg.out / "stores" / name
+
+
+def encoder_path(cfg: MultiviewConfig, variant: Variant) -> Path:
+    return cfg.out / "encoders" / f"{variant.name(cfg.sampling.sigma)}.safetensors"
+
+
+# ------------------------------------------------------------------------------ sampling
+
+
+def open_store(cfg: MultiviewConfig, name: str, G, sampling: SamplingConfig) -> MultiviewStore:
+    """Create or reopen store ``name`` for ``sampling`` (identity: generator hash + config)."""
+    dim = G.w_dim if sampling.space == "w" and sampling.t_z == "gauss" else G.z_dim
+    layout = {
+        "n_anchors": sampling.n_anchors,
+        "n_views": sampling.n_views,
+        "latent_dim": dim,
+        "channels": G.img_channels,
+        "resolution": G.resolution,
+        "shard_size": cfg.shard_size,
+    }
+    config = {k: v for k, v in to_dict(sampling).items() if k != "batch_size"}
+    attrs = {"generator_sha256": G.sha256, "config": config, "generator": str(cfg.generator)}
+    return MultiviewStore.open_or_create(store_path(cfg, name), layout=layout, attrs=attrs)
+
+
+def plan_sample(config, worker: tuple[int, int] = (0, 1)) -> list[tuple[str, tuple[int, int]]]:
+    """(store name, shard) of every shard with pending anchors, over every store the variants
+    need, creating stores on first use; ``worker=(i, n)`` keeps every n-th from the i-th."""
+    from ganviews.stylegan.generator import load_generator
+
+    cfg = load_multiview_config(config)
+    G = load_generator(cfg.generator)
+    todo = [
+        (name, shard)
+        for name, sampling in datasets(cfg).items()
+        for shard in open_store(cfg, name, G, sampling).pending_shards()
+    ]
+    i, n = worker
+    return todo[i::n]
+
+
+def run_sample_shard(config, name: str, shard: tuple[int, int], device: str = "auto") -> dict:
+    """Sample, render and write anchors ``shard = (start, stop)`` of store ``name``."""
+    from ganviews.stylegan.generator import load_generator
+
+    cfg = load_multiview_config(config)
+    sampling = datasets(cfg)[name]
+    dev = resolve_device(device if device != "auto" else cfg.device)
+    set_numerics_policy(dev)
+    G = load_generator(cfg.generator, device=dev)
+    store = open_store(cfg, name, G, sampling)
+    start, stop = int(shard[0]), int(shard[1])
+    t0 = time.perf_counter()
+    data = sample_multiview(G, sampling, range(start, stop))
+    seeds = [item_seed(sampling.seed, "anchor", i) for i in range(start, stop)]
+    store.write_shard(start, {**data, "anchor_seed": np.asarray(seeds, dtype=np.int64)})
+    seconds = round(time.perf_counter() - t0, 2)
+    _log().info("multiview %s: anchors %d-%d written (%.1f s)", name, start, stop, seconds)
+    return {"store": name, "shard": f"{start}-{stop}", "anchors": stop - start, "seconds": seconds}
+
+
+sample_shard_task = task(run_sample_shard, name="multiview-sample-shard", retries=1)
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def load_real(cfg: MultiviewConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images [N, C, H, W] and integer labels [N] of a manifest split."""
+    from ganviews.core.images import load_image
+    from storage.manifest import read_manifest
+
+    frame = read_manifest(cfg.manifest)
+    if cfg.label not in frame.columns:
+        raise ConfigError(f"multiview.label: {cfg.label!r} is not a manifest column")
+    rows = frame[frame["split"] == split]
+    if rows.empty:
+        raise ConfigError(f"multiview: the manifest has no {split!r} rows")
+    root = cfg.image_root or cfg.manifest.parent
+    images = np.stack(
+        [
+            load_image(p if Path(p).is_absolute() else root / p).transpose(2, 0, 1)
+            for p in rows["path"]
+        ]
+    )
+    return images, rows[cfg.label].to_numpy(dtype=np.int64)
+
+
+def training_data(cfg: MultiviewConfig, variant: Variant) -> tuple[np.ndarray, np.ndarray]:
+    """(views [N, V, C, H, W] uint8, labels [N]) a variant trains on."""
+    if variant.data == "real":
+        images, labels = load_real(cfg, cfg.train_split)
+        views = images[:, None]
+    else:
+        name, sampling = dataset_for(cfg, variant)
+        store = MultiviewStore.open(store_path(cfg, name))
+        data = store.read(variant.n_samples or sampling.n_anchors)
+        views, labels = data["images"], data["labels"]
+        if variant.t_z == "none":
+            views = views[:, :1]  # the anchors only: pixel views make the pairs
+    if variant.n_samples:
+        views, labels = views[: variant.n_samples], labels[: variant.n_samples]
+    return views, labels
+
+
+# ------------------------------------------------------------------------------ train
+
+
+def run_train_variant(config, variant: Mapping[str, Any] | Variant, device: str = "auto") -> dict:
+    """Train (or resume, or skip when done) one variant's encoder into ``encoders/``."""
+    from ganviews.genrep.contrastive import ContrastiveModel, save_encoder, train_contrastive
+
+    cfg = load_multiview_config(config)
+    variant = variant if isinstance(variant, Variant) else from_dict(Variant, variant)
+    name = variant.name(cfg.sampling.sigma)
+    out = encoder_path(cfg, variant)
+    if out.is_file():
+        return {"variant": name, "skipped": f"{out.name} exists"}
+    dev = resolve_device(device if device != "auto" else cfg.device)
+    set_numerics_policy(dev)
+    t0 = time.perf_counter()
+    if variant.data == "none":
+        import torch
+
+        torch.manual_seed(cfg.train.seed)
+        model, n = ContrastiveModel(cfg.train.encoder), 0
+    else:
+        views, labels = training_data(cfg, variant)
+        n = len(views)
+        model = train_contrastive(
+            views,
+            cfg=cfg.train,
+            t_x=variant.t_x == "simclr",
+            objective=variant.objective,
+            labels=labels,
+            device=dev,
+            checkpoint=out.with_suffix(".ckpt"),
+        )
+    save_encoder(model, out)
+    out.with_suffix(".ckpt").unlink(missing_ok=True)
+    seconds = round(time.perf_counter() - t0, 2)
+    out.with_suffix(".json").write_text(json.dumps({"n_samples": n, "train_seconds": seconds}))
+    _log().info("multiview: trained %s on %d samples (%.1f s)", name, n, seconds)
+    return {"variant": name, "n_samples": n, "seconds": seconds}
+
+
+train_variant_task = task(run_train_variant, name="multiview-train-variant")
+
+
+# ------------------------------------------------------------------------------ probe
+
+
+def run_probe(config, device: str = "auto") -> dict:
+    """Probe every trained variant on the real splits; write ``report/`` (results.csv, plots)."""
+    from ganviews.genrep.contrastive import load_encoder
+    from ganviews.genrep.experiment import write_report
+    from ganviews.genrep.probe import extract_features, linear_probe
+
+    cfg = load_multiview_config(config)
+    dev = resolve_device(device if device != "auto" else cfg.device)
+    splits = {s: load_real(cfg, s) for s in (cfg.train_split, cfg.val_split, cfg.test_split)}
+    rows = []
+    for variant in all_variants(cfg):
+        path = encoder_path(cfg, variant)
+        if not path.is_file():
+            _log().warning("multiview probe: %s not trained yet, left out", path.name)
+            continue
+        model = load_encoder(path, device=dev)
+        feats = {
+            s: (extract_features(model, x, device=dev, batch_size=cfg.probe.batch_size), y)
+            for s, (x, y) in splits.items()
+        }
+        result = linear_probe(
+            feats[cfg.train_split], feats[cfg.val_split], feats[cfg.test_split], cfg=cfg.probe
+        )
+        info = json.loads(path.with_suffix(".json").read_text())
+        rows.append(
+            {
+                "variant": variant.name(cfg.sampling.sigma),
+                **{k: getattr(variant, k) for k in ("data", "t_z", "t_x", "objective")},
+                "sigma": variant.sigma if variant.sigma is not None else cfg.sampling.sigma,
+                "n_samples": info["n_samples"],
+                "probe_acc": result.accuracy,
+                "probe_stderr": result.stderr,
+                "probe_c": result.c,
+                "val_acc": result.val_accuracy,
+                "train_seconds": info["train_seconds"],
+            }
+        )
+    outputs = write_report(rows, cfg.out / "report", default_sigma=cfg.sampling.sigma)
+    return {"rows": len(rows), **{k: str(v) for k, v in outputs.items()}}
+
+
+probe_task = task(run_probe, name="multiview-probe")
