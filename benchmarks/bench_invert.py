@@ -76,7 +76,7 @@ def peak_memory(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS peak so far)"
 
 
-def run_one(G, E, P, images, steps: int, batch: int, lpips_resolution):
+def run_one(G, E, P, images, steps: int, batch, lpips_resolution, precision="exact"):
     if images.device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(images.device)
@@ -89,10 +89,83 @@ def run_one(G, E, P, images, steps: int, batch: int, lpips_resolution):
         steps=steps,
         batch_size=batch,
         lpips_resolution=lpips_resolution,
+        precision=precision,
     )
     if images.device.type == "cuda":
         torch.cuda.synchronize()
     return res, time.perf_counter() - t0
+
+
+#: Dense peak TFLOP/s per precision of cards we may be lent (vendor data sheets, SXM parts).
+PEAKS = {
+    "H100": {"exact": 67.0, "tf32": 494.7, "bf16": 989.4},
+    "H200": {"exact": 67.0, "tf32": 494.7, "bf16": 989.4},
+    "A100": {"exact": 19.5, "tf32": 156.0, "bf16": 312.0},
+}
+
+
+def peak_tflops(device: torch.device, precision: str) -> float | None:
+    name = device_name(device)
+    return next((v[precision] for k, v in PEAKS.items() if k in name), None)
+
+
+def flop_per_eval(G, E, P, image, lpips_resolution) -> float:
+    """FLOP of one objective evaluation (forward + backward) for one image, as L-BFGS calls it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ganviews.core.runtime import NumericsPolicy
+    from ganviews.inversion.invert import InversionConfig, _Objective
+
+    cfg = InversionConfig(lpips_resolution=lpips_resolution)
+    mask = image.new_ones(1, 1, *image.shape[2:])
+    objective = _Objective(
+        G,
+        image,
+        mask,
+        perceptual=P,
+        encoder=E,
+        latent_mode="encoder_consistency" if E is not None else "l2",
+        w_init=None,
+        cfg=cfg,
+        policy=NumericsPolicy("exact"),
+        chunk=1,
+    )
+    x0 = objective.w_init.reshape(1, -1)
+    with FlopCounterMode(display=False) as counter:
+        objective(x0, torch.zeros(1, dtype=torch.long, device=image.device))
+    return float(counter.get_total_flops())
+
+
+def precision_table(G, E, P, images, args, device) -> None:
+    """s/image, evaluations, achieved TFLOP/s and peak memory per image for each precision."""
+    flop = flop_per_eval(G, E, P, images[:1], args.lpips_resolution)
+    print(
+        f"\nprecisions at batch {args.precision_batch} ({args.steps} steps; "
+        f"{flop / 1e9:.1f} GFLOP per image-evaluation)"
+    )
+    print(
+        f"{'precision':>9} {'batch':>5} {'s/image':>8} {'evals/img':>9} {'TFLOP/s':>8} "
+        f"{'% peak':>7} {'GiB/img':>8} {'loss p10/p50/p90':>22}"
+    )
+    for precision in args.precisions:
+        res, sec = run_one(
+            G, E, P, images, args.steps, args.precision_batch, args.lpips_resolution, precision
+        )
+        n = images.shape[0]
+        evals = float(res.evaluations.float().sum())
+        tflops = flop * evals / sec / 1e12
+        peak = peak_tflops(device, precision)
+        share = f"{100 * tflops / peak:6.1f}%" if peak else f"{'—':>7}"
+        mem = (
+            f"{torch.cuda.max_memory_allocated(device) / 2**30 / n:8.2f}"
+            if device.type == "cuda"
+            else f"{'—':>8}"
+        )
+        q = torch.quantile(res.loss.float().cpu(), torch.tensor([0.1, 0.5, 0.9])).tolist()
+        print(
+            f"{precision:>9} {str(args.precision_batch):>5} {sec / n:>8.3f} {evals / n:>9.1f} "
+            f"{tflops:>8.2f} {share} {mem} {q[0]:>7.4f}/{q[1]:.4f}/{q[2]:.4f}"
+        )
 
 
 def bench_resolution(resolution: int, args, device: torch.device) -> None:
@@ -108,7 +181,7 @@ def bench_resolution(resolution: int, args, device: torch.device) -> None:
         )
     P = load_perceptual("lpips-random", device=device, resolution=args.lpips_resolution)
     gen = torch.Generator(device="cpu").manual_seed(0)
-    pool = max(args.batches)
+    pool = max(*args.batches, args.precision_images if args.precisions else 1)
     z = torch.randn(pool, G.z_dim, generator=gen).to(device)
     with torch.no_grad():
         images = G.synthesis(G.mapping(z, truncation_psi=0.7)).clamp(-1, 1)  # [pool, 3, R, R]
@@ -151,6 +224,8 @@ def bench_resolution(resolution: int, args, device: torch.device) -> None:
     print(
         f"best: batch {best[0]} at {best[1]:.3f} img/s = {best[1] / base_ips:.1f}x the per-image loop"
     )
+    if args.precisions:
+        precision_table(G, E, P, images[: args.precision_images], args, device)
 
 
 def lpips_cost(args, device: torch.device) -> None:
@@ -204,6 +279,13 @@ def main(argv: list[str] | None = None) -> int:
         "--lpips-cost", metavar="SIZES", help="only time LPIPS at these sizes, e.g. 256,1024"
     )
     parser.add_argument("--lpips-batch", type=int, default=4)
+    parser.add_argument(
+        "--precisions", default="", help="e.g. exact,tf32,bf16: a table at --precision-batch"
+    )
+    parser.add_argument(
+        "--precision-batch", default="auto", help="slots for the precision table (or auto)"
+    )
+    parser.add_argument("--precision-images", type=int, default=16)
     args = parser.parse_args(argv)
     device = torch.device(
         "cuda"
@@ -213,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.batches = sorted({int(b) for b in args.batches.split(",")} | {1})
+    args.precisions = [p for p in args.precisions.split(",") if p]
+    if args.precision_batch != "auto":
+        args.precision_batch = int(args.precision_batch)
     if args.quick:
         args.steps, args.batches = 10, [1, 4]
     resolutions = (
@@ -221,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         else ([256, 1024] if device.type == "cuda" else [32])
     )
     print(
-        f"bench_invert: {machine(device)}; torch {torch.__version__}; float32 "
-        f"(TF32 off during L-BFGS); batches {args.batches}; {args.steps} steps"
+        f"bench_invert: {machine(device)}; torch {torch.__version__}; float32, batch rows "
+        f"in exact precision; batches {args.batches}; {args.steps} steps"
     )
     if args.lpips_cost:
         lpips_cost(args, device)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every benchmark's GPU measurement in one run, sized for about 9 minutes on one H100-class
-# GPU. Each step has its own time limit, so one slow step cannot eat the others' time; each
+# Every benchmark's GPU measurement in one run, sized for at most 8 minutes on one H100-class
+# GPU (the per-step limits add up to 470 s). Not yet run on a GPU: no GPU was lent so far.
+# Each step has its own time limit, so one slow step cannot eat the others' time; each
 # step's full output goes to DEST/<step>.txt and a one-line exit status to DEST/summary.txt.
 #
 #   bash benchmarks/gpu_suite.sh [DEST]        # DEST default: $OUT, else ./bench-results
@@ -24,14 +25,16 @@ step() {  # step NAME LIMIT_SECONDS SCRIPT ARGS...
 
 if [ -n "${QUICK:-}" ]; then
   step generator 120 bench_generator.py --device "$DEVICE" --quick
-  step invert 300 bench_invert.py --device "$DEVICE" --quick
+  step invert 300 bench_invert.py --device "$DEVICE" --quick --precisions exact,bf16 --precision-images 4
+  step speed 300 bench_speed.py --device "$DEVICE" --steps 3 --images 4 --shard 6 --batch 2 --reps 1 --parts objective,shard,continuous
   step views 300 bench_views.py --device "$DEVICE" --quick
   step domains 300 bench_domains.py --device "$DEVICE" --quick
 else
-  step generator-256 60 bench_generator.py --device "$DEVICE" --resolution 256
-  step generator-1024 90 bench_generator.py --device "$DEVICE" --resolution 1024 --max-batch 32 --amp bf16
-  step invert 200 bench_invert.py --device "$DEVICE" --steps 100 --batches 1,4,16
-  step views 90 bench_views.py --device "$DEVICE"
-  step domains 100 bench_domains.py --device "$DEVICE"
+  step generator-1024 60 bench_generator.py --device "$DEVICE" --resolution 1024 --max-batch 32 --amp bf16
+  step invert-1024 150 bench_invert.py --device "$DEVICE" --resolutions 1024 --steps 50 --batches 1,16 --baseline-images 1 --precisions exact,tf32,bf16 --precision-images 16
+  step invert-256 80 bench_invert.py --device "$DEVICE" --resolutions 256 --steps 100 --batches 1,32 --baseline-images 1 --precisions exact,tf32,bf16 --precision-images 32
+  step speed 60 bench_speed.py --device "$DEVICE" --steps 200 --images 32 --shard 96 --batch 16 --parts objective,shard,continuous
+  step views 70 bench_views.py --device "$DEVICE"
+  step domains 50 bench_domains.py --device "$DEVICE"
 fi
 ! grep -qv ": exit 0 " "$DEST/summary.txt"
