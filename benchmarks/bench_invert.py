@@ -130,9 +130,10 @@ def flop_per_eval(G, E, P, image, lpips_resolution) -> float:
         policy=NumericsPolicy("exact"),
         chunk=1,
     )
-    x0 = objective.w_init.reshape(1, -1)
-    with FlopCounterMode(display=False) as counter:
-        objective(x0, torch.zeros(1, dtype=torch.long, device=image.device))
+    ws = objective.w_init.clone().requires_grad_(True)  # [1, L, C]
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        parts, _ = objective.terms(ws, torch.zeros(1, dtype=torch.long, device=image.device))
+        sum(parts.values()).sum().backward()  # what autograd.grad does inside the objective
     return float(counter.get_total_flops())
 
 
