@@ -3,8 +3,9 @@
 For the shard's pending (and failed, to retry) items: read their manifest rows from the
 store, load (:func:`ganviews.core.images.load_image`) and align
 (:func:`ganviews.inversion.align.align_image`) each image — one that cannot be used is marked failed
-with its reason and the others go on — then encode and invert them in batches of
-``inversion_cfg.batch_size`` (:func:`ganviews.inversion.invert.invert`) and write, per batch, ``w``,
+with its reason and the others go on — then encode and invert them :data:`CALL_BATCHES` batches of
+``inversion_cfg.batch_size`` at a time (:func:`ganviews.inversion.invert.invert`, which
+refills a finished image's slot with the next image) and write, per call, ``w``,
 ``w_init``, the loss terms, PSNR, LPIPS and iterations plus the uint8 arrays
 ``images/aligned`` (the target actually inverted), ``images/mask`` (255 = known pixel) and
 ``images/recon`` (G(w*)) through :meth:`storage.LatentStore.write`, which marks the items
@@ -251,8 +252,9 @@ def invert_shard_with(
     }
     t0, loss_sum, psnr_sum = time.perf_counter(), 0.0, 0.0
     root = Path(image_root) if image_root is not None else store.path
-    for b in range(0, len(todo), inversion_cfg.batch_size):
-        idx = todo[b : b + inversion_cfg.batch_size]
+    per_call = images_per_call(inversion_cfg)
+    for b in range(0, len(todo), per_call):
+        idx = todo[b : b + per_call]
         out = invert_batch_into(
             store,
             idx,
@@ -297,6 +299,17 @@ def prepare_store(
     if (Path(job.store) / "zarr.json").is_file():
         check_store_models(LatentStore.open(job.store, mode="r"), G, E)
     return LatentStore.open_or_create(job.store, **layout, attrs=attrs, manifest=manifest)
+
+
+CALL_BATCHES = 4  # batches per invert() call: continuous batching keeps its slots full
+AUTO_CALL_IMAGES = 128  # images per call when batch_size is "auto"
+
+
+def images_per_call(inversion_cfg) -> int:
+    """Images handed to one ``invert`` call, written to the store when it returns."""
+    if inversion_cfg.batch_size == "auto":
+        return AUTO_CALL_IMAGES
+    return CALL_BATCHES * inversion_cfg.batch_size
 
 
 def plan_invert(job: InvertJob) -> list[tuple[int, int]]:
