@@ -143,6 +143,9 @@ class ClassifierTrainingConfig:
     )
     train_split: str = "train"  # manifest split trained on
     val_split: str | None = "val"  # split for validation accuracy (None: none)
+    # validation images: the real ones, or G(w*) of the val latents (the authors' *_latent.py
+    # scripts choose the checkpoint by accuracy on G(w*) of val; needs a store)
+    val_source: Literal["real", "recon"] = "real"
 
 
 @dataclass(frozen=True)

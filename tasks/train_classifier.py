@@ -165,6 +165,7 @@ def run_train_classifier(
     resume: bool = False,
     train_split: str = "train",
     val_split: str | None = "val",
+    val_source: str = "real",
     class_column: str | None = None,
     pca: PCAConfig = PCAConfig(),  # noqa: B008 - frozen
 ) -> dict[str, Any]:
@@ -175,7 +176,9 @@ def run_train_classifier(
     its ``source`` is overridden by ``source``). ``align``: how images are aligned: a manifest's
     (None: AlignConfig defaults), a store's only when it holds no aligned pixels (None: the
     store's recorded config). ``pca``: settings of
-    the PCA statistics when PCA views need them and the store has none. ``resume``: continue
+    the PCA statistics when PCA views need them and the store has none. ``val_source``: validate on
+    the real val images or on G(w*) of their latents ("recon", as the authors' *_latent.py
+    scripts select checkpoints; needs a store). ``resume``: continue
     ``<out>.ckpt``; without it an existing checkpoint is an error (never silently discarded).
     """
     data, out = Path(data), Path(out)
@@ -188,20 +191,22 @@ def run_train_classifier(
         raise ConfigError(
             f"{ckpt} exists from an earlier run: pass resume (--resume) to continue it, or delete it"
         )
-    need_w = scfg.source != "real"
+    if val_source not in ("real", "recon"):
+        raise ConfigError(f"val_source: {val_source!r}; allowed: 'real', 'recon'")
+    val_w = val_source == "recon"
+    need_w = scfg.source != "real" or val_w
     store = LatentStore.open(data, mode="r") if data.is_dir() else None
     failed: dict[str, str] = {}
     if store is None:
         if need_w:
-            raise ConfigError(
-                f"source: {scfg.source!r} needs latents; {data} is a manifest, pass a latent store"
-            )
+            what = "val_source: 'recon'" if val_w else f"source: {scfg.source!r}"
+            raise ConfigError(f"{what} needs latents; {data} is a manifest, pass a latent store")
         real = align or AlignConfig()
         tr, failed = _manifest_split(data, task, train_split, real)
         va = _manifest_split(data, task, val_split, real)[0] if val_split else None
     else:
-        tr = _store_split(store, task, train_split, need_w=need_w, align=align)
-        va = _store_split(store, task, val_split, need_w=False, align=align) if val_split else None
+        tr = _store_split(store, task, train_split, need_w=scfg.source != "real", align=align)
+        va = _store_split(store, task, val_split, need_w=val_w, align=align) if val_split else None
     if not len(tr.labels):
         raise ConfigError(f"{data}: no usable {train_split!r} images for task {task!r}")
     va = va if va is not None and len(va.labels) and va.images is not None else None
@@ -228,10 +233,14 @@ def run_train_classifier(
         raise ConfigError(f"views: {exc}") from exc
     val = (
         make_batches(
-            SourceConfig(source="real", batch_size=scfg.batch_size, flip=False),
+            SourceConfig(
+                source=val_source, p_generated=1.0, batch_size=scfg.batch_size, flip=False
+            ),
             labels=va.labels,
             image_ids=va.ids,
-            images=va.images,
+            images=None if val_w else va.images,
+            ws=va.ws,
+            G=G,
             shuffle=False,
         )
         if va is not None
@@ -317,7 +326,8 @@ def pipeline_arguments(cfg: PipelineConfig) -> dict[str, Any]:
         config={**ct.classifier, "name": ct.classifier.get("name") or ct.name}, out=out, source=ct.source,
         generator_path=cfg.models.generator, device=cfg.device, seed=cfg.seed, train=ct.train, views=ct.views,
         align=cfg.align, init_from=ct.init_from, resume=out.with_name(out.name + ".ckpt").is_file(),
-        train_split=ct.train_split, val_split=ct.val_split, class_column=cfg.models.class_column, pca=cfg.pca,
+        train_split=ct.train_split, val_split=ct.val_split, val_source=ct.val_source,
+        class_column=cfg.models.class_column, pca=cfg.pca,
     )  # fmt: skip
 
 

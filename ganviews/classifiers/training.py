@@ -58,6 +58,9 @@ Reader = Callable[[np.ndarray], ArrayLike]  # sorted int64 indices → rows, in 
 # ----------------------------------------------------------------------------- configuration
 
 
+_MIN_LR = 1e-6  # plateau scheduling's lr floor (the authors' ReduceLROnPlateau min_lr)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation hyperparameters (the keyword arguments of :func:`train_classifier`)."""
@@ -74,6 +77,9 @@ class TrainConfig:
     scheduler: Literal["cosine", "constant", "plateau"] = "cosine"  # per-epoch lr schedule
     label_smoothing: float = 0.0  # CE / BCE label smoothing
     select: Literal["last", "best"] = "last"  # keep the last epoch or the best validation accuracy
+    # stop once the lr is at the plateau floor (1e-6) and this many epochs have passed since the
+    # best validation epoch (the authors' *_latent.py scripts: 50); None: run every epoch
+    early_stop: int | None = None
     autocast: bool = False  # bfloat16 autocast on CUDA (ignored on CPU)
     log_every: int = 50  # log running loss every this many steps
 
@@ -89,6 +95,8 @@ class TrainConfig:
             )
         if self.backbone_lr_scale < 0:
             raise ConfigError(f"train.backbone_lr_scale: {self.backbone_lr_scale!r}; expected ≥ 0")
+        if self.early_stop is not None and self.early_stop < 0:
+            raise ConfigError(f"train.early_stop: {self.early_stop!r}; expected ≥ 0 or null")
 
 
 @dataclass(frozen=True)
@@ -530,7 +538,9 @@ def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     if cfg.scheduler == "plateau":  # on validation accuracy, as the official scripts
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", patience=10, min_lr=1e-6)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", patience=10, min_lr=_MIN_LR
+        )
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
@@ -626,6 +636,7 @@ def train_classifier(
     scheduler: Literal["cosine", "constant", "plateau"] = "cosine",
     label_smoothing: float = 0.0,
     select: Literal["last", "best"] = "last",
+    early_stop: int | None = None,
     autocast: bool = False,
     log_every: int = 50,
     on_epoch: Callable[[EpochStats], None] | None = None,
@@ -639,7 +650,9 @@ def train_classifier(
     classes here do. ``checkpoint``: written atomically after every epoch (model, optimiser,
     scheduler, epoch, RNG states, history); with ``resume`` an existing one is continued —
     its classifier and hyperparameters must match (``epochs`` may grow unless the schedule
-    is cosine). ``plateau`` scheduling and ``select="best"`` need ``val_batches``.
+    is cosine). ``plateau`` scheduling, ``select="best"`` and ``early_stop`` need ``val_batches``;
+    ``early_stop=k`` ends training once the lr is at the plateau floor (1e-6) and k epochs have
+    passed since the best validation epoch (the authors' rule, k = 50).
     Returns the history; afterwards C is in eval mode with requires_grad off.
     """
     cfg = TrainConfig(
@@ -653,6 +666,7 @@ def train_classifier(
         scheduler=scheduler,
         label_smoothing=label_smoothing,
         select=select,
+        early_stop=early_stop,
         autocast=autocast,
         log_every=log_every,
     )
@@ -697,6 +711,9 @@ def train_classifier(
             _save_checkpoint(ckpt_path, C, opt, sched, result, identity, epoch, best_state)
         if on_epoch is not None:
             on_epoch(stats)
+        if _early_stop(cfg, opt, result, epoch):
+            log.info("%s: early stop after epoch %d (best %d)", C.name, epoch, result.best_epoch)
+            break
 
     result.selected_epoch = len(result.history) - 1
     if cfg.select == "best" and best_state is not None and result.best_epoch is not None:
@@ -705,6 +722,14 @@ def train_classifier(
     C._source_sha256 = None  # the weights changed: hash them afresh
     C.eval().requires_grad_(False)
     return result
+
+
+def _early_stop(cfg: TrainConfig, opt, result: TrainResult, epoch: int) -> bool:
+    """The authors' rule: lr at the floor and ``early_stop`` epochs since the best val epoch."""
+    if cfg.early_stop is None or result.best_epoch is None:
+        return False
+    at_floor = float(opt.param_groups[0]["lr"]) <= _MIN_LR
+    return at_floor and epoch >= result.best_epoch + cfg.early_stop
 
 
 def _run_epoch(C, batches, opt, cfg: TrainConfig, device, seed: int, epoch: int) -> EpochStats:
@@ -759,6 +784,8 @@ def _fmt(s: EpochStats) -> str:
 
 def _identity(C: Classifier, cfg: TrainConfig, seed: int) -> dict[str, Any]:
     hyper = {k: v for k, v in to_dict(cfg).items() if k not in ("epochs", "log_every")}
+    if hyper.get("early_stop") is None:  # checkpoints written before the field still resume
+        hyper.pop("early_stop", None)
     return {"classifier": to_dict(C.config), "train": hyper, "seed": seed}
 
 

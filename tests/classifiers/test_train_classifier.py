@@ -306,3 +306,15 @@ def test_gan_source_argument_errors(G, latents):
         GanBatches(G, ws, labels, image_ids=ids, source="views", method="pca", setting=1.0)
     with pytest.raises(ValueError, match=r"ws: 11 rows, expected 12"):
         GanBatches(G, ws[:11], labels, image_ids=ids, source="recon")
+
+
+def test_early_stop_is_the_authors_rule():
+    """*_latent.py: stop when lr ≤ 1e-6 (plateau floor) and epoch ≥ best val epoch + patience."""
+    x, y = _toy(32, 2)
+    train = ImageBatches(x, y, batch_size=16, seed=0)
+    val = ImageBatches(x, y, batch_size=32, shuffle=False, flip=False)
+    kw = {"lr": 1e-6, "scheduler": "plateau", "select": "best", "seed": 0, "val_batches": val}
+    stopped = train_classifier(_small(1), train, epochs=6, early_stop=1, **kw)
+    best = stopped.best_epoch
+    assert len(stopped.history) == best + 2 < 6  # one epoch after the best, then stop
+    assert len(train_classifier(_small(1), train, epochs=3, **kw).history) == 3  # no rule: all

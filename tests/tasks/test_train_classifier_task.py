@@ -258,3 +258,28 @@ def test_cli(dataset, tmp_path, capsys):
     )
     assert code == 2
     assert "exists from an earlier run" in capsys.readouterr().err
+
+
+def test_checkpoint_chosen_on_reconstructions_of_val(dataset, tmp_path, G, stylegan2_fixtures):
+    """scripts/train_classifier/*_latent.py: the val loop classifies G(w*) of the val latents."""
+    from ganviews.classifiers.training import GanBatches, evaluate
+
+    out = tmp_path / "rv.safetensors"
+    report = run_train_classifier(
+        dataset / "store", task="colour", config={**SMALL, "num_outputs": 2}, out=out,
+        generator_path=stylegan2_fixtures / "nvidia-ada-res32.pkl", val_source="recon",
+        train=TrainConfig(epochs=2, lr=3e-3, log_every=0, select="last"),
+    )  # fmt: skip
+    assert report["n_val"] == 4  # val images 8–11, all inverted
+    store = LatentStore.open(dataset / "store", mode="r")
+    ws = store.read(np.arange(8, 12), ["w"])["w"]
+    val = GanBatches(G, ws, np.arange(8, 12) % 2, source="recon", shuffle=False, flip=False)
+    _, acc = evaluate(load_classifier(out), val)
+    assert report["history"][-1]["val_acc"] == pytest.approx(acc)
+    with pytest.raises(
+        ConfigError, match=r"val_source: 'recon' needs latents; .* pass a latent store"
+    ):
+        run_train_classifier(
+            dataset / "manifest.parquet", task="colour", config=SMALL, out=tmp_path / "m.safetensors",
+            val_source="recon",
+        )  # fmt: skip
