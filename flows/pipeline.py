@@ -22,6 +22,7 @@ STAGE_FLOWS = {
     "train_classifier": S.train_classifier,
     "pca": S.compute_pca_stats,
     "render": S.render_and_classify,
+    "corrupt": S.corrupt_conditions,
     "evaluate": S.evaluate_ensembles,
 }
 

@@ -16,10 +16,18 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from flows.shards import run_shards
+from tasks.corrupt import (
+    attack_success,
+    condition_jobs,
+    plan_corrupt,
+    prepare_condition_store_task,
+    robustness_job,
+)
 from tasks.evaluate import evaluate_done, evaluate_ensembles_task, record_evaluation
-from tasks.invert import prepare_store_task
+from tasks.invert import plan_invert, prepare_store_task
 from tasks.pca import pca_done, pca_needed, pca_task
 from tasks.pipeline_config import as_config, job_name
+from tasks.render import plan_render
 from tasks.stages import SHARD_STAGES
 from tasks.train_classifier import classifier_done, pipeline_arguments, train_classifier_task
 from tasks.train_encoder import encoder_done, train_encoder_task
@@ -89,6 +97,31 @@ def render_and_classify(config: Config) -> dict[str, Any]:
     }
 
 
+@flow(name="corrupt-conditions")
+def corrupt_conditions(config: Config) -> dict[str, Any]:
+    """Per condition of ``corruptions:`` (Sec. 4.1, Fig. 7): corrupt the inverted images into the
+    condition's store, invert them, render and classify their views (each step resumable)."""
+    cfg = as_config(config)
+    if not cfg.corruptions.conditions:
+        return _skip("corrupt", "corruptions.conditions is empty")
+    out = {}
+    for jobs in condition_jobs(cfg):
+        label = jobs.corrupt.condition.label
+        prepare_condition_store_task(jobs.corrupt)
+        steps = (("corrupt", jobs.corrupt, plan_corrupt), ("invert", jobs.invert, plan_invert))
+        steps += (("render", jobs.render, plan_render),)
+        out[label] = {
+            stage: run_shards(cfg, stage, job, plan(job)).planned for stage, job, plan in steps
+        }
+        out[label]["attack_success_test"] = attack_success(jobs.corrupt.store)[1]
+    shown = [
+        f"{label} (shards {'/'.join(str(v[k]) for k in ('corrupt', 'invert', 'render'))}"
+        + (f", success {v['attack_success_test']:.2f})" if v["attack_success_test"] >= 0 else ")")
+        for label, v in out.items()
+    ]
+    return {"stage": "corrupt", "summary": "; ".join(shown), "conditions": out}
+
+
 @flow(name="train-classifier")
 def train_classifier(config: Config) -> dict[str, Any]:
     """Train the configured classifier on real images, reconstructions or views (Eq. 8)."""
@@ -116,6 +149,7 @@ def evaluate_ensembles(config: Config) -> dict[str, Any]:
         store=cfg.paths.store,
         config=cfg.report,
         artifact_prefix=job_name(cfg),
+        robustness=robustness_job(cfg),
     )
     record_evaluation(cfg, outputs)
     return {"stage": "evaluate", **outputs}

@@ -29,7 +29,7 @@ from ganviews.core.errors import ConfigError
 from ganviews.report.tables import ReportConfig, ReportOutputs, data_uri, write_report
 from storage.arrays import ALIGNED, INVERSION_ARRAYS, MASK, RECON, VIEWS_PREFIX, view_array
 from storage.latents import DONE, FAILED, LatentStore
-from storage.logits import read_logits
+from storage.logits import CLEAN, read_logits
 from storage.results import write_results
 from tasks.pipeline_config import PipelineConfig
 from tasks.run_state import digest, read_json, write_json
@@ -57,6 +57,7 @@ def evaluate_ensembles_task(
     config: ReportConfig = ReportConfig(),  # noqa: B008 - frozen
     *,
     artifact_prefix: str = "ensemble",
+    robustness: Any = None,
 ) -> dict[str, str]:
     """Prefect task: :func:`run_evaluate` → the paths written.
 
@@ -64,7 +65,7 @@ def evaluate_ensembles_task(
     Prefect flow or task run.
     """
     logger = run_logger()
-    outputs = run_evaluate(logits_dir, out_dir, store=store, config=config)
+    outputs = run_evaluate(logits_dir, out_dir, store=store, config=config, robustness=robustness)
     table = outputs.results.table
     logger.info(
         "ensemble report: %s (%d rows, %d plots)", outputs.report_md, len(table), len(outputs.plots)
@@ -85,9 +86,14 @@ def logit_tasks(root: str | Path) -> list[str]:
     return sorted(p.name.split("=", 1)[1] for p in Path(root).glob("task=*") if p.is_dir())
 
 
-def evaluate_logits(root: str | Path, config=None, *, expected=None):
+def evaluate_logits(
+    root: str | Path, config=None, *, expected=None, filters: Mapping[str, Any] | None = None
+):
     """α-CV over a whole logits dataset, one task at a time; size curves for settings chosen over
-    all tasks. ``expected`` (image_id, split, detail) names the images every result should hold."""
+    all tasks. ``expected`` (image_id, split, detail) names the images every result should hold.
+
+    Only the clean condition's rows are read unless ``filters`` (read_logits filters, e.g.
+    ``{"condition": "pgd-8_255", "method": [...]}``) says otherwise."""
     from ganviews.ensemble.evaluate import (
         GROUP_COLUMNS,
         EnsembleConfig,
@@ -101,15 +107,18 @@ def evaluate_logits(root: str | Path, config=None, *, expected=None):
     )
 
     config = config or EnsembleConfig()
+    filters = {"condition": CLEAN, **(filters or {})}
     tasks = logit_tasks(root)
     if len(tasks) <= 1:  # one chunk (or a layout without task folders): a single pass
-        results = evaluate(read_logits(root, arrow_logits=True), config, expected=expected)
+        results = evaluate(read_logits(root, filters, arrow_logits=True), config, expected=expected)
     else:
         first = dataclasses.replace(config, size_curve="none")
         results = concat_results(
             [
                 evaluate(
-                    read_logits(root, {"task": t}, arrow_logits=True), first, expected=expected
+                    read_logits(root, {**filters, "task": t}, arrow_logits=True),
+                    first,
+                    expected=expected,
                 )
                 for t in tasks
             ],
@@ -128,7 +137,9 @@ def evaluate_logits(root: str | Path, config=None, *, expected=None):
                 if not mine:
                     continue
                 frame = read_logits(
-                    root, {"task": t, "method": sorted({k[2] for k in mine})}, arrow_logits=True
+                    root,
+                    {**filters, "task": t, "method": sorted({k[2] for k in mine})},
+                    arrow_logits=True,
                 )
                 groups = [g for g in build_groups(frame, config) if g.key in mine]
                 sizes.append(
@@ -221,12 +232,14 @@ def run_evaluate(
     *,
     store: str | Path | None = None,
     config: ReportConfig = ReportConfig(),  # noqa: B008 - frozen
+    robustness: Any = None,
 ) -> ReportOutputs:
     """Evaluate the logits under ``logits_dir`` and write the report into ``out_dir`` → ReportOutputs.
 
     Writes results.csv / results.parquet (:func:`storage.results.write_results`), the curve
     tables, PNG plots and report.md (+ report.html); with ``store`` also a reconstruction
-    gallery read from the latent store.
+    gallery read from the latent store; with ``robustness`` (a
+    :class:`tasks.corrupt.RobustnessJob`) the Fig. 7 section over the input conditions.
     """
     expected = expected_images(store) if store is not None else None
     results = evaluate_logits(logits_dir, config.ensemble, expected=expected)
@@ -239,10 +252,15 @@ def run_evaluate(
     if store is not None and config.gallery_images > 0:
         gallery, more = load_gallery(store, results.table, config)
         notes += more
+    extra = []
+    if robustness is not None:
+        from tasks.corrupt import run_robustness
+
+        extra = run_robustness(robustness, logits_dir, out_dir, config.ensemble)
     files = write_results(results.table, out_dir)
     return write_report(
         results, out_dir, results_files=files, config=config, gallery=gallery,
-        source=str(logits_dir), notes=notes,
+        source=str(logits_dir), notes=notes, extra=extra,
     )  # fmt: skip
 
 
@@ -258,7 +276,14 @@ def evaluate_key(cfg: PipelineConfig) -> str:
         if root.is_dir()
         else []
     )
-    return digest({"files": files, "report": to_dict(cfg.report), "store": str(cfg.paths.store)})
+    return digest(
+        {
+            "files": files,
+            "report": to_dict(cfg.report),
+            "store": str(cfg.paths.store),
+            "corruptions": to_dict(cfg.corruptions),
+        }
+    )
 
 
 def evaluate_done(cfg: PipelineConfig) -> bool:

@@ -47,7 +47,14 @@ from storage.latents import LatentStore
 from storage.lease import shard_lease
 from tasks.jobs import InvertJob
 from tasks.shard_runner import SHARD_TASK_OPTIONS, run_logger, run_shard
-from tasks.store_io import load_aligned, select_splits, shard_range
+from tasks.store_io import (
+    corrupted,
+    is_condition_store,
+    load_aligned,
+    select_splits,
+    shard_range,
+    stored_targets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,16 +178,20 @@ def invert_batch_into(
     """Load, align, invert and write one batch of store indices ``idx`` (manifest ``rows``)."""
     from ganviews.inversion.invert import invert
 
-    ok, pairs, failed = load_aligned(rows, align_cfg, image_root=image_root)
-    if failed:
-        store.mark_failed(idx[list(failed)], list(failed.values()))
-        for pos, reason in failed.items():
-            log.warning("image %s failed: %s", store.image_ids[idx[pos]], reason)
-    if not ok:
-        return {"done": 0, "failed": len(failed), "loss": 0.0, "psnr": 0.0}
+    if is_condition_store(store):  # corrupted copies: fit the stored 8-bit image as it is
+        ok, failed = list(range(len(idx))), {}
+        aligned, masks = stored_targets(store, idx)  # [k, 3, R, R] uint8, [k, 1, R, R]
+    else:
+        ok, pairs, failed = load_aligned(rows, align_cfg, image_root=image_root)
+        if failed:
+            store.mark_failed(idx[list(failed)], list(failed.values()))
+            for pos, reason in failed.items():
+                log.warning("image %s failed: %s", store.image_ids[idx[pos]], reason)
+        if not ok:
+            return {"done": 0, "failed": len(failed), "loss": 0.0, "psnr": 0.0}
+        aligned = signed_to_uint8(np.stack([p[0] for p in pairs]))  # [k, 3, R, R]
+        masks = np.stack([p[1] for p in pairs]).astype(np.float32)  # [k, 1, R, R]
     device, dtype = G.mean_w.device, G.mean_w.dtype
-    aligned = signed_to_uint8(np.stack([p[0] for p in pairs]))  # [k, 3, R, R]
-    masks = np.stack([p[1] for p in pairs]).astype(np.float32)  # [k, 1, R, R]
     x = uint8_to_signed(torch.from_numpy(aligned).to(device=device), dtype)  # the stored target
     m = torch.from_numpy(masks).to(device=device, dtype=dtype)
     res = invert(G, x, m, encoder=E, perceptual=P, **dataclasses.asdict(inversion_cfg))
@@ -240,7 +251,7 @@ def invert_shard_with(
     R = G.resolution
     for name, channels in ((ALIGNED, G.img_channels), (MASK, 1), (RECON, G.img_channels)):
         store.ensure_array(name, (channels, R, R), np.uint8)
-    todo = store.todo(retry_failed=retry_failed, shard=(start, stop))
+    todo = items_to_invert(store, (start, stop), retry_failed=retry_failed)
     summary = {
         "shard": f"{start:08d}-{stop:08d}",
         "todo": int(len(todo)),
@@ -312,10 +323,18 @@ def images_per_call(inversion_cfg) -> int:
     return CALL_BATCHES * inversion_cfg.batch_size
 
 
+def items_to_invert(
+    store: LatentStore, shard: tuple[int, int], *, retry_failed: bool = True
+) -> np.ndarray:
+    """Pending (and failed) items of a shard; in a condition store only those already corrupted."""
+    todo = store.todo(retry_failed=retry_failed, shard=shard)
+    return corrupted(store, todo) if is_condition_store(store) else todo
+
+
 def plan_invert(job: InvertJob) -> list[tuple[int, int]]:
     """Shards of the store with pending or failed items (chunk-aligned ranges)."""
     store = LatentStore.open(job.store, mode="r")
-    return [s for s in store.shards() if len(store.todo(shard=s))]
+    return [s for s in store.shards() if len(items_to_invert(store, s))]
 
 
 def run_invert(

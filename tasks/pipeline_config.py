@@ -24,13 +24,14 @@ from typing import Any, Literal
 from ganviews.classifiers.training import SourceConfig, TrainConfig
 from ganviews.core.config import from_dict, load_yaml, to_dict
 from ganviews.core.errors import ConfigError
+from ganviews.corruptions.conditions import Condition, check_labels
 from ganviews.genrep.experiment import MultiviewConfig
 from ganviews.inversion.align import AlignConfig
 from ganviews.inversion.invert import InversionConfig
 from ganviews.report.tables import ReportConfig
 from ganviews.views.render import PRESETS, ViewConfig
 
-STAGES = ("train_encoder", "invert", "train_classifier", "pca", "render", "evaluate")
+STAGES = ("train_encoder", "invert", "train_classifier", "pca", "render", "corrupt", "evaluate")
 MODES = ("embedded", "distributed")
 MAX_SHARD_SIZE = 1 << 16  # images per shard: 65,536 w+ of a 1024 px generator is a 2.4 GB chunk
 
@@ -149,6 +150,22 @@ class ClassifierTrainingConfig:
 
 
 @dataclass(frozen=True)
+class CorruptionsConfig:
+    """The corrupt stage (paper Sec. 4.1, Fig. 7; docs/corruptions.md): corrupted copies of the
+    inverted images, then inverted, rendered and classified again, one store per condition."""
+
+    conditions: tuple[Condition, ...] = ()  # attacks / corruptions (empty: the stage does nothing)
+    classifier: str = ""  # attacks: the models.classifiers entry attacked ("": the only one)
+    splits: tuple[str, ...] = ("val", "test")  # splits corrupted (α is chosen on the val split)
+    max_images: int | None = None  # per split, only its first N inverted images (None: all)
+    gan_method: str = (
+        "stylemix_fine"  # the table's GAN ensemble: a views.gan group <method>_<layers>
+    )
+    image_method: str = "crop"  # the combined ensemble's image views (one of views.image_methods)
+    stores: Path | None = None  # folder of the conditions' stores (None: <paths.store>-conditions)
+
+
+@dataclass(frozen=True)
 class OrchestrationConfig:
     """How stages are split into shards and where the shards run (docs/orchestration.md)."""
 
@@ -204,6 +221,7 @@ class PipelineConfig:
     report: ReportConfig = field(
         default_factory=ReportConfig
     )  # ganviews.report.tables.ReportConfig (with `ensemble:`)
+    corruptions: CorruptionsConfig = field(default_factory=CorruptionsConfig)  # Fig. 7 conditions
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
     multiview: MultiviewConfig = field(
         default_factory=MultiviewConfig
@@ -213,6 +231,12 @@ class PipelineConfig:
     def state_dir(self) -> Path:
         """Per-shard progress files and stage markers."""
         return self.paths.state or self.paths.store.with_name(self.paths.store.name + ".state")
+
+    @property
+    def conditions_dir(self) -> Path:
+        """Folder of the conditions' latent stores (one per condition label)."""
+        store = self.paths.store
+        return self.corruptions.stores or store.with_name(store.name + "-conditions")
 
     @property
     def image_root(self) -> Path:
@@ -392,8 +416,51 @@ def check_pipeline_config(cfg: PipelineConfig) -> None:
             problems.append(
                 f"models.classifiers.{name}: names use letters, digits, '_', '.', '-' only"
             )
+    problems += _corruption_problems(cfg)
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _corruption_problems(cfg: PipelineConfig) -> list[str]:
+    cor = cfg.corruptions
+    if not cor.conditions:
+        return []
+    problems = []
+    try:
+        check_labels(cor.conditions)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if any(c.is_attack for c in cor.conditions) and attacked_classifier(cfg) is None:
+        problems.append(
+            f"corruptions.classifier: {cor.classifier!r} is not a key of models.classifiers "
+            f"({sorted(cfg.models.classifiers)}); attacks need the classifier they attack"
+        )
+    groups = [f"{g.method}_{g.layers}" for g in cfg.views.gan]
+    if cor.gan_method not in groups:
+        problems.append(
+            f"corruptions.gan_method: {cor.gan_method!r} is not a views.gan group {groups}"
+        )
+    if cor.image_method not in cfg.views.image_methods:
+        problems.append(
+            f"corruptions.image_method: {cor.image_method!r} is not in views.image_methods "
+            f"{list(cfg.views.image_methods)}"
+        )
+    missing = [s for s in cor.splits if cfg.data.splits and s not in cfg.data.splits]
+    if missing:
+        problems.append(
+            f"corruptions.splits: {missing} are not in data.splits {list(cfg.data.splits)}"
+        )
+    if cor.max_images is not None and cor.max_images < 1:
+        problems.append(f"corruptions.max_images: {cor.max_images} must be ≥ 1 (or null)")
+    return problems
+
+
+def attacked_classifier(cfg: PipelineConfig) -> str | None:
+    """The models.classifiers key the attacks target: corruptions.classifier, else the only one."""
+    names = cfg.models.classifiers
+    if cfg.corruptions.classifier:
+        return cfg.corruptions.classifier if cfg.corruptions.classifier in names else None
+    return next(iter(names)) if len(names) == 1 else None
 
 
 def job_name(cfg: PipelineConfig) -> str:

@@ -41,12 +41,12 @@ from ganviews.views.render import GroupLogits, ViewConfig, render_and_classify
 from storage.arrays import view_array
 from storage.identity import code_version
 from storage.latents import LatentStore
-from storage.logits import write_logits
+from storage.logits import CLEAN, write_logits
 from tasks.jobs import RenderJob
 from tasks.pca import load_pca
 from tasks.run_state import digest, read_json, shard_name, write_json
 from tasks.shard_runner import SHARD_TASK_OPTIONS, run_shard
-from tasks.store_io import read_originals, shard_range
+from tasks.store_io import is_condition_store, read_originals, shard_range
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,7 @@ def render_shard_with(
         labels={col: v[idx] for col, v in labels.items()},
         tasks=col_of,
     )
+    frame["condition"] = store.attrs["condition"]["label"] if is_condition_store(store) else CLEAN
     metadata = {
         "view_config": to_dict(view_cfg),
         "seed": seed,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tasks.corrupt import CorruptJob, condition_jobs, corrupt_shard_task, plan_corrupt
 from tasks.invert import invert_shard_task, plan_invert
 from tasks.jobs import InvertJob, RenderJob, invert_job, render_job
 from tasks.pipeline_config import PipelineConfig
@@ -32,4 +33,11 @@ class ShardStage:
 SHARD_STAGES: dict[str, ShardStage] = {
     "invert": ShardStage(InvertJob, invert_job, invert_shard_task, plan_invert),
     "render": ShardStage(RenderJob, render_job, render_shard_task, plan_render),
+    # one job per condition (corruptions.conditions): build gives the list
+    "corrupt": ShardStage(
+        CorruptJob,
+        lambda cfg: [c.corrupt for c in condition_jobs(cfg)],
+        corrupt_shard_task,
+        plan_corrupt,
+    ),
 }

@@ -20,7 +20,7 @@ import torch
 from ganviews.core.errors import ConfigError, GanviewsError
 from ganviews.core.images import load_image, uint8_to_signed
 from ganviews.inversion.align import AlignConfig, align_image
-from storage.arrays import ALIGNED
+from storage.arrays import ALIGNED, CORRUPTION_DONE, MASK
 from storage.latents import LatentStore
 
 
@@ -127,3 +127,27 @@ def read_originals(
             f"image {rows.iloc[pos]['image_id']} of {store.path} cannot be aligned again: {reason}"
         )
     return torch.from_numpy(np.stack([p[0] for p in pairs]))  # [k, 3, R, R]
+
+
+# ---------------------------------------------------------------- condition stores (Fig. 7)
+
+
+def is_condition_store(store: LatentStore) -> bool:
+    """Whether ``store`` holds a condition's corrupted copies (docs/corruptions.md): its
+    inversion targets are the stored 8-bit images, not the manifest's files."""
+    return "condition" in store.attrs
+
+
+def corrupted(store: LatentStore, idx: np.ndarray) -> np.ndarray:
+    """The items of ``idx`` whose corrupted image is stored (the others wait for the corrupt stage)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if not len(idx) or CORRUPTION_DONE not in store.array_names():
+        return idx[:0]
+    return idx[store.read_array(CORRUPTION_DONE, idx) == 1]
+
+
+def stored_targets(store: LatentStore, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A condition store's inversion targets: aligned uint8 ``[k, 3, R, R]`` and masks in
+    [0, 1] float32 ``[k, 1, R, R]``."""
+    masks = store.read_array(MASK, idx).astype(np.float32) / 255.0
+    return store.read_array(ALIGNED, idx), masks

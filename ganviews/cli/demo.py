@@ -30,7 +30,14 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
-OWNED_DIRS = ("data", "store", "logits", "report", "state")  # what --fresh removes under OUT
+OWNED_DIRS = (
+    "data",
+    "store",
+    "store-conditions",
+    "logits",
+    "report",
+    "state",
+)  # what --fresh removes under OUT
 OWNED_FILES = ("pipeline.yaml", "timings.json")
 
 

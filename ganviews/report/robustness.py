@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ganviews.report.plots import _new_figure, _save
+from ganviews.report.tables import Block
 
 COLUMNS = [
     "condition", "task", "classifier", "n_test", "attack_success",
@@ -134,3 +135,35 @@ def robustness_figure(table: pd.DataFrame, path: Path, *, dpi: int = 110) -> Pat
         ax.set_title(f"{task} / {classifier}")
         ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path, dpi)
+
+
+def robustness_blocks(table: pd.DataFrame, figure: Path | None) -> list[Block]:
+    """The report's robustness section: what the columns mean, the table and the plot."""
+    shown = pd.DataFrame({
+        "condition": table["condition"], "task": table["task"], "classifier": table["classifier"],
+        "n test": table["n_test"],
+        "attack success": [_pct(v) for v in table["attack_success"]],
+        **{label: [_cell(v, e) for v, e in zip(table[k], table[f"{k}_se"], strict=True)]
+           for k, label in _BARS},
+        "α* GAN": table["alpha_gan"], "α* combined": table["alpha_combined"],
+    })  # fmt: skip
+    blocks = [
+        Block("heading", "Robustness to corrupted inputs (paper Fig. 7)"),
+        Block(
+            "text",
+            "Test accuracy (%) ± binomial SE per input condition (docs/corruptions.md): on the "
+            "corrupted image, on its GAN reconstruction alone (DefenseGAN), and the α-weighted "
+            f"ensembles with {table['gan_method'].iloc[0] if len(table) else 'GAN'} views and with "
+            "image augmentations added (combined); α* is chosen on the same condition's val split. "
+            "Attack success: share of test images whose 8-bit adversarial copy reached the "
+            "attack's goal. `clean` is the reference on the same images.",
+        ),
+        Block("table", table=shown),
+    ]
+    if figure is not None:
+        blocks.append(Block("image", "Accuracy per condition (Fig. 7)", path=figure))
+    return blocks
+
+
+def _pct(value: float) -> str:
+    return "–" if not np.isfinite(value) else f"{100 * value:.1f}"

@@ -373,6 +373,7 @@ def build_blocks(
     *,
     source: str = "",
     notes: Sequence[str] = (),
+    extra: Sequence[Block] = (),
 ) -> list[Block]:
     """The report's content: overview, definitions, summary, figures, per-group table."""
     table = results.table
@@ -419,6 +420,7 @@ def build_blocks(
         if "α curve:" in caption:
             continue
         b.append(Block("image", caption, path=path))
+    b += list(extra)  # sections of other analyses (the robustness table, Fig. 7)
     b.append(Block("heading", "Per task"))
     cols = ["task", "classifier", "method", "setting", "alpha_star", "val_acc", "test_acc", "test_acc_se",
             "test_acc_single", "test_acc_recon", "test_acc_gan_only", "test_acc_oracle", "alpha_oracle",
@@ -550,6 +552,7 @@ def write_report(
     gallery: GalleryArrays | None = None,
     source: str = "",
     notes: Sequence[str] = (),
+    extra: Sequence[Block] = (),
 ) -> ReportOutputs:
     """Tables, plots, report.md (and report.html) under ``out_dir``.
 
@@ -561,7 +564,7 @@ def write_report(
     csv, parquet = results_files
     tables = write_tables(results, out_dir)
     plot_list = make_plots(results, out_dir, config, gallery=gallery) if config.plots else []
-    blocks = build_blocks(results, plot_list, config, source=source, notes=notes)
+    blocks = build_blocks(results, plot_list, config, source=source, notes=notes, extra=extra)
     md_path = out_dir / "report.md"
     relative = lambda p: Path(p).relative_to(out_dir).as_posix()  # noqa: E731
     write_atomically(

@@ -64,6 +64,12 @@ def _config(root: Path) -> Path:
         ],
         image_methods=["crop"],
     )
+    cfg["corruptions"].update(
+        conditions=[{"kind": "pgd", "steps": 2}, {"kind": "jpeg", "quality": 20}],
+        classifier="tiny",
+        max_images=2,
+        gan_method="stylemix_coarse",
+    )
     cfg["report"].update(gallery_images=2, gallery_arrays=None, ensemble={"bootstrap_draws": 10})
     cfg["orchestration"].update(shard_size=4, cpu_threads=1)
     path = root / "demo.yaml"
@@ -97,12 +103,18 @@ def test_demo_runs_the_pipeline_flow_and_resumes_without_recomputing(
     store = LatentStore.open(out / "store")
     assert len(store.done()) == 12
     assert sorted(set(store.manifest()["split"])) == ["test", "val"]
-    logits = read_logits(out / "logits")
+    logits = read_logits(out / "logits", {"condition": "clean"})
     # 12 images × (3 GAN groups: original + recon + 2 views; crop: original + 2 copies)
     assert len(logits) == 12 * (3 * 4 + 3)
     assert set(logits["method"]) == {"isotropic_fine", "pca_coarse", "stylemix_coarse", "crop"}
     assert "views/isotropic_fine/0.5" in store.array_names()
     assert "| label | tiny | isotropic_fine | 0.5 |" in (out / "report" / "report.md").read_text()
+    # the corrupt stage: 2 val + 2 test images per condition, inverted, rendered, in the report
+    assert "pgd-8_255 (shards " in first and "jpeg-20 (shards " in first, first
+    per = read_logits(out / "logits").groupby("condition")["image_id"].nunique().to_dict()
+    assert per == {"clean": 12, "jpeg-20": 4, "pgd-8_255": 4}
+    assert "Robustness to corrupted inputs" in (out / "report" / "report.md").read_text()
+    assert (out / "report" / "robustness.png").is_file()
     timings = json.loads((out / "timings.json").read_text())
     assert {"data", "invert", "pca", "render", "evaluate", "total"} <= set(timings)
     resolved = yaml.safe_load((out / "pipeline.yaml").read_text())
@@ -115,12 +127,14 @@ def test_demo_runs_the_pipeline_flow_and_resumes_without_recomputing(
     assert "todo=0, shards_run=0" in second
     assert "render" in second and "shards_run=0, rows=0" in second
     assert "skipped (the report is current for these logits)" in second
+    assert "pgd-8_255 (shards 0/0/0" in second
     assert _snapshot(out) == files_before  # no logits file, PCA file or report rewritten
     assert np.array_equal(LatentStore.open(out / "store").read(np.arange(12), ["w"])["w"], w_before)
 
     # --fresh (with --data-only, to stay quick) removes the store and outputs
     assert main(["demo", "--out", str(out), "--config", str(config), "--fresh", "--data-only"]) == 0
     assert not (out / "store").exists() and not (out / "logits").exists()
+    assert not (out / "store-conditions").exists()
     assert (out / "data" / "manifest.parquet").is_file()
 
 

@@ -68,7 +68,10 @@ def test_plain_dict_round_trip() -> None:
 @pytest.mark.parametrize(
     ("sections", "message"),
     [
-        ({"bogus": 1}, r"^bogus: unknown key \(allowed: align, classifier_training, data"),
+        (
+            {"bogus": 1},
+            r"^bogus: unknown key \(allowed: align, classifier_training, corruptions, data",
+        ),
         ({"invert": {"stepz": 3}}, r"^invert\.stepz: unknown key \(allowed: .*steps"),
         ({"invert": {"steps": -1}}, r"^invert\.steps: got -1, expected an integer ≥ 0$"),
         ({"invert": {"steps": "many"}}, r"^invert\.steps: expected an integer, got 'many'$"),
