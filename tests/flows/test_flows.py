@@ -90,6 +90,8 @@ def test_pipeline_embedded_end_to_end_and_rerun(job, harness) -> None:
     assert mtimes == {p: p.stat().st_mtime_ns for p in (job / "out" / "logits").rglob("*.parquet")}
 
 
+@pytest.mark.slow
+@pytest.mark.integration  # reads what the end-to-end test above wrote: same tier
 def test_progress_and_table_artifacts(job, harness) -> None:
     """After the end-to-end test (same module, same harness): per-stage progress at 100 %, shard tables."""
     from prefect import get_client
