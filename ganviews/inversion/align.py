@@ -59,6 +59,7 @@ the mouth corners."""
 # frontalface_default detections); used when the eye cascade finds no usable pair.
 _BOX_EYE_X = (0.32, 0.68)
 _BOX_EYE_Y = 0.38
+MIN_BOX_PIXELS = 1.0  # a bbox (and its part inside the image) must be at least this wide and high
 
 
 @dataclasses.dataclass(frozen=True)
@@ -389,9 +390,13 @@ def _object_box(
             f"bbox: expected 4 finite numbers (x0, y0, x1, y1), got {list(np.ravel(bbox))}"
         )
     x0, y0, x1, y1 = box.tolist()
-    if x1 <= x0 or y1 <= y0:
-        raise ImageError(f"bbox: empty box (x0, y0, x1, y1) = {(x0, y0, x1, y1)}")
-    if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+    if x1 - x0 < MIN_BOX_PIXELS or y1 - y0 < MIN_BOX_PIXELS:  # 1e-12 wide: a blank target
+        raise ImageError(
+            f"bbox: box (x0, y0, x1, y1) = {(x0, y0, x1, y1)} is under {MIN_BOX_PIXELS} px "
+            "wide or high"
+        )
+    inside_w, inside_h = min(x1, width) - max(x0, 0.0), min(y1, height) - max(y0, 0.0)
+    if inside_w < MIN_BOX_PIXELS or inside_h < MIN_BOX_PIXELS:
         raise ImageError(f"bbox {(x0, y0, x1, y1)} lies outside the {width}x{height} image")
     return x0, y0, x1, y1
 

@@ -222,10 +222,10 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, 
     tensor = torch._utils._rebuild_tensor_v2(
         storage, storage_offset, tuple(size), tuple(stride), False, None
     )
-    if tensor.numel() * tensor.element_size() > storage.nbytes():  # zero/overlapping strides
+    if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():  # stride 0
         raise pickle.UnpicklingError(
             f"tensor of shape {list(size)} and stride {list(stride)} addresses more elements "
-            f"than its {storage.nbytes()}-byte storage holds"
+            f"than its {tensor.untyped_storage().nbytes()}-byte storage holds"
         )
     return tensor
 

@@ -181,10 +181,14 @@ def test_object_image_scale_only_shifts_and_frame_aspect_masks_bars():
 def test_object_bbox_errors_and_fallback():
     src = np.full((60, 100, 3), 90, dtype=np.uint8)
     cfg = AlignConfig(mode="object", resolution=R)
-    with pytest.raises(ImageError, match=r"bbox: empty box"):
+    with pytest.raises(ImageError, match=r"bbox: box .* is under 1.0 px wide or high"):
         align_image(src, cfg, bbox=(50, 10, 40, 30))
+    with pytest.raises(ImageError, match=r"is under 1.0 px wide"):  # issue 18.6: blank target
+        align_image(src, cfg, bbox=(50, 10, 50 + 1e-12, 30))
     with pytest.raises(ImageError, match=r"lies outside the 100x60 image"):
         align_image(src, cfg, bbox=(200, 10, 240, 30))
+    with pytest.raises(ImageError, match=r"lies outside the 100x60 image"):  # 1e-9 px inside
+        align_image(src, cfg, bbox=(-40, 10, 1e-9, 30))
     with pytest.raises(ImageError, match=r"expected 4 finite numbers"):
         align_image(src, cfg, bbox=(1, 2, 3))
     with pytest.raises(ImageError, match="object_without_bbox='reject'"):
