@@ -14,6 +14,7 @@ files written here.
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import os
 import time
@@ -61,6 +62,11 @@ def atomic_write_bytes(
             os.unlink(tmp)
         else:
             os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) and exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # name the file
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

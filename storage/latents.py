@@ -458,6 +458,17 @@ class LatentStore:
         num_ws, w_dim, shard_size, format, and any other key given at creation."""
         return plain(self._attrs)
 
+    def record_attrs(self, values: Mapping[str, Any]) -> None:
+        """Add run-level attributes (e.g. the numerics of the first writer) to the store;
+        identity, layout and session keys are fixed at creation and refused here."""
+        self._writable()
+        fixed = sorted(set(values) & {*IDENTITY_KEYS, *LAYOUT_KEYS, *_SESSION_KEYS, "config"})
+        if fixed:
+            raise StoreError(f"record_attrs: {fixed} are fixed when the store is created")
+        values = plain(dict(values))
+        self._group.attrs.update(values)
+        self._attrs.update(values)
+
     def check_identity(self, expect: Mapping[str, Any]) -> None:
         """StoreError naming every key whose stored value differs from ``expect``'s."""
         stored, expect = self.attrs, plain(dict(expect))

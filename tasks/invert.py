@@ -43,6 +43,7 @@ from ganviews.core.images import signed_to_uint8, uint8_to_signed
 from ganviews.core.runtime import file_sha256, resolve_device, set_numerics_policy
 from ganviews.inversion.lbfgs import Status
 from storage.arrays import ALIGNED, MASK, RECON
+from storage.errors import StoreError
 from storage.latents import LatentStore
 from storage.lease import shard_lease
 from tasks.jobs import InvertJob
@@ -58,7 +59,7 @@ from tasks.store_io import (
 
 log = logging.getLogger(__name__)
 
-NOT_IDENTITY = ("batch_size",)  # InversionConfig fields that do not change results
+NOT_IDENTITY = ("batch_size",)  # checked as run numerics instead (check_run_numerics)
 
 
 # ---------------------------------------------------------------- configs and identity
@@ -76,8 +77,9 @@ def check_align_resolution(align_cfg, G) -> None:
 def identity_config(align_cfg, inversion_cfg) -> dict[str, Any]:
     """The configs recorded in (and checked against) the store.
 
-    ``batch_size`` is left out: results do not depend on it (per-image optimisation), so a
-    resume on another machine may use another batch size.
+    ``batch_size`` is left out here and recorded with the thread count and device type as
+    the store's ``numerics`` (:func:`check_run_numerics`): they change results only at the
+    float32 rounding level, so mixing them is refused unless a resume asks for it.
     """
     inv = {k: v for k, v in to_dict(inversion_cfg).items() if k not in NOT_IDENTITY}
     return {"align": to_dict(align_cfg), "invert": inv}
@@ -90,6 +92,37 @@ def store_attrs(G, E, align_cfg, inversion_cfg) -> dict[str, Any]:
         "encoder_sha256": None if E is None else E.sha256,
         "config": identity_config(align_cfg, inversion_cfg),
     }
+
+
+def run_numerics(job: InvertJob, device: torch.device) -> dict[str, Any]:
+    """Settings that change float32 results without changing the objective (docs/inversion.md
+    measures by how much): batch size, torch's CPU thread count, device type."""
+    return {
+        "batch_size": job.invert.batch_size,
+        "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "device_type": device.type,
+    }
+
+
+def check_run_numerics(store: LatentStore, numerics: dict[str, Any], *, allow_mixed: bool) -> None:
+    """Record ``numerics`` in a store that has none; refuse other values unless
+    ``allow_mixed`` (then the store lists every mix under ``numerics_mixed``)."""
+    stored = store.attrs.get("numerics")
+    if stored is None:
+        store.record_attrs({"numerics": numerics})
+        return
+    differ = {k: (stored.get(k), v) for k, v in numerics.items() if stored.get(k) != v}
+    if not differ:
+        return
+    what = ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in differ.items())
+    if not allow_mixed:
+        raise StoreError(
+            f"{store.path} was inverted with other numerics ({what}); in float32 these change "
+            "w slightly (docs/inversion.md), so a resume would mix both: use the same settings, "
+            "or pass --allow-mixed-numerics (InvertJob.allow_mixed_numerics) to accept the mix"
+        )
+    log.warning("%s: mixing numerics (%s), as allowed", store.path, what)
+    store.record_attrs({"numerics_mixed": [*store.attrs.get("numerics_mixed", []), numerics]})
 
 
 def check_store_models(store: LatentStore, G, E) -> None:
@@ -364,6 +397,7 @@ def run_invert(
     store = LatentStore.open(job.store, mode="a")
     check_store_models(store, G, E)
     store.check_identity({"config": expect["config"]})
+    check_run_numerics(store, run_numerics(job, device), allow_mixed=job.allow_mixed_numerics)
     out = []
     for shard in store.shards() if shards is None else shards:
         start, _ = shard_range(store, shard)

@@ -38,6 +38,7 @@ class InvertJob:
     seed: int = 0  # recorded in the summary (the objective draws nothing)
     state_dir: Path | None = None  # progress records of the shard runner (None: none)
     cpu_threads: int = 0  # torch threads of a CPU shard (0: torch's default)
+    allow_mixed_numerics: bool = False  # resume with another batch size/threads/device type
 
 
 @dataclass(frozen=True)

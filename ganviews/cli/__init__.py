@@ -2,7 +2,8 @@
 
 Each module ``ganviews/cli/<name>.py`` defines ``register(subparsers)``, which adds its
 parser and sets ``func``; heavy imports (torch, Prefect, Zarr) happen inside ``func`` so
-``ganviews --help`` stays fast. Library errors become one clean line on stderr, exit code 2.
+``ganviews --help`` stays fast. Library errors become one clean line on stderr, exit code 2;
+so does a full disk (ENOSPC/EDQUOT), naming the path and saying that a rerun resumes.
 Output piped into a reader that stops early (``ganviews status S | head``) ends the command
 quietly with exit code 141 (128 + SIGPIPE, what a shell reports for tools killed by it).
 """
@@ -10,6 +11,7 @@ quietly with exit code 141 (128 + SIGPIPE, what a shell reports for tools killed
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -60,6 +62,17 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     except (GanviewsError, StoreError) as exc:
         print(f"ganviews {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = exc.filename or "the output"
+        print(
+            f"ganviews {args.command}: error: no space left on the device of {where} "
+            f"({exc.strerror}); finished items are stored atomically, so free space and rerun "
+            "the same command to resume",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"ganviews {args.command}: interrupted", file=sys.stderr)

@@ -3,6 +3,7 @@
 
     ganviews invert MANIFEST STORE --generator G.pkl [--encoder E.pth.tar|E.safetensors] [--config inv.yaml]
         [--split val,test] [--shards all|0:4|0,2,5-7] [--shard-size 64] [--device auto] [--overwrite]
+        [--allow-mixed-numerics]
 
 The YAML holds two optional sections, ``align:`` (AlignConfig; ``resolution`` defaults to
 the generator's) and ``invert:`` (InversionConfig). The store records the generator's and encoder's content hashes and the
@@ -57,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 … (default auto)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing store instead of resuming it"
+    )
+    parser.add_argument(
+        "--allow-mixed-numerics",
+        action="store_true",
+        help="resume with another batch size, CPU thread count or device type than the store "
+        "was started with (float32 results then differ slightly between images)",
     )
     parser.add_argument("--steps", type=int, metavar="N", help="override invert.steps")
     parser.add_argument("--batch-size", type=int, metavar="B", help="override invert.batch_size")
@@ -168,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         if args.image_root
         else Path(args.manifest).resolve().parent,
         lpips_weights_dir=Path(args.lpips_weights_dir) if args.lpips_weights_dir else None,
+        allow_mixed_numerics=args.allow_mixed_numerics,
     )
     store = prepare_store(job, manifest, G, E, shard_size=args.shard_size, overwrite=args.overwrite)
     shards = parse_shards(args.shards, len(store.shards()))

@@ -90,3 +90,16 @@ def test_a_deleted_w_chunk_of_done_images_is_found(tmp_path, capsys):
     assert main(["verify", str(path), "--reset"]) == 0
     s = LatentStore.open(path)
     assert (s.read(np.arange(4), fields=["status"])["status"] == PENDING).all()
+
+
+def test_disk_full_is_one_line_naming_the_path(tmp_path, capsys):
+    """Issue 18.6: a full disk printed a 27-frame OSError; /dev/full fails every write."""
+    path = tmp_path / "s.zarr"
+    _store(path)
+    full = tmp_path / "full.npy"
+    full.symlink_to("/dev/full")
+    assert main(["query", "latents", str(path), "--out", str(full)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "error: no space left on the device of" in err and "No space left" in err
+    assert "rerun the same command to resume" in err

@@ -7,6 +7,8 @@ manifest of 32 px images made by the fixture generator plus one corrupt file. LP
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -157,20 +159,29 @@ def test_store_refuses_other_generator_or_config(tmp_path, gen_path, stylegan2_f
             [0],
             device="cpu",
         )
-    # The batch size is not part of the identity: a resume may use another one.
-    other_batch = InversionConfig(steps=3, lpips_net="lpips-random", batch_size=1)
-    (out,) = run_invert(
+    # Batch size and threads change float32 results (issue 18.7): the first run records them,
+    # a resume with others is refused unless it allows the mix, which the store then lists.
+    torch.set_num_threads(1)
+    (first,) = run_invert(
         InvertJob(
-            store=store.path,
-            generator=gen_path,
-            align=ALIGN,
-            invert=other_batch,
-            image_root=tmp_path,
+            store=store.path, generator=gen_path, align=ALIGN, invert=INV, image_root=tmp_path
         ),
         [0],
         device="cpu",
     )
-    assert out["done"] == 2
+    assert first["done"] == 2
+    recorded = {"batch_size": INV.batch_size, "cpu_threads": 1, "device_type": "cpu"}
+    assert LatentStore.open(store.path).attrs["numerics"] == recorded
+    other_batch = InversionConfig(steps=3, lpips_net="lpips-random", batch_size=1)
+    job = InvertJob(
+        store=store.path, generator=gen_path, align=ALIGN, invert=other_batch, image_root=tmp_path
+    )
+    with pytest.raises(StoreError, match=r"other numerics \(batch_size 2 → 1\).*--allow-mixed"):
+        run_invert(job, [0], device="cpu")
+    mixed = dataclasses.replace(job, allow_mixed_numerics=True)
+    (out,) = run_invert(mixed, [0], device="cpu")
+    assert out["todo"] == 0  # nothing left; the mix is still recorded
+    assert LatentStore.open(store.path).attrs["numerics_mixed"] == [{**recorded, "batch_size": 1}]
     with pytest.raises(GanviewsError, match=r"shard: index 5 out of range"):
         run_invert(
             InvertJob(
