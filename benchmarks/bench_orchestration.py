@@ -68,7 +68,8 @@ def make_job(root: Path, n_images: int, shard_size: int, steps: int) -> Path:
     import yaml
     from PIL import Image
 
-    from ganviews.classifiers.model import build_classifier, save_classifier
+    from ganviews.classifiers.checkpoints import save_classifier
+    from ganviews.classifiers.model import build_classifier
     from ganviews.stylegan.generator import load_generator
     from storage.manifest import write_manifest
 

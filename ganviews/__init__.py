@@ -40,7 +40,7 @@ _EXPORTS = {
     "compute_pca_stats": "ganviews.views.perturb",
     "ViewConfig": "ganviews.views.render",
     "render_and_classify": "ganviews.views.render",
-    "load_classifier": "ganviews.classifiers.model",
+    "load_classifier": "ganviews.classifiers.checkpoints",
     "build_classifier": "ganviews.classifiers.model",
     "train_classifier": "ganviews.classifiers.training",
     "evaluate": "ganviews.ensemble.evaluate",

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ganviews.classifiers.training import SourceConfig, TrainConfig
+from ganviews.classifiers.batches import SourceConfig
+from ganviews.classifiers.training import TrainConfig
 from ganviews.core.config import from_dict, load_yaml, to_dict
 from ganviews.core.errors import ConfigError
 from ganviews.corruptions.conditions import Condition, check_labels

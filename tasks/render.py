@@ -55,7 +55,7 @@ def load_models(
     generator_path: str | Path, classifier_paths: Mapping[str, str | Path], *, device: torch.device
 ) -> tuple[Any, dict[str, Any]]:
     """The generator and the classifiers (name → Classifier), on ``device``, in eval mode."""
-    from ganviews.classifiers.model import load_classifier
+    from ganviews.classifiers.checkpoints import load_classifier
     from ganviews.stylegan.generator import load_generator
 
     if not classifier_paths:

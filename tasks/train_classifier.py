@@ -35,14 +35,10 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ganviews.classifiers.model import build_classifier, load_backbone_weights, save_classifier
-from ganviews.classifiers.training import (
-    SourceConfig,
-    TrainConfig,
-    classifier_for_labels,
-    make_batches,
-    train_classifier,
-)
+from ganviews.classifiers.batches import SourceConfig, make_batches
+from ganviews.classifiers.checkpoints import load_backbone_weights, save_classifier
+from ganviews.classifiers.model import build_classifier
+from ganviews.classifiers.training import TrainConfig, classifier_for_labels, train_classifier
 from ganviews.core.config import from_dict, to_dict
 from ganviews.core.errors import ConfigError
 from ganviews.core.images import signed_to_uint8

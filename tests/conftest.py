@@ -16,12 +16,31 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
 
+# Prefect configures logging when `prefect.main` is first imported (any `from prefect import
+# flow`), binding its console handler to sys.stderr *of that moment*. Imported first inside a
+# test that captures output (capsys), the handler keeps that test's stream, which is closed
+# afterwards: every later Prefect log line then prints "--- Logging error ---" into whichever
+# test runs (the suite passed only in an order where a plain test imported Prefect first).
+# Importing it here binds the handler to the session's stream, in any order.
+import prefect.main  # noqa: E402, F401
+
 # Tests are many small tensor ops on 2 cores, several processes at a time: one intra-op
 # thread per process avoids oversubscription (measured: 263 s → 19 s wall for one test).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Everything under tests/integration/ (servers, subprocesses) is marked ``integration``,
+    so ``./run test-fast`` (``-m "not slow and not integration"``) never starts one."""
+    for item in items:
+        if INTEGRATION in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
 SHARED_FIXTURES = Path(
     os.environ.get("GANVIEWS_SHARED_FIXTURES", REPO.parent / "shared" / "fixtures")
 )

@@ -7,7 +7,8 @@ import torch
 import yaml
 from PIL import Image
 
-from ganviews.classifiers.model import build_classifier, save_classifier
+from ganviews.classifiers.checkpoints import save_classifier
+from ganviews.classifiers.model import build_classifier
 from ganviews.stylegan.generator import load_generator
 
 N_IMAGES, SHARD = 24, 8

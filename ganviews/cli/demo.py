@@ -248,7 +248,7 @@ def _run(args: argparse.Namespace) -> int:
             "has the commands that rebuild them)"
         )
     if args.check_generator:
-        from ganviews.classifiers.model import load_classifier
+        from ganviews.classifiers.checkpoints import load_classifier
         from ganviews.stylegan.generator import load_generator
 
         G = load_generator(cfg.models.generator)

@@ -100,7 +100,8 @@ def _override(section: dict, **values) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ganviews.classifiers.training import SourceConfig, TrainConfig
+    from ganviews.classifiers.batches import SourceConfig
+    from ganviews.classifiers.training import TrainConfig
     from ganviews.core.config import from_dict
     from ganviews.inversion.align import AlignConfig
     from tasks.train_classifier import run_train_classifier

@@ -14,6 +14,12 @@ from safetensors import safe_open
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
+from ganviews.classifiers.checkpoints import (
+    infer_architecture,
+    load_backbone_weights,
+    load_classifier,
+    save_classifier,
+)
 from ganviews.classifiers.model import (
     ARCHITECTURES,
     PREPROCESSING_PRESETS,
@@ -21,10 +27,6 @@ from ganviews.classifiers.model import (
     ClassifierConfig,
     Preprocessing,
     build_classifier,
-    infer_architecture,
-    load_backbone_weights,
-    load_classifier,
-    save_classifier,
 )
 from ganviews.core.errors import CheckpointError, ConfigError
 from ganviews.core.runtime import file_sha256

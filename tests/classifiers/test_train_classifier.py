@@ -6,13 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from ganviews.classifiers.batches import GanBatches, ImageBatches
 from ganviews.classifiers.model import build_classifier
-from ganviews.classifiers.training import (
-    GanBatches,
-    ImageBatches,
-    evaluate,
-    train_classifier,
-)
+from ganviews.classifiers.training import evaluate, train_classifier
 from ganviews.core.errors import CheckpointError
 from ganviews.core.runtime import item_seed
 from ganviews.views.perturb import perturb_from_seeds

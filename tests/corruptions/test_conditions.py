@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ganviews.classifiers.model import load_classifier
+from ganviews.classifiers.checkpoints import load_classifier
 from ganviews.core.errors import ConfigError
 from ganviews.corruptions.conditions import Condition, check_labels, corrupt_images
 

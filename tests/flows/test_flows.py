@@ -207,7 +207,7 @@ def test_retry_policy() -> None:
 def test_training_stages_write_their_models_once(tmp_path, stylegan2_fixtures, harness) -> None:
     """train_encoder and train_classifier write models.encoder / the classifier, and are skipped afterwards."""
     from flows.pipeline import pipeline
-    from ganviews.classifiers.model import load_classifier
+    from ganviews.classifiers.checkpoints import load_classifier
     from ganviews.inversion.encoder import load_encoder
 
     gen_path = stylegan2_fixtures / "nvidia-ada-res32.pkl"

@@ -15,12 +15,8 @@ from ganviews.cli import main
 
 
 def _models(root: Path) -> tuple[Path, Path]:
-    from ganviews.classifiers.model import (
-        ClassifierConfig,
-        Preprocessing,
-        build_classifier,
-        save_classifier,
-    )
+    from ganviews.classifiers.checkpoints import save_classifier
+    from ganviews.classifiers.model import ClassifierConfig, Preprocessing, build_classifier
     from ganviews.stylegan.generator import Generator, GeneratorConfig, save_generator
 
     torch.manual_seed(0)
@@ -162,7 +158,7 @@ def test_demo_errors_name_the_problem(tmp_path: Path, capsys):
 
 
 def test_generator_check_counts_classes(tmp_path: Path):
-    from ganviews.classifiers.model import load_classifier
+    from ganviews.classifiers.checkpoints import load_classifier
     from ganviews.cli.demo import generator_check, sample_grid
     from ganviews.stylegan.generator import load_generator
 

@@ -225,7 +225,7 @@ def test_weight_bytes_bound_is_an_upper_bound_within_3x(kwargs):
 
 def test_deep_json_and_zip_bombs_in_encoder_and_classifier_files(tmp_path, stylegan2_fixtures):
     """The same caps guard the encoder's and classifier's loaders (one line naming the file)."""
-    from ganviews.classifiers.model import load_classifier
+    from ganviews.classifiers.checkpoints import load_classifier
     from ganviews.inversion.encoder import load_encoder
 
     deep = "[" * 50_000 + "]" * 50_000

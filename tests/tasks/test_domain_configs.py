@@ -238,7 +238,7 @@ def test_pipeline_file_check_lists_every_missing_input(relocated, domain):
 
 
 def test_missing_encoder_classifier_and_lpips_weights_say_what_to_do(relocated):
-    from ganviews.classifiers.model import load_classifier
+    from ganviews.classifiers.checkpoints import load_classifier
     from ganviews.inversion.encoder import load_encoder
     from ganviews.inversion.perceptual import load_perceptual
 
@@ -276,7 +276,8 @@ def test_released_classifier_layout_loads_with_the_documented_sidecar(
     import torch
     import torchvision
 
-    from ganviews.classifiers.model import PREPROCESSING_PRESETS, load_classifier
+    from ganviews.classifiers.checkpoints import load_classifier
+    from ganviews.classifiers.model import PREPROCESSING_PRESETS
 
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=classes).eval()

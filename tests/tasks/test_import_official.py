@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ganviews.classifiers.model import build_classifier, save_classifier
+from ganviews.classifiers.checkpoints import save_classifier
+from ganviews.classifiers.model import build_classifier
 from ganviews.cli import main as cli_main
 from ganviews.stylegan.generator import load_generator
 from ganviews.views.render import GanGroup, ViewConfig

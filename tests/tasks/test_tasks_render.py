@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ganviews.classifiers.model import build_classifier, load_classifier, save_classifier
+from ganviews.classifiers.checkpoints import load_classifier, save_classifier
+from ganviews.classifiers.model import build_classifier
 from ganviews.cli import main
 from ganviews.core.errors import ConfigError, GanviewsError
 from ganviews.inversion.align import AlignConfig

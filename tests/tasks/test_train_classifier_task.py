@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ganviews.classifiers.model import load_classifier
-from ganviews.classifiers.training import SourceConfig, TrainConfig
+from ganviews.classifiers.batches import SourceConfig
+from ganviews.classifiers.checkpoints import load_classifier
+from ganviews.classifiers.training import TrainConfig
 from ganviews.cli import main as cli_main
 from ganviews.core.config import from_dict
 from ganviews.core.errors import ConfigError
@@ -262,7 +263,8 @@ def test_cli(dataset, tmp_path, capsys):
 
 def test_checkpoint_chosen_on_reconstructions_of_val(dataset, tmp_path, G, stylegan2_fixtures):
     """scripts/train_classifier/*_latent.py: the val loop classifies G(w*) of the val latents."""
-    from ganviews.classifiers.training import GanBatches, evaluate
+    from ganviews.classifiers.batches import GanBatches
+    from ganviews.classifiers.training import evaluate
 
     out = tmp_path / "rv.safetensors"
     report = run_train_classifier(
