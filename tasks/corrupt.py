@@ -137,7 +137,7 @@ def prepare_condition_store_task(job: CorruptJob) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=4)
 def _classifier(path: str, sha256: str, device: str):
-    from ganviews.classifiers.model import load_classifier
+    from ganviews.classifiers.checkpoints import load_classifier
 
     return load_classifier(path, device=device).eval().requires_grad_(False)
 

@@ -547,3 +547,20 @@ def classifier_config(
 
 
 # ----------------------------------------------------------------------------- architecture inference
+
+
+_MOVED_TO_CHECKPOINTS = (
+    "save_classifier",
+    "load_classifier",
+    "load_backbone_weights",
+    "infer_architecture",
+)
+
+
+def __getattr__(name: str):
+    """Names that moved to :mod:`ganviews.classifiers.checkpoints` stay importable from here."""
+    if name in _MOVED_TO_CHECKPOINTS:
+        from ganviews.classifiers import checkpoints
+
+        return getattr(checkpoints, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

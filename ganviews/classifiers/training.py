@@ -467,3 +467,22 @@ def classifier_for_labels(config: Any, labels: ArrayLike) -> Any:
         k = int(np.max(np.asarray(labels))) + 1
         data["num_outputs"] = 1 if k <= 2 else k
     return classifier_config(data)
+
+
+_MOVED_TO_BATCHES = (
+    "SourceConfig",
+    "make_batches",
+    "ImageBatches",
+    "GanBatches",
+    "Batch",
+    "to_signed",
+)
+
+
+def __getattr__(name: str):
+    """Names that moved to :mod:`ganviews.classifiers.batches` stay importable from here."""
+    if name in _MOVED_TO_BATCHES:
+        from ganviews.classifiers import batches
+
+        return getattr(batches, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

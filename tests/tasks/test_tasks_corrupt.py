@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ganviews.classifiers.model import load_classifier
+from ganviews.classifiers.checkpoints import load_classifier
 from ganviews.cli import main
 from ganviews.core.errors import ConfigError
 from ganviews.ensemble.evaluate import EnsembleConfig
