@@ -30,7 +30,7 @@ _EXPORTS = {
     "Generator": "ganviews.stylegan.generator",
     "GeneratorConfig": "ganviews.stylegan.generator",
     "load_encoder": "ganviews.inversion.encoder",
-    "train_encoder": "ganviews.inversion.encoder",
+    "train_encoder": "ganviews.inversion.encoder_training",
     "load_perceptual": "ganviews.inversion.perceptual",
     "align_image": "ganviews.inversion.align",
     "AlignConfig": "ganviews.inversion.align",

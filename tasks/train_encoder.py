@@ -32,7 +32,8 @@ def run_train_encoder(
     resume: bool = False,
 ):
     """Train the encoder for ``generator`` and save it to ``out`` → the library's training result."""
-    from ganviews.inversion.encoder import EncoderConfig, save_encoder, train_encoder
+    from ganviews.inversion.encoder import EncoderConfig, save_encoder
+    from ganviews.inversion.encoder_training import train_encoder
     from ganviews.stylegan.generator import load_generator
 
     out = Path(out)

@@ -18,12 +18,14 @@ from ganviews.core.runtime import file_sha256
 from ganviews.inversion.encoder import (
     Encoder,
     EncoderConfig,
-    blob_masks,
     load_encoder,
-    random_masks,
     read_encoder_metadata,
-    sample_training_batch,
     save_encoder,
+)
+from ganviews.inversion.encoder_training import (
+    blob_masks,
+    random_masks,
+    sample_training_batch,
     train_encoder,
 )
 from ganviews.stylegan.generator import load_generator
