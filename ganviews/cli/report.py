@@ -3,7 +3,9 @@
 Reads the Parquet logit tables (one task at a time, so tables far larger than memory as a
 DataFrame still work), cross-validates α per (task, classifier, method, setting), and writes
 results.csv / results.parquet, the curve tables, PNG plots and report.md (+ report.html);
-with ``--store`` also a reconstruction gallery read from the latent store. Prints the path
+with ``--store`` also a reconstruction gallery read from the latent store; with
+``--condition LABEL=STORE`` (repeatable) the Fig. 7 robustness section over those corrupted
+conditions (docs/corruptions.md). Prints the path
 of report.md. The body is :func:`tasks.evaluate.run_evaluate` (the pipeline's evaluate stage).
 """
 
@@ -31,6 +33,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--store", metavar="STORE", help="latent store (Zarr) to draw a reconstruction gallery from"
     )
     parser.add_argument(
+        "--condition", action="append", default=[], metavar="LABEL=STORE",
+        help="a corrupted condition's label and latent store (repeat): adds the robustness table",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gan-method", default="stylemix_fine", help="robustness: the GAN ensemble's view group"
+    )
+    parser.add_argument(
+        "--image-method", default="crop", help="robustness: the combined ensemble's image views"
+    )
+    parser.add_argument(
         "--config",
         metavar="YAML",
         help="report options (keys of ReportConfig; 'ensemble:' for α-CV)",
@@ -39,11 +51,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from ganviews.core.config import config_from
+    from ganviews.core.errors import ConfigError
     from ganviews.report.tables import ReportConfig
+    from tasks.corrupt import RobustnessJob
     from tasks.evaluate import run_evaluate
 
     config = config_from(ReportConfig, args.config, key="")
-    outputs = run_evaluate(args.logits, args.out, store=args.store, config=config)
+    stores = {}
+    for spec in args.condition:
+        label, sep, path = spec.partition("=")
+        if not (sep and label and path):
+            raise ConfigError(f"--condition: expected LABEL=STORE, got {spec!r}")
+        stores[label] = Path(path)
+    robustness = (
+        RobustnessJob(stores, gan_method=args.gan_method, image_method=args.image_method)
+        if stores
+        else None
+    )
+    outputs = run_evaluate(
+        args.logits, args.out, store=args.store, config=config, robustness=robustness
+    )
     print(outputs.report_md)
     return 0

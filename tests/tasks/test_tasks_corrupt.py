@@ -182,6 +182,16 @@ def test_conditions_flow_through_inversion_views_logits_and_report(tmp_path):
     assert np.flatnonzero(cli.read_array(CORRUPTION_DONE, np.arange(12))).tolist() == [0, 1, 2, 3]
     assert main(["corrupt", str(clean.path), str(tmp_path / "x"), "--condition", "pgd"]) == 2
 
+    # ganviews report with --condition adds the robustness section
+    rep = tmp_path / "rep"
+    cond = f"pgd-8_255={jobs[0].corrupt.store}"
+    assert (
+        main(["report", "--logits", str(cfg.paths.logits), "--out", str(rep), "--condition", cond])
+        == 0
+    )
+    assert pd.read_csv(rep / "robustness.csv")["condition"].tolist() == ["clean", "pgd-8_255"]
+    assert "Robustness to corrupted inputs" in (rep / "report.md").read_text()
+
 
 def test_config_checks_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="corruptions.gan_method: 'stylemix_middle'"):
