@@ -22,6 +22,7 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from ganviews.core.errors import ConfigError, GanviewsError
+from ganviews.core.runtime import exit_with_parent
 from storage.errors import StoreError
 from tasks.run_state import ShardProgress, shard_name
 
@@ -70,6 +71,7 @@ def run_shard(
     library's loggers reach the run's logs and the summary is logged.
     """
     shard = (int(shard[0]), int(shard[1]))
+    exit_with_parent()  # a process-pool worker must not outlive a killed `ganviews run`
     for name in LIBRARY_LOGGERS:  # per-batch progress reaches the run's logs
         if logging.getLogger(name).level == logging.NOTSET:
             logging.getLogger(name).setLevel(logging.INFO)
