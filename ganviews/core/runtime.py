@@ -36,13 +36,16 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def set_numerics_policy(device: torch.device) -> None:
-    """Process-wide knobs that are safe to share between threads, set once per process.
+    """Process-wide defaults for code that runs outside a :class:`NumericsPolicy` call.
 
-    Precision is *not* decided here: it is per call, :func:`numerics` with a
-    :class:`NumericsPolicy`, so two threads driving two GPUs cannot race on it.
+    Calls that need a precision say so per call (``NumericsPolicy(...).networks(device)``),
+    so two threads driving two GPUs cannot race on it; this only sets what everything else
+    gets: TF32 on CUDA (rendering, classification and training tolerate ≈1e-3 relative
+    rounding) and cuDNN autotuning (input sizes are fixed within a job, so it pays off after
+    the first batch). The TF32 default is restored whenever the last policy call leaves.
     """
     if device.type == "cuda":
-        # Input sizes are fixed within a job, so cuDNN autotuning pays off after the first batch.
+        _TF32_GATE.set_default(True)
         torch.backends.cudnn.benchmark = True
 
 
@@ -95,7 +98,21 @@ class _TF32Gate:
         self._cond = threading.Condition()
         self._holders = 0
         self._tf32: bool | None = None
+        self._default: bool | None = None  # the setting outside policy calls (None: as is)
         self._local = threading.local()
+
+    def set_default(self, tf32: bool) -> None:
+        """The setting for code outside policy calls; applied now if nobody holds the gate."""
+        with self._cond:
+            self._default = tf32
+            if self._holders == 0:
+                self._apply(tf32)
+
+    def _apply(self, tf32: bool) -> None:
+        mode = "tf32" if tf32 else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = mode
+        torch.backends.cudnn.conv.fp32_precision = mode
+        self._tf32 = tf32
 
     @contextlib.contextmanager
     def hold(self, device: torch.device, tf32: bool) -> Iterator[None]:
@@ -112,10 +129,7 @@ class _TF32Gate:
             while self._holders and self._tf32 != tf32:
                 self._cond.wait()
             if self._holders == 0 and self._tf32 != tf32:
-                mode = "tf32" if tf32 else "ieee"
-                torch.backends.cuda.matmul.fp32_precision = mode
-                torch.backends.cudnn.conv.fp32_precision = mode
-                self._tf32 = tf32
+                self._apply(tf32)
             self._holders += 1
         self._local.held = [*held, tf32]
         try:
@@ -124,6 +138,8 @@ class _TF32Gate:
             self._local.held = held
             with self._cond:
                 self._holders -= 1
+                if self._holders == 0 and self._default not in (None, self._tf32):
+                    self._apply(self._default)
                 self._cond.notify_all()
 
 

@@ -409,7 +409,8 @@ def lbfgs_minimize(
     Once none remain, the batch halves whenever at most half of its slots are still busy
     (a few fixed shapes, little wasted work). ``fn`` always receives the problem ids of the
     slots as ``index``. ``compile``: run the bookkeeping through ``torch.compile``
-    (fullgraph; on CUDA with CUDA graphs, ``mode="reduce-overhead"``).
+    (fullgraph; on CUDA with CUDA graphs, ``mode="reduce-overhead"``); the batch then keeps
+    its one shape to the end, so nothing is compiled or captured twice.
     """
     _check_x0(x0, steps)
     num, dim = x0.shape
@@ -456,7 +457,7 @@ def lbfgs_minimize(
             busy = [j for j, i in enumerate(item) if i >= 0]
             if not busy:
                 break
-            if queued == num and len(busy) <= len(item) // 2:
+            if queued == num and not compile and len(busy) <= len(item) // 2:
                 st, item = _shrink(st, item, busy)
                 slot_item = torch.tensor([max(i, 0) for i in item], device=x0.device)
     log.debug("L-BFGS: %d problems in %d slots, %d batched calls", num, width, out.batch_calls)

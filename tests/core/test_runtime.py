@@ -59,6 +59,11 @@ def test_tf32_gate_never_flips_the_switches_under_a_holder() -> None:
         with _TF32_GATE.hold(cuda, True), pytest.raises(RuntimeError, match="nested policy"):
             with _TF32_GATE.hold(cuda, False):
                 pass
+        # The process default (set_numerics_policy: TF32 on CUDA) returns after an exact call.
+        _TF32_GATE.set_default(True)
+        with _TF32_GATE.hold(cuda, False):
+            assert matmul.fp32_precision == "ieee"
+        assert matmul.fp32_precision == "tf32"
     finally:
         matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = old
-        _TF32_GATE._tf32 = None
+        _TF32_GATE._tf32 = _TF32_GATE._default = None
