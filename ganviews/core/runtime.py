@@ -64,7 +64,7 @@ class NumericsPolicy:
     L-BFGS state (iterates, gradients, curvature pairs) is fp32 (or the generator's dtype).
     """
 
-    precision: str = "tf32"
+    precision: str = "exact"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -64,7 +64,7 @@ class InversionConfig:
     lpips_resolution: int | None = None  # area-downsample to this size before LPIPS (None: full)
     noise_mode: Literal["const", "none"] = "const"  # synthesis noise (deterministic objective)
     batch_size: int | Literal["auto"] = 16  # slots optimised together; "auto": fit free memory
-    precision: Literal["exact", "tf32", "bf16"] = "tf32"  # networks' numerics (NumericsPolicy)
+    precision: Literal["exact", "tf32", "bf16"] = "exact"  # networks' numerics (NumericsPolicy)
     progress_tol: float = 0.0  # opt-in early stop: relative loss gain per window ≤ this (0: off)
     progress_window: int = 50  # L-BFGS steps per progress check
 
