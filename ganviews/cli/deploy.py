@@ -187,18 +187,10 @@ def ensure_zombie_automation(heartbeat: int, after: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
+    from ganviews.cli._api import check_api
     from ganviews.core.errors import ConfigError
 
-    if not os.environ.get("PREFECT_API_URL"):
-        from prefect.settings import PREFECT_API_URL
-
-        if not PREFECT_API_URL.value():
-            raise ConfigError(
-                "PREFECT_API_URL is not set: point it at the Prefect server, e.g. "
-                "PREFECT_API_URL=http://HOST:4200/api ganviews deploy"
-            )
+    check_api()  # one line for an unset URL, a closed port or a server that never answers
     if args.heartbeat_seconds < 30:
         raise ConfigError(f"--heartbeat-seconds: {args.heartbeat_seconds}; Prefect needs ≥ 30")
     after = args.zombie_after or 3 * args.heartbeat_seconds

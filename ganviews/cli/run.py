@@ -74,10 +74,9 @@ def load_job(args: argparse.Namespace):
 
 
 def prepare_environment(cfg) -> None:
-    """Library logs into the run logs; distributed mode needs a server (one clear line if unset)."""
+    """Library logs into the run logs; distributed mode needs a server that answers (one clear
+    line when it is unset, unreachable or silent)."""
     import os
-
-    from ganviews.core.errors import ConfigError
 
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", EXTRA_LOGGERS)
     if cfg.orchestration.mode != "distributed":
@@ -85,13 +84,9 @@ def prepare_environment(cfg) -> None:
         # which on an offline node logged an error on every run; an explicit setting wins.
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         return
-    from prefect.settings import PREFECT_API_URL
+    from ganviews.cli._api import check_api
 
-    if not (os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()):
-        raise ConfigError(
-            "orchestration.mode: distributed needs a Prefect server; set PREFECT_API_URL "
-            "(e.g. http://HOST:4200/api) — see `ganviews deploy` and docs/orchestration.md"
-        )
+    check_api()  # one line for an unset URL, a closed port or a server that never answers
 
 
 def print_outcome(outcome: dict) -> None:

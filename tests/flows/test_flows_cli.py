@@ -44,10 +44,7 @@ def test_distributed_mode_needs_a_server(tmp_path, stylegan2_fixtures, capsys, m
         if PREFECT_API_URL.value():
             pytest.skip("a Prefect API URL is configured in this environment's profile")
         assert main(["run", str(tmp_path / "pipeline.yaml"), "--mode", "distributed"]) == 2
-    assert (
-        "orchestration.mode: distributed needs a Prefect server; set PREFECT_API_URL"
-        in capsys.readouterr().err
-    )
+    assert "PREFECT_API_URL is not set: point it at the Prefect server" in capsys.readouterr().err
 
 
 def test_embedded_run_starts_prefect_without_telemetry_unless_set(
