@@ -194,15 +194,22 @@ def training_data(cfg: MultiviewConfig, variant: Variant) -> tuple[np.ndarray, n
 
 
 def run_train_variant(config, variant: Mapping[str, Any] | Variant, device: str = "auto") -> dict:
-    """Train (or resume, or skip when done) one variant's encoder into ``encoders/``."""
+    """Train (or resume, or skip when done) one variant's encoder into ``encoders/``.
+
+    Done = the encoder file and its ``.json`` sidecar exist and the sidecar's training and
+    sampling settings equal the current ones (other settings: trained again)."""
     from ganviews.genrep.contrastive import ContrastiveModel, save_encoder, train_contrastive
 
     cfg = load_multiview_config(config)
     variant = variant if isinstance(variant, Variant) else from_dict(Variant, variant)
     name = variant.name(cfg.sampling.sigma)
     out = encoder_path(cfg, variant)
-    if out.is_file():
-        return {"variant": name, "skipped": f"{out.name} exists"}
+    made_by = {"train": to_dict(cfg.train), "sampling": to_dict(cfg.sampling)}
+    sidecar = out.with_suffix(".json")
+    if out.is_file() and sidecar.is_file():
+        if json.loads(sidecar.read_text()).get("made_by") == json.loads(json.dumps(made_by)):
+            return {"variant": name, "skipped": f"{out.name} exists"}
+        _log().info("multiview: %s was trained with other settings; training again", out.name)
     dev = resolve_device(device if device != "auto" else cfg.device)
     set_numerics_policy(dev)
     t0 = time.perf_counter()
@@ -226,7 +233,7 @@ def run_train_variant(config, variant: Mapping[str, Any] | Variant, device: str 
     save_encoder(model, out)
     out.with_suffix(".ckpt").unlink(missing_ok=True)
     seconds = round(time.perf_counter() - t0, 2)
-    out.with_suffix(".json").write_text(json.dumps({"n_samples": n, "train_seconds": seconds}))
+    sidecar.write_text(json.dumps({"n_samples": n, "train_seconds": seconds, "made_by": made_by}))
     _log().info("multiview: trained %s on %d samples (%.1f s)", name, n, seconds)
     return {"variant": name, "n_samples": n, "seconds": seconds}
 
