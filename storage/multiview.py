@@ -18,7 +18,9 @@ Every array is chunked along axis 0 by ``shard_size``: shard k is ``[k·shard_si
 shards never write the same file. :meth:`MultiviewStore.write_shard` writes all data arrays
 first and the status chunk last, each chunk by temp file + fsync + rename
 (:class:`storage.atomic.DurableLocalStore`): a writer killed at any instant leaves no anchor
-marked done without its data, and a rerun rewrites only shards with pending anchors.
+marked done without its data, and a rerun rewrites only shards with pending anchors. Every
+array ends its codec chain with crc32c (:mod:`storage.integrity`), so a damaged chunk fails to
+decode instead of giving wrong pixels.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from zarr.codecs import ZstdCodec
 from storage.atomic import DurableLocalStore, remove_stale_partials
 from storage.errors import StoreError
 from storage.identity import code_version, config_hash, diff_mappings, plain
+from storage.integrity import CHECKSUM
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +125,7 @@ class MultiviewStore:
                 chunks=(layout["shard_size"], *shape[1:]),
                 dtype=dtype,
                 fill_value=fill,
-                compressors=[CODEC],
+                compressors=[CODEC, CHECKSUM],  # crc32c: a damaged chunk fails to decode
             )
         log.info("created multiview store %s: %s", path, layout)
         return cls(group, path)
