@@ -63,8 +63,10 @@ def load_multiview_config(
     if "multiview" not in data:
         raise ConfigError("multiview: section missing from the config (see configs/example.yaml)")
     section = dict(data["multiview"] or {})
-    section.setdefault("generator", (data.get("models") or {}).get("generator"))
-    section.setdefault("manifest", (data.get("data") or {}).get("manifest"))
+    if section.get("generator") is None:
+        section["generator"] = (data.get("models") or {}).get("generator")
+    if section.get("manifest") is None:
+        section["manifest"] = (data.get("data") or {}).get("manifest")
     cfg = from_dict(MultiviewConfig, section, key="multiview")
     changes = {}
     for key in PATH_KEYS:
