@@ -36,6 +36,7 @@ from torchvision.transforms import v2
 
 from ganviews.core.config import from_dict, to_dict
 from ganviews.core.errors import CheckpointError, ConfigError
+from ganviews.core.images import uint8_to_signed
 from ganviews.core.runtime import item_generator
 from ganviews.core.weights_io import (
     load_training_state,
@@ -139,7 +140,7 @@ class ContrastiveModel(nn.Module):
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
     """uint8 [N, C, H, W] → float [-1, 1] on the same device (the network's input scale)."""
-    return images.float().div(127.5).sub(1.0)
+    return uint8_to_signed(images)
 
 
 def simclr_transform(cfg: ContrastiveConfig, size: int) -> v2.Transform:

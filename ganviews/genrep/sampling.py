@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ganviews.core.errors import ConfigError
+from ganviews.core.images import signed_to_uint8
 from ganviews.core.runtime import item_generator
 
 log = logging.getLogger(__name__)
@@ -158,8 +159,8 @@ def render_latents(
             if G.c_dim > 0:
                 c = torch.as_tensor(flat_labels[start : start + batch_size], device=device)
             ws = G.mapping(chunk, c, truncation_psi=cfg.truncation_psi)  # [B, L, w_dim]
-        img = G.synthesis(ws, noise_mode="const").float().clamp(-1, 1)  # [B, C, R, R]
-        out[start : start + len(chunk)] = ((img + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+        img = G.synthesis(ws, noise_mode="const").float()  # [B, C, R, R]
+        out[start : start + len(chunk)] = signed_to_uint8(img).cpu().numpy()
     return out.reshape(n, num_views, *out.shape[1:])
 
 
