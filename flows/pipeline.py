@@ -14,6 +14,7 @@ from prefect.logging import get_run_logger
 
 from flows import stages as S
 from ganviews.core.errors import ConfigError
+from ganviews.core.stop import stop_requested
 from tasks.pipeline_config import STAGES, as_config, check_files, job_name, pipeline_config_dict
 
 STAGE_FLOWS = {
@@ -53,4 +54,10 @@ def pipeline(config: str | dict[str, Any], stages: list[str] | None = None) -> d
         "job %s: stages %s, %s mode", job_name(cfg), ", ".join(chosen), cfg.orchestration.mode
     )
     params = pipeline_config_dict(cfg)  # stage flows are runs of their own: plain parameters
-    return {stage: STAGE_FLOWS[stage](params) for stage in chosen}
+    outcome = {}
+    for stage in chosen:
+        if stop_requested():  # first Ctrl-C / SIGTERM: no further stage starts
+            logger.warning("stop requested: stages from %s on not started", stage)
+            break
+        outcome[stage] = STAGE_FLOWS[stage](params)
+    return outcome

@@ -34,11 +34,12 @@ from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from ganviews.core.errors import GanviewsError
+from ganviews.core.errors import ConfigError, GanviewsError
+from ganviews.core.stop import stop_requested
 from tasks.jobs import from_plain, to_plain
 from tasks.pipeline_config import PipelineConfig, job_name
 from tasks.run_state import shard_name
-from tasks.shard_runner import device_list
+from tasks.shard_runner import device_list, is_permanent
 from tasks.stages import SHARD_STAGES
 
 SHARD_FLOW = "ganviews-shard"
@@ -48,12 +49,18 @@ class ShardsFailed(GanviewsError):
     """Some shards of a stage did not complete; ``ganviews resume CONFIG`` picks them up again."""
 
 
+class ShardsMisconfigured(ShardsFailed, ConfigError):
+    """Shards failed on an error a rerun repeats (config, input): resuming would fail the same
+    way, so the message says to fix the config instead (tasks.shard_runner.is_permanent)."""
+
+
 @dataclass
 class ShardReport:
     stage: str
     planned: int = 0
     summaries: list[dict[str, Any]] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)  # shard → reason
+    config_failures: set[str] = field(default_factory=set)  # shards failed on permanent errors
 
 
 def artifact_key(*parts: str) -> str:
@@ -125,6 +132,13 @@ def run_shards(
         key=artifact_key(job_name(cfg), stage, "shards"),
         description=f"{stage}: one row per shard of this run",
     )
+    if report.config_failures:
+        first = sorted(report.config_failures)[0]
+        raise ShardsMisconfigured(
+            f"{stage}: {len(report.config_failures)} of {len(shards)} shards failed on an error a "
+            f"rerun repeats (first: {first}: {report.failures[first]}); fix the config or the input "
+            "and run again (resuming as it is would fail the same way)"
+        )
     if report.failures:
         first = next(iter(report.failures.items()))
         raise ShardsFailed(
@@ -150,8 +164,8 @@ def _run_embedded(
         cfg.orchestration.task_runner,
     )
     with runner_type(max_workers=len(devices)) as runner:
-        while queue or running:
-            while queue and free:  # each free device takes the next shard
+        while running or (queue and not stop_requested()):
+            while queue and free and not stop_requested():  # each free device takes the next shard
                 device, shard = free.pop(0), queue.popleft()
                 future = runner.submit(task, {"job": job, "shard": list(shard), "device": device})
                 running[future] = (device, shard)
@@ -163,6 +177,8 @@ def _run_embedded(
                 progress.step(shard, f"completed on {device}")
             except Exception as exc:  # noqa: BLE001 - recorded and reported after the other shards
                 report.failures[shard_name(shard)] = f"{type(exc).__name__}: {exc}"
+                if is_permanent(exc):
+                    report.config_failures.add(shard_name(shard))
                 progress.step(shard, f"FAILED on {device}: {type(exc).__name__}: {exc}")
 
 

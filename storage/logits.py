@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from storage.atomic import atomic_write_parquet, remove_stale_partials
+from storage.atomic import atomic_write_bytes, atomic_write_parquet, remove_stale_partials
 from storage.errors import StoreError
 
 PARTITION_COLUMNS = ("task", "classifier", "method")
@@ -69,6 +69,8 @@ CLEAN = "clean"  # the condition of untouched inputs; files written before the c
 OPTIONAL_COLUMNS = {"condition": CLEAN}  # columns older files may lack → the value they read as
 SPLITS = ("train", "val", "test")
 METADATA_KEY = b"ganviews"
+# what the dataset was made from; a leading "_" keeps it out of every Parquet reader's way
+IDENTITY_FILE = "_ganviews_identity.json"
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _STRING_COLUMNS = {f.name for f in LOGITS_SCHEMA if pa.types.is_string(f.type)}
@@ -178,13 +180,18 @@ def write_logits(
     *,
     shard: str,
     metadata: Mapping[str, object] | None = None,
+    identity: Mapping[str, object] | None = None,
 ) -> list[Path]:
     """Write one shard's rows: one file per partition, replacing that shard's rows of the same
     (task, classifier, method, setting); returns the files written.
 
     ``shard`` names the writer's unit of work (e.g. ``"000000-000064"``); ``metadata`` (config,
     code version, model hashes) is stored as JSON in each file's key-value metadata.
+    ``identity`` (flat key → JSON value) is checked against the dataset's recorded identity
+    before anything is written (:func:`check_identity`) and merged into it afterwards.
     """
+    if identity is not None:
+        check_identity(root, identity)
     if not isinstance(shard, str) or not _SAFE_KEY.match(shard):
         raise StoreError(f"shard key {shard!r} must use letters, digits, '_', '.', '-' only")
     if isinstance(rows, pa.Table):
@@ -252,7 +259,46 @@ def write_logits(
         atomic_write_parquet(part, final)
         remove_stale_partials(folder)
         written.append(final)
+    if identity is not None:
+        record_identity(root, identity)
     return written
+
+
+def read_identity(root: str | Path) -> dict[str, object]:
+    """What the dataset was made from (key → value): ``{}`` for a dataset without a record."""
+    path = Path(root) / IDENTITY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{path}: unreadable identity record ({exc})") from exc
+
+
+def check_identity(root: str | Path, identity: Mapping[str, object]) -> None:
+    """StoreError naming every key whose recorded value differs from ``identity``'s.
+
+    Keys the record lacks are new (a classifier or a view group added) and allowed; a key with
+    another value (another generator, store, seed, or a group rendered with other settings)
+    would mix two experiments in one folder.
+    """
+    given = json.loads(json.dumps(dict(identity), default=str, sort_keys=True))
+    stored = read_identity(root)
+    differ = sorted(k for k in given if k in stored and stored[k] != given[k])
+    if differ:
+        shown = "; ".join(f"{k}: stored {stored[k]!r}, given {given[k]!r}" for k in differ[:5])
+        more = f" (and {len(differ) - 5} more)" if len(differ) > 5 else ""
+        raise StoreError(
+            f"logits dataset {root} was made with other settings: {shown}{more}; write to a new "
+            "logits folder (or delete this one) instead of mixing the two"
+        )
+
+
+def record_identity(root: str | Path, identity: Mapping[str, object]) -> None:
+    """Merge ``identity`` into the dataset's record (``ROOT/_ganviews_identity.json``)."""
+    merged = {**read_identity(root), **json.loads(json.dumps(dict(identity), default=str))}
+    data = json.dumps(merged, indent=1, sort_keys=True).encode()
+    atomic_write_bytes(Path(root) / IDENTITY_FILE, data)
 
 
 def _partition_mask(table: pa.Table, group: Mapping[str, str]) -> pa.ChunkedArray:

@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from ganviews.core.config import to_dict
 from ganviews.core.errors import ConfigError, GanviewsError
 from ganviews.core.images import signed_to_uint8, uint8_to_signed
 from ganviews.core.runtime import file_sha256, resolve_device, set_numerics_policy
+from ganviews.core.stop import stop_requested
 from ganviews.inversion.lbfgs import Status
 from storage.arrays import ALIGNED, MASK, RECON
 from storage.errors import StoreError
@@ -274,8 +275,12 @@ def invert_shard_with(
     inversion_cfg,
     image_root: str | Path | None = None,
     retry_failed: bool = True,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Invert the pending (+ failed) items of one shard with loaded models → summary dict."""
+    """Invert the pending (+ failed) items of one shard with loaded models → summary dict.
+
+    Each batch logs the shard's progress (items, images/s, evaluations/s = images/s × L-BFGS
+    steps, ETA); ``on_batch(n)`` is called with the batch's size (a terminal progress bar)."""
     start, stop = shard_range(store, shard)
     check_align_resolution(align_cfg, G)
     manifest = store.manifest()
@@ -298,6 +303,9 @@ def invert_shard_with(
     root = Path(image_root) if image_root is not None else store.path
     per_call = images_per_call(inversion_cfg)
     for b in range(0, len(todo), per_call):
+        if stop_requested():  # first Ctrl-C / SIGTERM: end between written batches
+            summary["stopped"] = True
+            break
         idx = todo[b : b + per_call]
         out = invert_batch_into(
             store,
@@ -313,10 +321,21 @@ def invert_shard_with(
         summary["done"] += out["done"]
         summary["failed"] += out["failed"]
         loss_sum, psnr_sum = loss_sum + out["loss"], psnr_sum + out["psnr"]
-        log.info("shard %s: %d/%d items handled", summary["shard"], b + len(idx), len(todo))
+        handled, elapsed = b + len(idx), time.perf_counter() - t0
+        rate = handled / elapsed if elapsed > 0 else float("nan")
+        log.info(
+            "shard %s: %d/%d items handled, %.2f images/s, %.0f evaluations/s, ETA %.0f s",
+            summary["shard"], handled, len(todo), rate, rate * inversion_cfg.steps,
+            (len(todo) - handled) / rate if rate > 0 else float("nan"),
+        )  # fmt: skip
+        if on_batch is not None:
+            on_batch(len(idx))
     if summary["done"]:
         summary.update(mean_loss=loss_sum / summary["done"], mean_psnr=psnr_sum / summary["done"])
     summary["seconds"] = time.perf_counter() - t0
+    summary["images_per_second"] = (summary["done"] + summary["failed"]) / max(
+        summary["seconds"], 1e-9
+    )
     return summary
 
 
@@ -376,6 +395,7 @@ def run_invert(
     *,
     device: str | torch.device = "auto",
     retry_failed: bool = True,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Invert the pending (and, with ``retry_failed``, failed) items of ``shards`` of the store
     (indices into ``store.shards()`` or ``(start, stop)``; None: every shard) → one summary each.
@@ -404,7 +424,7 @@ def run_invert(
         with shard_lease(store.path, start // store.shard_size):  # one writer per shard
             summary = invert_shard_with(
                 store, shard, G, E, P, align_cfg=job.align, inversion_cfg=job.invert,
-                image_root=job.image_root, retry_failed=retry_failed,
+                image_root=job.image_root, retry_failed=retry_failed, on_batch=on_batch,
             )  # fmt: skip
         out.append({**summary, "seed": job.seed})
     return out

@@ -36,8 +36,9 @@ from prefect import task
 from ganviews.core.config import to_dict
 from ganviews.core.errors import ConfigError, GanviewsError
 from ganviews.core.runtime import file_sha256, resolve_device, set_numerics_policy
+from ganviews.core.stop import stop_requested
 from ganviews.views.perturb import PCAStats
-from ganviews.views.render import GroupLogits, ViewConfig, render_and_classify
+from ganviews.views.render import GroupLogits, ViewConfig, render_and_classify, view_groups
 from storage.arrays import view_array
 from storage.identity import code_version
 from storage.latents import LatentStore
@@ -140,6 +141,14 @@ def render_shard_with(
 ) -> dict[str, Any]:
     """Render + classify the done images of one shard with loaded models; write logits (+ views)."""
     start, stop = shard_range(store, shard)
+    if stop_requested():  # first Ctrl-C / SIGTERM: a shard is rendered whole, or not started
+        return {
+            "shard": shard_name((start, stop)),
+            "images": 0,
+            "rows": 0,
+            "files": 0,
+            "stopped": True,
+        }
     manifest = store.manifest()
     if manifest is None:
         raise ConfigError(f"{store.path} has no manifest.parquet: splits and labels come from it")
@@ -192,11 +201,39 @@ def render_shard_with(
         "store": str(store.path),
         "code_version": code_version(),
     }
-    files = write_logits(logits_dir, frame, shard=summary["shard"], metadata=metadata)
+    identity = logits_identity(store, G, classifiers, col_of, view_cfg, seed)
+    files = write_logits(
+        logits_dir, frame, shard=summary["shard"], metadata=metadata, identity=identity
+    )
     if view_cfg.persist_views:
         persist_views(store, idx, groups)
     summary.update(rows=int(len(frame)), files=len(files))
     return summary
+
+
+# view settings that change every group's renders (the rest only change speed or outputs kept)
+_RENDER_KEYS = ("jitter", "pca_components", "noise_mode", "dtype", "combined_renders")
+
+
+def logits_identity(
+    store: LatentStore, G, classifiers: Mapping[str, Any], tasks: Mapping[str, str], view_cfg, seed
+) -> dict[str, Any]:
+    """What a logits dataset is made from, one flat key per part: the store and generator, the
+    seed, each classifier (file hash, task) and each view group (its views and render
+    settings). A render into a folder whose record differs on a key is refused
+    (storage.logits.check_identity); new keys — another classifier or group — are added."""
+    shared = {k: v for k, v in to_dict(view_cfg).items() if k in _RENDER_KEYS}
+    out: dict[str, Any] = {
+        "generator_sha256": G.sha256,
+        "store": {k: store.attrs.get(k) for k in ("created_at", "config_hash")},
+        "seed": seed,
+    }
+    for name, C in classifiers.items():
+        out[f"classifier/{name}"] = {"sha256": C.sha256, "task": tasks[name]}
+    for g in view_groups(view_cfg):
+        spec = {"num_views": g.num_views, "layers": g.layers, "sigma": g.sigma, **shared}
+        out[f"group/{g.method}/{g.setting}"] = spec
+    return out
 
 
 def persist_views(store: LatentStore, idx: np.ndarray, groups: Iterable[GroupLogits]) -> list[str]:
@@ -306,7 +343,8 @@ def _render_shard(job: RenderJob, shard: tuple[int, int], device: str) -> dict[s
     store = LatentStore.open(job.store, mode="r")
     key = render_key(job, _shard_ids(store, shard), model_hashes(job))
     summary = run_render(job, [shard], device=device)[0]
-    write_json(_marker(job, shard), {"key": key, **summary})
+    if not summary.get("stopped"):  # the marker says the shard's logits are complete
+        write_json(_marker(job, shard), {"key": key, **summary})
     return summary
 
 

@@ -54,11 +54,16 @@ def device_list(devices: str | Sequence[str]) -> list[str]:
     return [f"cuda:{i}" for i in range(n)] or ["cpu"]
 
 
+def is_permanent(exc: BaseException) -> bool:
+    """Configuration, identity and input errors: a rerun repeats them."""
+    return isinstance(exc, (ConfigError, GanviewsError, StoreError, TypeError, ValueError))
+
+
 def is_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry condition: configuration, identity and input errors fail at once; anything else
+    """Retry condition: permanent errors (:func:`is_permanent`) fail at once; anything else
     (I/O, CUDA out of memory, a lost connection) is retried with back-off."""
     exc = state.data if isinstance(getattr(state, "data", None), BaseException) else None
-    return not isinstance(exc, (ConfigError, GanviewsError, StoreError, TypeError, ValueError))
+    return not (exc is not None and is_permanent(exc))
 
 
 def run_shard(

@@ -215,6 +215,16 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
 
 
+def resume_command(args: argparse.Namespace) -> str:
+    """The ``ganviews demo`` command line that continues this demo (a rerun resumes)."""
+    import shlex
+
+    parts = ["ganviews", "demo", "--out", str(args.out), "--config", str(args.config)]
+    if args.limit is not None:
+        parts += ["--limit", str(args.limit)]
+    return shlex.join(parts)
+
+
 def _run(args: argparse.Namespace) -> int:
     import json
     import shutil
@@ -268,27 +278,45 @@ def _run(args: argparse.Namespace) -> int:
     )
     prepare_environment(cfg)
     from flows.pipeline import pipeline
+    from ganviews.cli._interrupt import report_interrupted, run_interruptible
+    from ganviews.cli.server import embedded_api, stop_server
+    from tasks.preflight import preflight
+
+    preflight(cfg, STAGES)
 
     print(
         f"pipeline: Prefect flow 'ganviews-pipeline' (embedded, {cfg.orchestration.devices}) → {out}",
         flush=True,
     )
-    outcome = {}
-    for stage in STAGES:  # one flow run per stage, so each stage's wall time is measured
-        t = time.perf_counter()
-        outcome.update(pipeline(plain, stages=[stage]))
-        times[stage] = round(time.perf_counter() - t, 2)
-        result = outcome[stage]
-        what = (
-            f"skipped ({result['skipped']})"
-            if "skipped" in result
-            else ", ".join(
-                f"{k}={v}"
-                for k, v in result.items()
-                if k != "stage" and not isinstance(v, (dict, list))
+
+    def stages() -> None:
+        outcome = {}
+        for stage in STAGES:  # one flow run per stage, so each stage's wall time is measured
+            t = time.perf_counter()
+            outcome.update(pipeline(plain, stages=[stage]))
+            times[stage] = round(time.perf_counter() - t, 2)
+            result = outcome[stage]
+            what = (
+                f"skipped ({result['skipped']})"
+                if "skipped" in result
+                else ", ".join(
+                    f"{k}={v}"
+                    for k, v in result.items()
+                    if k != "stage" and not isinstance(v, (dict, list))
+                )
             )
+            print(f"  {stage:17s} {times[stage]:6.1f} s  {what}", flush=True)
+
+    resume = resume_command(args)
+    with embedded_api() as server:
+        interrupted, _ = run_interruptible(
+            stages,
+            command="ganviews demo",
+            resume=resume,
+            on_exit_now=lambda: stop_server(server, wait=2.0),
         )
-        print(f"  {stage:17s} {times[stage]:6.1f} s  {what}", flush=True)
+    if interrupted:
+        return report_interrupted("ganviews demo", resume)
     times["total"] = round(time.perf_counter() - t0, 2)
     (out / "timings.json").write_text(json.dumps(times, indent=2) + "\n")
     report = cfg.paths.report / "report.md"

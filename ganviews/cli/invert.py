@@ -3,7 +3,7 @@
 
     ganviews invert MANIFEST STORE --generator G.pkl [--encoder E.pth.tar|E.safetensors] [--config inv.yaml]
         [--split val,test] [--shards all|0:4|0,2,5-7] [--shard-size 64] [--device auto] [--overwrite]
-        [--allow-mixed-numerics]
+        [--allow-mixed-numerics] [--no-retry-failed]
 
 The YAML holds two optional sections, ``align:`` (AlignConfig; ``resolution`` defaults to
 the generator's) and ``invert:`` (InversionConfig). The store records the generator's and encoder's content hashes and the
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 CONFIG_SECTIONS = ("align", "invert")
 
@@ -53,7 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--shards", default="all", help="all, a:b (end exclusive) or 0,2,5-7 (default all)"
     )
     parser.add_argument(
-        "--shard-size", type=int, default=64, metavar="K", help="images per shard (default 64)"
+        "--shard-size",
+        type=int,
+        metavar="K",
+        help="images per shard of a new store (default 64; an existing store keeps its own)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 … (default auto)")
     parser.add_argument(
@@ -64,6 +68,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="resume with another batch size, CPU thread count or device type than the store "
         "was started with (float32 results then differ slightly between images)",
+    )
+    parser.add_argument(
+        "--no-retry-failed",
+        dest="retry_failed",
+        action="store_false",
+        help="give up on images that failed before: invert only pending ones (failed images keep "
+        "their reason and are reported as excluded)",
     )
     parser.add_argument("--steps", type=int, metavar="N", help="override invert.steps")
     parser.add_argument("--batch-size", type=int, metavar="B", help="override invert.batch_size")
@@ -131,9 +142,19 @@ def load_config(path: str | None, args: argparse.Namespace):
     return align, from_dict(InversionConfig, inv, key="invert")
 
 
+def existing_shard_size(store: str | Path, overwrite: bool) -> int | None:
+    """The shard size of the store being resumed (None: no store yet, or it is replaced)."""
+    from storage import LatentStore
+
+    if overwrite or not (Path(store) / "zarr.json").is_file():
+        return None
+    return LatentStore.open(store, mode="r").shard_size
+
+
 def run(args: argparse.Namespace) -> int:
     import time
-    from pathlib import Path
+
+    from tqdm import tqdm
 
     from ganviews.core.config import from_dict
     from ganviews.core.errors import ConfigError
@@ -145,10 +166,9 @@ def run(args: argparse.Namespace) -> int:
     from tasks.pipeline_config import MAX_SHARD_SIZE
     from tasks.store_io import select_splits
 
-    if not 1 <= args.shard_size <= MAX_SHARD_SIZE:
-        raise ConfigError(
-            f"--shard-size: must be between 1 and {MAX_SHARD_SIZE}, got {args.shard_size}"
-        )
+    shard_size = args.shard_size or existing_shard_size(args.store, args.overwrite) or 64
+    if not 1 <= shard_size <= MAX_SHARD_SIZE:
+        raise ConfigError(f"--shard-size: must be between 1 and {MAX_SHARD_SIZE}, got {shard_size}")
     align, inv_cfg = load_config(args.config, args)
     splits = [s.strip() for s in (args.split or "").split(",") if s.strip()]
     manifest = select_splits(
@@ -177,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         lpips_weights_dir=Path(args.lpips_weights_dir) if args.lpips_weights_dir else None,
         allow_mixed_numerics=args.allow_mixed_numerics,
     )
-    store = prepare_store(job, manifest, G, E, shard_size=args.shard_size, overwrite=args.overwrite)
+    store = prepare_store(job, manifest, G, E, shard_size=shard_size, overwrite=args.overwrite)
     shards = parse_shards(args.shards, len(store.shards()))
     print(
         f"inverting {len(shards)} of {len(store.shards())} shards of {store.path} on {device} "
@@ -186,17 +206,25 @@ def run(args: argparse.Namespace) -> int:
     )
     done = failed = 0
     t0 = time.perf_counter()
+    todo = sum(
+        len(store.todo(retry_failed=args.retry_failed, shard=store.shards()[k])) for k in shards
+    )
+    # a bar on a terminal (tqdm hides itself when stderr is not one; the log has plain lines)
+    bar = tqdm(total=todo, unit="img", desc="invert", disable=None, leave=False)
     for k in shards:
-        s = run_invert(job, [k], device=device)[0]
+        s = run_invert(
+            job, [k], device=device, retry_failed=args.retry_failed, on_batch=bar.update
+        )[0]
         done, failed = done + s["done"], failed + s["failed"]
         extra = (
             f", mean loss {s['mean_loss']:.4f}, PSNR {s['mean_psnr']:.2f} dB" if s["done"] else ""
         )
         print(
             f"shard {k} [{s['shard']}]: {s['todo']} to do → {s['done']} done, {s['failed']} failed"
-            f"{extra}, {s['seconds']:.1f} s",
+            f"{extra}, {s['seconds']:.1f} s ({s['images_per_second']:.2f} images/s)",
             flush=True,
         )
+    bar.close()
     store = type(store).open(job.store, mode="r")
     total = len(store.done())
     print(

@@ -24,7 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ganviews.cli.run import load_job, prepare_environment, print_outcome
+    from ganviews.cli._interrupt import report_interrupted
+    from ganviews.cli.run import (
+        load_job,
+        prepare_environment,
+        print_outcome,
+        resume_command,
+        run_pipeline,
+    )
     from ganviews.core.errors import ConfigError
 
     cfg = load_job(args)
@@ -33,9 +40,10 @@ def run(args: argparse.Namespace) -> int:
             f"paths.store: no latent store at {cfg.paths.store}; nothing to resume (use `ganviews run`)"
         )
     prepare_environment(cfg)
-    from flows.pipeline import pipeline, select_stages
+    from flows.pipeline import select_stages
     from storage import LatentStore
-    from tasks.pipeline_config import check_files, job_name, pipeline_config_dict
+    from tasks.pipeline_config import check_files, job_name
+    from tasks.preflight import preflight
     from tasks.run_state import interrupted_shards
 
     store = LatentStore.open(cfg.paths.store, mode="r")
@@ -53,5 +61,10 @@ def run(args: argparse.Namespace) -> int:
         )
     stages = select_stages(args.stages)
     check_files(cfg, stages)
-    print_outcome(pipeline(pipeline_config_dict(cfg), stages=stages))
+    preflight(cfg, stages)
+    resume = resume_command(args)
+    interrupted, outcome = run_pipeline(cfg, stages, command="ganviews resume", resume=resume)
+    if interrupted:
+        return report_interrupted("ganviews resume", resume)
+    print_outcome(outcome)
     return 0

@@ -7,6 +7,8 @@ Stages run in order (train_encoder, invert, train_classifier, pca, render, evalu
 skips what is complete, so a rerun does only pending and failed work. Embedded mode (the
 default) runs on Prefect's local runtime, one concurrent shard per device; distributed mode
 needs ``PREFECT_API_URL`` (a server with the deployments of ``ganviews deploy`` and workers).
+The first Ctrl-C / SIGTERM stops after the current batch and prints the command that resumes
+the job; a second exits at once (:mod:`ganviews.cli._interrupt`).
 """
 
 from __future__ import annotations
@@ -100,18 +102,57 @@ def print_outcome(outcome: dict) -> None:
             print(f"{stage:17s} " + ", ".join(f"{k}={v}" for k, v in shown.items()))
 
 
+def resume_command(args: argparse.Namespace) -> str:
+    """The exact ``ganviews resume`` command line that continues this job."""
+    import shlex
+
+    parts = ["ganviews", "resume", args.config]
+    for flag in ("stages", "mode", "devices", "job"):
+        value = getattr(args, flag, None)
+        if value and not (flag == "stages" and value == "all"):
+            parts += [f"--{flag}", value]
+    return shlex.join(parts)
+
+
+def run_pipeline(cfg, stages: list[str], *, command: str, resume: str):
+    """The pipeline flow, stoppable by signal, with a private API server in embedded mode
+    → (interrupted, outcome)."""
+    import contextlib
+
+    from flows.pipeline import pipeline
+    from ganviews.cli._interrupt import run_interruptible
+    from ganviews.cli.server import embedded_api, stop_server
+    from tasks.pipeline_config import pipeline_config_dict
+
+    embedded = cfg.orchestration.mode == "embedded"
+    with embedded_api() if embedded else contextlib.nullcontext() as server:
+        return run_interruptible(
+            lambda: pipeline(pipeline_config_dict(cfg), stages=stages),
+            command=command,
+            resume=resume,
+            on_exit_now=lambda: stop_server(server, wait=2.0),
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = load_job(args)
     prepare_environment(cfg)
-    from flows.pipeline import pipeline, select_stages
-    from tasks.pipeline_config import check_files, job_name, pipeline_config_dict
+    from flows.pipeline import select_stages
+    from ganviews.cli._interrupt import report_interrupted
+    from tasks.pipeline_config import check_files, job_name
+    from tasks.preflight import preflight
 
     stages = select_stages(args.stages)
     check_files(cfg, stages)  # before any flow starts: a missing file is one line, at once
+    preflight(cfg, stages)  # every other cheap check, one line per problem, before any work
     print(
         f"ganviews run: job {job_name(cfg)}, stages {', '.join(stages)}, {cfg.orchestration.mode} mode",
         flush=True,
     )
-    print_outcome(pipeline(pipeline_config_dict(cfg), stages=stages))
+    resume = resume_command(args)
+    interrupted, outcome = run_pipeline(cfg, stages, command="ganviews run", resume=resume)
+    if interrupted:
+        return report_interrupted("ganviews run", resume)
+    print_outcome(outcome)
     print(f"store status: ganviews status {cfg.paths.store}")
     return 0

@@ -358,3 +358,32 @@ def test_sql_view_reads_old_files_as_clean(tmp_path):
 def test_condition_label_must_name_a_file(tmp_path):
     with pytest.raises(StoreError, match="condition.*pgd-8/255"):
         write_logits(tmp_path, rows(["a"]).assign(condition="pgd-8/255"), shard="s0")
+
+
+def test_identity_record_refuses_differing_keys_and_merges_new_ones(tmp_path):
+    from storage.logits import IDENTITY_FILE, read_identity
+
+    ident = {"generator_sha256": "g1", "group/isotropic_fine/0.3": {"num_views": 9}}
+    write_logits(tmp_path, rows(["a"]), shard="s0", identity=ident)
+    assert read_identity(tmp_path) == ident
+    with pytest.raises(
+        StoreError,
+        match=r"group/isotropic_fine/0.3: stored \{'num_views': 9\}, given \{'num_views': 33\}",
+    ):
+        write_logits(
+            tmp_path,
+            rows(["b"]),
+            shard="s1",
+            identity={**ident, "group/isotropic_fine/0.3": {"num_views": 33}},
+        )
+    assert sorted(p.name for p in logits_files(tmp_path)) == ["shard-s0.parquet"]  # nothing written
+    write_logits(tmp_path, rows(["b"], method="crop", setting=""), shard="s1",
+                 identity={"generator_sha256": "g1", "group/crop/": {"num_views": 4}})  # fmt: skip
+    assert set(read_identity(tmp_path)) == {
+        "generator_sha256",
+        "group/isotropic_fine/0.3",
+        "group/crop/",
+    }
+    assert (tmp_path / IDENTITY_FILE).is_file() and len(
+        pd.read_parquet(tmp_path)
+    ) == 8  # readers skip it

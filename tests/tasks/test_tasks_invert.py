@@ -230,6 +230,13 @@ def test_cli_invert_creates_resumes_and_refuses_mixing(
     # Rerun of one shard: nothing done is redone, the failed item is retried (and fails again).
     assert main(["invert", *base, "--generator", str(gen_path), "--shards", "0:1"]) == 0
     assert "1 to do → 0 done, 1 failed" in capsys.readouterr().out
+    # A rerun takes the shard size from the store (it used to need --shard-size 2 again), and
+    # --no-retry-failed gives up on the failed image instead of retrying it every time.
+    again = [a for a in base if a not in ("--shard-size", "2")]
+    assert main(["invert", *again, "--generator", str(gen_path), "--no-retry-failed"]) == 0
+    out = capsys.readouterr().out
+    assert "shard 0 [00000000-00000002]: 0 to do → 0 done, 0 failed" in out
+    assert "the store now has 2/3 done, 1 failed" in out
     # Another generator or another config is refused with one clear line (exit code 2).
     assert (
         main(["invert", *base, "--generator", str(stylegan2_fixtures / "rosinality-res32.pt")]) == 2

@@ -289,3 +289,49 @@ def test_cli_pca_stats_and_render(tmp_path, G, gen_path, classifier_paths, capsy
     bad = [a if not a.startswith("smile=") else "smile" for a in args]
     assert main(bad) == 2
     assert "--classifier: expected NAME=PATH[:TASK], got 'smile'" in capsys.readouterr().err
+
+
+def test_cli_render_refuses_other_view_settings_in_the_same_folder(
+    tmp_path, G, gen_path, classifier_paths, capsys
+):
+    """A logits folder records what it was made from; re-rendering a shard with another n_views
+    into it used to merge two experiments into one file. Adding a classifier is allowed."""
+    from storage.logits import read_identity
+
+    store = _make_store(tmp_path, G)
+    logits = tmp_path / "logits"
+    views = tmp_path / "views.yaml"
+    views.write_text(
+        "n_views: 2\nimage_methods: []\ngan:\n  - {method: isotropic, layers: coarse, settings: [0.5]}\n"
+    )
+    args = ["render", str(store.path), "--generator", str(gen_path), "--logits", str(logits),
+            "--classifier", f"smile={classifier_paths['smile']}",
+            "--config", str(views), "--shards", "1", "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    record = read_identity(logits)
+    assert record["group/isotropic_coarse/0.5"]["num_views"] == 3
+    assert (
+        record["classifier/smile"]["task"] == "smiling" and record["generator_sha256"] == G.sha256
+    )
+    files_before = {p: p.stat().st_mtime_ns for p in logits.rglob("*.parquet")}
+    views.write_text(
+        "n_views: 4\nimage_methods: []\ngan:\n  - {method: isotropic, layers: coarse, settings: [0.5]}\n"
+    )
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "was made with other settings: group/isotropic_coarse/0.5: stored {" in err
+    assert (
+        "'num_views': 3" in err
+        and "'num_views': 5" in err
+        and "write to a new logits folder" in err
+    )
+    assert {p: p.stat().st_mtime_ns for p in logits.rglob("*.parquet")} == files_before
+    # another classifier into the same folder, same views: a new key, accepted
+    views.write_text(
+        "n_views: 2\nimage_methods: []\ngan:\n  - {method: isotropic, layers: coarse, settings: [0.5]}\n"
+    )
+    more = [*args[:6], "--classifier", f"k3={classifier_paths['kind']}:kind", *args[8:]]
+    assert main(more) == 0
+    assert "classifier/k3" in read_identity(logits)
+    assert set(read_logits(logits)["classifier"]) == {"smile", "k3"}
