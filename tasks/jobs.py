@@ -49,6 +49,8 @@ class RenderJob:
     generator: Path  # the generator the store was inverted with
     classifiers: dict[str, Path]  # name → checkpoint
     logits: Path  # root of the logits Parquet dataset
+    # name → ClassifierConfig keys for files that do not record them (else the file's / sidecar)
+    classifier_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: dict[str, str] = field(default_factory=dict)  # name → label column (default: its own)
     views: ViewConfig = field(default_factory=lambda: PRESETS["faces"])
     seed: int = 0  # base seed of every view
@@ -83,6 +85,7 @@ def render_job(cfg: PipelineConfig) -> RenderJob:
         store=cfg.paths.store,
         generator=cfg.models.generator,
         classifiers={k: v.path for k, v in refs.items()},
+        classifier_configs={k: dict(v.config) for k, v in refs.items() if v.config is not None},
         logits=cfg.paths.logits,
         tasks={k: v.task for k, v in refs.items() if v.task},
         views=cfg.views,

@@ -65,6 +65,9 @@ class ClassifierRef:
 
     path: Path  # checkpoint (project format, or a weights file with a sidecar config)
     task: str = ""  # manifest label column it predicts ("": the classifier's own config names it)
+    # ClassifierConfig keys for a file that does not record them (arch: torchscript or
+    # torchvision.<name>, num_outputs, preprocessing …); None: the file's own, else its sidecar
+    config: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,7 @@ def check_view_layers(cfg: PipelineConfig, G) -> list[str]:
 
 def check_classifiers(cfg: PipelineConfig, manifest, stages: Sequence[str]) -> list[str]:
     """Each classifier loads, and its task is a label column of the manifest."""
-    from ganviews.classifiers.model import load_classifier
+    from ganviews.classifiers.checkpoints import load_classifier
 
     trained = cfg.classifier_training.name if cfg.classifier_training.enabled else None
     columns = list(manifest.attrs.get("label_columns") or []) if manifest is not None else None
@@ -159,7 +159,7 @@ def check_classifiers(cfg: PipelineConfig, manifest, stages: Sequence[str]) -> l
         own_task = ""
         if not (name == trained and "train_classifier" in stages):  # not yet written otherwise
             try:
-                own_task = load_classifier(ref.path, device="cpu").task
+                own_task = load_classifier(ref.path, device="cpu", config=ref.config).task
             except (GanviewsError, OSError, ValueError) as exc:
                 problems.append(f"models.classifiers.{name}.path: {exc}")
                 continue

@@ -53,9 +53,14 @@ log = logging.getLogger(__name__)
 
 
 def load_models(
-    generator_path: str | Path, classifier_paths: Mapping[str, str | Path], *, device: torch.device
+    generator_path: str | Path,
+    classifier_paths: Mapping[str, str | Path],
+    *,
+    device: torch.device,
+    configs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """The generator and the classifiers (name → Classifier), on ``device``, in eval mode."""
+    """The generator and the classifiers (name → Classifier), on ``device``, in eval mode;
+    ``configs[name]`` declares a classifier file's config (else the file's own or its sidecar)."""
     from ganviews.classifiers.checkpoints import load_classifier
     from ganviews.stylegan.generator import load_generator
 
@@ -63,7 +68,8 @@ def load_models(
         raise ConfigError("classifier_paths: need at least one NAME → checkpoint path")
     G = load_generator(generator_path, device=device)
     classifiers = {
-        name: load_classifier(path, device=device) for name, path in classifier_paths.items()
+        name: load_classifier(path, device=device, config=(configs or {}).get(name))
+        for name, path in classifier_paths.items()
     }
     return G, classifiers
 
@@ -269,7 +275,9 @@ def run_render(
     device = resolve_device(device)
     set_numerics_policy(device)
     store = LatentStore.open(job.store, mode="a" if job.views.persist_views else "r")
-    G, classifiers = load_models(job.generator, job.classifiers, device=device)
+    G, classifiers = load_models(
+        job.generator, job.classifiers, device=device, configs=job.classifier_configs
+    )
     _check_generator(store, G)
     pca = None
     if any(g.method == "pca" for g in job.views.gan):
@@ -308,6 +316,7 @@ def render_key(job: RenderJob, image_ids: Sequence[str], hashes: Mapping[str, st
         {
             "models": dict(hashes),
             "views": to_dict(job.views),
+            "classifier_configs": job.classifier_configs,
             "seed": job.seed,
             "tasks": {k: job.tasks.get(k, "") for k in job.classifiers},
             "class_column": job.class_column,

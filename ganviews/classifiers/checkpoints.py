@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ganviews.classifiers import external
 from ganviews.classifiers.model import (
     ARCHITECTURES,
     FORMAT_NAME,
@@ -77,8 +78,15 @@ def load_classifier(
         raise CheckpointError(
             f"classifier checkpoint not found: {path} (put the weights file there, or pass the right path)"
         )
+    if external.is_torchscript_file(path):
+        return _load_torchscript(path, device, config)
     state, stored = _read_weights(path)
     state = _strip_prefix(state)
+    if external.is_external(_declared_arch(path, config)):  # built by name, not inferred
+        cfg = classifier_config(config if config is not None else _sidecar_config(path))
+        return _finish(
+            Classifier(cfg, backbone=_backbone_from_state(cfg, state, path)), path, device
+        )
     arch, num_outputs, width = infer_architecture(state, source=str(path))
     if stored is not None and isinstance(config, Mapping):
         cfg_data: Any = {**stored, **to_dict(config)}  # overrides on top of the recorded config
@@ -244,12 +252,53 @@ def _strip_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def _sidecar_config(path: Path) -> dict[str, Any]:
+def _finish(C: Classifier, path: Path, device: str | torch.device) -> Classifier:
+    C._source_sha256 = file_sha256(path)
+    log.info("loaded classifier %s (%s, %d outputs) from %s", C.name, C.arch, C.num_outputs, path)
+    return C.to(device).eval().requires_grad_(False)
+
+
+def _load_torchscript(path: Path, device, config) -> Classifier:
+    """A TorchScript file: its config (given or the sidecar) says arch: torchscript, num_outputs
+    and the preprocessing; one zero batch checks the output shape."""
+    cfg = classifier_config(config if config is not None else _sidecar_config(path))
+    if cfg.arch != external.TORCHSCRIPT:
+        raise CheckpointError(
+            f"{path}: a TorchScript file, but its config says arch {cfg.arch!r} (use arch: torchscript)"
+        )
+    backbone = external.load_torchscript(path)
+    pre = cfg.preprocessing
+    side = pre.crop or (pre.size[0] if pre.size else None) or pre.resize or 64
+    external.check_outputs(backbone, cfg.num_outputs, side, path)
+    return _finish(Classifier(cfg, backbone=backbone), path, device)
+
+
+def _declared_arch(path: Path, config) -> str:
+    """The arch a given config or the sidecar names ("" when none does)."""
+    if isinstance(config, ClassifierConfig):
+        return config.arch
+    if isinstance(config, (str, Path)):
+        config = load_yaml(config)
+    if config is None:
+        sidecar = _find_sidecar(path)
+        config = load_yaml(sidecar) if sidecar is not None else {}
+    return str(config.get("arch", "")) if isinstance(config, Mapping) else ""
+
+
+def _sidecar_candidates(path: Path) -> list[Path]:
     candidates = [path.with_name(path.name + s) for s in _SIDECAR_SUFFIXES]
-    candidates += [path.with_suffix(s) for s in _SIDECAR_SUFFIXES]
-    for cand in candidates:
-        if cand.is_file():
-            return load_yaml(cand)
+    return list(dict.fromkeys(candidates + [path.with_suffix(s) for s in _SIDECAR_SUFFIXES]))
+
+
+def _find_sidecar(path: Path) -> Path | None:
+    return next((c for c in _sidecar_candidates(path) if c.is_file()), None)
+
+
+def _sidecar_config(path: Path) -> dict[str, Any]:
+    sidecar = _find_sidecar(path)
+    if sidecar is not None:
+        return load_yaml(sidecar)
+    candidates = _sidecar_candidates(path)
     tried = ", ".join(str(c) for c in dict.fromkeys(candidates))
     raise CheckpointError(
         f"{path}: the checkpoint does not record its preprocessing; put a YAML config next to it "

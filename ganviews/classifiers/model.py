@@ -46,6 +46,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from ganviews.classifiers import external
 from ganviews.core.config import from_dict, load_yaml, to_dict
 from ganviews.core.errors import CheckpointError, ConfigError
 from ganviews.core.weights_io import weights_sha256
@@ -146,9 +147,12 @@ class ClassifierConfig:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)  # see Preprocessing
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
+        if external.is_external(self.arch):
+            external.check_external_arch(self.arch)
+        elif self.arch not in ARCHITECTURES:
             raise ConfigError(
-                f"arch: {self.arch!r} is not known (allowed: {', '.join(ARCHITECTURES)})"
+                f"arch: {self.arch!r} is not known (allowed: {', '.join(ARCHITECTURES)}); or "
+                "torchscript, torchvision.<any torchvision model> (docs/classifiers.md)"
             )
         if not isinstance(self.num_outputs, int) or self.num_outputs < 1:
             raise ConfigError(f"num_outputs: {self.num_outputs!r}; expected an integer ≥ 1")
@@ -431,6 +435,8 @@ def build_classifier(config: ClassifierConfig | Mapping[str, Any]) -> Classifier
 
 
 def build_backbone(config: ClassifierConfig) -> nn.Module:
+    if external.is_external(config.arch):
+        return external.build_external(config.arch, config.num_outputs)
     return ARCHITECTURES[config.arch].build(config.num_outputs, config.width)
 
 

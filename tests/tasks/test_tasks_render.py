@@ -335,3 +335,50 @@ def test_cli_render_refuses_other_view_settings_in_the_same_folder(
     assert main(more) == 0
     assert "classifier/k3" in read_identity(logits)
     assert set(read_logits(logits)["classifier"]) == {"smile", "k3"}
+
+
+def test_bring_your_own_classifier_from_the_cli_and_the_pipeline_yaml(
+    tmp_path, G, gen_path, capsys
+):
+    """A TorchScript file with a sidecar through `ganviews render`, and the same file with its
+    config declared in the pipeline YAML (models.classifiers.<name>.config) through the
+    pipeline's render job: equal logits, from the declared preprocessing."""
+    import yaml
+
+    from tasks.jobs import render_job
+    from tasks.pipeline_config import load_pipeline_config
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    )
+    ts = tmp_path / "byo.pt"
+    torch.jit.save(torch.jit.script(module.eval()), str(ts))
+    declared = {"arch": "torchscript", "num_outputs": 3, "preprocessing": {"resize": 24}}
+    (tmp_path / "byo.pt.yaml").write_text(yaml.safe_dump(declared))
+    store = _make_store(tmp_path, G)
+    (tmp_path / "views.yaml").write_text("n_views: 2\nimage_methods: [crop]\ngan: []\n")
+    args = ["render", str(store.path), "--generator", str(gen_path), "--logits", str(tmp_path / "cli"),
+            "--classifier", f"byo={ts}:kind", "--config", str(tmp_path / "views.yaml"),
+            "--shards", "0", "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    cli = read_logits(tmp_path / "cli").sort_values(["image_id", "view"])
+    assert set(cli["classifier"]) == {"byo"} and np.stack(cli["logits"]).shape[1] == 3
+
+    (tmp_path / "byo.pt.yaml").unlink()  # now only the pipeline YAML declares it
+    pipeline = {
+        "data": {"manifest": str(tmp_path / "m.parquet")},
+        "paths": {"store": str(store.path), "logits": str(tmp_path / "yaml"), "report": str(tmp_path / "r")},
+        "models": {"generator": str(gen_path),
+                   "classifiers": {"byo": {"path": str(ts), "task": "kind", "config": declared}}},
+        "views": {"n_views": 2, "image_methods": ["crop"], "gan": []},
+    }  # fmt: skip
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(pipeline))
+    job = dataclasses.replace(render_job(load_pipeline_config(tmp_path / "p.yaml")), state_dir=None)
+    assert job.classifier_configs == {"byo": declared}
+    run_render(job, [0], device="cpu")
+    from_yaml = read_logits(tmp_path / "yaml").sort_values(["image_id", "view"])
+    np.testing.assert_allclose(np.stack(from_yaml["logits"]), np.stack(cli["logits"]), rtol=1e-5)
