@@ -25,7 +25,7 @@ step() {  # step NAME LIMIT_SECONDS SCRIPT ARGS...
 
 if [ -n "${QUICK:-}" ]; then
   step generator 120 bench_generator.py --device "$DEVICE" --quick
-  step invert 300 bench_invert.py --device "$DEVICE" --quick --precisions exact,bf16 --precision-images 4
+  step invert 300 bench_invert.py --device "$DEVICE" --quick --encoder-depth 18 --precisions exact,bf16 --precision-images 2
   step speed 300 bench_speed.py --device "$DEVICE" --steps 3 --images 4 --shard 6 --batch 2 --reps 1 --parts objective,shard,continuous
   step views 300 bench_views.py --device "$DEVICE" --quick
   step domains 300 bench_domains.py --device "$DEVICE" --quick
