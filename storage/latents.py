@@ -34,13 +34,7 @@ write, and a shard task holds the shard's writer lease.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import logging
-import os
-import re
-import shutil
-import uuid
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,71 +42,39 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
-from zarr.errors import ContainsArrayError, ContainsGroupError
 
-from storage.atomic import DurableLocalStore, fsync_dir, remove_stale_partials
+from storage.atomic import DurableLocalStore, remove_stale_partials
 from storage.errors import StoreError
-from storage.identity import code_version, config_hash, diff_mappings, plain
-from storage.integrity import CHECKSUM, decoding
+from storage.identity import code_version, diff_mappings, plain
+from storage.integrity import decoding
+from storage.latent_arrays import ExtraArrays
+from storage.latent_layout import (
+    CORE_ARRAYS,
+    DONE,
+    FAILED,
+    FORMAT,
+    IDENTITY_KEYS,
+    LAYOUT_KEYS,
+    METRICS,
+    PENDING,
+    SESSION_KEYS,
+    TEXT,
+    check_indices,
+    check_metric,
+    check_values,
+    create_store_folder,
+    identity_attrs,
+    is_store_dir,
+    manifest_frame,
+    resolve_ids,
+)
 from storage.lease import shard_locks
-from storage.manifest import manifest_sha256, read_manifest, validate_manifest, write_manifest
+from storage.manifest import manifest_sha256, read_manifest
 
 log = logging.getLogger(__name__)
 
-FORMAT = "ganviews.latents/1"
-PENDING, DONE, FAILED = 0, 1, 2
-STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
 
-# Per-image scalar metrics written by ``write``: name → (dtype, fill value for "not written").
-METRICS: dict[str, tuple[np.dtype, Any]] = {
-    "loss": (np.dtype("float32"), np.nan),  # total objective at the end of the optimisation
-    "loss_l1": (np.dtype("float32"), np.nan),  # masked L1 term
-    "loss_lpips": (np.dtype("float32"), np.nan),  # masked LPIPS term
-    "loss_latent": (np.dtype("float32"), np.nan),  # latent (encoder-consistency) term
-    "psnr": (np.dtype("float32"), np.nan),  # reconstruction PSNR in dB (masked)
-    "lpips": (np.dtype("float32"), np.nan),  # reconstruction LPIPS distance
-    "iterations": (np.dtype("int32"), -1),  # optimiser steps taken
-}
-LATENTS = ("w", "w_init")
-TEXT = ("reason", "image_id")
-CORE_ARRAYS = (*LATENTS, *METRICS, "status", *TEXT)
-IDENTITY_KEYS = ("generator_sha256", "encoder_sha256", "config_hash")
-LAYOUT_KEYS = ("n_images", "num_ws", "w_dim", "shard_size")
-# Keys that describe one writing session, not what the latents are: never compared on reopen.
-_SESSION_KEYS = ("created_at", "code_version", "format")
-
-# Compression (docs/storage.md, "Compression"): Blosc-zstd level 5 with bit shuffle had the
-# best or near-best ratio on every measured latent profile (plain zstd, Blosc-lz4 and byte
-# shuffle lost) at ≥ 350 MB/s; images are uint8, where shuffling is moot.
-LATENT_CODEC = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle", typesize=4)
-IMAGE_CODEC = ZstdCodec(level=3)
-SMALL_CODEC = ZstdCodec(level=3)
-_INNER_CHUNK_MIN_BYTES = 16 * 1024
-_NAME_PART = re.compile(r"^[A-Za-z0-9_.\-]+$")
-
-
-def _codec_for(dtype: np.dtype) -> Any:
-    if dtype.kind == "f" and dtype.itemsize >= 4:
-        return BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle", typesize=dtype.itemsize)
-    return IMAGE_CODEC if dtype.kind in "ub" else SMALL_CODEC
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise StoreError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
-def _is_store_dir(path: Path) -> bool:
-    return (path / "zarr.json").is_file()
-
-
-class LatentStore:
+class LatentStore(ExtraArrays):
     """A resumable Zarr v3 store of per-image latents (see the module docstring for the layout).
 
     Build one with :meth:`create`, :meth:`open` or :meth:`open_or_create`, not the constructor.
@@ -161,63 +123,12 @@ class LatentStore:
         creation never leaves something that looks like a store.
         """
         path = Path(path)
-        n_images = _positive_int("n_images", n_images)
-        num_ws = _positive_int("num_ws", num_ws)
-        w_dim = _positive_int("w_dim", w_dim)
-        shard_size = _positive_int("shard_size", shard_size)
-        frame = cls._manifest_frame(manifest)
-        ids = cls._resolve_ids(n_images, image_ids, frame)
-        stored = cls._identity(attrs)
-        if frame is not None:
-            stored["manifest_sha256"] = manifest_sha256(frame)
-        stored.update(
-            format=FORMAT,
-            n_images=n_images,
-            num_ws=num_ws,
-            w_dim=w_dim,
-            shard_size=shard_size,
-            created_at=_now(),
-        )
-        if path.exists():
-            if not overwrite:
-                raise StoreError(f"{path} already exists; pass overwrite=True to replace it")
-            if path.is_file() or (any(path.iterdir()) and not _is_store_dir(path)):
-                raise StoreError(
-                    f"refusing to overwrite {path}: it exists and is not a latent store"
-                )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:12]}")
-        try:
-            group = zarr.create_group(
-                store=DurableLocalStore(tmp, durable=durable), attributes=stored, zarr_format=3
-            )
-            cls._create_core_arrays(group, n_images, num_ws, w_dim, shard_size)
-            group["image_id"][:] = np.asarray(ids, dtype=object)
-            if frame is not None:
-                write_manifest(frame, tmp / "manifest.parquet")
-            cls._move_into_place(tmp, path, overwrite)
-            if durable:
-                fsync_dir(path.parent)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        create_store_folder(
+            path, n_images=n_images, num_ws=num_ws, w_dim=w_dim, shard_size=shard_size,
+            attrs=attrs, overwrite=overwrite, image_ids=image_ids, manifest=manifest, durable=durable,
+        )  # fmt: skip
         log.info("created latent store %s: %d images, shards of %d", path, n_images, shard_size)
         return cls.open(path, mode="a", durable=durable)
-
-    @staticmethod
-    def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
-        old = None
-        if path.exists() and overwrite:
-            old = path.with_name(f".{path.name}.replaced-{uuid.uuid4().hex[:12]}")
-            os.replace(path, old)
-        try:
-            os.rename(tmp, path)
-        except OSError as exc:
-            raise StoreError(
-                f"{path} appeared while the store was being created (another process?): {exc}"
-            ) from exc
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
     @classmethod
     def open(
@@ -238,7 +149,7 @@ class LatentStore:
         path = Path(path)
         if not path.exists():
             raise StoreError(f"no latent store at {path}: the path does not exist")
-        if not _is_store_dir(path):
+        if not is_store_dir(path):
             raise StoreError(f"{path} is not a latent store (no zarr.json)")
         store = DurableLocalStore(path, read_only=(mode == "r"), durable=durable)
         try:
@@ -284,7 +195,7 @@ class LatentStore:
         code_version), the image ids and the manifest hash must match, else StoreError.
         """
         path = Path(path)
-        if not _is_store_dir(path):
+        if not is_store_dir(path):
             try:
                 return cls.create(
                     path,
@@ -298,16 +209,16 @@ class LatentStore:
                     durable=durable,
                 )
             except StoreError:
-                if not _is_store_dir(path):  # not a lost creation race: a real error
+                if not is_store_dir(path):  # not a lost creation race: a real error
                     raise
-        frame = cls._manifest_frame(manifest)
-        expected = {k: v for k, v in cls._identity(attrs).items() if k not in _SESSION_KEYS}
+        frame = manifest_frame(manifest)
+        expected = {k: v for k, v in identity_attrs(attrs).items() if k not in SESSION_KEYS}
         layout = {"n_images": n_images, "num_ws": num_ws, "w_dim": w_dim, "shard_size": shard_size}
         if frame is not None:
             expected["manifest_sha256"] = manifest_sha256(frame)
         self = cls.open(path, mode="a", expect_attrs={**layout, **expected}, durable=durable)
         if image_ids is not None or frame is not None:
-            ids = cls._resolve_ids(self.n_images, image_ids, frame)
+            ids = resolve_ids(self.n_images, image_ids, frame)
             stored = self.image_ids
             if not np.array_equal(stored, np.asarray(ids, dtype=object)):
                 first = int(np.flatnonzero(stored != np.asarray(ids, dtype=object))[0])
@@ -324,104 +235,6 @@ class LatentStore:
                 given_version,
             )
         return self
-
-    @staticmethod
-    def _identity(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
-        given = plain(dict(attrs or {}))
-        for key in ("format", *LAYOUT_KEYS):
-            if key in given:
-                raise StoreError(f"attrs key {key!r} is set by the store itself; remove it")
-        generator = given.get("generator_sha256")
-        if not isinstance(generator, str) or not generator:
-            raise StoreError(
-                "attrs must name generator_sha256 (the generator checkpoint's content hash, "
-                f"e.g. ganviews.core.runtime.file_sha256), got {generator!r}"
-            )
-        config = given.setdefault("config", {})
-        if not isinstance(config, dict):
-            raise StoreError(f"attrs['config'] must be a mapping, got {type(config).__name__}")
-        given.setdefault("config_hash", config_hash(config))
-        given.setdefault("encoder_sha256", None)
-        given.setdefault("code_version", code_version())
-        return given
-
-    @staticmethod
-    def _manifest_frame(manifest: pd.DataFrame | str | Path | None) -> pd.DataFrame | None:
-        if manifest is None:
-            return None
-        if isinstance(manifest, (str, Path)):
-            return read_manifest(manifest)
-        _, labels = validate_manifest(manifest)
-        frame = manifest.reset_index(drop=True)
-        frame.attrs = {**manifest.attrs, "label_columns": labels}
-        return frame
-
-    @staticmethod
-    def _resolve_ids(
-        n_images: int, image_ids: Sequence[str] | None, frame: pd.DataFrame | None
-    ) -> list[str]:
-        if frame is not None:
-            if len(frame) != n_images:
-                raise StoreError(f"manifest has {len(frame)} rows but n_images={n_images}")
-            from_manifest = [str(v) for v in frame["image_id"].tolist()]
-            if image_ids is not None and list(image_ids) != from_manifest:
-                raise StoreError("image_ids differ from the manifest's image_id column; pass one")
-            return from_manifest
-        if image_ids is None:
-            return [str(i) for i in range(n_images)]
-        ids = list(image_ids)
-        if len(ids) != n_images:
-            raise StoreError(f"image_ids has {len(ids)} entries but n_images={n_images}")
-        bad = [v for v in ids if not isinstance(v, str) or not v]
-        if bad:
-            raise StoreError(f"image_ids must be non-empty strings, got {bad[0]!r}")
-        if len(set(ids)) != len(ids):
-            seen: set[str] = set()
-            dupe = next(v for v in ids if v in seen or seen.add(v))
-            raise StoreError(f"image_ids must be unique; {dupe!r} appears twice")
-        return ids
-
-    @staticmethod
-    def _create_core_arrays(group: zarr.Group, n: int, num_ws: int, w_dim: int, shard: int) -> None:
-        for name in LATENTS:
-            group.create_array(
-                name,
-                shape=(n, num_ws, w_dim),
-                chunks=(shard, num_ws, w_dim),
-                dtype="float32",
-                fill_value=np.nan,
-                compressors=[LATENT_CODEC, CHECKSUM],
-                dimension_names=("image", "layer", "channel"),
-            )
-        for name, (dtype, fill) in METRICS.items():
-            group.create_array(
-                name,
-                shape=(n,),
-                chunks=(shard,),
-                dtype=dtype,
-                fill_value=fill,
-                compressors=[SMALL_CODEC, CHECKSUM],
-                dimension_names=("image",),
-            )
-        group.create_array(
-            "status",
-            shape=(n,),
-            chunks=(shard,),
-            dtype="uint8",
-            fill_value=PENDING,
-            compressors=[SMALL_CODEC, CHECKSUM],
-            dimension_names=("image",),
-        )
-        for name in TEXT:
-            group.create_array(
-                name,
-                shape=(n,),
-                chunks=(shard,),
-                dtype=str,
-                fill_value="",
-                compressors=[SMALL_CODEC, CHECKSUM],
-                dimension_names=("image",),
-            )
 
     def _check_arrays(self) -> None:
         names = set(self._member_arrays())
@@ -462,7 +275,7 @@ class LatentStore:
         """Add run-level attributes (e.g. the numerics of the first writer) to the store;
         identity, layout and session keys are fixed at creation and refused here."""
         self._writable()
-        fixed = sorted(set(values) & {*IDENTITY_KEYS, *LAYOUT_KEYS, *_SESSION_KEYS, "config"})
+        fixed = sorted(set(values) & {*IDENTITY_KEYS, *LAYOUT_KEYS, *SESSION_KEYS, "config"})
         if fixed:
             raise StoreError(f"record_attrs: {fixed} are fixed when the store is created")
         values = plain(dict(values))
@@ -611,9 +424,9 @@ class LatentStore:
         idx = self._indices(indices)
         k = len(idx)
         latent_shape = (k, self.num_ws, self.w_dim)
-        values: dict[str, np.ndarray] = {"w": self._check_values("w", w, latent_shape, np.float32)}
+        values: dict[str, np.ndarray] = {"w": check_values("w", w, latent_shape, np.float32)}
         if w_init is not None:
-            values["w_init"] = self._check_values("w_init", w_init, latent_shape, np.float32)
+            values["w_init"] = check_values("w_init", w_init, latent_shape, np.float32)
         unknown = sorted(set(metrics) - set(METRICS))
         if unknown:
             raise StoreError(
@@ -622,10 +435,10 @@ class LatentStore:
             )
         for name, value in metrics.items():
             if value is not None:
-                values[name] = self._check_metric(name, value, k)
+                values[name] = check_metric(name, value, k)
         for name, value in (arrays or {}).items():
             arr = self._extra(name)
-            values[name] = self._check_values(name, value, (k, *arr.shape[1:]), arr.dtype)
+            values[name] = check_values(name, value, (k, *arr.shape[1:]), arr.dtype)
         if k == 0:
             return
         order = np.argsort(idx, kind="stable")
@@ -711,84 +524,7 @@ class LatentStore:
                 out[name] = np.asarray(out[name], dtype=object)
         return out
 
-    # ------------------------------------------------------------------ extra arrays
-
-    def ensure_array(
-        self, name: str, tail_shape: Sequence[int], dtype: Any, fill_value: Any = 0
-    ) -> None:
-        """Create the per-image array ``name`` ``[N, *tail_shape]`` unless it exists (then check it).
-
-        Chunked by shard along axis 0; images (≥ 16 KiB per item) get one inner chunk per image.
-        """
-        self._check_name(name)
-        tail = tuple(_positive_int(f"{name} tail_shape", d) for d in tail_shape)
-        try:
-            dtype = np.dtype(dtype)
-        except TypeError as exc:
-            raise StoreError(f"array {name!r}: dtype {dtype!r} is not a numpy dtype") from exc
-        if dtype.kind not in "biuf":
-            raise StoreError(f"array {name!r}: dtype {dtype} not supported (numbers or bool only)")
-        shape = (self.n_images, *tail)
-        existing = self._array(name, missing_ok=True)
-        if existing is not None:
-            if tuple(existing.shape) != shape or existing.dtype != dtype:
-                raise StoreError(
-                    f"array {name!r} exists with shape {existing.shape} and dtype "
-                    f"{existing.dtype}; asked for {shape} {dtype}"
-                )
-            return
-        self._writable()
-        item_bytes = int(np.prod(tail, dtype=np.int64)) * dtype.itemsize
-        outer = (self.shard_size, *tail)
-        inner = (1, *tail) if item_bytes >= _INNER_CHUNK_MIN_BYTES else None
-        try:
-            self._group.create_array(
-                name,
-                shape=shape,
-                chunks=inner or outer,
-                shards=outer if inner else None,
-                dtype=dtype,
-                fill_value=fill_value,
-                compressors=[_codec_for(dtype), CHECKSUM],
-                dimension_names=("image", *(f"dim_{i}" for i in range(1, len(shape)))),
-            )
-        except (ContainsArrayError, ContainsGroupError):  # created concurrently: check it
-            self._arrays.pop(name, None)
-            self.ensure_array(name, tail_shape, dtype, fill_value)
-        except ValueError as exc:
-            raise StoreError(f"array {name!r} cannot be created: {exc}") from exc
-
-    def write_array(
-        self, name: str, indices: Sequence[int] | np.ndarray, values: np.ndarray
-    ) -> None:
-        """Write rows of an extra array (validated first). Does not change any status."""
-        self._writable()
-        arr = self._extra(name)
-        idx = self._indices(indices)
-        values = self._check_values(name, values, (len(idx), *arr.shape[1:]), arr.dtype)
-        order = np.argsort(idx, kind="stable")
-        with self._locked(idx):
-            self._write_rows(name, idx[order], values[order])
-
-    def read_array(self, name: str, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Rows ``indices`` of an extra array, in order."""
-        self._extra(name)
-        return self._read_rows(name, self._indices(indices, unique=False))
-
-    def array_names(self) -> list[str]:
-        """Every array in the store (core and extra), as paths like ``images/aligned``."""
-        return sorted(self._member_arrays())
-
     # ------------------------------------------------------------------ internals
-
-    def _member_arrays(self) -> list[str]:
-        with warnings.catch_warnings():  # manifest.parquet is ours, not a stray object
-            warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr")
-            return [
-                name
-                for name, node in self._group.members(max_depth=None)
-                if isinstance(node, zarr.Array)
-            ]
 
     def _array(self, name: str, missing_ok: bool = False) -> zarr.Array | None:
         arr = self._arrays.get(name)
@@ -806,83 +542,12 @@ class LatentStore:
             arr = self._arrays[name] = node
         return arr
 
-    def _extra(self, name: str) -> zarr.Array:
-        if name in CORE_ARRAYS:
-            raise StoreError(f"{name!r} is a core array; use write()/read()/mark_failed()")
-        arr = self._array(name, missing_ok=True)
-        if arr is None:
-            raise StoreError(
-                f"{self._path}: no array named {name!r}; create it with ensure_array "
-                f"(existing: {self.array_names()})"
-            )
-        return arr
-
-    def _check_name(self, name: str) -> None:
-        parts = name.split("/") if isinstance(name, str) else [None]
-        if not parts or any(
-            p is None or not _NAME_PART.match(p) or p.startswith("__") or p in (".", "..")
-            for p in parts
-        ):
-            raise StoreError(
-                f"array name {name!r}: use '/'-separated parts of letters, digits, '_', '.', '-'"
-            )
-        if name in CORE_ARRAYS or parts[0] in CORE_ARRAYS:
-            raise StoreError(f"array name {name!r} collides with core array {parts[0]!r}")
-
     def _writable(self) -> None:
         if self._mode != "a":
             raise StoreError(f"{self._path} is open read-only; open it with mode='a' to write")
 
     def _indices(self, indices: Any, unique: bool = True) -> np.ndarray:
-        idx = np.asarray(indices)
-        if idx.ndim == 0:
-            idx = idx.reshape(1)
-        if idx.ndim != 1:
-            raise StoreError(f"indices must be 1-D, got shape {idx.shape}")
-        if idx.size == 0:
-            return idx.astype(np.int64)
-        if idx.dtype.kind not in "iu":
-            raise StoreError(f"indices must be integers, got dtype {idx.dtype}")
-        idx = idx.astype(np.int64)
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= self.n_images:
-            bad = lo if lo < 0 else hi
-            raise StoreError(
-                f"index {bad} out of range for a store of {self.n_images} images "
-                f"(valid: 0…{self.n_images - 1})"
-            )
-        if unique and len(np.unique(idx)) != len(idx):
-            vals, counts = np.unique(idx, return_counts=True)
-            raise StoreError(f"indices must be unique; {vals[counts > 1][:5].tolist()} repeat")
-        return idx
-
-    @staticmethod
-    def _check_values(name: str, value: Any, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        if not isinstance(value, np.ndarray):
-            raise StoreError(
-                f"{name} must be a numpy array, got {type(value).__name__} "
-                "(convert tensors with .cpu().numpy())"
-            )
-        if tuple(value.shape) != tuple(shape):
-            raise StoreError(f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
-        if value.dtype != np.dtype(dtype):
-            raise StoreError(f"{name} has dtype {value.dtype}, expected {np.dtype(dtype)}")
-        return value
-
-    @staticmethod
-    def _check_metric(name: str, value: Any, k: int) -> np.ndarray:
-        dtype = METRICS[name][0]
-        arr = np.asarray(value)
-        if arr.shape != (k,):
-            raise StoreError(f"{name} has shape {arr.shape}, expected ({k},)")
-        if dtype.kind == "f" and arr.dtype.kind not in "fiu":
-            raise StoreError(f"{name} has dtype {arr.dtype}, expected a real number type")
-        if dtype.kind == "i":
-            if arr.dtype.kind not in "iu":
-                raise StoreError(f"{name} has dtype {arr.dtype}, expected integers")
-            if len(arr) and (arr.min() < np.iinfo(dtype).min or arr.max() > np.iinfo(dtype).max):
-                raise StoreError(f"{name} values outside the {dtype} range")
-        return arr.astype(dtype)
+        return check_indices(indices, self.n_images, unique=unique)
 
     def _write_rows(self, name: str, idx: np.ndarray, values: np.ndarray) -> None:
         """Write sorted ``idx`` rows: one read-modify-write per touched chunk (never a chunk

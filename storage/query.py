@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from storage.errors import StoreError
-from storage.latents import METRICS, STATUS_NAMES, LatentStore
+from storage.latent_layout import METRICS, STATUS_NAMES
+from storage.latents import LatentStore
 from storage.logits import CLEAN, logits_dataset
 from storage.manifest import read_manifest
 
