@@ -198,7 +198,7 @@ def render_shard_with(
         labels={col: v[idx] for col, v in labels.items()},
         tasks=col_of,
     )
-    frame["condition"] = store.attrs["condition"]["label"] if is_condition_store(store) else CLEAN
+    frame["condition"] = store_condition(store)
     metadata = {
         "view_config": to_dict(view_cfg),
         "seed": seed,
@@ -217,6 +217,11 @@ def render_shard_with(
     return summary
 
 
+def store_condition(store: LatentStore) -> str:
+    """The input condition a store holds: its recorded label, or ``clean``."""
+    return store.attrs["condition"]["label"] if is_condition_store(store) else CLEAN
+
+
 # view settings that change every group's renders (the rest only change speed or outputs kept)
 _RENDER_KEYS = ("jitter", "pca_components", "noise_mode", "dtype", "combined_renders")
 
@@ -231,7 +236,10 @@ def logits_identity(
     shared = {k: v for k, v in to_dict(view_cfg).items() if k in _RENDER_KEYS}
     out: dict[str, Any] = {
         "generator_sha256": G.sha256,
-        "store": {k: store.attrs.get(k) for k in ("created_at", "config_hash")},
+        # one store per input condition (clean, or a corruption of it: tasks/corrupt.py)
+        f"store/{store_condition(store)}": {
+            k: store.attrs.get(k) for k in ("created_at", "config_hash")
+        },
         "seed": seed,
     }
     for name, C in classifiers.items():
