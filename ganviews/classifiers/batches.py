@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ganviews.classifiers.augment import crop_seeds, resized_crops
 from ganviews.core.errors import ConfigError
 from ganviews.core.images import uint8_to_signed
 from ganviews.core.runtime import item_seed
@@ -44,6 +45,18 @@ class SourceConfig:
     )
     batch_size: int = 32  # samples per optimisation step
     flip: bool = True  # random horizontal flip of every training sample (p = 0.5)
+    resized_crop: tuple[float, float] | None = (
+        None  # RandomResizedCrop area scale bounds of every sample (the authors: [0.8, 1.0]); None = off
+    )
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)  # RandomResizedCrop aspect-ratio bounds
+    crop_region: tuple[float, float] = (
+        1.0,
+        1.0,
+    )  # centred fraction of (H, W) the box is drawn in (cars: [0.75, 1.0], inside the bands)
+    crop_window: tuple[float, float] = (
+        1.0,
+        1.0,
+    )  # centred fraction of (H, W) the classifier keeps; the box is resized into it (cats: 0.875)
     noise_mode: Literal["const", "none"] = "const"  # synthesis noise (both reproducible)
 
     def __post_init__(self) -> None:
@@ -53,6 +66,20 @@ class SourceConfig:
             )
         if self.batch_size < 1:
             raise ConfigError(f"views.batch_size: {self.batch_size!r}; expected ≥ 1")
+        if self.resized_crop is not None:
+            lo, hi = self.resized_crop
+            if not 0.0 < lo <= hi <= 1.0:
+                raise ConfigError(
+                    f"views.resized_crop: {list(self.resized_crop)!r}; expected [lo, hi] with 0 < lo ≤ hi ≤ 1"
+                )
+        if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ConfigError(
+                f"views.crop_ratio: {list(self.crop_ratio)!r}; expected [lo, hi] with 0 < lo ≤ hi"
+            )
+        for key in ("crop_region", "crop_window"):
+            value = getattr(self, key)
+            if len(value) != 2 or any(not 0.0 < v <= 1.0 for v in value):
+                raise ConfigError(f"views.{key}: {list(value)!r}; expected 2 fractions in (0, 1]")
         if self.source == "views" and self.method != "stylemix" and self.setting is None:
             raise ConfigError(
                 f"views.setting: method {self.method!r} needs σ; see docs/classifiers.md for the official values"
@@ -84,6 +111,7 @@ def make_batches(
             seed=seed,
             shuffle=shuffle,
             flip=cfg.flip,
+            crop=_crop_options(cfg),
         )
     if G is None or ws is None:
         raise ValueError(
@@ -107,7 +135,19 @@ def make_batches(
         seed=seed,
         shuffle=shuffle,
         flip=cfg.flip,
+        crop=_crop_options(cfg),
     )
+
+
+def _crop_options(cfg: SourceConfig) -> dict[str, Any] | None:
+    if cfg.resized_crop is None:
+        return None
+    return {
+        "scale": tuple(cfg.resized_crop),
+        "ratio": tuple(cfg.crop_ratio),
+        "region": tuple(cfg.crop_region),
+        "window": tuple(cfg.crop_window),
+    }
 
 
 class Batch(NamedTuple):
@@ -169,6 +209,7 @@ class _Source:
         shuffle: bool,
         flip: bool,
         drop_last: bool,
+        crop: dict[str, Any] | None = None,
     ) -> None:
         self.labels = torch.as_tensor(np.asarray(labels)).long()  # [N]
         if self.labels.ndim != 1 or len(self.labels) == 0:
@@ -189,6 +230,19 @@ class _Source:
             shuffle,
             flip,
             drop_last,
+        )
+        self.crop = crop  # resized_crops() options (scale, ratio, region, window) or None
+
+    def _augment(
+        self, images: torch.Tensor, sel: torch.Tensor, epoch: int, generated: torch.Tensor
+    ) -> torch.Tensor:
+        """The RandomResizedCrop of every sample (when enabled), each from its own seed;
+        real photos antialiased like PIL, GAN images plain bilinear (the authors' two paths)."""
+        if self.crop is None:
+            return images
+        ids = [self.image_ids[int(i)] for i in sel]
+        return resized_crops(
+            images, crop_seeds(self.seed, ids, epoch), antialias=~generated.cpu(), **self.crop
         )
 
     def __len__(self) -> int:
@@ -254,6 +308,7 @@ class ImageBatches(_Source):
         shuffle: bool = True,
         flip: bool = True,
         drop_last: bool = False,
+        crop: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
             labels,
@@ -263,6 +318,7 @@ class ImageBatches(_Source):
             shuffle=shuffle,
             flip=flip,
             drop_last=drop_last,
+            crop=crop,
         )
         self.images = _Rows(images, len(self.labels), "images")
 
@@ -270,11 +326,9 @@ class ImageBatches(_Source):
         batches, _, flips = self._plan(epoch, 0.0)
         for idx, raw in zip(batches, _read_ahead(self.images, batches), strict=True):
             t = torch.as_tensor(idx)
-            yield Batch(
-                _flip(to_signed(raw), flips[t]),
-                self.labels[t],
-                torch.zeros(len(idx), dtype=torch.bool),
-            )
+            real = torch.zeros(len(idx), dtype=torch.bool)
+            images = self._augment(to_signed(raw), t, epoch, real)
+            yield Batch(_flip(images, flips[t]), self.labels[t], real)
 
 
 class GanBatches(_Source):
@@ -307,6 +361,7 @@ class GanBatches(_Source):
         shuffle: bool = True,
         flip: bool = True,
         drop_last: bool = False,
+        crop: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
             labels,
@@ -316,6 +371,7 @@ class GanBatches(_Source):
             shuffle=shuffle,
             flip=flip,
             drop_last=drop_last,
+            crop=crop,
         )
         if source not in ("recon", "views"):
             raise ValueError(
@@ -412,4 +468,5 @@ class GanBatches(_Source):
                 order.append(real_idx)
             images = torch.cat(parts)  # [B, 3, H, W], generated first
             sel = torch.as_tensor(np.concatenate(order))
+            images = self._augment(images, sel, epoch, use_gen[sel])
             yield Batch(_flip(images, flips[sel]), self.labels[sel].to(dev), use_gen[sel].to(dev))
