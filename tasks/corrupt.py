@@ -36,7 +36,7 @@ from prefect.cache_policies import NO_CACHE
 from ganviews.core.config import to_dict
 from ganviews.core.errors import ConfigError
 from ganviews.core.runtime import file_sha256, resolve_device
-from ganviews.corruptions.conditions import Condition, corrupt_images
+from ganviews.corruptions.conditions import ATTACKS, Condition, corrupt_images
 from storage.arrays import (
     ALIGNED,
     CORRUPTION_ADV_PRED,
@@ -241,10 +241,11 @@ def corrupt_shard_task(
 
 
 def attack_success(store_path: str | Path, split: str = "test") -> tuple[int, float]:
-    """(images, attack success rate) on ``split`` of a condition store (NaN when none)."""
+    """(images, attack success rate) on ``split`` of a condition store (NaN when none, or when
+    the condition is a corruption, not an attack)."""
     store = LatentStore.open(store_path, mode="r")
     idx = corrupted(store, np.flatnonzero(store.manifest()["split"].to_numpy() == split))
-    if not len(idx):
+    if not len(idx) or store.attrs["condition"]["kind"] not in ATTACKS:
         return 0, float("nan")
     return int(len(idx)), float(store.read_array(CORRUPTION_SUCCESS, idx).astype(bool).mean())
 

@@ -170,6 +170,7 @@ def test_conditions_flow_through_inversion_views_logits_and_report(tmp_path):
     assert by.loc["pgd-8_255", "attack_success"] >= 0.75 and np.isnan(
         by.loc["clean", "attack_success"]
     )
+    assert np.isnan(by.loc["noise-0.1", "attack_success"])  # a corruption, not an attack
     assert (cfg.paths.report / "robustness.png").stat().st_size > 5000
     assert blocks[0].text.startswith("Robustness")
 
