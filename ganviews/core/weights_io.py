@@ -101,6 +101,19 @@ def read_safetensors(
 # --------------------------------------------------------------------------- training state
 
 
+def state_mismatch(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """Keys of ``state`` that do not fit ``expected`` (a module's state dict): missing,
+    unexpected and wrong-shaped, each sorted (missing, unexpected) or in ``expected``'s order."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    return missing, unexpected, wrong
+
+
 def rng_states() -> dict[str, Any]:
     """The torch CPU and CUDA generator states, for a resumable training checkpoint."""
     return {

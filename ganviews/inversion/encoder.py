@@ -47,6 +47,7 @@ from ganviews.core.runtime import (
 from ganviews.core.weights_io import (
     container_format,
     read_safetensors,
+    state_mismatch,
     weights_sha256,
     write_safetensors,
 )
@@ -291,11 +292,7 @@ def load_encoder(
     E = Encoder(config)
     _, state = read_safetensors(path)
     expected = E.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [
-        k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
+    missing, unexpected, wrong = state_mismatch(expected, state)
     if missing or unexpected or wrong:
         raise CheckpointError(
             f"{path}: tensors do not fit the encoder config (missing {missing[:5]}, unexpected "

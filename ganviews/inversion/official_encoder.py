@@ -36,6 +36,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from ganviews.core.errors import CheckpointError
 from ganviews.core.file_limits import check_tensor_extents, check_zip_records
 from ganviews.core.runtime import assert_shape, file_sha256
+from ganviews.core.weights_io import state_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +131,7 @@ def official_encoder_from_state(state: dict[str, torch.Tensor], *, name: str) ->
     with torch.device("meta"):  # no random init: every tensor comes from ``state``
         E = OfficialEncoder(block=block, layers=tuple(stages), num_ws=conv5.shape[0] // W_DIM)
     expected = E.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [
-        k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
+    missing, unexpected, wrong = state_mismatch(expected, state)
     if missing or unexpected or wrong:
         raise CheckpointError(
             f"{name}: tensors do not fit a ResNet-{E.depth} RGBM encoder with {E.num_ws} styles "
