@@ -384,9 +384,11 @@ def items_to_invert(
 
 
 def plan_invert(job: InvertJob) -> list[tuple[int, int]]:
-    """Shards of the store with pending or failed items (chunk-aligned ranges)."""
+    """Shards of the store with pending (or, with ``job.retry_failed``, failed) items."""
     store = LatentStore.open(job.store, mode="r")
-    return [s for s in store.shards() if len(items_to_invert(store, s))]
+    return [
+        s for s in store.shards() if len(items_to_invert(store, s, retry_failed=job.retry_failed))
+    ]
 
 
 def run_invert(
@@ -394,10 +396,9 @@ def run_invert(
     shards: Sequence[int | Sequence[int]] | None = None,
     *,
     device: str | torch.device = "auto",
-    retry_failed: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Invert the pending (and, with ``retry_failed``, failed) items of ``shards`` of the store
+    """Invert the pending (and, with ``job.retry_failed``, failed) items of ``shards`` of the store
     (indices into ``store.shards()`` or ``(start, stop)``; None: every shard) → one summary each.
 
     The store must have been created with the job's generator, encoder and configs
@@ -424,7 +425,7 @@ def run_invert(
         with shard_lease(store.path, start // store.shard_size):  # one writer per shard
             summary = invert_shard_with(
                 store, shard, G, E, P, align_cfg=job.align, inversion_cfg=job.invert,
-                image_root=job.image_root, retry_failed=retry_failed, on_batch=on_batch,
+                image_root=job.image_root, retry_failed=job.retry_failed, on_batch=on_batch,
             )  # fmt: skip
         out.append({**summary, "seed": job.seed})
     return out
@@ -460,7 +461,7 @@ def prepare_store_task(
         "store": str(store.path),
         "n_images": store.n_images,
         "shards": len(store.shards()),
-        "todo": int(len(store.todo())),
+        "todo": int(len(store.todo(retry_failed=job.retry_failed))),
     }
     run_logger().info(
         "store %s: %d images in %d shards, %d to do",

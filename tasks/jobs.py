@@ -39,6 +39,7 @@ class InvertJob:
     state_dir: Path | None = None  # progress records of the shard runner (None: none)
     cpu_threads: int = 0  # torch threads of a CPU shard (0: torch's default)
     allow_mixed_numerics: bool = False  # resume with another batch size/threads/device type
+    retry_failed: bool = True  # rerun items whose inversion failed (False: only pending ones)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ def invert_job(cfg: PipelineConfig) -> InvertJob:
         seed=cfg.seed,
         state_dir=cfg.state_dir,
         cpu_threads=cfg.orchestration.cpu_threads,
+        retry_failed=cfg.orchestration.retry_failed_images,
     )
 
 

@@ -26,6 +26,7 @@ from ganviews.classifiers.training import TrainConfig
 from ganviews.core.config import from_dict, load_yaml, to_dict
 from ganviews.core.errors import ConfigError
 from ganviews.corruptions.conditions import Condition, check_labels
+from ganviews.ensemble.config import SPLITS as EVALUATION_SPLITS
 from ganviews.genrep.experiment import MultiviewConfig
 from ganviews.inversion.align import AlignConfig
 from ganviews.inversion.invert import InversionConfig
@@ -193,6 +194,9 @@ class OrchestrationConfig:
     control_queue: str = "control"  # distributed: queue of the stage / pipeline runs (a CPU worker)
     deployment: str = "ganviews"  # distributed: deployment name (ganviews-shard/<deployment>)
     retries: int = 2  # retries of a shard after a transient error (same process / same flow run)
+    # invert: rerun images whose inversion failed on every run/resume (false: give up on them;
+    # they stay failed in the store and are reported as excluded, or classified from the original)
+    retry_failed_images: bool = True
     retry_delay_seconds: tuple[float, ...] = (
         10.0,
         60.0,
@@ -398,6 +402,12 @@ def check_pipeline_config(cfg: PipelineConfig) -> None:
             "encoder_training.enabled: true needs models.encoder (the file the encoder is written to)"
         )
     ct = cfg.classifier_training
+    if ct.train_split in EVALUATION_SPLITS:
+        problems.append(
+            f"classifier_training.train_split: {ct.train_split!r} is an evaluation split (α is "
+            f"chosen on val, accuracy reported on test); allowed: any split but "
+            f"{', '.join(map(repr, EVALUATION_SPLITS))}, e.g. 'train'"
+        )
     if ct.enabled and ct.name not in cfg.models.classifiers:
         problems.append(
             f"classifier_training.name: {ct.name!r} is not a key of models.classifiers "

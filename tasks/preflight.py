@@ -8,8 +8,7 @@ line each, and raises one ConfigError; the command line prints them before any f
 
 Checked: devices exist; model files load (the generator and every classifier, on the CPU;
 the encoder's header); each view group's layers exist in the generator; each classifier's
-task is a label column of the manifest; classifier training does not train on the splits
-the evaluation uses; no image is in two splits (same image_id or same file); output
+task is a label column of the manifest; no image is in two splits (same image_id or same file); output
 locations are writable.
 """
 
@@ -21,8 +20,6 @@ from pathlib import Path
 
 from ganviews.core.errors import ConfigError, GanviewsError
 from tasks.pipeline_config import PipelineConfig
-
-EVALUATION_SPLITS = ("val", "test")  # α is chosen on val, accuracy reported on test
 
 
 def preflight(cfg: PipelineConfig, stages: Sequence[str]) -> None:
@@ -39,7 +36,6 @@ def preflight(cfg: PipelineConfig, stages: Sequence[str]) -> None:
     if "render" in stages:
         problems += check_view_layers(cfg, G)
         problems += check_classifiers(cfg, manifest, stages)
-    problems += check_training_split(cfg, stages)
     if problems:
         raise ConfigError(
             f"preflight: {len(problems)} problem(s) before any work started:\n"
@@ -179,15 +175,3 @@ def check_classifiers(cfg: PipelineConfig, manifest, stages: Sequence[str]) -> l
                 f"(label columns: {columns}){hint}"
             )
     return problems
-
-
-def check_training_split(cfg: PipelineConfig, stages: Sequence[str]) -> list[str]:
-    """Classifier training must not see the images α is chosen on (val) or accuracy is
-    reported on (test)."""
-    ct = cfg.classifier_training
-    if not (ct.enabled and "train_classifier" in stages) or ct.train_split not in EVALUATION_SPLITS:
-        return []
-    return [
-        f"classifier_training.train_split: {ct.train_split!r} is an evaluation split (α is chosen "
-        "on val, accuracy reported on test); train on 'train'"
-    ]

@@ -196,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
         else Path(args.manifest).resolve().parent,
         lpips_weights_dir=Path(args.lpips_weights_dir) if args.lpips_weights_dir else None,
         allow_mixed_numerics=args.allow_mixed_numerics,
+        retry_failed=args.retry_failed,
     )
     store = prepare_store(job, manifest, G, E, shard_size=shard_size, overwrite=args.overwrite)
     shards = parse_shards(args.shards, len(store.shards()))
@@ -207,14 +208,12 @@ def run(args: argparse.Namespace) -> int:
     done = failed = 0
     t0 = time.perf_counter()
     todo = sum(
-        len(store.todo(retry_failed=args.retry_failed, shard=store.shards()[k])) for k in shards
+        len(store.todo(retry_failed=job.retry_failed, shard=store.shards()[k])) for k in shards
     )
     # a bar on a terminal (tqdm hides itself when stderr is not one; the log has plain lines)
     bar = tqdm(total=todo, unit="img", desc="invert", disable=None, leave=False)
     for k in shards:
-        s = run_invert(
-            job, [k], device=device, retry_failed=args.retry_failed, on_batch=bar.update
-        )[0]
+        s = run_invert(job, [k], device=device, on_batch=bar.update)[0]
         done, failed = done + s["done"], failed + s["failed"]
         extra = (
             f", mean loss {s['mean_loss']:.4f}, PSNR {s['mean_psnr']:.2f} dB" if s["done"] else ""

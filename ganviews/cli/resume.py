@@ -53,6 +53,12 @@ def run(args: argparse.Namespace) -> int:
         f"pending, {int(table['failed'].sum())} failed images in {store.path}",
         flush=True,
     )
+    if table["failed"].sum() and not cfg.orchestration.retry_failed_images:
+        print(
+            f"  {int(table['failed'].sum())} failed images are given up on "
+            "(orchestration.retry_failed_images: false); `ganviews status` lists their reasons",
+            flush=True,
+        )
     for rec in interrupted_shards(cfg.state_dir):
         print(
             f"  interrupted: {rec.get('stage')} shard {rec.get('shard')} (pid {rec.get('pid')} on "

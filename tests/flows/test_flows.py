@@ -123,7 +123,8 @@ def test_progress_and_table_artifacts(job, harness) -> None:
 def test_cli_run_then_resume_retries_failed_images(
     tmp_path, stylegan2_fixtures, harness, capsys
 ) -> None:
-    """A corrupt image fails (reason kept); after fixing it, `resume` runs only that image."""
+    """A corrupt image fails (reason kept); `orchestration.retry_failed_images: false` gives up
+    on it even once the file is fixed; with the default (true) `resume` runs only that image."""
     from ganviews.cli import main
 
     gen_path = stylegan2_fixtures / "nvidia-ada-res32.pkl"
@@ -142,6 +143,14 @@ def test_cli_run_then_resume_retries_failed_images(
     w_done = store.read(store.done(), ["w"])["w"]
 
     (tmp_path / "images" / "img005.png").write_bytes(good)
+    write_config(tmp_path, gen_path, shard_size=4, job="cli-job", retry_failed_images=False)
+    assert main(["resume", config, "--stages", "invert"]) == 0
+    out = capsys.readouterr().out
+    assert "1 failed images are given up on (orchestration.retry_failed_images: false)" in out
+    assert "shards_run=0" in out and "todo_after=0" in out
+    assert LatentStore.open(tmp_path / "out" / "store").failed().tolist() == [5]
+
+    write_config(tmp_path, gen_path, shard_size=4, job="cli-job")  # the default: retry them
     assert main(["resume", config, "--stages", "invert"]) == 0
     out = capsys.readouterr().out
     assert (

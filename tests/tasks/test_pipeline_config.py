@@ -141,6 +141,15 @@ def test_plain_dict_round_trip() -> None:
             {"classifier_training": {"enabled": True, "name": "smile"}},
             r"^classifier_training\.train_split: 'train' is not in data\.splits \['val', 'test'\]",
         ),
+        (  # refused at load (issue 14), enabled or not: α is chosen on val, accuracy is on test
+            {"classifier_training": {"train_split": "val"}},
+            r"^classifier_training\.train_split: 'val' is an evaluation split \(α is chosen on "
+            r"val, accuracy reported on test\); allowed: any split but 'val', 'test', e\.g\. 'train'$",
+        ),
+        (
+            {"classifier_training": {"enabled": True, "name": "smile", "train_split": "test"}},
+            r"^classifier_training\.train_split: 'test' is an evaluation split",
+        ),
     ],
 )
 def test_each_mistake_is_one_line_naming_the_key(sections, message) -> None:
