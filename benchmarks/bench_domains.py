@@ -94,13 +94,13 @@ def flops(fn) -> float:
 
 def work_per_image(cfg) -> tuple[int, int]:
     """(renders, classifier calls per classifier) per image for the config's views."""
-    n = cfg.views.n_views
+    n, p = cfg.views.n_views, cfg.views.num_perturbed
     groups = view_groups(cfg.views)
     gan = sum(1 for g in groups if g.kind == "gan")
     combined = sum(1 for g in groups if g.kind == "combined")
     image = sum(1 for g in groups if g.kind == "image")
-    # view 0 (x) and view 1 (G(w*)) once; combined groups jitter the N − 1 perturbed renders
-    return 1 + gan * (n - 1), 2 + (gan + combined + image) * (n - 1)
+    # view 0 (x) and view 1 (G(w*)) once; combined groups jitter the P perturbed renders
+    return 1 + gan * p, 2 + (gan + combined) * p + image * (n - 1)
 
 
 def bench_config(path: Path, args, device: torch.device) -> dict:

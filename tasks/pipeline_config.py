@@ -31,7 +31,7 @@ from ganviews.genrep.experiment import MultiviewConfig
 from ganviews.inversion.align import AlignConfig
 from ganviews.inversion.invert import InversionConfig
 from ganviews.report.tables import ReportConfig
-from ganviews.views.render import PRESETS, ViewConfig
+from ganviews.views.render import PRESETS, ViewConfig, with_preset
 
 STAGES = ("train_encoder", "invert", "train_classifier", "pca", "render", "corrupt", "evaluate")
 MODES = ("embedded", "distributed")
@@ -299,10 +299,7 @@ def _expand_view_preset(data: dict[str, Any]) -> dict[str, Any]:
     name = views.pop("preset")
     if name not in PRESETS:
         raise ConfigError(f"views.preset: {name!r} is not one of {sorted(PRESETS)}")
-    base = to_dict(PRESETS[name])
-    if isinstance(views.get("jitter"), Mapping):
-        views["jitter"] = {**base["jitter"], **views["jitter"]}
-    return {**data, "views": {**base, **views}}
+    return {**data, "views": with_preset(name, views)}
 
 
 def _validate_sections(data: Mapping[str, Any]) -> None:

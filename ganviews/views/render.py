@@ -9,10 +9,11 @@ Groups (one per (method, setting); every group carries its own views 0 and 1, so
 evaluated alone — the logits of views 0/1 are computed once and shared):
 
 - GAN group ``f"{method}_{layers}"`` (e.g. "isotropic_fine"), setting = repr(σ) or "" for
-  style-mixing: views 0, 1, 2..N → N+1 rows per image and classifier.
+  style-mixing: views 0, 1, 2..P+1 → P+2 rows per image and classifier, P =
+  ``perturbed_views`` (default N−1; the authors' 32 → 33 GAN columns with view 1).
 - ``f"combined_{method}_{layers}"``: the same renders as its GAN group (same view seeds) with
   image jitter on top (:func:`ganviews.views.augment.combined_jitter`, seeded by
-  ``jitter_seed(view seed)``): views 0, 1, 2..N.
+  ``jitter_seed(view seed)``): views 0, 1, 2..P+1.
 - image groups "color" / "crop": view 0 = x, views 1..N−1 = augmented copies of x → N rows.
 
 Work is flattened into jobs (image, group, view) and run in batches of ``batch_size`` across
@@ -98,6 +99,9 @@ class ViewConfig:
     preset (``view_config(preset="faces")``, PRESETS) for the official grids."""
 
     n_views: int = 32  # N per group: reconstruction + N−1 perturbed (image groups: x + N−1 copies)
+    # perturbed views per GAN / combined group; 0 → n_views − 1. The authors: 32 with n_views 32
+    # (33 GAN columns with the reconstruction; image groups: original + 31 copies)
+    perturbed_views: int = 0
     gan: tuple[GanGroup, ...] = ()  # GAN groups; empty → none (use a preset for the official grid)
     image_methods: tuple[str, ...] = IMAGE_METHODS  # image-only groups: "color", "crop"
     jitter: JitterConfig = field(default_factory=JitterConfig)  # image-jitter strengths
@@ -136,10 +140,20 @@ class ViewConfig:
             raise ConfigError(f"dtype: got {self.dtype!r}, allowed: {list(_DTYPES)}")
         if self.persist_resolution < 0:
             raise ConfigError(f"persist_resolution: got {self.persist_resolution}, must be ≥ 0")
+        if self.perturbed_views < 0:
+            raise ConfigError(
+                f"perturbed_views: got {self.perturbed_views}, must be ≥ 0 (0 → n_views − 1)"
+            )
         if self.combined_renders < 0:
             raise ConfigError(
-                f"combined_renders: got {self.combined_renders}, must be ≥ 0 (≥ n_views − 1 acts as 0)"
+                f"combined_renders: got {self.combined_renders}, must be ≥ 0 "
+                "(≥ the perturbed views acts as 0)"
             )
+
+    @property
+    def num_perturbed(self) -> int:
+        """Perturbed views per GAN / combined group (views 2 … num_perturbed + 1)."""
+        return self.perturbed_views or self.n_views - 1
 
 
 def _official_gan(iso_fine, iso_coarse, pca_grid) -> tuple[GanGroup, ...]:
@@ -159,20 +173,29 @@ def _official_gan(iso_fine, iso_coarse, pca_grid) -> tuple[GanGroup, ...]:
 # de-padded 512×384 render = the classifier's 384-px-wide window of the 512² frame moved
 # horizontally only (whole render pixels: 129 offsets of 2/3 of an official pixel step).
 # Combined views: 8 renders, each jittered repeatedly (evaluate_gan_ensemble.py tensortransform).
+# Cats and cars: crops only (data_cats.py / data_cars.py have no colour transform).
+# View counts (evaluate_gan_ensemble.py n_ens 32, transforms.ImageEnsemble): 32 perturbed views
+# per GAN group (+ the reconstruction: 33 columns), 8 × 4 = 32 combined views; image groups:
+# the original + 31 augmented copies (32 columns).
 PRESETS: dict[str, ViewConfig] = {
     "faces": ViewConfig(
+        perturbed_views=32,
         gan=_official_gan((0.1, 0.2, 0.3), (0.1, 0.2, 0.3), (1.0, 2.0, 3.0)),
         combined_renders=8,
         jitter=JitterConfig(crop_scale=1056 / 1024, combined_color=True),
     ),
     "cars": ViewConfig(
+        perturbed_views=32,
         gan=_official_gan((0.3, 0.5, 0.7), (1.0, 1.5, 2.0), (1.0, 2.0, 3.0)),
         combined_renders=8,
+        image_methods=("crop",),
         jitter=JitterConfig(crop_mode="window", crop_window=(1.0, 0.75), combined_color=False),
     ),
     "cats": ViewConfig(
+        perturbed_views=32,
         gan=_official_gan((0.1, 0.2, 0.3), (0.5, 0.7, 1.0), (0.5, 0.7, 1.0)),
         combined_renders=8,
+        image_methods=("crop",),
         jitter=JitterConfig(
             crop_mode="window", crop_window=(224 / 256, 224 / 256), combined_color=False
         ),
@@ -187,14 +210,24 @@ def view_config(data: Mapping[str, Any] | None = None, *, preset: str | None = N
     """
     data = dict(data or {})
     name = data.pop("preset", None) or preset
-    base: dict[str, Any] = {}
-    if name is not None:
-        if name not in PRESETS:
-            raise ConfigError(f"preset: got {name!r}, allowed: {sorted(PRESETS)}")
-        base = to_dict(PRESETS[name])
-    if isinstance(data.get("jitter"), Mapping) and "jitter" in base:
+    if name is None:
+        return from_dict(ViewConfig, data)
+    if name not in PRESETS:
+        raise ConfigError(f"preset: got {name!r}, allowed: {sorted(PRESETS)}")
+    return from_dict(ViewConfig, with_preset(name, data))
+
+
+def with_preset(name: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Preset ``name``'s values with ``data``'s on top: ``jitter`` merged key by key, ``gan``
+    replaced. The preset's ``perturbed_views`` belongs to its ``n_views``: a mapping that sets
+    ``n_views`` alone gets ``perturbed_views`` 0 (n_views − 1), so a smaller N shrinks both."""
+    base = to_dict(PRESETS[name])
+    data = dict(data)
+    if isinstance(data.get("jitter"), Mapping):
         data["jitter"] = {**base["jitter"], **data["jitter"]}
-    return from_dict(ViewConfig, {**base, **data})
+    if "n_views" in data and "perturbed_views" not in data:
+        data["perturbed_views"] = 0
+    return {**base, **data}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,21 +244,20 @@ class ViewGroup:
     base: str  # perturbation ("isotropic" | "pca" | "stylemix") or image method ("color" | "crop")
     layers: str  # GAN layer group ("" for image groups)
     sigma: float | None  # σ for isotropic / pca, else None
-    num_views: int  # views per image in this group (N+1 for GAN groups, N for image groups)
+    num_views: int  # views per image (GAN groups: 2 + perturbed views; image groups: N)
 
 
 def view_groups(config: ViewConfig) -> list[ViewGroup]:
     """All groups the config produces, in output order."""
     out = []
+    gan_views = FIRST_VIEW + config.num_perturbed  # views 0, 1 and the perturbed ones
     for g in config.gan:
         settings: Sequence[float | None] = g.settings or (None,)
         for s in settings:
             name = f"{g.method}_{g.layers}"
             sigma = None if s is None else float(s)
             out.append(
-                ViewGroup(
-                    name, format_setting(s), "gan", g.method, g.layers, sigma, config.n_views + 1
-                )
+                ViewGroup(name, format_setting(s), "gan", g.method, g.layers, sigma, gan_views)
             )
             if g.combined:
                 out.append(
@@ -236,7 +268,7 @@ def view_groups(config: ViewConfig) -> list[ViewGroup]:
                         g.method,
                         g.layers,
                         sigma,
-                        config.n_views + 1,
+                        gan_views,
                     )
                 )
     for m in config.image_methods:
@@ -472,7 +504,7 @@ def _gan_views(G, classifiers, w, groups, sink, config, image_ids, seed, c, pca,
         for gi in plain
         for g in [groups[gi]]
         for i in range(w.shape[0])
-        for v in range(FIRST_VIEW, config.n_views + 1)
+        for v in range(FIRST_VIEW, FIRST_VIEW + config.num_perturbed)
     ]
     for batch in _chunks(jobs, config.batch_size):
         ws = torch.empty(len(batch), G.num_ws, G.w_dim, device=w.device)  # [B, L, C]
@@ -525,7 +557,7 @@ def _combined_views(view: int, config: ViewConfig) -> list[tuple[int, int]]:
     if r >= step:
         return []
     return [
-        (FIRST_VIEW + r + p * step, p) for p in range((config.n_views - 1 - r + step - 1) // step)
+        (FIRST_VIEW + r + p * step, p) for p in range((config.num_perturbed - r + step - 1) // step)
     ]
 
 

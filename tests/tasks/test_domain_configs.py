@@ -145,11 +145,43 @@ def test_perturbation_grids_match_the_official_settings(domain):
     )  # official 8 renders × jitters
     assert cfg.views.jitter.crop_window == pytest.approx(preset.jitter.crop_window)
     assert cfg.views.jitter.combined_color == preset.jitter.combined_color
-    assert cfg.views.image_methods == ("color", "crop")
+    # colour jitter exists only in the authors' data_celebahq.py (imcolor); cars and cats: crops
+    image_methods = ("color", "crop") if domain == "celebahq" else ("crop",)
+    assert cfg.views.image_methods == preset.image_methods == image_methods
     assert all(g.combined for g in cfg.views.gan)
     kinds = [g.kind for g in view_groups(cfg.views)]
     # 4 σ-groups × 3 settings + 2 style-mix = 14 GAN groups, as many combined, colour and crop
-    assert (kinds.count("gan"), kinds.count("combined"), kinds.count("image")) == (14, 14, 2)
+    assert (kinds.count("gan"), kinds.count("combined"), kinds.count("image")) == (
+        14,
+        14,
+        len(image_methods),
+    )
+
+
+@pytest.mark.parametrize("domain", list(DOMAINS))
+def test_view_counts_are_the_authors(domain):
+    """evaluate_gan_ensemble.py (n_ens 32): original, reconstruction and 32 perturbed views, or
+    8 renders × 4 tensor transforms = 32 combined views; ImageEnsemble (n_ens 32): the original
+    + 31 augmented copies. The notebook resamples 31 of the 33 GAN columns (reconstruction + 32)
+    and 32 of the 32 image columns (16 + 16 with crops)."""
+    from ganviews.ensemble.paper import PaperProtocol
+    from ganviews.views.render import _combined_views
+
+    cfg = _config(domain).views
+    assert (cfg.perturbed_views, PRESETS[DOMAINS[domain][3]].perturbed_views) == (32, 32)
+    sizes = {g.kind: g.num_views for g in view_groups(cfg)}
+    assert sizes == {"gan": 34, "combined": 34, "image": 32}  # views 0, 1, 2..33 / 0, 1..31
+    gan_columns, image_columns = sizes["gan"] - 1, sizes["image"]
+    assert (gan_columns, image_columns) == (33, 32)
+    renders = {}  # combined view → (render, jitter)
+    for v in range(2, 34):
+        for combined, jitter in _combined_views(v, cfg):
+            renders[combined] = (v, jitter)
+    assert sorted(renders) == list(range(2, 34))  # 32 combined views, each made once
+    assert sorted({r for r, _ in renders.values()}) == list(range(2, 10))  # from 8 renders
+    assert sorted({j for _, j in renders.values()}) == [0, 1, 2, 3]  # × 4 jitters
+    protocol = PaperProtocol()
+    assert (protocol.ensemble_size, protocol.combined_size) == (31, 16)
 
 
 def test_domain_specific_alignment():

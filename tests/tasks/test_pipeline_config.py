@@ -59,7 +59,7 @@ def test_plain_dict_round_trip() -> None:
     assert again == cfg
     assert (
         cfg.views.gan == PRESETS["cars"].gan
-        and cfg.views.n_views == 4
+        and (cfg.views.n_views, cfg.views.num_perturbed) == (4, 3)  # not the preset's 32
         and cfg.views.jitter == PRESETS["cars"].jitter
     )
     assert cfg.orchestration.devices == ("cpu", "cpu")

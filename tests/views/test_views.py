@@ -297,16 +297,22 @@ def test_presets_hold_the_official_grids():
     assert grid("cats", "isotropic", "coarse") == (0.5, 0.7, 1.0)
     assert grid("cats", "pca", "fine") == (0.5, 0.7, 1.0)
     assert grid("cats", "stylemix", "fine") == ()
-    assert PRESETS["faces"].n_views == 32
+    assert (PRESETS["faces"].n_views, PRESETS["faces"].perturbed_views) == (32, 32)
     groups = view_groups(PRESETS["faces"])
     assert len(groups) == 2 * (3 + 3 + 1) + 2
-    assert {g.num_views for g in groups if g.kind == "gan"} == {33}
-    assert {g.num_views for g in groups if g.kind == "image"} == {32}
+    assert {g.num_views for g in groups if g.kind == "gan"} == {34}  # 0, 1 and 32 perturbed
+    assert {g.num_views for g in groups if g.kind == "image"} == {32}  # 0 and 31 copies
+    assert PRESETS["cars"].image_methods == PRESETS["cats"].image_methods == ("crop",)
+    assert view_groups(ViewConfig(n_views=5))[-1].num_views == 5  # perturbed_views 0 → N − 1
+    assert ViewConfig(n_views=5).num_perturbed == 4
 
 
 def test_view_config_from_mapping_with_preset_and_overrides():
     cfg = view_config({"preset": "cats", "n_views": 8, "jitter": {"flip": False}})
     assert cfg.n_views == 8 and cfg.gan == PRESETS["cats"].gan
+    assert cfg.num_perturbed == 7  # n_views alone shrinks the preset's 32 perturbed views too
+    assert view_config({"preset": "cats"}).num_perturbed == 32
+    assert view_config({"n_views": 8, "perturbed_views": 16}, preset="cats").num_perturbed == 16
     assert cfg.jitter.flip is False and cfg.jitter.crop_scale == PRESETS["cats"].jitter.crop_scale
     cfg = view_config(
         {"gan": [{"method": "pca", "layers": "fine", "settings": [1, 2]}]}, preset="faces"
@@ -371,7 +377,7 @@ def test_combined_renders_reuse_few_renders_with_several_jitters(G, classifiers,
     torch.set_num_threads(1)
     w, images = batch
     cfg = ViewConfig(
-        n_views=5, gan=(GanGroup("isotropic", "fine", (0.5,), combined=True),),
+        n_views=3, perturbed_views=4, gan=(GanGroup("isotropic", "fine", (0.5,), combined=True),),
         image_methods=(), combined_renders=2, batch_size=4,
     )  # fmt: skip
     C = {"multi": classifiers["multi"]}
@@ -390,7 +396,12 @@ def test_combined_renders_reuse_few_renders_with_several_jitters(G, classifiers,
             G.synthesis(wv, noise_mode="const"), [jitter_seed(renders[base], jitter)], "combined"
         )
         np.testing.assert_allclose(combined.logits["multi"][r], C["multi"](x)[0].numpy(), atol=1e-4)
+    assert sorted(set(combined.view.tolist())) == list(range(6))  # 4 perturbed views, n_views 3
     assert len(set(combined.seed[combined.view >= 2].tolist())) == 2
     assert len(set(plain.seed[plain.view >= 2].tolist())) == 4  # the plain group: 4 renders
     with pytest.raises(ConfigError, match=r"combined_renders: got -1, must be ≥ 0"):
         ViewConfig(n_views=5, combined_renders=-1)
+    with pytest.raises(
+        ConfigError, match=r"perturbed_views: got -1, must be ≥ 0 \(0 → n_views − 1\)"
+    ):
+        ViewConfig(perturbed_views=-1)
