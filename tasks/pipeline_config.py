@@ -31,7 +31,7 @@ from ganviews.genrep.experiment import MultiviewConfig
 from ganviews.inversion.align import AlignConfig
 from ganviews.inversion.invert import InversionConfig
 from ganviews.report.tables import ReportConfig
-from ganviews.views.render import PRESETS, ViewConfig, with_preset
+from ganviews.views.config import PRESETS, ViewConfig, with_preset
 
 STAGES = ("train_encoder", "invert", "train_classifier", "pca", "render", "corrupt", "evaluate")
 MODES = ("embedded", "distributed")
