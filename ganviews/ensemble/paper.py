@@ -6,8 +6,9 @@ the authors' ``notebooks/plot_precomputed_evaluations.ipynb`` (``resample_wrappe
 ``get_accuracy_from_image_ensembles``), restated here from its behaviour:
 
 * GAN ensembles: the GAN side is the reconstruction and the perturbed views (views ≥ 1 of
-  a ganviews GAN group, 32 columns for N = 32). For each of ``resamples`` = 20 seeds s,
-  ``numpy.random.RandomState(s).choice(32, 31, replace=True)`` picks the GAN views; the
+  a ganviews GAN group: 33 columns with ``perturbed_views: 32``, as the authors' files). For
+  each of ``resamples`` = 20 seeds s,
+  ``numpy.random.RandomState(s).choice(33, 31, replace=True)`` picks the GAN views; the
   ensemble (1 − α)·C(x) + α·mean C(G(·)) is scored on val for the 21 α of
   ``linspace(0, 1, 21)``, the α that numpy's default ``argsort`` of the val accuracies puts
   last is taken (the authors' tie-break, ``iloc[argsort().iloc[-1]]``), and test accuracy
@@ -15,7 +16,7 @@ the authors' ``notebooks/plot_precomputed_evaluations.ipynb`` (``resample_wrappe
   setting (σ) of a method is the one with the best mean val accuracy (the first in
   ascending σ order on a tie, as Python's ``max``).
 * With image crops (cars, ``combinations``): the image side is 16 of the 32 views
-  original + crops and the GAN side 16 of the 32 GAN views, each drawn with a fresh
+  original + crops and the GAN side 16 of the 33 GAN views, each drawn with a fresh
   ``RandomState(s)`` (so both use the same indices).
 * Colour/crop baselines: the plain mean of the original and its augmentations (no α), and
   the mean over 20 draws of 32 of those 32 views with replacement from one
