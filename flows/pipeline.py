@@ -7,6 +7,7 @@ pending and failed work.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prefect import flow
@@ -59,5 +60,7 @@ def pipeline(config: str | dict[str, Any], stages: list[str] | None = None) -> d
         if stop_requested():  # first Ctrl-C / SIGTERM: no further stage starts
             logger.warning("stop requested: stages from %s on not started", stage)
             break
-        outcome[stage] = STAGE_FLOWS[stage](params)
+        t0 = time.perf_counter()
+        outcome[stage] = {**STAGE_FLOWS[stage](params)}
+        outcome[stage]["seconds"] = round(time.perf_counter() - t0, 3)
     return outcome

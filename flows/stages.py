@@ -69,6 +69,8 @@ def invert_dataset(config: Config) -> dict[str, Any]:
         **store,
         "shards_run": report.planned,
         "todo_after": len(stage.plan(job)),
+        "items": sum(int(s.get("done", 0)) + int(s.get("failed", 0)) for s in report.summaries),
+        "item": "images",
     }
 
 
@@ -94,6 +96,8 @@ def render_and_classify(config: Config) -> dict[str, Any]:
         "stage": "render",
         "shards_run": report.planned,
         "rows": sum(int(s.get("rows", 0)) for s in report.summaries),
+        "items": sum(int(s.get("views", 0)) for s in report.summaries),
+        "item": "views",
     }
 
 

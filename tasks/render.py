@@ -24,6 +24,7 @@ logits were made from, :func:`render_key`), so :func:`plan_render` skips unchang
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,17 @@ from prefect import task
 
 from ganviews.core.config import to_dict
 from ganviews.core.errors import ConfigError, GanviewsError
-from ganviews.core.runtime import file_sha256, resolve_device, set_numerics_policy
+from ganviews.core.model_cache import MODELS, cached_sha256
+from ganviews.core.runtime import resolve_device, set_numerics_policy
 from ganviews.core.stop import stop_requested
 from ganviews.views.perturb import PCAStats
-from ganviews.views.render import GroupLogits, ViewConfig, render_and_classify, view_groups
+from ganviews.views.render import (
+    GroupLogits,
+    ViewConfig,
+    count_views,
+    render_and_classify,
+    view_groups,
+)
 from storage.arrays import view_array
 from storage.identity import code_version
 from storage.latents import LatentStore
@@ -60,17 +68,27 @@ def load_models(
     configs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The generator and the classifiers (name → Classifier), on ``device``, in eval mode;
-    ``configs[name]`` declares a classifier file's config (else the file's own or its sidecar)."""
-    from ganviews.classifiers.checkpoints import load_classifier
+    ``configs[name]`` declares a classifier file's config (else the file's own or its sidecar).
+
+    Loaded once per process (:data:`ganviews.core.model_cache.MODELS`, keyed by resolved path,
+    file size + mtime, device, declared config and sidecar state) and shared by every shard
+    the process renders; the models are only read."""
+    from ganviews.classifiers.checkpoints import load_classifier, sidecar_candidates
     from ganviews.stylegan.generator import load_generator
 
     if not classifier_paths:
         raise ConfigError("classifier_paths: need at least one NAME → checkpoint path")
-    G = load_generator(generator_path, device=device)
-    classifiers = {
-        name: load_classifier(path, device=device, config=(configs or {}).get(name))
-        for name, path in classifier_paths.items()
-    }
+    G = MODELS.get(
+        "generator", generator_path, device, lambda: load_generator(generator_path, device=device)
+    )
+    classifiers = {}
+    for name, path in classifier_paths.items():
+        config = (configs or {}).get(name)
+        classifiers[name] = MODELS.get(
+            "classifier", path, device,
+            lambda path=path, config=config: load_classifier(path, device=device, config=config),
+            extra=config, watch=sidecar_candidates(Path(path)),
+        )  # fmt: skip
     return G, classifiers
 
 
@@ -178,6 +196,7 @@ def render_shard_with(
             torch.as_tensor(manifest[class_column].to_numpy()[idx]), G.c_dim
         ).float()
     ids = store.image_ids[idx]
+    t0 = time.perf_counter()
     groups = render_and_classify(
         G,
         classifiers,
@@ -189,7 +208,10 @@ def render_shard_with(
         seed=seed,
         c=c,
         pca=pca,
+        progress=_progress_log(summary["shard"], len(classifiers), t0),
     )
+    seconds = time.perf_counter() - t0
+    views = count_views(view_cfg, len(idx))
     labels = {col: manifest[col].to_numpy() for col in set(col_of.values())}
     frame = logit_frame(
         groups,
@@ -213,8 +235,36 @@ def render_shard_with(
     )
     if view_cfg.persist_views:
         persist_views(store, idx, groups)
-    summary.update(rows=int(len(frame)), files=len(files))
+    summary.update(
+        rows=int(len(frame)),
+        files=len(files),
+        views=views,
+        seconds=round(seconds, 3),
+        views_per_second=round(views / max(seconds, 1e-9), 2),
+    )
     return summary
+
+
+PROGRESS_SECONDS = 10.0  # at most one progress line per this many seconds (and the last batch)
+
+
+def _progress_log(shard: str, n_classifiers: int, t0: float):
+    """``progress(done, total)`` for render_and_classify: a log line with views/s and ETA at
+    most every PROGRESS_SECONDS, and one after the shard's last batch."""
+    last = [t0]
+
+    def report(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done < total and now - last[0] < PROGRESS_SECONDS:
+            return
+        last[0] = now
+        rate = done / max(now - t0, 1e-9)
+        log.info(
+            "shard %s: %d/%d views, %.1f views/s (%.1f classifier evaluations/s), ETA %.0f s",
+            shard, done, total, rate, rate * n_classifiers, (total - done) / rate,
+        )  # fmt: skip
+
+    return report
 
 
 def store_condition(store: LatentStore) -> str:
@@ -300,11 +350,10 @@ def run_render(
             )
         )  # fmt: skip
         log.info(
-            "rendered shard %s: %d images, %d rows",
-            out[-1]["shard"],
-            out[-1]["images"],
-            out[-1]["rows"],
-        )
+            "rendered shard %s: %d images, %d rows, %.1f views/s",
+            out[-1]["shard"], out[-1]["images"], out[-1]["rows"],
+            out[-1].get("views_per_second", 0.0),
+        )  # fmt: skip
     return out
 
 
@@ -313,8 +362,8 @@ def run_render(
 
 def model_hashes(job: RenderJob) -> dict[str, str]:
     """Content hashes of the generator and every classifier."""
-    out = {"generator": file_sha256(job.generator)}
-    out.update({f"classifier:{k}": file_sha256(v) for k, v in job.classifiers.items()})
+    out = {"generator": cached_sha256(job.generator)}
+    out.update({f"classifier:{k}": cached_sha256(v) for k, v in job.classifiers.items()})
     return out
 
 

@@ -285,20 +285,20 @@ def _declared_arch(path: Path, config) -> str:
     return str(config.get("arch", "")) if isinstance(config, Mapping) else ""
 
 
-def _sidecar_candidates(path: Path) -> list[Path]:
+def sidecar_candidates(path: Path) -> list[Path]:
     candidates = [path.with_name(path.name + s) for s in _SIDECAR_SUFFIXES]
     return list(dict.fromkeys(candidates + [path.with_suffix(s) for s in _SIDECAR_SUFFIXES]))
 
 
 def _find_sidecar(path: Path) -> Path | None:
-    return next((c for c in _sidecar_candidates(path) if c.is_file()), None)
+    return next((c for c in sidecar_candidates(path) if c.is_file()), None)
 
 
 def _sidecar_config(path: Path) -> dict[str, Any]:
     sidecar = _find_sidecar(path)
     if sidecar is not None:
         return load_yaml(sidecar)
-    candidates = _sidecar_candidates(path)
+    candidates = sidecar_candidates(path)
     tried = ", ".join(str(c) for c in dict.fromkeys(candidates))
     raise CheckpointError(
         f"{path}: the checkpoint does not record its preprocessing; put a YAML config next to it "

@@ -97,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     summaries = run_render(job, shards, device=args.device)
     for s in summaries:
-        print(f"shard {s['shard']}: {s['images']} images → {s['rows']} rows in {s['files']} files")
+        rate = f", {s['views']} views at {s['views_per_second']:.1f}/s" if s.get("views") else ""
+        print(
+            f"shard {s['shard']}: {s['images']} images → {s['rows']} rows in {s['files']} files{rate}"
+        )
     total = sum(s["rows"] for s in summaries)
     print(f"wrote {total} logit rows for {len(summaries)} shards to {args.logits}")
     return 0

@@ -91,15 +91,38 @@ def prepare_environment(cfg) -> None:
     check_api()  # one line for an unset URL, a closed port or a server that never answers
 
 
+_THROUGHPUT_KEYS = ("items", "item", "seconds")
+
+
 def print_outcome(outcome: dict) -> None:
     for stage, result in outcome.items():
         if "skipped" in result:
             print(f"{stage:17s} skipped: {result['skipped']}")
         else:
             shown = {
-                k: v for k, v in result.items() if k != "stage" and not isinstance(v, (dict, list))
+                k: v
+                for k, v in result.items()
+                if k not in ("stage", *_THROUGHPUT_KEYS) and not isinstance(v, (dict, list))
             }
             print(f"{stage:17s} " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    for line in throughput_lines(outcome):
+        print(line)
+
+
+def throughput_lines(outcome: dict) -> list[str]:
+    """The per-stage throughput table: stage, items (what they are), seconds, items/s."""
+    lines = [f"{'stage':17s} {'items':>16s} {'seconds':>9s} {'items/s':>9s}"]
+    for stage, result in outcome.items():
+        if "seconds" not in result:
+            continue
+        seconds = float(result["seconds"])
+        if "items" in result:
+            items = f"{result['items']} {result.get('item', '')}".strip()
+            rate = f"{result['items'] / seconds:9.2f}" if seconds > 0 else f"{'-':>9s}"
+        else:
+            items, rate = "-", f"{'-':>9s}"
+        lines.append(f"{stage:17s} {items:>16s} {seconds:9.1f} {rate}")
+    return lines if len(lines) > 1 else []
 
 
 def resume_command(args: argparse.Namespace) -> str:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,11 +114,38 @@ class _Job:
     seed: int  # the view's seed
 
 
+class _Counter:
+    """Images classified so far, reported to ``callback(done, total)`` after every batch."""
+
+    def __init__(self, total: int, callback: Callable[[int, int], None] | None):
+        self.total, self.done, self.callback = total, 0, callback
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+
+def count_views(config: ViewConfig, n_images: int) -> int:
+    """Images the classifiers see for ``n_images`` inputs: originals, reconstructions, GAN views,
+    their combined copies and the image groups' copies (what :func:`render_and_classify` feeds)."""
+    groups = view_groups(config)
+    perturbed = range(FIRST_VIEW, FIRST_VIEW + config.num_perturbed)
+    plain = sum(g.kind == "gan" for g in groups)
+    gan = (1 + plain * config.num_perturbed) if plain else 0
+    combined = len(_twins(groups)) * sum(len(_combined_views(v, config)) for v in perturbed)
+    image = 1 + sum(g.kind == "image" for g in groups) * (config.n_views - 1)
+    return n_images * (gan + combined + image)
+
+
 class _Sink:
     """Device-side accumulators: per group a seed table and, per classifier, a logits table."""
 
-    def __init__(self, groups: list[ViewGroup], n_images: int, names: Sequence[str], device):
+    def __init__(
+        self, groups: list[ViewGroup], n_images: int, names: Sequence[str], device, counter
+    ):
         self.groups, self.n, self.names, self.device = groups, n_images, list(names), device
+        self.counter = counter
         self.logits: dict[tuple[int, str], torch.Tensor] = {}
         self.filled: dict[tuple[int, str], np.ndarray] = {}  # which rows were written
         self.seed = [np.zeros((n_images, g.num_views), np.int64) for g in groups]
@@ -207,13 +234,16 @@ def render_and_classify(
     seed: int,
     c: torch.Tensor | None = None,
     pca: PCAStats | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[GroupLogits]:
     """Classify views 0, 1, 2..N of every group for a batch of images (see the module doc).
 
     w [N, num_ws, w_dim] (the inverted w*), images [N, 3, H, W] in [-1, 1] (the aligned
     originals), image_ids [N] (seed keys), classifiers: name → module mapping [B, 3, h, w] in
     [-1, 1] to logits [B, K] (its own preprocessing). c [N, c_dim]: classes for a conditional
-    G (style-mixing). Returns one :class:`GroupLogits` per :func:`view_groups` entry.
+    G (style-mixing). ``progress(done, total)`` is called after every batch with the
+    number of images classified so far and in all (each goes through every classifier).
+    Returns one :class:`GroupLogits` per :func:`view_groups` entry.
     """
     device = torch.device(device)
     n = w.shape[0]
@@ -248,7 +278,7 @@ def render_and_classify(
         if DTYPES[config.dtype] is not None
         else contextlib.nullcontext()
     )
-    sink = _Sink(groups, n, list(classifiers), device)
+    sink = _Sink(groups, n, list(classifiers), device, _Counter(count_views(config, n), progress))
     with autocast:
         _gan_views(G, classifiers, w, groups, sink, config, image_ids, seed, c, pca, res)
         _image_views(classifiers, images, groups, sink, config, image_ids, seed, res)
@@ -378,6 +408,7 @@ def _emit(
 ):
     """Classify one batch and scatter its logits (and uint8 copies) into the groups' tables."""
     logits = _classify(classifiers, pixels)
+    sink.counter.add(len(batch))
     small = to_uint8(pixels, res) if config.persist_views else None
     for gi in sorted({j.group for j in batch}):
         pos = [k for k, j in enumerate(batch) if j.group == gi]

@@ -8,6 +8,7 @@ the session's Prefect test harness (tests/conftest.py: its SQLite database takes
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -138,6 +139,8 @@ def test_cli_run_then_resume_retries_failed_images(
     assert (
         "ganviews run: job cli-job, stages invert, embedded mode" in out and "shards_run=2" in out
     )
+    # the per-stage throughput table: 7 inverted + 1 failed image handled
+    assert re.search(r"^invert +8 images +[\d.]+ +[\d.]+$", out, re.M), out
     store = LatentStore.open(tmp_path / "out" / "store")
     assert store.failed().tolist() == [5] and len(store.done()) == 7
     w_done = store.read(store.done(), ["w"])["w"]

@@ -82,3 +82,28 @@ def test_align_resolution_that_is_not_the_generators_fails_before_the_store_exis
     err = capsys.readouterr().err
     assert "align.resolution: 64, but" in err and "set align.resolution: 32" in err
     assert not (tmp_path / "out" / "store").exists()
+
+
+def test_throughput_table_at_the_end_of_a_run(capsys) -> None:
+    """`ganviews run` ends with one line per stage: items, seconds and items/s."""
+    from ganviews.cli.run import print_outcome
+
+    print_outcome(
+        {
+            "invert": {"stage": "invert", "shards_run": 2, "items": 8, "item": "images",
+                       "seconds": 4.0},
+            "pca": {"stage": "pca", "skipped": "no PCA view group", "seconds": 0.5},
+            "render": {"stage": "render", "shards_run": 2, "rows": 90, "items": 300,
+                       "item": "views", "seconds": 12.0},
+        }
+    )  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "invert            shards_run=2"
+    assert lines[2] == "render            shards_run=2, rows=90"
+    table = [line.split() for line in lines[3:]]
+    assert table == [
+        ["stage", "items", "seconds", "items/s"],
+        ["invert", "8", "images", "4.0", "2.00"],
+        ["pca", "-", "0.5", "-"],
+        ["render", "300", "views", "12.0", "25.00"],
+    ]

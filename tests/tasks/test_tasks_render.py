@@ -78,10 +78,10 @@ def _manifest(root) -> pd.DataFrame:
     return frame
 
 
-def _make_store(tmp_path, G, *, aligned: bool = True) -> LatentStore:
+def _make_store(tmp_path, G, *, aligned: bool = True, shard: int = SHARD) -> LatentStore:
     manifest = _manifest(tmp_path)
     store = LatentStore.create(
-        tmp_path / "store", N_IMAGES, G.num_ws, G.w_dim, SHARD,
+        tmp_path / "store", N_IMAGES, G.num_ws, G.w_dim, shard,
         attrs={"generator_sha256": G.sha256}, manifest=manifest,
     )  # fmt: skip
     gen = torch.Generator().manual_seed(3)
@@ -115,12 +115,17 @@ def test_shard_end_to_end(tmp_path, G, gen_path, classifier_paths):
     summary = run_render_shard(job, 0)
     # images 0, 1, 3 are done in shard [0, 4); image 2 failed and is skipped
     per_image = 3 * (CFG.n_views + 1) + CFG.n_views  # three GAN groups + crop
+    timing = {k: summary.pop(k) for k in ("seconds", "views_per_second")}
     assert summary == {
         "shard": "00000000-00000004",
         "images": 3,
         "rows": 2 * 3 * per_image,
         "files": 8,
+        # classified images: original + reconstruction + 3 GAN views + 1 crop copy per image
+        "views": 3 * 6,
     }
+    assert timing["seconds"] > 0
+    assert timing["views_per_second"] == pytest.approx(18 / timing["seconds"], rel=0.01)
     rows = read_logits(logits)
     assert len(rows) == summary["rows"]
     assert set(rows["image_id"]) == {"im0", "im1", "im3"}
@@ -189,6 +194,43 @@ def test_shard_end_to_end(tmp_path, G, gen_path, classifier_paths):
     )
     second = render_shard_task.fn(job, store.shards()[1], "cpu")
     assert second["images"] == 2 and len(read_logits(logits)) == len(rows) + second["rows"]
+
+
+def test_models_loaded_once_per_process_and_progress_lines(
+    tmp_path, G, gen_path, classifier_paths, caplog
+):
+    """The pipeline renders shard after shard in one worker: the generator and each classifier
+    are loaded on the first shard only; each shard logs its progress with views/s and ETA."""
+    import logging
+
+    from ganviews.core.model_cache import MODELS
+
+    store = _make_store(tmp_path, G, shard=2)
+    job = _job(store.path, gen_path, classifier_paths, tmp_path / "logits",
+               state_dir=tmp_path / "state")  # fmt: skip
+    MODELS.clear()
+    with caplog.at_level(logging.INFO):
+        summaries = [render_shard_task.fn(job, shard, "cpu") for shard in store.shards()]
+    assert [s["images"] for s in summaries] == [2, 1, 2]  # image 2 failed
+    messages = [r.getMessage() for r in caplog.records]
+    loaded = [m for m in messages if m.startswith("loaded ")]
+    assert len(loaded) == 3 and MODELS.loads == 3, loaded  # G + 2 classifiers, once each
+    assert sum("generator" in m for m in loaded) == 1
+    for s in summaries:  # the last batch of every shard reports the whole shard
+        views = s["views"]
+        line = next(
+            m for m in messages if m.startswith(f"shard {s['shard']}: {views}/{views} views")
+        )
+        assert "views/s" in line and "classifier evaluations/s" in line and line.endswith("ETA 0 s")
+    # a classifier file replaced on disk is loaded again; the others come from the cache
+    C = load_classifier(classifier_paths["smile"])
+    torch.nn.init.zeros_(next(C.backbone.parameters()))
+    replaced = save_classifier(C, tmp_path / "smile2.safetensors")
+    job = dataclasses.replace(
+        job, classifiers={**classifier_paths, "smile": replaced}, logits=tmp_path / "logits2"
+    )
+    render_shard_task.fn(job, store.shards()[0], "cpu")
+    assert MODELS.loads == 4
 
 
 def test_persisted_views_go_to_the_store(tmp_path, G, gen_path, classifier_paths):
