@@ -154,6 +154,8 @@ def evaluate_ensembles(config: Config) -> dict[str, Any]:
         config=cfg.report,
         artifact_prefix=job_name(cfg),
         robustness=robustness_job(cfg),
+        fallback=SHARD_STAGES["render"].build(cfg),  # failed images from their original (single)
+        device=cfg.device,
     )
     record_evaluation(cfg, outputs)
     return {"stage": "evaluate", **outputs}

@@ -451,6 +451,12 @@ def read_logits(
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise StoreError(f"{root}: values do not fit the logits schema ({exc})") from exc
+    return table_to_frame(table, arrow_logits=arrow_logits)
+
+
+def table_to_frame(table: pa.Table, *, arrow_logits: bool = False) -> pd.DataFrame:
+    """Logit rows as :func:`read_logits` returns them (e.g. rows made in memory with
+    :func:`to_table`, to be evaluated together with rows read from a dataset)."""
     if arrow_logits and "logits" in table.column_names:
         position = table.column_names.index("logits")
         frame = table.drop_columns(["logits"]).to_pandas()

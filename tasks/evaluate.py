@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from prefect import task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext, TaskRunContext
@@ -58,6 +59,8 @@ def evaluate_ensembles_task(
     *,
     artifact_prefix: str = "ensemble",
     robustness: Any = None,
+    fallback: Any = None,
+    device: str = "auto",
 ) -> dict[str, str]:
     """Prefect task: :func:`run_evaluate` → the paths written.
 
@@ -65,7 +68,10 @@ def evaluate_ensembles_task(
     Prefect flow or task run.
     """
     logger = run_logger()
-    outputs = run_evaluate(logits_dir, out_dir, store=store, config=config, robustness=robustness)
+    outputs = run_evaluate(
+        logits_dir, out_dir, store=store, config=config, robustness=robustness,
+        fallback=fallback, device=device,
+    )  # fmt: skip
     table = outputs.results.table
     logger.info(
         "ensemble report: %s (%d rows, %d plots)", outputs.report_md, len(table), len(outputs.plots)
@@ -87,13 +93,19 @@ def logit_tasks(root: str | Path) -> list[str]:
 
 
 def evaluate_logits(
-    root: str | Path, config=None, *, expected=None, filters: Mapping[str, Any] | None = None
+    root: str | Path,
+    config=None,
+    *,
+    expected=None,
+    filters: Mapping[str, Any] | None = None,
+    extra: pd.DataFrame | None = None,
 ):
     """α-CV over a whole logits dataset, one task at a time; size curves for settings chosen over
     all tasks. ``expected`` (image_id, split, detail) names the images every result should hold.
 
     Only the clean condition's rows are read unless ``filters`` (read_logits filters, e.g.
-    ``{"condition": "pgd-8_255", "method": [...]}``) says otherwise."""
+    ``{"condition": "pgd-8_255", "method": [...]}``) says otherwise. ``extra``: rows evaluated
+    with the dataset's (the single-image fallback's view-0 rows, :mod:`tasks.fallback`)."""
     from ganviews.ensemble.evaluate import (
         GROUP_COLUMNS,
         EnsembleConfig,
@@ -110,16 +122,12 @@ def evaluate_logits(
     filters = {"condition": CLEAN, **(filters or {})}
     tasks = logit_tasks(root)
     if len(tasks) <= 1:  # one chunk (or a layout without task folders): a single pass
-        results = evaluate(read_logits(root, filters, arrow_logits=True), config, expected=expected)
+        results = evaluate(_read(root, filters, extra), config, expected=expected)
     else:
         first = dataclasses.replace(config, size_curve="none")
         results = concat_results(
             [
-                evaluate(
-                    read_logits(root, {**filters, "task": t}, arrow_logits=True),
-                    first,
-                    expected=expected,
-                )
+                evaluate(_read(root, {**filters, "task": t}, extra), first, expected=expected)
                 for t in tasks
             ],
             config,
@@ -136,10 +144,8 @@ def evaluate_logits(
                 mine = {k for k in keys if k[0] == t}
                 if not mine:
                     continue
-                frame = read_logits(
-                    root,
-                    {**filters, "task": t, "method": sorted({k[2] for k in mine})},
-                    arrow_logits=True,
+                frame = _read(
+                    root, {**filters, "task": t, "method": sorted({k[2] for k in mine})}, extra
                 )
                 groups = [g for g in build_groups(frame, config) if g.key in mine]
                 sizes.append(
@@ -159,6 +165,18 @@ def evaluate_logits(
             f"{root}: no val/test logit rows to evaluate (α is chosen on val, reported on test)"
         )
     return results
+
+
+def _read(root, filters: Mapping[str, Any], extra: pd.DataFrame | None) -> pd.DataFrame:
+    """The dataset's rows matching ``filters``, with the matching ``extra`` rows appended."""
+    frame = read_logits(root, filters, arrow_logits=True)
+    if extra is None or extra.empty:
+        return frame
+    keep = np.ones(len(extra), dtype=bool)
+    for column, value in filters.items():
+        values = value if isinstance(value, (list, tuple, set)) else [value]
+        keep &= extra[column].isin(list(values)).to_numpy()
+    return pd.concat([frame, extra[keep]], ignore_index=True) if keep.any() else frame
 
 
 def expected_images(store_path: str | Path):
@@ -233,17 +251,22 @@ def run_evaluate(
     store: str | Path | None = None,
     config: ReportConfig = ReportConfig(),  # noqa: B008 - frozen
     robustness: Any = None,
+    fallback: Any = None,
+    device: str = "auto",
 ) -> ReportOutputs:
     """Evaluate the logits under ``logits_dir`` and write the report into ``out_dir`` → ReportOutputs.
 
     Writes results.csv / results.parquet (:func:`storage.results.write_results`), the curve
     tables, PNG plots and report.md (+ report.html); with ``store`` also a reconstruction
     gallery read from the latent store; with ``robustness`` (a
-    :class:`tasks.corrupt.RobustnessJob`) the Fig. 7 section over the input conditions.
+    :class:`tasks.corrupt.RobustnessJob`) the Fig. 7 section over the input conditions. With
+    ``fallback`` (the store's :class:`~tasks.jobs.RenderJob`) and ``on_missing_views: single``,
+    failed images are classified from their original on ``device`` (:mod:`tasks.fallback`).
     """
     expected = expected_images(store) if store is not None else None
-    results = evaluate_logits(logits_dir, config.ensemble, expected=expected)
-    gallery, notes = (None, [])
+    added, notes = _fallback(fallback, expected, config, device)
+    results = evaluate_logits(logits_dir, config.ensemble, expected=expected, extra=added)
+    gallery = None
     if expected is None:
         notes.append(
             "images with no logit row at all (e.g. failed inversions) are not counted as "
@@ -262,6 +285,29 @@ def run_evaluate(
         results, out_dir, results_files=files, config=config, gallery=gallery,
         source=str(logits_dir), notes=notes, extra=extra,
     )  # fmt: skip
+
+
+def _fallback(job, expected, config: ReportConfig, device: str):
+    """(view-0 rows of failed images or None, report notes); unusable originals get their reason
+    appended to ``expected``'s detail (in place)."""
+    if job is None or expected is None or config.ensemble.on_missing_views != "single":
+        return None, []
+    from tasks.fallback import fallback_rows
+
+    out = fallback_rows(job, device=device)
+    unusable = expected["image_id"].astype(str).map(out.unusable)
+    has = unusable.notna().to_numpy()
+    expected.loc[has, "detail"] = (
+        expected.loc[has, "detail"] + "; original not classifiable either: " + unusable[has]
+    )
+    made = out.rows["image_id"].nunique() if not out.rows.empty else 0
+    note = (
+        f"{made} val/test image(s) without views (failed inversions) are predicted from their "
+        f"original image alone (on_missing_views: single, counted in n_test_fallback)"
+    )
+    if out.unusable:
+        note += f"; {len(out.unusable)} could not be read or aligned and stay excluded"
+    return out.rows, [note] if made or out.unusable else []
 
 
 def evaluate_key(cfg: PipelineConfig) -> str:

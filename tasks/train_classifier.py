@@ -36,8 +36,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from ganviews.classifiers.batches import SourceConfig, make_batches
-from ganviews.classifiers.checkpoints import load_backbone_weights, save_classifier
-from ganviews.classifiers.model import build_classifier
+from ganviews.classifiers.checkpoints import (
+    load_backbone_weights,
+    load_classifier,
+    save_classifier,
+)
+from ganviews.classifiers.external import TORCHSCRIPT
+from ganviews.classifiers.model import ClassifierConfig, build_classifier
 from ganviews.classifiers.training import TrainConfig, classifier_for_labels, train_classifier
 from ganviews.core.config import from_dict, to_dict
 from ganviews.core.errors import ConfigError
@@ -178,6 +183,7 @@ def run_train_classifier(
     ``<out>.ckpt``; without it an existing checkpoint is an error (never silently discarded).
     """
     data, out = Path(data), Path(out)
+    _check_output(out, config)
     dev = resolve_device(device)
     set_numerics_policy(dev)
     tcfg = train
@@ -207,9 +213,9 @@ def run_train_classifier(
         raise ConfigError(f"{data}: no usable {train_split!r} images for task {task!r}")
     va = va if va is not None and len(va.labels) and va.images is not None else None
 
-    C = build_classifier(classifier_for_labels({"task": task, **to_dict(config)}, tr.labels))
-    if init_from is not None:
-        load_backbone_weights(C, init_from)
+    C = _initial_classifier(
+        classifier_for_labels({"task": task, **to_dict(config)}, tr.labels), init_from
+    )
     G = _generator(generator_path, store, dev) if need_w else None
     pca_stats = _pca(store, G, scfg, pca, dev)
     c = _classes(store, G, class_column, train_split)
@@ -275,6 +281,29 @@ def run_train_classifier(
     }
     write_json(out.with_name(out.name + ".train.json"), report)
     return report
+
+
+def _initial_classifier(cfg: ClassifierConfig, init_from: str | Path | None):
+    """The classifier training starts from (train mode): built from ``cfg`` and initialised from
+    ``init_from``'s matching tensors, or — a TorchScript architecture is its file — that file."""
+    if cfg.arch != TORCHSCRIPT:
+        C = build_classifier(cfg)
+        if init_from is not None:
+            load_backbone_weights(C, init_from)
+        return C
+    if init_from is None:
+        raise ConfigError(
+            "classifier.arch: torchscript is fine-tuned from its file: pass it as init_from (--init)"
+        )
+    return load_classifier(init_from, config=cfg).train().requires_grad_(True)
+
+
+def _check_output(out: Path, config: Mapping[str, Any]) -> None:
+    if config.get("arch") == TORCHSCRIPT and out.suffix == ".safetensors":
+        raise ConfigError(
+            f"out: {out} — a fine-tuned TorchScript classifier is saved as a TorchScript archive "
+            "(its config inside), not safetensors: name it .pt"
+        )
 
 
 def _pca(store: LatentStore | None, G, scfg: SourceConfig, settings: PCAConfig, device):

@@ -27,6 +27,7 @@ from ganviews.classifiers.model import (
     ClassifierConfig,
     build_backbone,
     classifier_config,
+    head_prefix,
 )
 from ganviews.core.config import load_yaml, to_dict
 from ganviews.core.errors import CheckpointError
@@ -48,12 +49,17 @@ _SIDECAR_SUFFIXES = (".yaml", ".yml")
 
 
 def save_classifier(C: Classifier, path: str | Path) -> Path:
-    """Write the project's format: safetensors of the backbone + config JSON in its metadata."""
-    metadata = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "config": json.dumps(to_dict(C.config), sort_keys=True),
-    }
+    """Write the project's format: safetensors of the backbone + config JSON in its metadata.
+
+    A TorchScript classifier (whose architecture is its code, not a name) is written as a
+    TorchScript archive instead, the config JSON inside (:func:`external.save_torchscript`)."""
+    config = json.dumps(to_dict(C.config), sort_keys=True)
+    if C.arch == external.TORCHSCRIPT:
+        path = external.save_torchscript(C.backbone, Path(path), config)
+        C._source_sha256 = file_sha256(path)
+        log.info("saved TorchScript classifier %s to %s", C.name, path)
+        return path
+    metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": config}
     path = write_safetensors(C.backbone.state_dict(), path, metadata)
     C._source_sha256 = file_sha256(path)
     log.info("saved classifier %s to %s (sha256 %s)", C.name, path, C._source_sha256[:12])
@@ -82,18 +88,14 @@ def load_classifier(
         return _load_torchscript(path, device, config)
     state, stored = _read_weights(path)
     state = _strip_prefix(state)
-    if external.is_external(_declared_arch(path, config)):  # built by name, not inferred
-        cfg = classifier_config(config if config is not None else _sidecar_config(path))
+    declared = _declared_arch(path, config) or str((stored or {}).get("arch", ""))
+    if external.is_external(declared):  # built by name, not inferred
+        cfg = classifier_config(_config_data(path, stored, config))
         return _finish(
             Classifier(cfg, backbone=_backbone_from_state(cfg, state, path)), path, device
         )
     arch, num_outputs, width = infer_architecture(state, source=str(path))
-    if stored is not None and isinstance(config, Mapping):
-        cfg_data: Any = {**stored, **to_dict(config)}  # overrides on top of the recorded config
-    elif config is None:
-        cfg_data = stored if stored is not None else _sidecar_config(path)
-    else:
-        cfg_data = config
+    cfg_data = _config_data(path, stored, config)
     cfg = classifier_config(cfg_data, inferred=(arch, num_outputs), source=str(path))
     if arch == "smallcnn" and cfg.width != width:
         cfg = dataclasses.replace(cfg, width=width)
@@ -125,11 +127,22 @@ def _backbone_from_state(
     return backbone
 
 
+def _config_data(path: Path, stored: dict[str, Any] | None, config) -> Any:
+    """The config of a file: the given one (a mapping overrides the recorded config key by
+    key), else the one the file records, else its sidecar."""
+    if stored is not None and isinstance(config, Mapping):
+        return {**stored, **to_dict(config)}
+    if config is None:
+        return stored if stored is not None else _sidecar_config(path)
+    return config
+
+
 def load_backbone_weights(C: Classifier, path: str | Path) -> list[str]:
     """Initialise ``C`` from another checkpoint for fine-tuning (e.g. ImageNet ResNet weights).
 
     Every tensor whose name and shape match is copied; a head of another size (``fc.*``, e.g.
-    1000 ImageNet classes) is left at its fresh initialisation. Returns the names left fresh.
+    1000 ImageNet classes; the output layer of a by-name architecture, found by
+    :func:`head_prefix`) is left at its fresh initialisation. Returns the names left fresh.
     Any other mismatch is a CheckpointError naming the file.
     """
     path = Path(path)
@@ -138,7 +151,7 @@ def load_backbone_weights(C: Classifier, path: str | Path) -> list[str]:
     state, _ = _read_weights(path)
     state = _strip_prefix(state)
     own = C.backbone.state_dict()
-    head = ARCHITECTURES[C.arch].head
+    head = head_prefix(C)
     fresh = [
         k for k in own if k.startswith(head) and (k not in state or state[k].shape != own[k].shape)
     ]
@@ -259,9 +272,12 @@ def _finish(C: Classifier, path: Path, device: str | torch.device) -> Classifier
 
 
 def _load_torchscript(path: Path, device, config) -> Classifier:
-    """A TorchScript file: its config (given or the sidecar) says arch: torchscript, num_outputs
-    and the preprocessing; one zero batch checks the output shape."""
-    cfg = classifier_config(config if config is not None else _sidecar_config(path))
+    """A TorchScript file: its config (given, recorded in the archive by save_classifier, or the
+    sidecar) says arch: torchscript, num_outputs and the preprocessing; one zero batch checks
+    the output shape."""
+    record = external.stored_torchscript_config(path)
+    stored = parse_json_config(record, path=path, what="classifier config") if record else None
+    cfg = classifier_config(_config_data(path, stored, config))
     if cfg.arch != external.TORCHSCRIPT:
         raise CheckpointError(
             f"{path}: a TorchScript file, but its config says arch {cfg.arch!r} (use arch: torchscript)"

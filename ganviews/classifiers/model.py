@@ -138,7 +138,9 @@ PREPROCESSING_PRESETS: dict[str, Preprocessing] = {
 class ClassifierConfig:
     """Everything that defines a classifier except its weights."""
 
-    arch: str  # a key of ARCHITECTURES: resnet18/34/50/101/152, wide_resnet50_2, smallcnn
+    # a key of ARCHITECTURES (resnet18/34/50/101/152, wide_resnet50_2, smallcnn, …), or
+    # torchscript, torchvision.<builder>, timm.<model> (ganviews.classifiers.external)
+    arch: str
     num_outputs: int  # 1 = sigmoid binary, 2 = two-logit binary, K ≥ 3 = K-way softmax
     task: str = ""  # the manifest label column it predicts (e.g. "Smiling", "car_type")
     class_names: tuple[str, ...] = ()  # names of the classes by index; binary: (negative, positive)
@@ -152,7 +154,8 @@ class ClassifierConfig:
         elif self.arch not in ARCHITECTURES:
             raise ConfigError(
                 f"arch: {self.arch!r} is not known (allowed: {', '.join(ARCHITECTURES)}); or "
-                "torchscript, torchvision.<any torchvision model> (docs/classifiers.md)"
+                "torchscript, torchvision.<any torchvision model>, timm.<any timm model> "
+                "(docs/classifiers.md)"
             )
         if not isinstance(self.num_outputs, int) or self.num_outputs < 1:
             raise ConfigError(f"num_outputs: {self.num_outputs!r}; expected an integer ≥ 1")
@@ -438,6 +441,13 @@ def build_backbone(config: ClassifierConfig) -> nn.Module:
     if external.is_external(config.arch):
         return external.build_external(config.arch, config.num_outputs)
     return ARCHITECTURES[config.arch].build(config.num_outputs, config.width)
+
+
+def head_prefix(C: Classifier) -> str:
+    """Name prefix of the backbone's output layer (``fc.``; found by shape for external kinds)."""
+    if C.arch in ARCHITECTURES:
+        return ARCHITECTURES[C.arch].head
+    return external.head_prefix(C.backbone, C.num_outputs)
 
 
 # ----------------------------------------------------------------------------- preprocessing ops

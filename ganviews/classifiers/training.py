@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ganviews.classifiers.batches import ArrayLike
-from ganviews.classifiers.model import ARCHITECTURES, Classifier, classifier_config
+from ganviews.classifiers.model import Classifier, classifier_config, head_prefix
 from ganviews.core.config import to_dict
 from ganviews.core.errors import CheckpointError, ConfigError
 from ganviews.core.runtime import item_seed, resolve_device
@@ -129,7 +129,7 @@ class TrainResult:
 
 
 def _make_optimizer(C: Classifier, cfg: TrainConfig) -> torch.optim.Optimizer:
-    prefix = ARCHITECTURES[C.arch].head
+    prefix = head_prefix(C)
     head = [p for n, p in C.backbone.named_parameters() if n.startswith(prefix)]
     body = [p for n, p in C.backbone.named_parameters() if not n.startswith(prefix)]
     groups = [{"params": head}, {"params": body, "lr": cfg.lr * cfg.backbone_lr_scale}]

@@ -34,7 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--config", metavar="YAML", help=f"YAML with optional sections {', '.join(_SECTIONS)}"
     )
     g = p.add_argument_group("classifier (override --config)")
-    g.add_argument("--arch", help="resnet18/34/50/101/152, wide_resnet50_2, smallcnn")
+    g.add_argument(
+        "--arch",
+        help="resnet18/34/50/101/152, wide_resnet50_2, smallcnn; torchvision.<builder>, "
+        "timm.<model> (local --init weights), torchscript (--init the TorchScript file)",
+    )
     g.add_argument(
         "--num-outputs", type=int, help="1 sigmoid, 2 two-logit, K classes (default: from labels)"
     )
@@ -44,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--init",
         metavar="CKPT",
-        help="initialise from weights (e.g. ImageNet ResNet; head kept fresh if sizes differ)",
+        help="initialise from weights (e.g. ImageNet ResNet; head kept fresh if sizes differ); "
+        "for --arch torchscript the TorchScript file to fine-tune",
     )
     t = p.add_argument_group("training (override --config)")
     t.add_argument("--epochs", type=int)

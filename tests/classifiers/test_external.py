@@ -67,3 +67,25 @@ def test_torchvision_architecture_by_name_with_local_weights(tmp_path):
         ClassifierConfig(arch="torchvision.resnet9000", num_outputs=2)
     with pytest.raises(CheckpointError, match="weights do not fit torchvision.mobilenet_v3_large"):
         load_classifier(path, config={**config, "arch": "torchvision.mobilenet_v3_large"})
+
+
+def test_timm_architecture_by_name_with_local_weights(tmp_path):
+    """timm.<name>: built with pretrained=False (nothing downloaded), local weights loaded strictly."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    path = tmp_path / "tiny.safetensors"  # a plain safetensors state dict, as timm / HF hubs ship
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), str(path))
+    config = {"arch": "timm.test_resnet", "num_outputs": 3, "task": "kind",
+              "preprocessing": {"resize": 32}}  # fmt: skip
+    C = load_classifier(path, config=config)
+    assert (C.arch, C.num_outputs) == ("timm.test_resnet", 3)
+    images = torch.rand(2, 3, 40, 40) * 2 - 1
+    torch.testing.assert_close(C(images), model(C.preprocess(images)))
+    with pytest.raises(ConfigError, match=r"arch: 'timm.test_resnetzz': timm has no model"):
+        ClassifierConfig(arch="timm.test_resnetzz", num_outputs=2)
+    with pytest.raises(CheckpointError, match="weights do not fit timm.test_vit"):
+        load_classifier(path, config={**config, "arch": "timm.test_vit"})
