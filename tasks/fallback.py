@@ -27,8 +27,8 @@ from ganviews.core.config import from_dict
 from ganviews.core.runtime import resolve_device
 from ganviews.ensemble.config import SPLITS
 from ganviews.inversion.align import AlignConfig
+from ganviews.views.config import view_groups
 from ganviews.views.fallback import classify_originals
-from ganviews.views.render import view_groups
 from storage.latents import LatentStore
 from storage.logits import CLEAN, table_to_frame, to_table
 from tasks.jobs import RenderJob

@@ -6,8 +6,9 @@ surface only after the whole inversion, once per shard, with advice to resume (w
 fix a config). :func:`preflight` collects every such problem for the selected stages, one
 line each, and raises one ConfigError; the command line prints them before any flow starts.
 
-Checked: devices exist; model files load (the generator and every classifier, on the CPU;
-the encoder's header); each view group's layers exist in the generator; each classifier's
+Checked: devices exist; model files load (the generator, the encoder — which must predict
+the generator's w+ shape — and every classifier, on the CPU; the LPIPS backbone file is
+found); each view group's layers exist in the generator; each classifier's
 task is a label column of the manifest; no image is in two splits (same image_id or same file); output
 locations are writable.
 """
@@ -33,6 +34,7 @@ def preflight(cfg: PipelineConfig, stages: Sequence[str]) -> None:
         problems += check_leakage(manifest)
     G, more = _generator(cfg)
     problems += more
+    problems += check_inversion_models(cfg, stages, G)
     if "render" in stages:
         problems += check_view_layers(cfg, G)
         problems += check_classifiers(cfg, manifest, stages)
@@ -125,6 +127,41 @@ def _generator(cfg: PipelineConfig):
         return load_generator(cfg.models.generator, device="cpu"), []
     except (GanviewsError, OSError, ValueError) as exc:
         return None, [f"models.generator: {cfg.models.generator}: {exc}"]
+
+
+def check_inversion_models(cfg: PipelineConfig, stages: Sequence[str], G) -> list[str]:
+    """The encoder loads and predicts the generator's w+ shape; the LPIPS backbone file is on
+    this node (embedded mode: distributed workers look on their own nodes)."""
+    if "invert" not in stages:
+        return []
+    problems = []
+    trained = cfg.encoder_training.enabled and "train_encoder" in stages  # written later
+    if cfg.models.encoder is not None and not trained and Path(cfg.models.encoder).is_file():
+        from ganviews.inversion.encoder import load_encoder
+
+        try:
+            E = load_encoder(cfg.models.encoder, device="cpu")
+        except (GanviewsError, OSError, ValueError) as exc:
+            problems.append(f"models.encoder: {exc}")
+        else:
+            if G is not None and (E.num_ws, E.w_dim) != (G.num_ws, G.w_dim):
+                problems.append(
+                    f"models.encoder: {cfg.models.encoder} predicts w+ [{E.num_ws}, {E.w_dim}] "
+                    f"but the generator needs [{G.num_ws}, {G.w_dim}]"
+                )
+    inv = cfg.invert
+    if (
+        cfg.orchestration.mode == "embedded"
+        and inv.lambda_lpips > 0
+        and inv.lpips_net != "lpips-random"
+    ):
+        from ganviews.inversion.perceptual import find_backbone_weights
+
+        try:
+            find_backbone_weights(inv.lpips_net, cfg.models.lpips_weights_dir)
+        except GanviewsError as exc:
+            problems.append(f"models.lpips_weights_dir: {exc}")
+    return problems
 
 
 def check_view_layers(cfg: PipelineConfig, G) -> list[str]:

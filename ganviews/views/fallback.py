@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ganviews.core.runtime import assert_shape
-from ganviews.views.render import ViewConfig
+from ganviews.views.config import ViewConfig
 
 
 @torch.no_grad()

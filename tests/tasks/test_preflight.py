@@ -9,7 +9,7 @@ from pipeline_job import make_dataset, write_config
 from ganviews.cli import main
 
 
-def test_run_lists_every_problem_before_any_work(tmp_path, stylegan2_fixtures, capsys):
+def test_run_lists_every_problem_before_any_work(tmp_path, stylegan2_fixtures, capsys, monkeypatch):
     gen = stylegan2_fixtures / "nvidia-ada-res32.pkl"
     make_dataset(tmp_path, gen, n=6)
     cfg = write_config(tmp_path, gen)
@@ -19,6 +19,11 @@ def test_run_lists_every_problem_before_any_work(tmp_path, stylegan2_fixtures, c
     cfg["classifier_training"] = {"enabled": True, "name": "other", "data": "manifest",
                                   "classifier": {"arch": "smallcnn", "num_outputs": 2}}  # fmt: skip
     cfg["models"]["classifiers"]["other"] = {"path": "models/other.safetensors", "task": "label"}
+    cfg["models"]["encoder"] = "models/encoder.safetensors"  # not an encoder at all
+    (tmp_path / "models" / "encoder.safetensors").write_bytes(b"\x00" * 64)
+    cfg["invert"]["lambda_lpips"] = 0.5  # LPIPS-alex: its backbone file is nowhere on this node
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
     manifest = pd.read_parquet(tmp_path / "manifest.parquet")
     manifest.loc[1, "path"] = manifest.loc[0, "path"]  # one file in val and in test
@@ -29,7 +34,11 @@ def test_run_lists_every_problem_before_any_work(tmp_path, stylegan2_fixtures, c
 
     assert main(["run", str(tmp_path / "pipeline.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "preflight: 4 problem(s) before any work started:" in err
+    assert "preflight: 6 problem(s) before any work started:" in err
+    assert "models.encoder: " in err and "encoder.safetensors" in err
+    assert (
+        "models.lpips_weights_dir: LPIPS backbone weights alexnet-owt-7be5be79.pth not found" in err
+    )
     assert "orchestration.devices: 'cuda:7' does not exist here" in err
     assert (
         "data.manifest: 1 path(s) in more than one split, e.g. 'images/img000.png' in ['test', 'val']"
