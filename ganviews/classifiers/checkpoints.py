@@ -33,7 +33,7 @@ from ganviews.core.config import load_yaml, to_dict
 from ganviews.core.errors import CheckpointError
 from ganviews.core.file_limits import check_tensor_extents, check_zip_records, parse_json_config
 from ganviews.core.runtime import file_sha256
-from ganviews.core.weights_io import read_safetensors, write_safetensors
+from ganviews.core.weights_io import read_safetensors, state_mismatch, write_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -156,21 +156,18 @@ def load_backbone_weights(C: Classifier, path: str | Path) -> list[str]:
         k for k in own if k.startswith(head) and (k not in state or state[k].shape != own[k].shape)
     ]
     body = {k: v for k, v in state.items() if k not in fresh}
-    bad = [
-        f"{k}: {list(v.shape)} vs {list(own[k].shape)}"
-        for k, v in body.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if bad:
+    missing, unexpected, wrong = state_mismatch(own, body)
+    if wrong:
+        bad = [f"{k}: {list(body[k].shape)} vs {list(own[k].shape)}" for k in wrong]
         raise CheckpointError(
             f"{path}: cannot initialise {C.arch} from it: shape mismatches {bad[:5]}"
         )
-    missing, unexpected = C.backbone.load_state_dict(body, strict=False)
     missing = [k for k in missing if k not in fresh and not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: cannot initialise {C.arch} from it: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+    C.backbone.load_state_dict(body, strict=False)
     log.info("initialised %s from %s (fresh: %s)", C.name, path, fresh or "none")
     return fresh
 
@@ -348,13 +345,8 @@ def infer_architecture(
     best: tuple[int, str, list[str], list[str], list[str]] | None = None
     for arch in ARCHITECTURES:
         want = _reference_shapes(arch, num_outputs, width)
-        missing = sorted(set(want) - set(got))
-        unexpected = sorted(set(got) - set(want))
-        shapes = [
-            f"{k}: {list(got[k])} vs {list(want[k])}"
-            for k in sorted(set(got) & set(want))
-            if got[k] != want[k]
-        ]
+        missing, unexpected, wrong = state_mismatch(want, got)
+        shapes = [f"{k}: {list(got[k])} vs {list(want[k])}" for k in sorted(wrong)]
         if not (missing or unexpected or shapes):
             return arch, num_outputs, width
         score = len(missing) + len(unexpected) + len(shapes)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,16 +102,20 @@ def read_safetensors(
 
 
 def state_mismatch(
-    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+    expected: Mapping[str, torch.Tensor | Sequence[int]],
+    state: Mapping[str, torch.Tensor | Sequence[int]],
 ) -> tuple[list[str], list[str], list[str]]:
-    """Keys of ``state`` that do not fit ``expected`` (a module's state dict): missing,
-    unexpected and wrong-shaped, each sorted (missing, unexpected) or in ``expected``'s order."""
+    """Keys of ``state`` that do not fit ``expected`` (a module's state dict, or key → shape):
+    missing, unexpected and wrong-shaped, each sorted (missing, unexpected) or in
+    ``expected``'s order. Values are tensors (any device, meta included) or shape tuples."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [
-        k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
+    wrong = [k for k in expected if k in state and _shape(state[k]) != _shape(expected[k])]
     return missing, unexpected, wrong
+
+
+def _shape(value: torch.Tensor | Sequence[int]) -> tuple[int, ...]:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else tuple(value)
 
 
 def rng_states() -> dict[str, Any]:

@@ -26,7 +26,7 @@ from torch import nn
 from ganviews.core.config import from_dict, to_dict
 from ganviews.core.errors import CheckpointError, ConfigError
 from ganviews.core.runtime import file_sha256, resolve_device
-from ganviews.core.weights_io import weights_sha256, write_safetensors
+from ganviews.core.weights_io import state_mismatch, weights_sha256, write_safetensors
 from ganviews.stylegan import checkpoints
 from ganviews.stylegan.networks import (
     MappingNetwork,
@@ -284,12 +284,9 @@ def check_state_fits(
 ) -> None:
     """Names and shapes of ``state`` equal ``expected``'s, values float and finite, or a
     CheckpointError listing the mismatches. ``expected`` may live on the meta device."""
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    missing, unexpected, wrong_keys = state_mismatch(expected, state)
     wrong = [
-        f"{k}: file {list(state[k].shape)} vs model {list(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
+        f"{k}: file {list(state[k].shape)} vs model {list(expected[k].shape)}" for k in wrong_keys
     ]
     problems = []
     if missing:

@@ -245,6 +245,21 @@ def test_init_from_imagenet_style_weights_keeps_a_fresh_head(tmp_path):
         CheckpointError, match=r"odd\.pth: cannot initialise resnet18 .*extra\.weight"
     ):
         load_backbone_weights(C, tmp_path / "odd.pth")
+    # one key check (weights_io.state_mismatch): missing, and wrong shapes with both shapes
+    partial = _resnet18(3).state_dict()
+    del partial["layer1.0.conv1.weight"]
+    torch.save(partial, tmp_path / "partial.pth")
+    with pytest.raises(
+        CheckpointError, match=r"missing \['layer1\.0\.conv1\.weight'\], unexpected \[\]"
+    ):
+        load_backbone_weights(C, tmp_path / "partial.pth")
+    narrow = _resnet18(3).state_dict() | {"conv1.weight": torch.zeros(32, 3, 7, 7)}
+    torch.save(narrow, tmp_path / "narrow.pth")
+    with pytest.raises(
+        CheckpointError,
+        match=r"shape mismatches \['conv1\.weight: \[32, 3, 7, 7\] vs \[64, 3, 7, 7\]'\]",
+    ):
+        load_backbone_weights(C, tmp_path / "narrow.pth")
 
 
 # ---------------------------------------------------------------------------- failures

@@ -276,8 +276,14 @@ def test_own_format_shape_mismatch_and_foreign_safetensors(tmp_path):
     with pytest.raises(
         CheckpointError,
         match=r"mismatch.safetensors: weights do not fit the inferred architecture: shape mismatches",
-    ):
+    ) as err:
         load_generator(tmp_path / "mismatch.safetensors")
+    assert "synthesis.b4.const: file [8, 4, 4] vs model [4, 4, 4]" in str(err.value)
+    del state["synthesis.b4.const"]
+    save_file(state | {"extra": torch.zeros(1)}, str(tmp_path / "keys.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError) as err:
+        load_generator(tmp_path / "keys.safetensors")
+    assert "missing keys ['synthesis.b4.const']; unexpected keys ['extra']" in str(err.value)
     save_file(state, str(tmp_path / "plain.safetensors"))
     with pytest.raises(
         CheckpointError,
