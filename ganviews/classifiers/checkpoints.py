@@ -30,7 +30,7 @@ from ganviews.classifiers.model import (
     head_prefix,
 )
 from ganviews.core.config import load_yaml, to_dict
-from ganviews.core.errors import CheckpointError
+from ganviews.core.errors import CheckpointError, ConfigError
 from ganviews.core.file_limits import check_tensor_extents, check_zip_records, parse_json_config
 from ganviews.core.runtime import file_sha256
 from ganviews.core.weights_io import read_safetensors, state_mismatch, write_safetensors
@@ -84,6 +84,13 @@ def load_classifier(
         raise CheckpointError(
             f"classifier checkpoint not found: {path} (put the weights file there, or pass the right path)"
         )
+    try:
+        return _load_classifier(path, device, config)
+    except ConfigError as exc:  # a stored, sidecar or given config: checked before any build
+        raise CheckpointError(f"{path}: its classifier config is invalid: {exc}") from exc
+
+
+def _load_classifier(path: Path, device, config) -> Classifier:
     if external.is_torchscript_file(path):
         return _load_torchscript(path, device, config)
     state, stored = _read_weights(path)

@@ -60,6 +60,12 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")  # classifier names become Parque
 
 # ----------------------------------------------------------------------------- configuration
 
+# Caps on declared sizes, so a config (a sidecar next to a downloaded file, say) cannot make
+# a load or a forward pass allocate without bound before the weights are compared with it.
+MAX_SIDE = 4096  # preprocessing resize / size / crop, pixels (the paper's inputs are ≤ 512)
+MAX_OUTPUTS = 100_000  # classes (ImageNet-21k has 21,843)
+MAX_WIDTH = 1024  # smallcnn first-stage channels (the default is 32)
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -100,11 +106,15 @@ class Preprocessing:
             raise ConfigError(
                 f"preprocessing.size: {self.size!r}; expected [height, width] positive integers or null"
             )
+        if self.size is not None and max(self.size) > MAX_SIDE:
+            raise ConfigError(
+                f"preprocessing.size: {list(self.size)!r}; each side at most {MAX_SIDE} pixels"
+            )
         for key in ("resize", "crop"):
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (not isinstance(value, int) or not 1 <= value <= MAX_SIDE):
                 raise ConfigError(
-                    f"preprocessing.{key}: {value!r}; expected a positive integer or null"
+                    f"preprocessing.{key}: {value!r}; expected an integer in [1, {MAX_SIDE}] or null"
                 )
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ConfigError(
@@ -157,8 +167,10 @@ class ClassifierConfig:
                 "torchscript, torchvision.<any torchvision model>, timm.<any timm model> "
                 "(docs/classifiers.md)"
             )
-        if not isinstance(self.num_outputs, int) or self.num_outputs < 1:
-            raise ConfigError(f"num_outputs: {self.num_outputs!r}; expected an integer ≥ 1")
+        if not isinstance(self.num_outputs, int) or not 1 <= self.num_outputs <= MAX_OUTPUTS:
+            raise ConfigError(
+                f"num_outputs: {self.num_outputs!r}; expected an integer in [1, {MAX_OUTPUTS}]"
+            )
         classes = max(self.num_outputs, 2)
         if self.class_names and len(self.class_names) != classes:
             raise ConfigError(
@@ -167,8 +179,8 @@ class ClassifierConfig:
             )
         if self.name and not _SAFE_NAME.match(self.name):
             raise ConfigError(f"name: {self.name!r}; use letters, digits, '_', '.', '-' only")
-        if self.width < 1:
-            raise ConfigError(f"width: {self.width!r}; expected a positive integer")
+        if not isinstance(self.width, int) or not 1 <= self.width <= MAX_WIDTH:
+            raise ConfigError(f"width: {self.width!r}; expected an integer in [1, {MAX_WIDTH}]")
 
     @property
     def display_name(self) -> str:

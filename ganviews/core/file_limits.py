@@ -16,6 +16,8 @@ the bytes it holds, and every refusal is a :class:`CheckpointError` naming the f
 * :func:`parse_json_config` caps a metadata config's length and nesting before ``json.loads``.
 * :func:`check_tensor_extents` refuses a tensor that addresses more elements than its storage
   holds (zero or overlapping strides) and storages that together outgrow the file.
+* :func:`check_declared_bytes` refuses a config (generator, encoder) whose network would need
+  far more weight bytes than the file holds, before the network is built.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from ganviews.core.errors import CheckpointError
 MAX_JSON_CHARS = 1 << 20  # a generator/encoder/classifier config is a few hundred bytes
 MAX_JSON_DEPTH = 16  # the deepest real config (layer_groups) nests 3 levels
 ZIP_SLACK_BYTES = 1 << 16  # headers and alignment padding a stored record may add
+DECLARED_BYTES_PER_FILE_BYTE = 8  # float32 weights of a float16 file, with the bounds' slack
+DECLARED_BYTES_SLACK = 64 << 20  # small files may declare this much regardless
 _MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
 _MEMO_GETS = {"GET", "BINGET", "LONG_BINGET"}
 
@@ -196,4 +200,15 @@ def check_tensor_extents(
         raise CheckpointError(
             f"{path}: refused to load: its tensors hold {total} bytes, more than the "
             f"{budget} bytes the file can carry"
+        )
+
+
+def check_declared_bytes(declared: int, *, path: str | os.PathLike, what: str) -> None:
+    """CheckpointError naming ``path`` when a config declares a network of ``declared`` weight
+    bytes (an upper bound computed from the config alone) that the file cannot hold."""
+    size = os.path.getsize(path)
+    if declared > DECLARED_BYTES_PER_FILE_BYTE * size + DECLARED_BYTES_SLACK:
+        raise CheckpointError(
+            f"{path}: refused to load: its config declares {what} of up to "
+            f"{declared / 2**20:.1f} MiB of weights, the {size}-byte file cannot hold them"
         )

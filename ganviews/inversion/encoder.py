@@ -38,7 +38,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ganviews.core.config import from_dict, to_dict
 from ganviews.core.errors import CheckpointError, ConfigError
-from ganviews.core.file_limits import parse_json_config
+from ganviews.core.file_limits import check_declared_bytes, parse_json_config
 from ganviews.core.runtime import (
     assert_shape,
     file_sha256,
@@ -63,6 +63,7 @@ _STAGES = {
     34: (BasicBlock, (3, 4, 6, 3)),
     50: (Bottleneck, (3, 4, 6, 3)),
 }
+MAX_RESOLUTION = 4096  # internal input side (every input is resized to it); StyleGAN2 tops at 1024
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,9 @@ class EncoderConfig:
         checks = [
             (self.depth in _STAGES, "depth", "one of 18, 34, 50"),
             (
-                isinstance(self.resolution, int) and self.resolution >= 16,
+                isinstance(self.resolution, int) and 16 <= self.resolution <= MAX_RESOLUTION,
                 "resolution",
-                "an integer >= 16",
+                f"an integer in [16, {MAX_RESOLUTION}]",
             ),
             (isinstance(self.num_ws, int) and self.num_ws >= 1, "num_ws", "a positive integer"),
             (isinstance(self.w_dim, int) and self.w_dim >= 1, "w_dim", "a positive integer"),
@@ -102,6 +103,28 @@ class EncoderConfig:
                 raise ConfigError(
                     f"encoder.{name}: got {getattr(self, name)!r}, expected {allowed}"
                 )
+
+
+def weight_bytes_bound(config: EncoderConfig) -> int:
+    """An upper bound of the bytes of a float32 ``Encoder(config)``'s tensors, computed from
+    the config alone (nothing is built); at most a few times the true size (tested)."""
+    block, counts = _STAGES[config.depth]
+    width = config.width
+    total = 49 * (config.img_channels + 1) * width + 4 * width + 2  # stem conv + norm
+    inplanes = width
+    for index, count in enumerate(counts):
+        mid = width * 2**index  # a block's inner channels
+        out = mid * block.expansion  # and the channels it returns
+        widest = max(inplanes, out)  # a block's input: the stage's first block takes inplanes
+        if block.expansion == 1:  # 3×3 widest→mid, 3×3 mid→out
+            convs = 9 * mid * (widest + out)
+        else:  # 1×1 widest→mid, 3×3 mid→mid, 1×1 mid→out
+            convs = mid * (widest + 9 * mid + out)
+        # + a 1×1 shortcut, ≤ 4 norms of ≤ out channels (4 tensors each) and their counters
+        total += count * (convs + widest * out + 16 * out + 8)
+        inplanes = out
+    total += config.num_ws * config.w_dim * (inplanes + 1) + config.w_dim  # head + mean w
+    return 4 * total
 
 
 def _norm_layer(kind: str) -> Callable[[int], nn.Module]:
@@ -289,7 +312,8 @@ def load_encoder(
         raise CheckpointError(
             f"{path}: encoder config in the metadata is missing or invalid: {exc}"
         ) from exc
-    E = Encoder(config)
+    check_declared_bytes(weight_bytes_bound(config), path=path, what="an encoder")
+    E = Encoder(config)  # at most a small multiple of the file's size
     _, state = read_safetensors(path)
     expected = E.state_dict()
     missing, unexpected, wrong = state_mismatch(expected, state)

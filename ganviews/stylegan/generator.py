@@ -25,6 +25,7 @@ from torch import nn
 
 from ganviews.core.config import from_dict, to_dict
 from ganviews.core.errors import CheckpointError, ConfigError
+from ganviews.core.file_limits import check_declared_bytes
 from ganviews.core.runtime import file_sha256, resolve_device
 from ganviews.core.weights_io import state_mismatch, weights_sha256, write_safetensors
 from ganviews.stylegan import checkpoints
@@ -41,8 +42,6 @@ LAYER_GROUP_NAMES = ("coarse", "middle", "fine")
 PAPER_MIDDLE_START, PAPER_FINE_START = 4, 10  # w+ boundaries of the paper's 18-layer split
 W_AVG_SAMPLES = 4096  # z samples used to estimate w_avg when a file lacks it
 W_AVG_SEED = 0  # seed of those samples (deterministic estimate)
-DECLARED_BYTES_PER_FILE_BYTE = 8  # float32 weights of a float16 file, with the bound's slack
-DECLARED_BYTES_SLACK = 64 << 20  # small files may declare this much regardless
 
 
 @dataclass(frozen=True)
@@ -262,12 +261,7 @@ def load_generator(
     state = dict(raw.state)
     if raw.needs_w_avg:
         state["mapping.w_avg"] = torch.zeros([config.w_dim])
-    declared, size = weight_bytes_bound(config), path.stat().st_size
-    if declared > DECLARED_BYTES_PER_FILE_BYTE * size + DECLARED_BYTES_SLACK:
-        raise CheckpointError(
-            f"{path}: refused to load: its config declares a generator of up to "
-            f"{declared / 2**20:.1f} MiB of weights, the {size}-byte file cannot hold them"
-        )
+    check_declared_bytes(weight_bytes_bound(config), path=path, what="a generator")
     G = Generator(config)  # at most a small multiple of the file's size
     check_state_fits(G.state_dict(), state, path)
     G.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)

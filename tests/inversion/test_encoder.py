@@ -21,6 +21,7 @@ from ganviews.inversion.encoder import (
     load_encoder,
     read_encoder_metadata,
     save_encoder,
+    weight_bytes_bound,
 )
 from ganviews.inversion.encoder_training import (
     blob_masks,
@@ -117,8 +118,28 @@ def test_input_validation_and_config_errors():
         E(torch.zeros(2, 4, 32, 32))
     with pytest.raises(ConfigError, match=r"encoder.depth: got 101, expected one of 18, 34, 50"):
         EncoderConfig(depth=101)
+    with pytest.raises(
+        ConfigError, match=r"encoder.resolution: got 8192, expected an integer in \[16, 4096\]"
+    ):
+        EncoderConfig(resolution=8192)  # forward resizes every input to it
     with pytest.raises(ValueError, match=r"mean_w: expected shape \[16\], got \[8\]"):
         Encoder(EncoderConfig(num_ws=4, w_dim=16, **SMALL), mean_w=torch.zeros(8))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(depth=18, width=8, num_ws=8, w_dim=32),
+        dict(depth=34, width=16, num_ws=8, w_dim=64, norm="group"),
+        dict(depth=50, width=8, num_ws=4, w_dim=16),
+        dict(depth=50, width=16, num_ws=14, w_dim=512, img_channels=1),
+    ],
+)
+def test_weight_bytes_bound_is_an_upper_bound_within_2x(config):
+    """What load_encoder compares with the file's size before building anything (issue 18.2)."""
+    cfg = EncoderConfig(resolution=32, **config)
+    true = sum(t.numel() * t.element_size() for t in Encoder(cfg).state_dict().values())
+    assert true <= weight_bytes_bound(cfg) <= 2 * true
 
 
 def test_save_load_roundtrip(tmp_path, G):

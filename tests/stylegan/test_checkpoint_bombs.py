@@ -87,13 +87,11 @@ def _zip_bomb(path, fixtures) -> None:
 
 CHILD = """
 import json, resource, sys
+from ganviews.classifiers.checkpoints import load_classifier
 from ganviews.core.errors import CheckpointError
-from ganviews.stylegan.generator import (
-    Generator,
-    GeneratorConfig,
-    load_generator,
-    weight_bytes_bound,
-)
+from ganviews.inversion.encoder import load_encoder
+from ganviews.stylegan.generator import load_generator
+LOADERS = {{"classifier": load_classifier, "encoder": load_encoder}}
 vm = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + {headroom} * 2**20, resource.RLIM_INFINITY))
 def peak_kib():  # VmHWM: ru_maxrss of an exec'd child starts at its parent's peak
@@ -103,7 +101,7 @@ base = peak_kib()
 out = {{}}
 for path in sys.argv[1:]:
     try:
-        load_generator(path)
+        LOADERS.get(path.rsplit("/", 1)[-1].split("-")[0], load_generator)(path)
         out[path] = "loaded"
     except CheckpointError as exc:
         out[path] = str(exc)
@@ -132,6 +130,7 @@ def test_checkpoint_bombs_fail_named_within_a_memory_budget(tmp_path, stylegan2_
     files["deep.safetensors"] = ("nests 200000 levels deep (at most 16)", None)
     _zip_bomb(tmp_path / "zip.pt", stylegan2_fixtures)
     files["zip.pt"] = ("record 'rosinality-res32/data.pkl' is compressed", None)
+    files.update(_encoder_and_classifier_bombs(tmp_path))  # loaded by the prefix of their name
 
     paths = [str(tmp_path / name) for name in files]
     proc = subprocess.run(
@@ -147,6 +146,36 @@ def test_checkpoint_bombs_fail_named_within_a_memory_budget(tmp_path, stylegan2_
         assert message.startswith(str(tmp_path / name)), message
         assert reason in message, message
     assert result["rss_growth_mb"] < RSS_BUDGET_MB, result
+
+
+def _encoder_and_classifier_bombs(root) -> dict[str, tuple[str, None]]:
+    """Small files whose config declares sizes that building or checking them would allocate
+    without bound: a 26 GiB encoder, a classifier whose sidecar crop makes the check batch
+    3 × 20000² floats (4.8 GB), and one whose sidecar declares 10**9 classes."""
+    wide = {"num_ws": 64, "w_dim": 4096, "depth": 50, "resolution": 256, "width": 512}
+    meta = {"format": "ganviews.encoder", "format_version": "1", "config": json.dumps(wide)}
+    save_file({"x": torch.zeros(1)}, str(root / "encoder-wide.safetensors"), metadata=meta)
+    with warnings.catch_warnings():  # torch.jit.script is deprecated; files of it still load
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(torch.nn.Linear(2, 2)).save(str(root / "classifier-crop.pt"))
+    (root / "classifier-crop.pt.yaml").write_text(
+        "arch: torchscript\nnum_outputs: 2\npreprocessing: {crop: 20000}\n"
+    )
+    torch.save({"fc.weight": torch.zeros(2, 2)}, root / "classifier-classes.pth")
+    (root / "classifier-classes.pth.yaml").write_text(
+        "arch: torchvision.resnet18\nnum_outputs: 1000000000\n"
+    )
+    return {
+        "encoder-wide.safetensors": (
+            "refused to load: its config declares an encoder of up to 26523.8 MiB",
+            None,
+        ),
+        "classifier-crop.pt": ("preprocessing.crop: 20000; expected an integer in [1, 4096]", None),
+        "classifier-classes.pth": (
+            "num_outputs: 1000000000; expected an integer in [1, 100000]",
+            None,
+        ),
+    }
 
 
 def _build_pickle(target: bytes, state: bytes) -> bytes:
