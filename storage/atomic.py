@@ -25,6 +25,10 @@ from zarr.core.buffer import Buffer
 from zarr.storage import LocalStore
 
 PARTIAL_SUFFIX = ".partial"
+DISK_FULL = (
+    errno.ENOSPC,
+    errno.EDQUOT,
+)  # re-raised naming the final path; the CLI makes it one line
 
 
 def fsync_dir(folder: Path) -> None:
@@ -64,8 +68,8 @@ def atomic_write_bytes(
             os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT) and exc.filename is None:
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # name the file
+        if exc.errno in DISK_FULL:  # name the file it was for (not the temporary one)
+            raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from exc
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)

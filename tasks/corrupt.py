@@ -46,6 +46,7 @@ from storage.arrays import (
     CORRUPTION_TARGET,
     MASK,
 )
+from storage.atomic import atomic_write_bytes
 from storage.latents import LatentStore
 from storage.logits import CLEAN, read_logits
 from storage.pca_stats import cache_path
@@ -306,8 +307,8 @@ def run_robustness(job: RobustnessJob, logits_dir: Path, out_dir: Path, ensemble
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / "robustness.csv", index=False)
-    (out_dir / "robustness.md").write_text(robustness_markdown(table), encoding="utf-8")
+    atomic_write_bytes(out_dir / "robustness.csv", table.to_csv(index=False).encode())
+    atomic_write_bytes(out_dir / "robustness.md", robustness_markdown(table).encode("utf-8"))
     figure = robustness_figure(table, out_dir / "robustness.png") if len(table) else None
     return robustness_blocks(table, figure)
 

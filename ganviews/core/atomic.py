@@ -9,6 +9,7 @@ temporary file ends in ``.partial`` (``storage.atomic.remove_stale_partials`` cl
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from collections.abc import Callable
@@ -26,6 +27,12 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        # a full disk names the file it was for, not the temporary one, whoever wrote it
+        # (pyarrow's errors carry errno but no file name), as storage.atomic does
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     try:

@@ -103,3 +103,80 @@ def test_disk_full_is_one_line_naming_the_path(tmp_path, capsys):
     assert len(err.splitlines()) == 1, err
     assert "error: no space left on the device of" in err and "No space left" in err
     assert "rerun the same command to resume" in err
+
+
+DISK_FULL_WRITER = r"""
+import json, os, sys
+from pathlib import Path
+import numpy as np, pandas as pd
+from ganviews.core.atomic import write_atomically
+from storage.logits import write_logits
+from storage.results import write_results
+
+root = Path(sys.argv[1])
+(root / "logits").mkdir()
+(root / "report").mkdir()
+fd = os.open(root / "filler", os.O_WRONLY | os.O_CREAT)  # fill the file system to the last byte
+try:
+    while os.write(fd, bytes(4096)):
+        pass
+except OSError:
+    pass
+os.close(fd)
+rows = pd.DataFrame({"image_id": ["a", "b"], "split": "val", "task": "Smiling", "classifier": "r18",
+                     "method": "isotropic_fine", "setting": "0.3", "view": 0, "label": [0, 1],
+                     "logits": [np.zeros(2, np.float32)] * 2, "seed": None})
+table = pd.DataFrame({"method": ["crop"], "acc": [0.5]})
+writes = {
+    "logits": lambda: write_logits(root / "logits", rows, shard="s0"),
+    "results": lambda: write_results(table, root / "report"),
+    "report table": lambda: write_atomically(
+        root / "report" / "curves.parquet", lambda p: table.to_parquet(p, index=False)
+    ),
+}
+out = {}
+for name, write in writes.items():
+    try:
+        write()
+        out[name] = "written"
+    except OSError as exc:
+        out[name] = [exc.errno, exc.strerror, exc.filename]
+out["partials"] = sorted(str(p) for p in root.rglob("*.partial"))
+print(json.dumps(out))
+"""
+
+
+def test_disk_full_names_the_parquet_file_on_logits_and_report_writes(tmp_path):
+    """Issue 18.6: pyarrow and Parquet writes on a full disk said "the output"; each names the
+    file it was writing (the CLI turns that into its one line). A real full file system: a
+    64 KiB tmpfs in a private mount namespace, filled before the writes."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) to mount a private tmpfs")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    script = tmp_path / "writer.py"
+    script.write_text(DISK_FULL_WRITER)
+    command = f"mount -t tmpfs -o size=64k tmpfs {mount} && exec {sys.executable} {script} {mount}"
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, timeout=120
+    )
+    if proc.returncode != 0 and "mount" in proc.stderr and "Operation not permitted" in proc.stderr:
+        pytest.skip(f"no private mounts here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    logits = mount / "logits" / "task=Smiling" / "classifier=r18" / "method=isotropic_fine"
+    expected = {
+        "logits": logits / "shard-s0.parquet",
+        "results": mount / "report" / "results.csv",
+        "report table": mount / "report" / "curves.parquet",
+    }
+    for name, path in expected.items():
+        assert result[name] == [28, "No space left on device", str(path)], (name, result)
+    assert result["partials"] == []  # no temporary file is left behind
