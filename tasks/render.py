@@ -10,7 +10,11 @@ view number (index 0 = the original).
 
 Inputs: ``w`` and the aligned originals ``images/aligned`` from the store (written by the
 inversion step); if that array is missing, the originals are loaded from the manifest paths
-and aligned again (:func:`tasks.store_io.read_originals`). PCA statistics are read from
+and aligned again (:func:`tasks.store_io.read_originals`). With ``views.original_source:
+photo`` (cars, as the authors) the raw photos are read from the manifest paths instead
+(:func:`tasks.store_io.read_photos`) for view 0 and the colour / crop views; the logits
+folder's identity records the source, so a folder rendered from one refuses the other.
+PCA statistics are read from
 ``<store>/pca_stats.npz`` (computed there with the job's PCA settings when missing,
 :func:`tasks.pca.load_pca`).
 
@@ -55,7 +59,7 @@ from tasks.jobs import RenderJob
 from tasks.pca import load_pca
 from tasks.run_state import digest, read_json, shard_name, write_json
 from tasks.shard_runner import SHARD_TASK_OPTIONS, run_shard
-from tasks.store_io import is_condition_store, read_originals, shard_range
+from tasks.store_io import is_condition_store, read_originals, read_photos, shard_range
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +189,11 @@ def render_shard_with(
         log.info("shard %s: no inverted images, nothing to render", summary["shard"])
         return summary
     w = torch.from_numpy(store.read(idx, ["w"])["w"])  # [k, L, C]
-    images = read_originals(store, idx, manifest, align=align, image_root=image_root)
+    images = photos = None
+    if view_cfg.original_source == "photo":
+        photos = read_photos(store, idx, manifest, size=view_cfg.photo_size, image_root=image_root)
+    else:
+        images = read_originals(store, idx, manifest, align=align, image_root=image_root)
     c = None
     if G.c_dim:
         if class_column is None:
@@ -209,6 +217,7 @@ def render_shard_with(
         c=c,
         pca=pca,
         progress=_progress_log(summary["shard"], len(classifiers), t0),
+        photos=photos,
     )
     seconds = time.perf_counter() - t0
     views = count_views(view_cfg, len(idx))
@@ -284,6 +293,8 @@ def logits_identity(
     settings). A render into a folder whose record differs on a key is refused
     (storage.logits.check_identity); new keys — another classifier or group — are added."""
     shared = {k: v for k, v in to_dict(view_cfg).items() if k in _RENDER_KEYS}
+    if view_cfg.original_source != "aligned":  # view 0 and the image views come from elsewhere
+        shared.update(original_source=view_cfg.original_source, photo_size=view_cfg.photo_size)
     out: dict[str, Any] = {
         "generator_sha256": G.sha256,
         # one store per input condition (clean, or a corruption of it: tasks/corrupt.py)

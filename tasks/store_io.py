@@ -4,7 +4,8 @@
 unusable image a recorded reason instead of an error); the inversion, the render stage (when
 the store holds no aligned pixels) and classifier training on a manifest all use it.
 :func:`read_originals` is the render / training view of it: the store's ``images/aligned``
-when present, else the manifest's images aligned again.
+when present, else the manifest's images aligned again. :func:`read_photos` reads the raw
+photos themselves (``views.original_source: photo``), resized as the authors' ``imval``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from ganviews.core.errors import ConfigError, GanviewsError
 from ganviews.core.images import load_image, uint8_to_signed
 from ganviews.inversion.align import AlignConfig, align_image
+from ganviews.views.photo import resize_photo
 from storage.arrays import ALIGNED, CORRUPTION_DONE, MASK
 from storage.latents import LatentStore
 
@@ -66,6 +68,11 @@ def _optional(row: pd.Series, column: str) -> Any:
     return value
 
 
+def _image_path(row: pd.Series, image_root: Path) -> Path:
+    path = Path(row["path"])
+    return path if path.is_absolute() else Path(image_root) / path
+
+
 def load_aligned(
     rows: pd.DataFrame, align_cfg: AlignConfig, *, image_root: Path
 ) -> tuple[list[int], list, dict[int, str]]:
@@ -76,11 +83,9 @@ def load_aligned(
     """
     ok, pairs, failed = [], [], {}
     for pos, (_, row) in enumerate(rows.iterrows()):
-        path = Path(row["path"])
-        path = path if path.is_absolute() else Path(image_root) / path
         try:
             img, mask = align_image(
-                load_image(path),
+                load_image(_image_path(row, image_root)),
                 align_cfg,
                 bbox=_optional(row, "bbox"),
                 landmarks=_optional(row, "landmarks"),
@@ -127,6 +132,37 @@ def read_originals(
             f"image {rows.iloc[pos]['image_id']} of {store.path} cannot be aligned again: {reason}"
         )
     return torch.from_numpy(np.stack([p[0] for p in pairs]))  # [k, 3, R, R]
+
+
+def read_photos(
+    store: LatentStore,
+    idx: np.ndarray,
+    manifest: pd.DataFrame,
+    *,
+    size: int,
+    image_root: str | Path | None = None,
+) -> list[torch.Tensor]:
+    """The raw photos of ``idx`` from the manifest, each resized so its shorter side is
+    ``size`` (uint8 ``[3, h, w]``, :func:`ganviews.views.photo.resize_photo`); relative paths are
+    found under ``image_root`` (default: the store folder). Read at render time, so any
+    worker that can invert the images can render them, and the store holds no extra pixels."""
+    if is_condition_store(store):
+        raise ConfigError(
+            f"views.original_source: 'photo' cannot render condition store {store.path}: its "
+            "inputs are the corrupted aligned frames, not photos; render conditions with "
+            "original_source: aligned (docs/corruptions.md)"
+        )
+    root = Path(image_root) if image_root is not None else store.path
+    rows = manifest.iloc[np.asarray(idx, dtype=np.int64)]
+    out = []
+    for _, row in rows.iterrows():
+        try:
+            out.append(resize_photo(load_image(_image_path(row, root)), size))
+        except GanviewsError as exc:
+            raise GanviewsError(
+                f"image {row['image_id']} of {store.path}: its photo cannot be read again: {exc}"
+            ) from exc
+    return out
 
 
 # ---------------------------------------------------------------- condition stores (Fig. 7)

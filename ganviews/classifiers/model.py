@@ -401,13 +401,18 @@ class Classifier(nn.Module):
         return self._source_sha256 or weights_sha256(self.backbone)
 
     # -- computation
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """[N, 3, H, W] in [-1, 1] → the backbone's input [N, 3, h, w] (differentiable)."""
+    def preprocess(self, images: torch.Tensor, *, geometry: bool = True) -> torch.Tensor:
+        """[N, 3, H, W] in [-1, 1] → the backbone's input [N, 3, h, w] (differentiable).
+
+        ``geometry=False``: the images are already the backbone's input window (a photo view
+        cut as the authors' ``imval``, ``ganviews.views.photo``): clamp and normalise only."""
         _check_images(images)
         pre = self.config.preprocessing
         x = images
         if pre.clamp:
             x = x.clamp(-1.0, 1.0)
+        if not geometry:
+            return x * self.input_scale.to(x.dtype) + self.input_shift.to(x.dtype)
         x = _trim(x, pre.trim)  # [N, 3, H', W']
         if pre.size is not None:
             x = _resize_to(x, pre.size, pre.interpolation, pre.antialias)  # [N, 3, h, w]
@@ -417,8 +422,8 @@ class Classifier(nn.Module):
             x = _center_crop(x, pre.crop)  # [N, 3, crop, crop]
         return x * self.input_scale.to(x.dtype) + self.input_shift.to(x.dtype)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.preprocess(images)  # [N, 3, h, w]
+    def forward(self, images: torch.Tensor, *, geometry: bool = True) -> torch.Tensor:
+        x = self.preprocess(images, geometry=geometry)  # [N, 3, h, w]
         param = next(self.backbone.parameters())
         if not torch.is_autocast_enabled(x.device.type):
             x = x.to(param.dtype)

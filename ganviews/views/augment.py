@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 _NUM_UNIFORMS = 7
 _FLIP, _BRIGHT, _CONTRAST, _SAT, _HUE, _ROW, _COL = range(_NUM_UNIFORMS)
+# the slots by name, for other image views drawn from the same rows (ganviews.views.photo)
+UNIFORM_SLOTS = {"flip": _FLIP, "row": _ROW, "col": _COL}
 _LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601 luma weights as torchvision's rgb_to_grayscale
 
 

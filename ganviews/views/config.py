@@ -82,6 +82,11 @@ class ViewConfig:
     # combined groups: 0 → every perturbed view its own render + one jitter; R > 0 → the first R
     # renders, each jittered again and again (the authors' tensortransform: 8 renders × 4 jitters)
     combined_renders: int = 0
+    # view 0 and the colour / crop views: "aligned" = the aligned frame the GAN inverts; "photo" =
+    # the raw photo, Resize(photo_size) + CenterCrop / RandomCrop(photo_size), classified with
+    # normalisation only (the authors' cars: imval / imcrop of data_cars.py)
+    original_source: Literal["aligned", "photo"] = "aligned"
+    photo_size: int = 256  # "photo": the shorter side after resizing = the side of the window
 
     def __post_init__(self) -> None:
         if self.n_views < 2:
@@ -110,6 +115,12 @@ class ViewConfig:
             raise ConfigError(
                 f"perturbed_views: got {self.perturbed_views}, must be ≥ 0 (0 → n_views − 1)"
             )
+        if self.original_source not in ("aligned", "photo"):
+            raise ConfigError(
+                f"original_source: got {self.original_source!r}, allowed: ['aligned', 'photo']"
+            )
+        if self.photo_size < 1:
+            raise ConfigError(f"photo_size: got {self.photo_size}, must be ≥ 1")
         if self.combined_renders < 0:
             raise ConfigError(
                 f"combined_renders: got {self.combined_renders}, must be ≥ 0 "

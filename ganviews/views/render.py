@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ganviews.core.images import signed_to_uint8
+from ganviews.core.images import signed_to_uint8, uint8_to_signed
 from ganviews.core.runtime import assert_shape
 from ganviews.views.augment import augment, image_view_seed, jitter_seed
 from ganviews.views.config import (
@@ -57,6 +57,7 @@ from ganviews.views.perturb import (
     perturb_from_seeds,
     view_seed,
 )
+from ganviews.views.photo import center_windows, random_windows
 
 # the settings moved to ganviews.views.config; importable from here as before
 __all__ = [
@@ -208,11 +209,13 @@ def _chunks(items: Sequence, size: int):
         yield items[start : start + size]
 
 
-def _classify(classifiers: Mapping[str, Any], images: torch.Tensor) -> dict[str, torch.Tensor]:
+def _classify(
+    classifiers: Mapping[str, Any], images: torch.Tensor, *, geometry: bool = True
+) -> dict[str, torch.Tensor]:
     out = {}
     images = images.float()  # renders may be half under autocast; preprocessing runs in fp32
     for name, C in classifiers.items():
-        logits = C(images)
+        logits = C(images) if geometry else C(images, geometry=False)
         if logits.ndim != 2 or logits.shape[0] != images.shape[0]:
             raise ValueError(
                 f"classifier {name!r}: expected logits [N, K], got {list(logits.shape)}"
@@ -226,7 +229,7 @@ def render_and_classify(
     G,
     classifiers: Mapping[str, Any],
     w: torch.Tensor,
-    images: torch.Tensor,
+    images: torch.Tensor | None,
     *,
     image_ids: Sequence[str],
     config: ViewConfig,
@@ -235,20 +238,25 @@ def render_and_classify(
     c: torch.Tensor | None = None,
     pca: PCAStats | None = None,
     progress: Callable[[int, int], None] | None = None,
+    photos: Sequence[torch.Tensor] | None = None,
 ) -> list[GroupLogits]:
-    """Classify views 0, 1, 2..N of every group for a batch of images (see the module doc).
+    """Classify views 0, 1, 2..P+1 of every group for a batch of images (see the module doc).
 
     w [N, num_ws, w_dim] (the inverted w*), images [N, 3, H, W] in [-1, 1] (the aligned
     originals), image_ids [N] (seed keys), classifiers: name → module mapping [B, 3, h, w] in
     [-1, 1] to logits [B, K] (its own preprocessing). c [N, c_dim]: classes for a conditional
     G (style-mixing). ``progress(done, total)`` is called after every batch with the
     number of images classified so far and in all (each goes through every classifier).
+    With ``config.original_source == "photo"``, ``photos`` replaces ``images`` (which may be
+    None): N resized photos, uint8 [3, h, w] with the shorter side ``config.photo_size``
+    (:func:`ganviews.views.photo.resize_photo`), the source of view 0 and the colour / crop
+    views, classified with the classifiers' normalisation only (``geometry=False``).
     Returns one :class:`GroupLogits` per :func:`view_groups` entry.
     """
     device = torch.device(device)
     n = w.shape[0]
     assert_shape(w, [None, G.num_ws, G.w_dim], "w")
-    assert_shape(images, [n, 3, None, None], "images")
+    originals = _originals(images, photos, n, config, device)
     if n == 0:
         raise ValueError("w: got 0 images; render_and_classify needs at least one")
     image_ids = [str(i) for i in image_ids]
@@ -270,7 +278,6 @@ def render_and_classify(
     check_pca_stats(G, pca)
     pca = None if pca is None else pca.to(device)
     w = w.to(device=device, dtype=torch.float32)
-    images = images.to(device=device, dtype=torch.float32)
     c = None if c is None else c.to(device=device, dtype=torch.float32)
     res = config.persist_resolution or G.resolution
     autocast = (
@@ -281,7 +288,7 @@ def render_and_classify(
     sink = _Sink(groups, n, list(classifiers), device, _Counter(count_views(config, n), progress))
     with autocast:
         _gan_views(G, classifiers, w, groups, sink, config, image_ids, seed, c, pca, res)
-        _image_views(classifiers, images, groups, sink, config, image_ids, seed, res)
+        _image_views(classifiers, originals, groups, sink, config, image_ids, seed, res)
     return sink.results()
 
 
@@ -381,33 +388,100 @@ def _combined_views(view: int, config: ViewConfig) -> list[tuple[int, int]]:
     ]
 
 
-def _image_views(classifiers, images, groups, sink, config, image_ids, seed, res):
+class _Aligned:
+    """View 0 = the aligned frame; image views = its augmentations; the classifier's own geometry."""
+
+    geometry = True
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images  # [N, 3, H, W] in [-1, 1]
+        self.shape = tuple(images.shape[1:])
+
+    def original(self, rows: list[int]) -> torch.Tensor:
+        return self.images[rows]
+
+    def augmented(self, rows: list[int], seeds: list[int], method: str, jitter) -> torch.Tensor:
+        return augment(self.images[rows], seeds, method, config=jitter).float()
+
+
+class _Photos:
+    """``original_source: photo``: view 0 = CenterCrop(size) of the resized photo, crop views =
+    RandomCrop(size) + flip, colour views = colour jitter of the centre window; the windows are
+    the classifier's input (normalisation only)."""
+
+    geometry = False
+
+    def __init__(self, photos: list[torch.Tensor], size: int) -> None:
+        self.photos, self.size = photos, size  # each [3, h, w] in [-1, 1]
+        self.shape = (3, size, size)
+
+    def original(self, rows: list[int]) -> torch.Tensor:
+        return center_windows([self.photos[r] for r in rows], self.size)
+
+    def augmented(self, rows: list[int], seeds: list[int], method: str, jitter) -> torch.Tensor:
+        strips = [self.photos[r] for r in rows]
+        if method == "crop":
+            return random_windows(strips, seeds, self.size, flip=jitter.flip)
+        return augment(center_windows(strips, self.size), seeds, method, config=jitter).float()
+
+
+def _originals(images, photos, n: int, config: ViewConfig, device) -> _Aligned | _Photos:
+    """The source of view 0 and the image views that ``config.original_source`` names."""
+    if config.original_source == "aligned":
+        if photos is not None:
+            raise ValueError("photos: given, but views.original_source is 'aligned' (set 'photo')")
+        if images is None:
+            raise ValueError("images: None, but views.original_source 'aligned' needs them")
+        assert_shape(images, [n, 3, None, None], "images")
+        return _Aligned(images.to(device=device, dtype=torch.float32))
+    if photos is None or len(photos) != n:
+        got = "none" if photos is None else len(photos)
+        raise ValueError(
+            f"photos: views.original_source is 'photo': expected {n} photos (one per row of w), "
+            f"got {got}"
+        )
+    signed = [
+        uint8_to_signed(p.to(device)) if p.dtype == torch.uint8 else p.to(device) for p in photos
+    ]
+    return _Photos([p.float() for p in signed], config.photo_size)
+
+
+def _image_views(classifiers, originals, groups, sink, config, image_ids, seed, res):
     """View 0 (the original) of every group and views 1..N−1 of the image groups."""
-    jobs = [_Job(i, ORIGINAL, 0, 0) for i in range(images.shape[0])] + [
+    n = len(image_ids)
+    jobs = [_Job(i, ORIGINAL, 0, 0) for i in range(n)] + [
         _Job(i, gi, v, image_view_seed(seed, image_ids[i], g.base, v))
         for gi, g in enumerate(groups)
         if g.kind == "image"
-        for i in range(images.shape[0])
+        for i in range(n)
         for v in range(1, config.n_views)
     ]
     for batch in _chunks(jobs, config.batch_size):
-        out = torch.empty(len(batch), *images.shape[1:], device=images.device)  # [B, 3, H, W]
+        out = torch.empty(len(batch), *originals.shape, device=sink.device)  # [B, 3, H, W]
         for gi in sorted({j.group for j in batch}):
             pos = [k for k, j in enumerate(batch) if j.group == gi]
             rows = [batch[k].image for k in pos]
             if gi == ORIGINAL:
-                out[pos] = images[rows]
+                out[pos] = originals.original(rows)
                 continue
             seeds = [batch[k].seed for k in pos]
-            out[pos] = augment(images[rows], seeds, groups[gi].base, config=config.jitter).float()
-        _emit(classifiers, out, batch, groups, sink, config, res)
+            out[pos] = originals.augmented(rows, seeds, groups[gi].base, config.jitter)
+        _emit(classifiers, out, batch, groups, sink, config, res, geometry=originals.geometry)
 
 
 def _emit(
-    classifiers, pixels, batch: Sequence[_Job], groups, sink: _Sink, config: ViewConfig, res: int
+    classifiers,
+    pixels,
+    batch: Sequence[_Job],
+    groups,
+    sink: _Sink,
+    config: ViewConfig,
+    res: int,
+    *,
+    geometry: bool = True,
 ):
     """Classify one batch and scatter its logits (and uint8 copies) into the groups' tables."""
-    logits = _classify(classifiers, pixels)
+    logits = _classify(classifiers, pixels, geometry=geometry)
     sink.counter.add(len(batch))
     small = to_uint8(pixels, res) if config.persist_views else None
     for gi in sorted({j.group for j in batch}):
