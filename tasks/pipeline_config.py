@@ -463,6 +463,12 @@ def _corruption_problems(cfg: PipelineConfig) -> list[str]:
         )
     if cor.max_images is not None and cor.max_images < 1:
         problems.append(f"corruptions.max_images: {cor.max_images} must be ≥ 1 (or null)")
+    if cfg.views.original_source != "aligned":
+        problems.append(
+            f"corruptions: the conditions corrupt the aligned frames, which views.original_source "
+            f"{cfg.views.original_source!r} does not classify; run Fig. 7 with "
+            "original_source: aligned (its own config and logits folder)"
+        )
     return problems
 
 

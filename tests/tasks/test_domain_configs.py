@@ -169,6 +169,9 @@ def test_view_counts_are_the_authors(domain):
 
     cfg = _config(domain).views
     assert (cfg.perturbed_views, PRESETS[DOMAINS[domain][3]].perturbed_views) == (32, 32)
+    # data_cars.py: the raw photo (imval / imcrop at 256) is view 0 and the crops' source
+    source = ("photo", 256) if domain == "cars" else ("aligned", 256)
+    assert (cfg.original_source, cfg.photo_size) == source
     sizes = {g.kind: g.num_views for g in view_groups(cfg)}
     assert sizes == {"gan": 34, "combined": 34, "image": 32}  # views 0, 1, 2..33 / 0, 1..31
     gan_columns, image_columns = sizes["gan"] - 1, sizes["image"]

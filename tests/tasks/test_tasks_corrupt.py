@@ -201,3 +201,11 @@ def test_config_checks_name_the_key(tmp_path):
         _config(tmp_path, classifier="other")
     with pytest.raises(ConfigError, match=r"corruptions\[1\]: label 'jpeg-20'"):
         _config(tmp_path, conditions=[{"kind": "jpeg", "quality": 20}] * 2)
+    from tasks.pipeline_config import check_pipeline_config
+
+    cfg = _config(tmp_path)
+    photo = dataclasses.replace(cfg, views=dataclasses.replace(cfg.views, original_source="photo"))
+    with pytest.raises(
+        ConfigError, match=r"corruptions: the conditions corrupt the aligned frames"
+    ):
+        check_pipeline_config(photo)  # a condition has no photo to classify

@@ -24,7 +24,7 @@ from storage.pca_stats import load_pca_stats
 from tasks.jobs import RenderJob
 from tasks.pipeline_config import PCAConfig
 from tasks.render import render_shard_task, run_render
-from tasks.store_io import read_originals
+from tasks.store_io import read_originals, read_photos
 
 N_IMAGES, SHARD = 6, 4
 CFG = ViewConfig(
@@ -424,3 +424,77 @@ def test_bring_your_own_classifier_from_the_cli_and_the_pipeline_yaml(
     run_render(job, [0], device="cpu")
     from_yaml = read_logits(tmp_path / "yaml").sort_values(["image_id", "view"])
     np.testing.assert_allclose(np.stack(from_yaml["logits"]), np.stack(cli["logits"]), rtol=1e-5)
+
+
+def test_photo_source_classifies_the_raw_photo_and_the_folder_refuses_the_aligned_frame(
+    tmp_path, G, gen_path, classifier_paths
+):
+    """views.original_source: photo (the authors' cars, data_cars.py imval / imcrop): view 0 and
+    the crop views come from the manifest's photo resized to photo_size, not from the stored
+    aligned frame, and reach the classifier without its resize (normalisation only); the GAN
+    views are unchanged. A folder rendered from the photo refuses a render from the frame."""
+    from ganviews.views.augment import image_view_seed
+    from ganviews.views.photo import random_windows, resize_photo
+    from storage.errors import StoreError
+
+    torch.set_num_threads(1)
+    store = _make_store(tmp_path, G)
+    rng = np.random.default_rng(5)
+    for p in store.manifest()["path"]:  # landscape 48×36 photos; images/aligned stays 32×32
+        Image.fromarray(rng.integers(0, 256, (36, 48, 3), dtype=np.uint8)).save(p)
+    C = build_classifier(
+        {"arch": "smallcnn", "num_outputs": 3, "task": "kind", "width": 4,
+         "preprocessing": {"resize": 16}}
+    ).eval()  # fmt: skip
+    paths = {"kind": save_classifier(C, tmp_path / "kind16.safetensors")}
+    views = ViewConfig(
+        n_views=3, gan=(GanGroup("stylemix", "fine"),), image_methods=("crop",),
+        original_source="photo", photo_size=24,
+    )  # fmt: skip
+    job = _job(store.path, gen_path, paths, tmp_path / "logits", views=views, tasks={})
+    run_render_shard(job, 1)  # images 4, 5
+    rows = read_logits(tmp_path / "logits").sort_values(["image_id", "method", "view"])
+    C = load_classifier(paths["kind"])
+    for i, image_id in ((4, "im4"), (5, "im5")):
+        strip = resize_photo(np.asarray(Image.open(store.manifest()["path"][i])), 24)
+        assert strip.shape == (3, 24, 32)  # int(24 · 48 / 36) = 32 → centre offset 4
+        photo = torch.from_numpy(strip.numpy().astype(np.float32) / 127.5 - 1)  # [3, 24, 32]
+        mine = rows[rows["image_id"] == image_id]
+        view0 = np.stack(mine[mine["view"] == 0]["logits"])  # every group's view 0
+        direct = C(photo[None, :, :, 4:28], geometry=False)[0].detach().numpy()
+        np.testing.assert_allclose(view0, np.broadcast_to(direct, view0.shape), atol=1e-5)
+        aligned = torch.from_numpy(store.read_array("images/aligned", [i]) / 127.5 - 1).float()
+        assert np.abs(C(aligned)[0].detach().numpy() - direct).max() > 1e-3  # not the frame
+        with_resize = C(photo[None, :, :, 4:28])[0].detach().numpy()  # the classifier's resize
+        assert np.abs(with_resize - direct).max() > 1e-4
+        crop = mine[mine["method"] == "crop"].set_index("view")["logits"]
+        for v in (1, 2):
+            window = random_windows(
+                [photo], [image_view_seed(4, image_id, "crop", v)], 24, flip=True
+            )
+            np.testing.assert_allclose(
+                crop[v], C(window, geometry=False)[0].detach().numpy(), atol=1e-5
+            )
+    aligned_job = dataclasses.replace(
+        job, views=dataclasses.replace(views, original_source="aligned")
+    )
+    with pytest.raises(
+        StoreError, match=r"other settings: group/crop/: stored .*'original_source': 'photo'"
+    ):
+        run_render_shard(aligned_job, 1)
+    gan = rows[rows["method"] == "stylemix_fine"]
+    run_render_shard(dataclasses.replace(aligned_job, logits=tmp_path / "frame"), 1)
+    frame = read_logits(tmp_path / "frame").sort_values(["image_id", "method", "view"])
+    frame_gan = frame[(frame["method"] == "stylemix_fine") & (frame["view"] >= 1)]
+    np.testing.assert_array_equal(  # the GAN side keeps the aligned 512-frame path: bit for bit
+        np.stack(gan[gan["view"] >= 1]["logits"]), np.stack(frame_gan["logits"])
+    )
+    condition = LatentStore.create(
+        tmp_path / "cond", 2, G.num_ws, G.w_dim, 2,
+        attrs={"generator_sha256": G.sha256, "condition": {"label": "jpeg20"}},
+        manifest=store.manifest().iloc[:2],
+    )  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"original_source: 'photo' cannot render condition store"
+    ):
+        read_photos(condition, np.array([0]), store.manifest(), size=24)
