@@ -7,7 +7,8 @@ image instead: it is read and aligned from the manifest as the inversion would h
 classified by every classifier of the render job (:func:`ganviews.views.fallback.classify_originals`),
 and given a view-0 row in every view group; the ensemble evaluation then predicts it from
 view 0 alone at every α and counts it in ``n_test_fallback`` (``fallback`` in
-predictions.parquet). An original that cannot be read or aligned (often the reason the
+predictions.parquet). With ``views.original_source: photo`` the original is the centre window of the photo, as
+the render's view 0. An original that cannot be read or aligned (often the reason the
 inversion failed) cannot be classified either: it stays excluded, and its reason says both.
 
 The rows exist only inside the evaluation; they are not written to the logits dataset, where
@@ -24,16 +25,18 @@ import pandas as pd
 import torch
 
 from ganviews.core.config import from_dict
+from ganviews.core.images import uint8_to_signed
 from ganviews.core.runtime import resolve_device
 from ganviews.ensemble.config import SPLITS
 from ganviews.inversion.align import AlignConfig
 from ganviews.views.config import view_groups
 from ganviews.views.fallback import classify_originals
+from ganviews.views.photo import center_windows
 from storage.latents import LatentStore
 from storage.logits import CLEAN, table_to_frame, to_table
 from tasks.jobs import RenderJob
 from tasks.render import classifier_tasks
-from tasks.store_io import is_condition_store, load_aligned
+from tasks.store_io import is_condition_store, load_aligned, load_photos
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ def fallback_rows(job: RenderJob, *, device: str | torch.device = "auto") -> Fal
         return empty
     rows = manifest.iloc[idx]
     root = Path(job.image_root) if job.image_root is not None else store.path
-    ok, pairs, failed = load_aligned(rows, _align(job, store), image_root=root)
+    images, ok, failed = _originals(job, store, rows, root)
     unusable = {str(rows.iloc[p]["image_id"]): reason for p, reason in failed.items()}
     if not ok:
         return Fallback(pd.DataFrame(), unusable)
@@ -69,7 +72,6 @@ def fallback_rows(job: RenderJob, *, device: str | torch.device = "auto") -> Fal
         for name, path in job.classifiers.items()
     }
     tasks = classifier_tasks(classifiers, job.tasks, manifest.attrs.get("label_columns") or [])
-    images = torch.from_numpy(np.stack([p[0] for p in pairs]))  # [k, 3, R, R]
     logits = classify_originals(classifiers, images, config=job.views, device=device)
     kept = rows.iloc[ok]
     frames = [
@@ -93,6 +95,19 @@ def fallback_rows(job: RenderJob, *, device: str | torch.device = "auto") -> Fal
     ]
     frame = table_to_frame(to_table(pd.concat(frames, ignore_index=True)), arrow_logits=True)
     return Fallback(frame, unusable)
+
+
+def _originals(job: RenderJob, store: LatentStore, rows: pd.DataFrame, root: Path):
+    """View 0 of ``rows`` as the render makes it → (images [k, 3, H, W] in [-1, 1] or None,
+    positions that worked, {position: reason}): the aligned frame, or with
+    ``views.original_source: photo`` the centre window of the resized photo."""
+    if job.views.original_source == "photo":
+        ok, photos, failed = load_photos(rows, job.views.photo_size, image_root=root)
+        windows = center_windows(photos, job.views.photo_size) if photos else None
+        return (None if windows is None else uint8_to_signed(windows)), ok, failed
+    ok, pairs, failed = load_aligned(rows, _align(job, store), image_root=root)
+    images = torch.from_numpy(np.stack([p[0] for p in pairs])) if pairs else None
+    return images, ok, failed  # [k, 3, R, R]
 
 
 def _align(job: RenderJob, store: LatentStore) -> AlignConfig:

@@ -154,15 +154,30 @@ def read_photos(
         )
     root = Path(image_root) if image_root is not None else store.path
     rows = manifest.iloc[np.asarray(idx, dtype=np.int64)]
-    out = []
-    for _, row in rows.iterrows():
+    _, photos, failed = load_photos(rows, size, image_root=root)
+    if failed:
+        pos, reason = next(iter(failed.items()))
+        raise GanviewsError(
+            f"image {rows.iloc[pos]['image_id']} of {store.path}: its photo cannot be read "
+            f"again: {reason}"
+        )
+    return photos
+
+
+def load_photos(
+    rows: pd.DataFrame, size: int, *, image_root: Path
+) -> tuple[list[int], list[torch.Tensor], dict[int, str]]:
+    """Load manifest ``rows``' photos resized to ``size`` (uint8 ``[3, h, w]``) → (positions that
+    worked, photos, {position: reason}), as :func:`load_aligned`."""
+    ok, photos, failed = [], [], {}
+    for pos, (_, row) in enumerate(rows.iterrows()):
         try:
-            out.append(resize_photo(load_image(_image_path(row, root)), size))
+            photos.append(resize_photo(load_image(_image_path(row, image_root)), size))
         except GanviewsError as exc:
-            raise GanviewsError(
-                f"image {row['image_id']} of {store.path}: its photo cannot be read again: {exc}"
-            ) from exc
-    return out
+            failed[pos] = getattr(exc, "reason", None) or str(exc)
+            continue
+        ok.append(pos)
+    return ok, photos, failed
 
 
 # ---------------------------------------------------------------- condition stores (Fig. 7)

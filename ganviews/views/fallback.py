@@ -30,7 +30,11 @@ def classify_originals(
     config: ViewConfig,
     device: torch.device | str,
 ) -> dict[str, np.ndarray]:
-    """Logits of view 0 alone: images ``[N, 3, H, W]`` in [-1, 1] → name → float32 ``[N, K]``."""
+    """Logits of view 0 alone: images ``[N, 3, H, W]`` in [-1, 1] → name → float32 ``[N, K]``.
+
+    ``images``: the aligned originals, or with ``config.original_source == "photo"`` the photos'
+    centre windows (:func:`ganviews.views.photo.center_windows`), classified like the render's
+    view 0 with the classifiers' normalisation only."""
     device = torch.device(device)
     assert_shape(images, [None, 3, None, None], "images")
     if images.shape[0] == 0:
@@ -39,10 +43,12 @@ def classify_originals(
     autocast = (
         torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     )
+    geometry = config.original_source == "aligned"  # photo windows are the classifier's input
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in classifiers}
     with autocast:
         for start in range(0, images.shape[0], config.batch_size):
             batch = images[start : start + config.batch_size].to(device, torch.float32)
             for name, C in classifiers.items():
-                parts[name].append(C(batch).float().cpu())  # [B, K]
+                logits = C(batch) if geometry else C(batch, geometry=False)  # [B, K]
+                parts[name].append(logits.float().cpu())
     return {name: torch.cat(p).numpy() for name, p in parts.items()}

@@ -7,6 +7,8 @@ report count them honestly.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,6 +22,7 @@ from ganviews.inversion.align import AlignConfig
 from ganviews.report.tables import ReportConfig
 from ganviews.stylegan.generator import load_generator
 from ganviews.views.fallback import classify_originals
+from ganviews.views.photo import resize_photo
 from ganviews.views.render import GanGroup, ViewConfig, render_and_classify
 from storage.latents import LatentStore
 from tasks.evaluate import run_evaluate
@@ -95,6 +98,18 @@ def test_failed_images_get_the_view_0_rows_the_render_would_have_written(job):
     np.testing.assert_allclose(direct, view0, rtol=0, atol=1e-6)
     for row in out.rows.itertuples():
         np.testing.assert_allclose(np.asarray(row.logits), view0[0], rtol=0, atol=1e-6)
+    # views.original_source: photo — view 0 is the photo's centre window, also in the fallback
+    views = dataclasses.replace(VIEWS, original_source="photo", photo_size=16)
+    out = fallback_rows(dataclasses.replace(job, views=views), device="cpu")
+    assert out.unusable == {"tU": "truncated or corrupt: Truncated File Read"}
+    strip = resize_photo(np.asarray(Image.open(job.image_root / "t1.png")), 16)  # [3, 16, 16]
+    rendered = render_and_classify(G, C, torch.zeros(1, G.num_ws, G.w_dim), None, image_ids=["t1"],
+                                   config=views, device="cpu", seed=0, photos=[strip])  # fmt: skip
+    photo0 = rendered[0].logits["clf"][rendered[0].view == 0]  # [1, 1]
+    assert np.abs(photo0 - view0).max() > 1e-4  # not the aligned frame's
+    assert sorted(set(out.rows["image_id"])) == ["t1"]
+    for row in out.rows.itertuples():
+        np.testing.assert_allclose(np.asarray(row.logits), photo0[0], rtol=0, atol=1e-6)
 
 
 def test_report_counts_fallback_and_unusable_images(job, tmp_path):
