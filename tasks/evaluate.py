@@ -295,23 +295,37 @@ def _fallback(job, expected, config: ReportConfig, device: str):
     from tasks.fallback import fallback_rows
 
     out = fallback_rows(job, device=device)
-    unusable = expected["image_id"].astype(str).map(out.unusable)
-    has = unusable.notna().to_numpy()
-    expected.loc[has, "detail"] = (
-        expected.loc[has, "detail"] + "; original not classifiable either: " + unusable[has]
-    )
+    ids = expected["image_id"].astype(str)
+    expected["detail"] = [
+        detail + _unusable(detail, out.unusable[i]) if i in out.unusable else detail
+        for i, detail in zip(ids, expected["detail"], strict=True)
+    ]
+    notes = []
     made = out.rows["image_id"].nunique() if not out.rows.empty else 0
-    note = (
-        f"{made} val/test image(s) without views (failed inversions) are predicted from their "
-        f"original image alone (on_missing_views: single, counted in n_test_fallback)"
-    )
+    if made:
+        notes.append(
+            f"{made} val/test image(s) whose inversion failed are predicted from their original "
+            "image alone (on_missing_views: single; test images are counted in n_test_fallback)."
+        )
     if out.unusable:
-        note += f"; {len(out.unusable)} could not be read or aligned and stay excluded"
-    return out.rows, [note] if made or out.unusable else []
+        notes.append(
+            f"{len(out.unusable)} val/test image(s) whose inversion failed cannot be read or "
+            "aligned, so their original cannot be classified either: they stay excluded."
+        )
+    return out.rows, notes
+
+
+def _unusable(detail: str, reason: str) -> str:
+    """Why a failed image's original could not be classified, unless the detail says it already."""
+    if reason in detail:
+        return "; the original cannot be read or aligned either"
+    return f"; original not classifiable either: {reason}"
 
 
 def evaluate_key(cfg: PipelineConfig) -> str:
-    """What the report depends on: every logits file (size, mtime) and the report config."""
+    """What the report depends on: every logits file (size, mtime), the report config, the
+    store's failed and pending images (the exclusions' reasons) and, under
+    ``on_missing_views: single``, the files of the failed images (:mod:`tasks.fallback`)."""
     root = Path(cfg.paths.logits)
     files = (
         sorted(
@@ -328,8 +342,22 @@ def evaluate_key(cfg: PipelineConfig) -> str:
             "report": to_dict(cfg.report),
             "store": str(cfg.paths.store),
             "corruptions": to_dict(cfg.corruptions),
+            **_store_inputs(cfg),
         }
     )
+
+
+def _store_inputs(cfg: PipelineConfig) -> dict[str, Any]:
+    if not (Path(cfg.paths.store) / "zarr.json").is_file():
+        return {}
+    store = LatentStore.open(cfg.paths.store, mode="r")
+    out: dict[str, Any] = {"failed": store.failed().tolist(), "pending": store.pending().tolist()}
+    if cfg.report.ensemble.on_missing_views == "single":
+        from tasks.fallback import fallback_inputs
+        from tasks.jobs import render_job
+
+        out["fallback"] = fallback_inputs(render_job(cfg))
+    return out
 
 
 def evaluate_done(cfg: PipelineConfig) -> bool:

@@ -50,17 +50,11 @@ class Fallback:
 def fallback_rows(job: RenderJob, *, device: str | torch.device = "auto") -> Fallback:
     """View-0 logit rows of the store's failed val/test images (every classifier × view group)."""
     store = LatentStore.open(job.store, mode="r")
+    rows = _failed_rows(store)
+    if not len(rows):
+        return Fallback(pd.DataFrame())
     manifest = store.manifest()
-    empty = Fallback(pd.DataFrame())
-    if manifest is None or is_condition_store(store):  # a condition's store has no manifest files
-        return empty
-    idx = store.failed()
-    idx = idx[np.isin(manifest["split"].to_numpy()[idx], SPLITS)]
-    if not len(idx):
-        return empty
-    rows = manifest.iloc[idx]
-    root = Path(job.image_root) if job.image_root is not None else store.path
-    images, ok, failed = _originals(job, store, rows, root)
+    images, ok, failed = _originals(job, store, rows, _root(job, store))
     unusable = {str(rows.iloc[p]["image_id"]): reason for p, reason in failed.items()}
     if not ok:
         return Fallback(pd.DataFrame(), unusable)
@@ -95,6 +89,33 @@ def fallback_rows(job: RenderJob, *, device: str | torch.device = "auto") -> Fal
     ]
     frame = table_to_frame(to_table(pd.concat(frames, ignore_index=True)), arrow_logits=True)
     return Fallback(frame, unusable)
+
+
+def fallback_inputs(job: RenderJob) -> dict[str, object]:
+    """What the fallback rows depend on besides the models: each failed val/test image and its
+    file's (size, mtime) or None (the evaluate stage's marker key)."""
+    store = LatentStore.open(job.store, mode="r")
+    root = _root(job, store)
+    out: dict[str, object] = {}
+    for row in _failed_rows(store).itertuples():
+        path = Path(row.path) if Path(row.path).is_absolute() else root / row.path
+        out[str(row.image_id)] = (
+            [path.stat().st_size, path.stat().st_mtime_ns] if path.is_file() else None
+        )
+    return out
+
+
+def _failed_rows(store: LatentStore) -> pd.DataFrame:
+    """Manifest rows of the store's failed val/test images (none for a condition's store)."""
+    manifest = store.manifest()
+    if manifest is None or is_condition_store(store):  # a condition's store has no manifest files
+        return pd.DataFrame(columns=["image_id", "path", "split"])
+    idx = store.failed()
+    return manifest.iloc[idx[np.isin(manifest["split"].to_numpy()[idx], SPLITS)]]
+
+
+def _root(job: RenderJob, store: LatentStore) -> Path:
+    return Path(job.image_root) if job.image_root is not None else store.path
 
 
 def _originals(job: RenderJob, store: LatentStore, rows: pd.DataFrame, root: Path):

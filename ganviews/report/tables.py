@@ -467,7 +467,8 @@ def _exclusion_blocks(results: EnsembleResults) -> list[Block]:
             "over fewer images (n_test; per result in results.csv: n_val_excluded, "
             "n_test_excluded, excluded_reasons; per image in exclusions.csv). "
             "`ensemble.on_missing_views: single` keeps images that have the original (view 0) "
-            "but lack views, predicting them from the original alone."
+            "but lack views, predicting them from the original alone; in `ganviews run` it also "
+            "classifies the original of an image whose inversion failed, when it can be read."
         )))  # fmt: skip
         b.append(Block("table", table=exclusion_summary(results.exclusions)))
     if fallback:
