@@ -22,7 +22,7 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from ganviews.core.errors import ConfigError, GanviewsError
-from ganviews.core.runtime import exit_with_parent
+from ganviews.core.lifeline import exit_with_parent
 from storage.errors import StoreError
 from tasks.run_state import ShardProgress, shard_name
 

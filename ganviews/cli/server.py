@@ -9,7 +9,9 @@ Prefect UI, start this server in one shell and point the run at it in another::
 
 :func:`embedded_api` is the private server: started in its own session (process group), so
 the Ctrl-C a terminal sends to ganviews' process group never reaches it; the run stops it
-last, after its own work has stopped (:mod:`ganviews.cli._interrupt`).
+last, after its own work has stopped (:mod:`ganviews.cli._interrupt`). It runs this module
+as its main (:func:`serve_private`) and dies with the run even when the run is killed with
+``kill -9`` (parent-death signal + watchdog, :mod:`ganviews.core.lifeline`).
 """
 
 from __future__ import annotations
@@ -76,15 +78,11 @@ def embedded_api() -> Iterator[subprocess.Popen | None]:
         yield None
         return
     import httpx
-    import prefect
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     port = free_port()
-    command = [
-        sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
-        "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-        "--port", str(port), "--log-level", "error", "--lifespan", "on",
-    ]  # fmt: skip
+    # this module as the server's main (see the end): it dies with this process
+    command = [sys.executable, "-m", __name__, str(os.getpid()), str(port)]
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"}
     process = subprocess.Popen(command, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
@@ -132,3 +130,22 @@ def stop_server(process: subprocess.Popen | None, *, wait: float = 10.0) -> None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, 9)
         process.wait()
+
+
+def serve_private(parent: int, port: int) -> None:
+    """The private server's process: bound to ``parent`` (the run that started it) by a
+    parent-death signal and a watchdog (:func:`ganviews.core.lifeline.die_with_parent`), so a
+    ``kill -9`` of the run does not leave it behind; then Prefect's API app on loopback."""
+    from ganviews.core.lifeline import die_with_parent
+
+    die_with_parent(parent)
+    import uvicorn
+
+    uvicorn.run(
+        "prefect.server.api.server:create_app", factory=True, host="127.0.0.1", port=port,
+        log_level="error", lifespan="on",
+    )  # fmt: skip
+
+
+if __name__ == "__main__":  # python -m ganviews.cli.server PARENT_PID PORT (embedded_api)
+    serve_private(int(sys.argv[1]), int(sys.argv[2]))

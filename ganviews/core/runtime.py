@@ -10,10 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import multiprocessing
-import os
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,34 +175,3 @@ def assert_shape(tensor: torch.Tensor, shape: Sequence[int | None], name: str = 
     ):
         want_txt = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
         raise ValueError(f"{name}: expected shape {want_txt}, got {list(tensor.shape)}")
-
-
-def exit_with_parent(*, poll_seconds: float = 1.0) -> bool:
-    """In a worker process: exit when the process that started it dies (issue 18.5).
-
-    A daemon thread polls the parent pid; once the worker has been re-parented (its parent was
-    killed, even by ``kill -9``), it leaves with ``os._exit(1)`` instead of running on as an
-    orphan holding gigabytes. Idempotent; only acts in a process started by
-    :mod:`multiprocessing` (a worker of a process pool), never in the CLI's own process.
-    Returns True when the watchdog runs.
-    """
-    if multiprocessing.parent_process() is None:
-        return False
-    with _WATCHED_LOCK:
-        if _WATCHED:
-            return True
-        _WATCHED.append(os.getppid())
-    parent = _WATCHED[0]
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_seconds)
-        log.error("parent process %d is gone; worker %d exits", parent, os.getpid())
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-    return True
-
-
-_WATCHED: list[int] = []  # the parent pid this process's watchdog watches (at most one)
-_WATCHED_LOCK = threading.Lock()
