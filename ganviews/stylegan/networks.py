@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LRELU_SLOPE = 0.2  # leaky-ReLU slope of every activated layer
-LRELU_GAIN = math.sqrt(2.0)  # gain that keeps the activation variance (StyleGAN2 App. B)
+from ganviews.stylegan.fused import LRELU_GAIN, LRELU_SLOPE, SynthesisOptions, bias_act, compiled
+
 DEMOD_EPS = 1e-8  # epsilon inside the demodulation rsqrt (Eq. 3)
 NORM_EPS = 1e-8  # epsilon of the z / label-embedding second-moment normalisation
 RESAMPLE_TAPS = (1.0, 3.0, 3.0, 1.0)  # separable binomial FIR of up-sampling (config-f)
@@ -63,11 +63,19 @@ def lrelu_agc(x: torch.Tensor, clamp: float | None = None) -> torch.Tensor:
     return x if clamp is None else x.clamp(-clamp, clamp)
 
 
-def fir_filter(x: torch.Tensor, f: torch.Tensor, pad: int, gain: float = 1.0) -> torch.Tensor:
-    """Depthwise 2-D FIR convolution (true convolution: kernel flipped) after zero padding."""
+def fir_filter(
+    x: torch.Tensor, f: torch.Tensor, pad: int, gain: float = 1.0, *, fold_pad: bool = False
+) -> torch.Tensor:
+    """Depthwise 2-D FIR convolution (true convolution: kernel flipped) after zero padding.
+
+    ``fold_pad``: let the convolution pad (``padding=pad``, pad ≥ 0) instead of writing a
+    padded copy with ``F.pad`` first (the reference op sequence; also handles pad < 0).
+    """
     channels = x.shape[1]
     kernel = (f.flip([0, 1]) * gain).to(x.dtype)  # [kh, kw]
     kernel = kernel[None, None].expand(channels, 1, *f.shape)  # [C, 1, kh, kw]
+    if fold_pad and pad >= 0:
+        return F.conv2d(x, kernel, padding=pad, groups=channels)
     x = F.pad(x, [pad, pad, pad, pad])
     return F.conv2d(x, kernel, groups=channels)
 
@@ -110,6 +118,7 @@ def modulated_conv2d(
     up: bool = False,
     resample_filter: torch.Tensor | None = None,
     fused: bool = False,
+    fold_pad: bool = False,
 ) -> torch.Tensor:
     """Modulated (and optionally demodulated) convolution, StyleGAN2 Sec. 2.2.
 
@@ -118,6 +127,7 @@ def modulated_conv2d(
     flip; size 2H+1) followed by the 4x4 FIR with gain 4 and padding 1 (size 2H).
     ``fused`` modulates the weights per sample and runs one grouped convolution (groups=N);
     otherwise the activations are scaled instead (same maths, batch-sized plain conv).
+    ``fold_pad``: the FIR pads inside its convolution (:func:`fir_filter`).
     """
     n, in_ch, h, w_ = x.shape
     out_ch, _, kh, kw = weight.shape
@@ -141,7 +151,7 @@ def modulated_conv2d(
         else:
             y = F.conv2d(y, weight, padding=kh // 2)  # [N, O, H, W]
     if up:
-        y = fir_filter(y, resample_filter, pad=1, gain=4.0)  # [N, O, 2H, 2W]
+        y = fir_filter(y, resample_filter, pad=1, gain=4.0, fold_pad=fold_pad)  # [N, O, 2H, 2W]
     if demodulate and not fused:
         y = y * demodulation_coefficients(weight, styles).to(y.dtype)[:, :, None, None]
     return y
@@ -332,15 +342,34 @@ class SynthesisLayer(nn.Module):
         noise_mode: str = "const",
         fused: bool = False,
         noise_generator: NoiseGenerator = None,
+        fused_ops: bool = False,
     ) -> torch.Tensor:
+        """``fused_ops``: padding folded into the FIR, and demodulation (unless ``fused``
+        already folded it into the weights), noise, bias, activation, gain and clamp as one
+        :func:`bias_act` epilogue; otherwise the reference op sequence."""
         styles = self.affine(w)  # [N, I]
         x = modulated_conv2d(
-            x, self.weight, styles, up=self.up, resample_filter=resample_filter, fused=fused
+            x,
+            self.weight,
+            styles,
+            demodulate=fused or not fused_ops,
+            up=self.up,
+            resample_filter=resample_filter,
+            fused=fused,
+            fold_pad=fused_ops,
         )  # [N, O, r, r]
         noise = self._noise(x, noise_mode, noise_generator)
+        bias = self.bias.to(x.dtype)[:, None, None]  # [O, 1, 1]
+        if fused_ops:
+            scale = None
+            if not fused:
+                scale = demodulation_coefficients(self.weight, styles.to(x.dtype))
+                scale = scale.to(x.dtype)[:, :, None, None]  # [N, O, 1, 1]
+            bias = bias if noise is None else noise + bias  # [O, r, r] | [N, O, r, r]
+            return bias_act(x, bias, scale=scale, clamp=self.conv_clamp)
         if noise is not None:
             x = x + noise
-        return lrelu_agc(x + self.bias.to(x.dtype)[None, :, None, None], self.conv_clamp)
+        return lrelu_agc(x + bias[None], self.conv_clamp)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}→{self.out_channels} @ {self.resolution}px, up={self.up}"
@@ -406,12 +435,15 @@ class SynthesisBlock(nn.Module):
         img: torch.Tensor | None,
         ws: torch.Tensor,
         resample_filter: torch.Tensor,
+        memory_format: torch.memory_format = torch.contiguous_format,
         **layer_kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """ws [N, num_conv + 1, w_dim]; returns the features and the running RGB image."""
+        """ws [N, num_conv + 1, w_dim]; returns the features and the running RGB image
+        (``memory_format`` of the first block's constant input: later ones inherit it)."""
         fused = layer_kwargs.get("fused", False)
         if x is None:
             x = self.const.to(ws.dtype).unsqueeze(0).expand(ws.shape[0], -1, -1, -1)  # [N, C, 4, 4]
+            x = x.contiguous(memory_format=memory_format)
             x = self.conv1(x, ws[:, 0], resample_filter, **layer_kwargs)
         else:
             x = self.conv0(x, ws[:, 0], resample_filter, **layer_kwargs)  # [N, C, r, r]
@@ -455,6 +487,7 @@ class SynthesisNetwork(nn.Module):
             )
             setattr(self, f"b{res}", block)
             in_channels = self.channels[res]
+        self.options = SynthesisOptions()  # default for calls that pass no ``options``
 
     def forward(
         self,
@@ -464,11 +497,15 @@ class SynthesisNetwork(nn.Module):
         fused_modconv: bool | None = None,
         noise_generator: NoiseGenerator = None,
         intermediates: dict[str, torch.Tensor] | None = None,
+        options: SynthesisOptions | None = None,
     ) -> torch.Tensor:
         """Render ws; ``fused_modconv=None`` picks the faster path for the batch size.
 
+        ``options`` (:class:`ganviews.stylegan.fused.SynthesisOptions`; default
+        ``self.options``): reference or fused kernels, memory format, ``torch.compile``.
         ``intermediates``, when a dict is given, receives ``b{r}_x`` (features) and
-        ``b{r}_img`` (running RGB image) after every block, for debugging and tests.
+        ``b{r}_img`` (running RGB image) after every block, for debugging and tests (always
+        computed eagerly).
         """
         if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
             raise ValueError(
@@ -487,22 +524,38 @@ class SynthesisNetwork(nn.Module):
         fused = (
             choose_fused(ws.shape[0], ws.device) if fused_modconv is None else bool(fused_modconv)
         )
+        options = self.options if options is None else options
+        run = type(self)._synthesize
+        if options.compile and intermediates is None:
+            run = compiled(self, run)
         layer_kwargs = {
             "noise_mode": noise_mode,
             "fused": fused,
             "noise_generator": noise_generator,
         }
+        return run(self, ws, options, layer_kwargs, intermediates)
+
+    def _synthesize(
+        self,
+        ws: torch.Tensor,
+        options: SynthesisOptions,
+        layer_kwargs: dict,
+        intermediates: dict[str, torch.Tensor] | None,
+    ) -> torch.Tensor:
         f = self.resample_filter.to(ws.dtype)
+        memory_format = options.torch_memory_format
         x = img = None
         w_idx = 0
         for res in self.block_resolutions:
             block = getattr(self, f"b{res}")
             block_ws = ws[:, w_idx : w_idx + block.num_conv + block.num_torgb]  # [N, k, C]
-            x, img = block(x, img, block_ws, f, **layer_kwargs)
+            x, img = block(
+                x, img, block_ws, f, memory_format, fused_ops=options.fused, **layer_kwargs
+            )
             w_idx += block.num_conv
             if intermediates is not None:
                 intermediates[f"b{res}_x"], intermediates[f"b{res}_img"] = x, img
-        return img
+        return img.contiguous()
 
     def extra_repr(self) -> str:
         return f"resolution={self.img_resolution}, channels={self.channels}, num_ws={self.num_ws}"
