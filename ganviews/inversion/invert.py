@@ -42,6 +42,7 @@ from ganviews.inversion.lbfgs import (
     lbfgs_minimize,
 )
 from ganviews.inversion.perceptual import TargetFeatures
+from ganviews.stylegan.fused import KERNELS, MEMORY_FORMATS, SynthesisOptions
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ class InversionConfig:
     precision: Literal["exact", "tf32", "bf16"] = "exact"  # networks' numerics (NumericsPolicy)
     progress_tol: float = 0.0  # opt-in early stop: relative loss gain per window ≤ this (0: off)
     progress_window: int = 50  # L-BFGS steps per progress check
+    synthesis_kernels: Literal["fused", "reference"] = "fused"  # G's ops (SynthesisOptions)
+    memory_format: Literal["contiguous", "channels_last"] = "contiguous"  # G's activations
+    compile: bool = False  # torch.compile the objective's networks and the L-BFGS bookkeeping
 
     def __post_init__(self) -> None:
         checks = [
@@ -97,11 +101,26 @@ class InversionConfig:
             ),
             ("adam_lr", self.adam_lr > 0, "> 0"),
             ("precision", self.precision in PRECISIONS, " or ".join(map(repr, PRECISIONS))),
+            (
+                "synthesis_kernels",
+                self.synthesis_kernels in KERNELS,
+                " or ".join(map(repr, KERNELS)),
+            ),
+            (
+                "memory_format",
+                self.memory_format in MEMORY_FORMATS,
+                " or ".join(map(repr, MEMORY_FORMATS)),
+            ),
+            ("compile", isinstance(self.compile, bool), "true or false"),
         ]
         for name, ok, allowed in checks:
             if not ok:
                 raise ConfigError(f"invert.{name}: got {getattr(self, name)!r}, expected {allowed}")
         self.lbfgs_config()  # validates the L-BFGS fields, naming them
+
+    def synthesis_options(self) -> SynthesisOptions:
+        """How G computes during the inversion (compiled as part of the objective)."""
+        return SynthesisOptions(kernels=self.synthesis_kernels, memory_format=self.memory_format)
 
     def lbfgs_config(self) -> LBFGSConfig:
         return LBFGSConfig(
@@ -151,6 +170,8 @@ class _Objective:
 
     What does not change between evaluations is computed once, when the objective is built:
     the encoder's E(x, m) and LPIPS's target features (:meth:`MaskedLPIPS.target`).
+    ``cfg.compile``: the networks' part of an evaluation (G, LPIPS, encoder) runs through
+    ``torch.compile``; its backward pass is compiled with it.
     """
 
     def __init__(
@@ -161,6 +182,8 @@ class _Objective:
         self.latent_mode = latent_mode  # "encoder_consistency" | "l2" | None (no latent term)
         self.cfg, self.policy = cfg, policy
         self.shape = (G.num_ws, G.w_dim)
+        self.synthesis_options = cfg.synthesis_options()
+        self.networks = torch.compile(self._networks) if cfg.compile else self._networks
         self.use_lpips = perceptual is not None and cfg.lambda_lpips > 0
         N, device, dtype = images.shape[0], images.device, images.dtype
         self.enc_ref = None
@@ -195,9 +218,7 @@ class _Objective:
         """
         cfg, x, m = self.cfg, self.images[index], self.masks[index]
         with self.policy.networks(ws.device):
-            img = self.G.synthesis(ws, noise_mode=cfg.noise_mode).to(x.dtype)  # [M, C, H, W]
-            lp = self.perceptual.distance(img, self.lpips_target, index) if self.use_lpips else None
-            enc = self.encoder(img, m) if self.latent_mode == "encoder_consistency" else None
+            img, lp, enc = self.networks(ws, index)
         out = {"l1": (1.0 - cfg.lambda_lpips) * masked_l1(img, x, m)}
         zero = out["l1"].new_zeros(out["l1"].shape)
         out["lpips"] = cfg.lambda_lpips * lp.to(x.dtype) if lp is not None else zero
@@ -209,6 +230,16 @@ class _Objective:
         else:
             out["latent"] = zero
         return out, img
+
+    def _networks(self, ws: torch.Tensor, index: torch.Tensor):
+        """G(ws) [M, C, H, W] in the targets' dtype, its LPIPS distance [M] (or None) and its
+        encoding [M, L, C] (or None)."""
+        x, m = self.images[index], self.masks[index]
+        img = self.G.synthesis(ws, noise_mode=self.cfg.noise_mode, options=self.synthesis_options)
+        img = img.to(x.dtype)  # [M, C, H, W]
+        lp = self.perceptual.distance(img, self.lpips_target, index) if self.use_lpips else None
+        enc = self.encoder(img, m) if self.latent_mode == "encoder_consistency" else None
+        return img, lp, enc
 
     def __call__(self, x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
@@ -350,7 +381,12 @@ def _invert_all(
     evaluate = ChunkedEvaluation(objective, width)  # halves and retries on out-of-memory
     if cfg.optimizer == "lbfgs":
         opt: MinimizeResult = lbfgs_minimize(
-            evaluate, x0, steps=cfg.steps, config=cfg.lbfgs_config(), batch_size=width
+            evaluate,
+            x0,
+            steps=cfg.steps,
+            config=cfg.lbfgs_config(),
+            batch_size=width,
+            compile=cfg.compile,
         )
     else:
         opt = adam_minimize(evaluate, x0, steps=cfg.steps, config=AdamConfig(lr=cfg.adam_lr))
@@ -358,6 +394,7 @@ def _invert_all(
     # The reported losses, PSNR and LPIPS are measured in exact fp32 whatever the policy, so
     # runs under different policies compare on the same scale.
     objective.policy = exact = NumericsPolicy("exact")
+    objective.networks = objective._networks  # eager: no compile for other shapes / no grad
     init_parts, final, recon, lpips = [], [], [], []
     for i in range(0, N, evaluate.chunk):
         idx = rows[i : i + evaluate.chunk]

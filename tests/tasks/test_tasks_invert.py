@@ -225,6 +225,7 @@ def test_cli_invert_creates_resumes_and_refuses_mixing(
     assert (
         store.attrs["config"]["invert"]["steps"] == 2
         and "batch_size" not in store.attrs["config"]["invert"]
+        and "compile" not in store.attrs["config"]["invert"]
     )
     assert store.attrs["generator_sha256"] == G.sha256 and store.attrs["encoder_sha256"] is None
     # Rerun of one shard: nothing done is redone, the failed item is retried (and fails again).
