@@ -436,6 +436,8 @@ def test_photo_source_classifies_the_raw_photo_and_the_folder_refuses_the_aligne
     from ganviews.views.augment import image_view_seed
     from ganviews.views.photo import random_windows, resize_photo
     from storage.errors import StoreError
+    from storage.logits import check_identity
+    from tasks.render import logits_identity
 
     torch.set_num_threads(1)
     store = _make_store(tmp_path, G)
@@ -476,19 +478,26 @@ def test_photo_source_classifies_the_raw_photo_and_the_folder_refuses_the_aligne
                 crop[v], C(window, geometry=False)[0].detach().numpy(), atol=1e-5
             )
     aligned_job = dataclasses.replace(
-        job, views=dataclasses.replace(views, original_source="aligned")
+        job, views=dataclasses.replace(views, original_source="aligned"), logits=tmp_path / "frame"
     )
-    with pytest.raises(
-        StoreError, match=r"other settings: group/crop/: stored .*'original_source': 'photo'"
-    ):
-        run_render_shard(aligned_job, 1)
     gan = rows[rows["method"] == "stylemix_fine"]
-    run_render_shard(dataclasses.replace(aligned_job, logits=tmp_path / "frame"), 1)
+    run_render_shard(aligned_job, 1)
     frame = read_logits(tmp_path / "frame").sort_values(["image_id", "method", "view"])
     frame_gan = frame[(frame["method"] == "stylemix_fine") & (frame["view"] >= 1)]
     np.testing.assert_array_equal(  # the GAN side keeps the aligned 512-frame path: bit for bit
         np.stack(gan[gan["view"] >= 1]["logits"]), np.stack(frame_gan["logits"])
     )
+    # each folder refuses the other source (the check write_logits makes before writing)
+    photo_id = logits_identity(store, G, {"kind": C}, {"kind": "kind"}, views, 4)
+    frame_id = logits_identity(store, G, {"kind": C}, {"kind": "kind"}, aligned_job.views, 4)
+    with pytest.raises(
+        StoreError, match=r"group/crop/: stored .*'original_source': 'photo'.*, given"
+    ):
+        check_identity(tmp_path / "logits", frame_id)
+    with pytest.raises(
+        StoreError, match=r"group/crop/: stored .*, given .*'original_source': 'photo'"
+    ):
+        check_identity(tmp_path / "frame", photo_id)
     condition = LatentStore.create(
         tmp_path / "cond", 2, G.num_ws, G.w_dim, 2,
         attrs={"generator_sha256": G.sha256, "condition": {"label": "jpeg20"}},
