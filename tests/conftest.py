@@ -35,10 +35,24 @@ INTEGRATION = Path(__file__).resolve().parent / "integration"
 
 def pytest_collection_modifyitems(items) -> None:
     """Everything under tests/integration/ (servers, subprocesses) is marked ``integration``,
-    so ``./run test-fast`` (``-m "not slow and not integration"``) never starts one."""
+    so ``./run test-fast`` (``-m "not slow and not integration"``) never starts one.
+
+    Integration modules run first, then other modules holding a slow test (order kept
+    otherwise): under ``--dist loadfile`` the long modules start at once on some workers while
+    the many short ones fill the others, instead of one long module starting last and
+    running alone."""
+    heavy = set()
     for item in items:
         if INTEGRATION in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
+        if item.get_closest_marker("slow") or item.get_closest_marker("integration"):
+            heavy.add(str(item.fspath))
+    items.sort(  # stable sort: False sorts first
+        key=lambda item: (
+            INTEGRATION not in Path(str(item.fspath)).parents,
+            str(item.fspath) not in heavy,
+        )
+    )
 
 
 SHARED_FIXTURES = Path(
