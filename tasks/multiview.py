@@ -13,11 +13,13 @@ objects are their Prefect wrappers. Outputs live under ``multiview.out``: ``stor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,26 @@ def load_multiview_config(
     return cfg
 
 
+@contextlib.contextmanager
+def cpu_threads(cfg: MultiviewConfig, device) -> Iterator[None]:
+    """torch's and the BLAS/OpenMP pools' threads = ``cfg.cpu_threads`` for CPU work in the
+    block (0 or a GPU device: unchanged). On a shared 2-core machine two threads per pool spin
+    against other processes: one thread trained 5× faster there (docs/genrep.md)."""
+    if not cfg.cpu_threads or device.type != "cpu":
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.cpu_threads)
+    try:
+        with threadpool_limits(limits=cfg.cpu_threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def plain(cfg: MultiviewConfig) -> dict[str, Any]:
     """The config as JSON-safe data (what flow parameters carry); load_multiview_config reads it."""
     return {"multiview": json.loads(json.dumps(to_dict(cfg)))}
@@ -140,7 +162,8 @@ def run_sample_shard(config, name: str, shard: tuple[int, int], device: str = "a
     store = open_store(cfg, name, G, sampling)
     start, stop = int(shard[0]), int(shard[1])
     t0 = time.perf_counter()
-    data = sample_multiview(G, sampling, range(start, stop))
+    with cpu_threads(cfg, dev):
+        data = sample_multiview(G, sampling, range(start, stop))
     seeds = [item_seed(sampling.seed, "anchor", i) for i in range(start, stop)]
     store.write_shard(start, {**data, "anchor_seed": np.asarray(seeds, dtype=np.int64)})
     seconds = round(time.perf_counter() - t0, 2)
@@ -223,15 +246,16 @@ def run_train_variant(config, variant: Mapping[str, Any] | Variant, device: str 
     else:
         views, labels = training_data(cfg, variant)
         n = len(views)
-        model = train_contrastive(
-            views,
-            cfg=cfg.train,
-            t_x=variant.t_x == "simclr",
-            objective=variant.objective,
-            labels=labels,
-            device=dev,
-            checkpoint=out.with_suffix(".ckpt"),
-        )
+        with cpu_threads(cfg, dev):
+            model = train_contrastive(
+                views,
+                cfg=cfg.train,
+                t_x=variant.t_x == "simclr",
+                objective=variant.objective,
+                labels=labels,
+                device=dev,
+                checkpoint=out.with_suffix(".ckpt"),
+            )
     save_encoder(model, out)
     out.with_suffix(".ckpt").unlink(missing_ok=True)
     seconds = round(time.perf_counter() - t0, 2)
@@ -246,11 +270,48 @@ train_variant_task = task(run_train_variant, name="multiview-train-variant")
 # ------------------------------------------------------------------------------ probe
 
 
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
+
+
+def probe_features(
+    cfg: MultiviewConfig, path: Path, splits: Mapping[str, tuple[np.ndarray, np.ndarray]], device
+) -> dict[str, np.ndarray]:
+    """The frozen features of every split for the encoder at ``path``: one no-grad pass over
+    all splits' images, kept in ``<encoder>.features.npz`` under a key of the encoder file's
+    and the splits' sha256 (a rerun probes only new or retrained encoders)."""
+    from ganviews.genrep.contrastive import load_encoder
+    from ganviews.genrep.probe import extract_features
+
+    names = list(splits)
+    key = _digest(
+        np.frombuffer(path.read_bytes(), np.uint8), *(a for s in names for a in splits[s])
+    )
+    cache = path.with_name(path.stem + ".features.npz")
+    if cache.is_file():
+        with np.load(cache) as stored:
+            if str(stored["key"]) == key:
+                return {s: stored[s] for s in names}
+    model = load_encoder(path, device=device)
+    images = np.concatenate([splits[s][0] for s in names])
+    with cpu_threads(cfg, device):
+        feats = extract_features(model, images, device=device, batch_size=cfg.probe.batch_size)
+    bounds = np.cumsum([0] + [len(splits[s][0]) for s in names])
+    out = {s: feats[bounds[k] : bounds[k + 1]] for k, s in enumerate(names)}
+    partial = cache.with_name(cache.name + ".partial.npz")
+    np.savez(partial, key=np.asarray(key), **out)
+    partial.replace(cache)
+    return out
+
+
 def run_probe(config, device: str = "auto") -> dict:
     """Probe every trained variant on the real splits; write ``report/`` (results.csv, plots)."""
-    from ganviews.genrep.contrastive import load_encoder
     from ganviews.genrep.experiment import write_report
-    from ganviews.genrep.probe import extract_features, linear_probe
+    from ganviews.genrep.probe import linear_probe
 
     cfg = load_multiview_config(config)
     dev = resolve_device(device if device != "auto" else cfg.device)
@@ -261,14 +322,15 @@ def run_probe(config, device: str = "auto") -> dict:
         if not path.is_file():
             _log().warning("multiview probe: %s not trained yet, left out", path.name)
             continue
-        model = load_encoder(path, device=dev)
-        feats = {
-            s: (extract_features(model, x, device=dev, batch_size=cfg.probe.batch_size), y)
-            for s, (x, y) in splits.items()
-        }
-        result = linear_probe(
-            feats[cfg.train_split], feats[cfg.val_split], feats[cfg.test_split], cfg=cfg.probe
-        )
+        feats = probe_features(cfg, path, splits, dev)
+        with cpu_threads(cfg, dev):
+            result = linear_probe(
+                *(
+                    (feats[s], splits[s][1])
+                    for s in (cfg.train_split, cfg.val_split, cfg.test_split)
+                ),
+                cfg=cfg.probe,
+            )
         info = json.loads(path.with_suffix(".json").read_text())
         rows.append(
             {

@@ -98,6 +98,7 @@ class MultiviewConfig:
     label: str = "label"  # manifest column probed (and SupCon's class on real data)
     out: Path = Path("multiview-out")  # folder of stores/, encoders/, report/
     device: str = "auto"  # device of sampling, training and feature extraction
+    cpu_threads: int = 0  # torch + BLAS threads of CPU work (0: the libraries' defaults)
     shard_size: int = 256  # anchors per store chunk = per sampling task
     train_split: str = "train"  # manifest split of the real baseline and the probe's training set
     val_split: str = "val"  # split choosing the probe's C
@@ -112,6 +113,8 @@ class MultiviewConfig:
     def __post_init__(self) -> None:
         if self.shard_size < 1:
             raise ConfigError(f"multiview.shard_size: expected ≥ 1, got {self.shard_size}")
+        if self.cpu_threads < 0:
+            raise ConfigError(f"multiview.cpu_threads: expected ≥ 0, got {self.cpu_threads}")
         too_many = [n for n in self.sample_sizes if n > self.sampling.n_anchors]
         if too_many:
             raise ConfigError(

@@ -8,7 +8,10 @@ frozen encoder's features of a real labelled train split, accuracy on its test s
 2. standardised with the train split's mean and standard deviation;
 3. an L2-regularised multinomial logistic regression (scikit-learn, L-BFGS) for each
    inverse strength ``C`` of ``c_grid``; the ``C`` with the best *val* accuracy is kept (the
-   first on ties), so the test split is never used for a choice;
+   first of ``c_grid`` on ties), so the test split is never used for a choice. The fits run
+   from the strongest regularisation to the weakest, each L-BFGS starting at the previous
+   solution (``warm_start``): every fit is convex, so it reaches the same optimum (to ``tol``)
+   as a cold start, in fewer iterations;
 4. test accuracy of that classifier, with its binomial standard error √(p(1−p)/n).
 
 Departure: the paper trains the linear layer with SGD (60–100 epochs, cosine decay); a convex
@@ -35,11 +38,14 @@ class ProbeConfig:
 
     c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strengths tried on val
     max_iter: int = 2000  # L-BFGS iterations per fit
-    batch_size: int = 256  # images per feature-extraction batch
+    tol: float = 1e-4  # L-BFGS stopping tolerance (scikit-learn's default)
+    batch_size: int = 1024  # images per feature-extraction batch (no gradients kept)
 
     def __post_init__(self) -> None:
         if not self.c_grid or min(self.c_grid) <= 0:
             raise ConfigError(f"c_grid: expected positive values, got {list(self.c_grid)}")
+        if self.tol <= 0:
+            raise ConfigError(f"tol: expected > 0, got {self.tol!r}")
 
 
 @dataclass(frozen=True)
@@ -52,9 +58,9 @@ class ProbeResult:
     n_test: int
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def extract_features(
-    model, images: np.ndarray, *, device: torch.device | str = "cpu", batch_size: int = 256
+    model, images: np.ndarray, *, device: torch.device | str = "cpu", batch_size: int = 1024
 ) -> np.ndarray:
     """Pooled backbone features [N, d] float32 of uint8 images [N, C, H, W] (eval mode)."""
     from ganviews.genrep.contrastive import to_input
@@ -83,15 +89,15 @@ def linear_probe(
     cfg = cfg or ProbeConfig()
     scaler = StandardScaler().fit(train[0])
     xs = [scaler.transform(part[0]) for part in (train, val, test)]
-    best = None
-    for c in cfg.c_grid:
-        clf = LogisticRegression(C=float(c), max_iter=cfg.max_iter).fit(xs[0], train[1])
-        acc = float((clf.predict(xs[1]) == val[1]).mean())
-        log.debug("probe C=%g: val accuracy %.4f", c, acc)
-        if best is None or acc > best[0]:
-            best = (acc, float(c), clf)
-    val_acc, c, clf = best
-    acc = float((clf.predict(xs[2]) == test[1]).mean())
+    clf = LogisticRegression(max_iter=cfg.max_iter, tol=cfg.tol, warm_start=True)
+    fits = {}  # grid index → (val accuracy, test predictions)
+    for i in sorted(range(len(cfg.c_grid)), key=lambda k: cfg.c_grid[k]):  # strongest L2 first
+        clf.set_params(C=float(cfg.c_grid[i])).fit(xs[0], train[1])  # starts at the last optimum
+        fits[i] = (float((clf.predict(xs[1]) == val[1]).mean()), clf.predict(xs[2]))
+        log.debug("probe C=%g: val accuracy %.4f", cfg.c_grid[i], fits[i][0])
+    best = max(fits, key=lambda k: (fits[k][0], -k))  # the first of c_grid on ties
+    val_acc, c = fits[best][0], float(cfg.c_grid[best])
+    acc = float((fits[best][1] == test[1]).mean())
     n = len(test[1])
     return ProbeResult(
         accuracy=acc,

@@ -65,3 +65,33 @@ def test_features_are_frozen_pooled_backbone_activations() -> None:
     assert all(
         torch.equal(before[k], v) for k, v in model.state_dict().items()
     )  # BN stats untouched
+
+
+def test_warm_started_c_search_equals_separate_cold_fits() -> None:
+    """Fitting from the strongest L2 to the weakest, each from the last optimum, picks the C and
+    gives the accuracies that separate cold fits (the protocol before warm starts) give."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    train, val, test = _blobs(300, 0, 0.3, 40), _blobs(300, 1, 0.3, 40), _blobs(500, 2, 0.3, 40)
+    cfg = ProbeConfig(c_grid=(1.0, 0.001, 100.0, 0.01))  # unsorted on purpose
+    scaler = StandardScaler().fit(train[0])
+    cold = {}
+    for c in cfg.c_grid:
+        clf = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(train[0]), train[1])
+        cold[c] = (
+            float((clf.predict(scaler.transform(val[0])) == val[1]).mean()),
+            float((clf.predict(scaler.transform(test[0])) == test[1]).mean()),
+        )
+    best = max(cfg.c_grid, key=lambda c: (cold[c][0], -cfg.c_grid.index(c)))
+    warm = linear_probe(train, val, test, cfg=cfg)
+    assert warm.c == best == 0.01
+    assert (warm.val_accuracy, warm.accuracy) == pytest.approx(cold[best], abs=1e-12)
+    assert (warm.val_accuracy, warm.accuracy) == pytest.approx(
+        (0.5333333333333333, 0.56), abs=1e-12
+    )
+    for grid in ((100.0, 1000.0), (1000.0, 100.0)):  # both reach val accuracy 0.5167
+        tie = linear_probe(train, val, test, cfg=ProbeConfig(c_grid=grid))
+        assert tie.c == grid[0] and tie.val_accuracy == pytest.approx(
+            31 / 60
+        )  # the first of c_grid
