@@ -20,7 +20,9 @@ first and the status chunk last, each chunk by temp file + fsync + rename
 (:class:`storage.atomic.DurableLocalStore`): a writer killed at any instant leaves no anchor
 marked done without its data, and a rerun rewrites only shards with pending anchors. Every
 array ends its codec chain with crc32c (:mod:`storage.integrity`), so a damaged chunk fails to
-decode instead of giving wrong pixels.
+decode instead of giving wrong pixels: a read names the chunk in one line, and
+``ganviews verify STORE [--reset]`` lists damaged or missing chunks and marks their shards
+pending for sampling again.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from zarr.codecs import ZstdCodec
 from storage.atomic import DurableLocalStore, remove_stale_partials
 from storage.errors import StoreError
 from storage.identity import code_version, config_hash, diff_mappings, plain
-from storage.integrity import CHECKSUM
+from storage.integrity import CHECKSUM, multiview_decoding
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +67,8 @@ def _arrays(layout: Mapping[str, int]) -> dict[str, tuple[tuple[int, ...], str, 
 class MultiviewStore:
     """A resumable multiview dataset (see the module docstring); build with :meth:`open_or_create`."""
 
-    def __init__(self, group: zarr.Group, path: Path) -> None:
-        self._group, self.path = group, path
+    def __init__(self, group: zarr.Group, path: Path, *, read_only: bool = False) -> None:
+        self._group, self.path, self.read_only = group, path, read_only
         self.attrs = dict(group.attrs)
         self.layout = {k: int(self.attrs[k]) for k in LAYOUT_KEYS}
         self.n_anchors, self.shard_size = self.layout["n_anchors"], self.layout["shard_size"]
@@ -146,7 +148,7 @@ class MultiviewStore:
             )
         if mode == "a":
             remove_stale_partials(path)
-        return cls(group, path)
+        return cls(group, path, read_only=mode == "r")
 
     # ------------------------------------------------------------------ shards and status
 
@@ -156,7 +158,8 @@ class MultiviewStore:
         return [(s, min(s + size, n)) for s in range(0, n, size)]
 
     def status(self) -> np.ndarray:
-        return np.asarray(self._group["status"][:])
+        with multiview_decoding(self, "status", self.n_anchors):
+            return np.asarray(self._group["status"][:])
 
     def pending_shards(self) -> list[tuple[int, int]]:
         """Shards with at least one anchor not done (what a rerun must still write)."""
@@ -201,7 +204,21 @@ class MultiviewStore:
                 f"{self.path}: {int((status != DONE).sum())} of the first {stop} anchors are not "
                 "sampled yet; run `ganviews multiview sample` (it resumes)"
             )
-        return {
-            name: np.asarray(self._group[name][:stop])
-            for name in ("images", "latents", "labels", "anchor_seed")
-        }
+        out = {}
+        for name in ("images", "latents", "labels", "anchor_seed"):
+            with multiview_decoding(self, name, stop):
+                out[name] = np.asarray(self._group[name][:stop])
+        return out
+
+
+def is_multiview_store(path: str | Path) -> bool:
+    """Whether ``path`` holds a multiview store (its zarr.json names this format)."""
+    import json
+
+    meta = Path(path) / "zarr.json"
+    if not meta.is_file():
+        return False
+    try:
+        return json.loads(meta.read_text()).get("attributes", {}).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False

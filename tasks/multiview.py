@@ -2,7 +2,11 @@
 
 - :func:`run_sample_shard`: one shard of a multiview store — anchors and their views drawn
   and rendered by :func:`ganviews.genrep.sampling.sample_multiview`, written by
-  :class:`storage.multiview.MultiviewStore` (data first, then the done mark);
+  :class:`storage.multiview.MultiviewStore` (data first, then the done mark). The sampling is
+  the ``multiview`` entry of the shard registry :data:`tasks.stages.SHARD_STAGES`: one
+  :class:`MultiviewJob` per store (:func:`multiview_jobs`), :func:`plan_multiview` and the
+  typed task :func:`multiview_shard_task`, so it fans out like invert and render (embedded
+  or as runs of the shard deployment);
 - :func:`run_train_variant`: one encoder (a Table 1/2 row), resumable from its checkpoint;
 - :func:`run_probe`: the linear probe of every trained encoder on the real splits, and the report.
 
@@ -19,7 +23,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +39,12 @@ from ganviews.core.runtime import item_seed, resolve_device, set_numerics_policy
 from ganviews.genrep.experiment import MultiviewConfig, Variant, all_variants, dataset_for, datasets
 from ganviews.genrep.sampling import SamplingConfig, sample_multiview
 from storage.multiview import MultiviewStore
+from tasks.pipeline_config import PipelineConfig, load_pipeline_config, pipeline_config_dict
+from tasks.shard_runner import SHARD_TASK_OPTIONS, run_shard
 
 PATH_KEYS = ("generator", "manifest", "image_root", "out")
+PIPELINE_SECTIONS = ("data", "paths", "models")  # a YAML with all three is a pipeline config
+PIPELINE_FOLDERS = {"store": "stores", "logits": "logits", "report": "report"}  # under out/
 
 
 def _log() -> logging.Logger | logging.LoggerAdapter:
@@ -58,6 +67,8 @@ def load_multiview_config(
     """
     if isinstance(source, MultiviewConfig):
         return source
+    if isinstance(source, PipelineConfig):
+        source = pipeline_config_dict(source)
     if isinstance(source, (str, Path)):
         data, base = load_yaml(source), Path(source).resolve().parent
     else:
@@ -102,9 +113,44 @@ def cpu_threads(cfg: MultiviewConfig, device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def plain(cfg: MultiviewConfig) -> dict[str, Any]:
-    """The config as JSON-safe data (what flow parameters carry); load_multiview_config reads it."""
-    return {"multiview": json.loads(json.dumps(to_dict(cfg)))}
+def multiview_pipeline(
+    source: str | Path | Mapping[str, Any] | MultiviewConfig | PipelineConfig,
+) -> PipelineConfig:
+    """The PipelineConfig the multiview flows run under, its ``multiview`` section resolved
+    (:func:`load_multiview_config`) and its ``orchestration`` scheduling the sampling shards.
+
+    A pipeline YAML (``data``, ``paths`` and ``models`` sections) gives its own; a YAML with
+    only ``multiview`` (and optionally ``orchestration``) gets one made around the section:
+    latent store path ``<out>/stores``, logits and report under ``<out>`` (never written).
+    """
+    if isinstance(source, PipelineConfig):
+        return dataclasses.replace(source, multiview=load_multiview_config(source))
+    if isinstance(source, MultiviewConfig):
+        source = {"multiview": json.loads(json.dumps(to_dict(source)))}
+    if isinstance(source, (str, Path)):
+        data, base = load_yaml(source), Path(source).resolve().parent
+    else:
+        data, base = dict(source), Path.cwd().resolve()
+    mv = load_multiview_config(data, base_dir=base)
+    if all(data.get(k) for k in PIPELINE_SECTIONS):
+        cfg = load_pipeline_config(data, base_dir=base)
+    else:
+        cfg = load_pipeline_config(
+            {
+                "data": {"manifest": str(mv.manifest)},
+                "paths": {k: str(mv.out / d) for k, d in PIPELINE_FOLDERS.items()},
+                "models": {"generator": str(mv.generator)},
+                "orchestration": data.get("orchestration") or {},
+            },
+            base_dir=base,
+        )
+    return dataclasses.replace(cfg, multiview=mv)
+
+
+def plain(cfg: MultiviewConfig | PipelineConfig) -> dict[str, Any]:
+    """The config as JSON-safe data (flow parameters): :func:`multiview_pipeline`'s, which
+    :func:`load_multiview_config` and :func:`multiview_pipeline` read back."""
+    return json.loads(json.dumps(pipeline_config_dict(multiview_pipeline(cfg))))
 
 
 def store_path(cfg: MultiviewConfig, name: str) -> Path:
@@ -134,20 +180,33 @@ def open_store(cfg: MultiviewConfig, name: str, G, sampling: SamplingConfig) -> 
     return MultiviewStore.open_or_create(store_path(cfg, name), layout=layout, attrs=attrs)
 
 
-def plan_sample(config, worker: tuple[int, int] = (0, 1)) -> list[tuple[str, tuple[int, int]]]:
-    """(store name, shard) of every shard with pending anchors, over every store the variants
-    need, creating stores on first use; ``worker=(i, n)`` keeps every n-th from the i-th."""
+@dataclass(frozen=True)
+class MultiviewJob:
+    """Sample one multiview store: the ``multiview`` job of :data:`tasks.stages.SHARD_STAGES`."""
+
+    config: MultiviewConfig  # the resolved multiview section (generator, manifest, out absolute)
+    store: str  # dataset name: <out>/stores/<store> (ganviews.genrep.experiment.datasets)
+    state_dir: Path | None = None  # progress records of the shard runner (None: none)
+    cpu_threads: int = 0  # torch threads of a CPU shard (0: torch's default)
+
+
+def multiview_jobs(cfg: PipelineConfig) -> list[MultiviewJob]:
+    """One job per multiview store the variants need (the registry's ``build``)."""
+    mv = load_multiview_config(cfg)
+    return [
+        MultiviewJob(mv, name, state_dir=mv.out / "state" / name, cpu_threads=mv.cpu_threads)
+        for name in datasets(mv)
+    ]
+
+
+def plan_multiview(job: MultiviewJob) -> list[tuple[int, int]]:
+    """Shards of the job's store with pending anchors; the store is created (all pending) on
+    first use, and reopening it checks its generator, sampling config and layout."""
     from ganviews.stylegan.generator import load_generator
 
-    cfg = load_multiview_config(config)
-    G = load_generator(cfg.generator)
-    todo = [
-        (name, shard)
-        for name, sampling in datasets(cfg).items()
-        for shard in open_store(cfg, name, G, sampling).pending_shards()
-    ]
-    i, n = worker
-    return todo[i::n]
+    G = load_generator(job.config.generator)
+    sampling = datasets(job.config)[job.store]
+    return open_store(job.config, job.store, G, sampling).pending_shards()
 
 
 def run_sample_shard(config, name: str, shard: tuple[int, int], device: str = "auto") -> dict:
@@ -171,7 +230,20 @@ def run_sample_shard(config, name: str, shard: tuple[int, int], device: str = "a
     return {"store": name, "shard": f"{start}-{stop}", "anchors": stop - start, "seconds": seconds}
 
 
-sample_shard_task = task(run_sample_shard, name="multiview-sample-shard", retries=1)
+def _sample_shard(job: MultiviewJob, shard: tuple[int, int], device: str) -> dict[str, Any]:
+    return run_sample_shard(job.config, job.store, shard, device)
+
+
+@task(
+    name="multiview-shard",
+    task_run_name="multiview-{job.store}-{shard[0]}-{shard[1]}",
+    **SHARD_TASK_OPTIONS,
+)
+def multiview_shard_task(
+    job: MultiviewJob, shard: Sequence[int], device: str = "auto"
+) -> dict[str, Any]:
+    """Prefect task: sample one shard ``(start, stop)`` of ``job.store`` → the shard's summary."""
+    return run_shard("multiview", _sample_shard, job, shard, device)
 
 
 # ------------------------------------------------------------------------------ data

@@ -4,7 +4,8 @@ Each entry names the stage's typed job (built once from the pipeline config, and
 plain data where a shard crosses into a deployment run), its typed Prefect task
 ``(job, shard, device) → summary`` and its planner (which shards still need work). The flows
 schedule shards through this table only (flows/shards.py); the one-shot stages (encoder,
-PCA, classifier, report) are plain tasks called by their flows (flows/stages.py).
+PCA, classifier, report) are plain tasks called by their flows (flows/stages.py). ``multiview``
+is GenRep's sampling (flows/multiview.py); its training and probe are one-shot tasks.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from tasks.corrupt import CorruptJob, condition_jobs, corrupt_shard_task, plan_corrupt
 from tasks.invert import invert_shard_task, plan_invert
 from tasks.jobs import InvertJob, RenderJob, invert_job, render_job
+from tasks.multiview import MultiviewJob, multiview_jobs, multiview_shard_task, plan_multiview
 from tasks.pipeline_config import PipelineConfig
 from tasks.render import plan_render, render_shard_task
 
@@ -40,4 +42,6 @@ SHARD_STAGES: dict[str, ShardStage] = {
         corrupt_shard_task,
         plan_corrupt,
     ),
+    # GenRep sampling (docs/genrep.md): one job per multiview store the variants need
+    "multiview": ShardStage(MultiviewJob, multiview_jobs, multiview_shard_task, plan_multiview),
 }

@@ -27,6 +27,10 @@ STAGE_ENTRYPOINTS = {
     "render-and-classify": "flows.stages:render_and_classify",
     "train-classifier": "flows.stages:train_classifier",
     "evaluate-ensembles": "flows.stages:evaluate_ensembles",
+    "multiview": "flows.multiview:multiview",  # GenRep (docs/genrep.md): its sampling fans out
+    "multiview-sample": "flows.multiview:multiview_sample",  # through ganviews-shard like invert
+    "multiview-train": "flows.multiview:multiview_train",
+    "multiview-probe": "flows.multiview:multiview_probe",
 }
 SHARD_ENTRYPOINT = "flows.shards:shard_flow"
 

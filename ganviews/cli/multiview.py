@@ -79,10 +79,10 @@ def run_step(args: argparse.Namespace) -> int:
 
 def _run_step(args: argparse.Namespace) -> int:
     from flows import multiview as F
-    from tasks.multiview import load_multiview_config, plain
+    from tasks.multiview import multiview_pipeline, plain
 
-    cfg = load_multiview_config(args.config)
-    params = plain(cfg)
+    pipe = multiview_pipeline(args.config)  # the YAML's orchestration schedules the sampling
+    cfg, params = pipe.multiview, plain(pipe)
     if args.step == "sample":
         out = F.multiview_sample(params, worker=args.worker)
     else:

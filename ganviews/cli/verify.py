@@ -1,5 +1,7 @@
 """``ganviews verify STORE [--reset]``: list a latent store's damaged chunks; ``--reset`` marks
-their images pending so the next ``ganviews invert`` (or flow run) recomputes them.
+their images pending so the next ``ganviews invert`` (or flow run) recomputes them. A GenRep
+multiview store (``<multiview.out>/stores/<name>``) is recognised by its format: ``--reset``
+marks the damaged shards' anchors pending for ``ganviews multiview sample``.
 
 Exit status: 0 when the store is intact (or was reset), 1 when damage was found and left.
 """
@@ -12,11 +14,14 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "verify",
-        help="check every chunk of a latent store; --reset marks damaged images pending",
-        description="Decode every chunk of every array of a latent store (checksummed in new "
-        "stores), check that shards with done images have finite w, and list what is damaged.",
+        help="check every chunk of a latent or multiview store; --reset marks damaged items pending",
+        description="Decode every chunk of every array of a latent store or a GenRep multiview "
+        "store (checksummed), check that shards with done items have their data (finite w / "
+        "latents), and list what is damaged.",
     )
-    parser.add_argument("store", metavar="STORE", help="path of the latent store (Zarr)")
+    parser.add_argument(
+        "store", metavar="STORE", help="path of the latent store or multiview store (Zarr)"
+    )
     parser.add_argument(
         "--reset",
         action="store_true",
@@ -27,6 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from storage import LatentStore
+    from storage.multiview import is_multiview_store
+
+    if is_multiview_store(args.store):
+        return _run_multiview(args)
     from storage.integrity import reset_damaged, verify
 
     store = LatentStore.open(args.store, mode="a" if args.reset else "r")
@@ -42,4 +51,24 @@ def run(args: argparse.Namespace) -> int:
         return 1
     n = reset_damaged(store, damages)
     print(f"reset: {n} images pending; `ganviews invert` (or resume) recomputes them")
+    return 0
+
+
+def _run_multiview(args: argparse.Namespace) -> int:
+    from storage.integrity import reset_multiview, verify_multiview
+    from storage.multiview import MultiviewStore
+
+    store = MultiviewStore.open(args.store, mode="a" if args.reset else "r")
+    damages = verify_multiview(store)
+    if not damages:
+        print(f"{store.path}: every chunk of the multiview store is intact")
+        return 0
+    print(f"{store.path}: {len(damages)} damaged chunk(s)")
+    for damage in damages:
+        print(f"  {damage.line()}")
+    if not args.reset:
+        print(f"run `ganviews verify {store.path} --reset` to mark their anchors pending")
+        return 1
+    n = reset_multiview(store, damages)
+    print(f"reset: {n} anchors pending; `ganviews multiview sample CONFIG` samples them again")
     return 0

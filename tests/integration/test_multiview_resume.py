@@ -29,13 +29,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 CHILD = r"""
 import json, sys
-from tasks.multiview import plan_sample, run_sample_shard
-config = sys.argv[1]
-for name, shard in plan_sample(config):
-    if sys.stdin.readline().strip() != "go":
-        break
-    out = run_sample_shard(config, name, shard, device="cpu")
-    print(json.dumps({"done": list(shard)}), flush=True)
+from tasks.multiview import multiview_pipeline, run_sample_shard
+from tasks.stages import SHARD_STAGES
+stage = SHARD_STAGES["multiview"]  # the registry's plan and store; the shard body without Prefect
+for job in stage.build(multiview_pipeline(sys.argv[1])):
+    for shard in stage.plan(job):
+        if sys.stdin.readline().strip() != "go":
+            raise SystemExit
+        out = run_sample_shard(job.config, job.store, shard, device="cpu")
+        print(json.dumps({"done": list(shard)}), flush=True)
 print(json.dumps({"finished": True}), flush=True)
 """
 

@@ -85,3 +85,45 @@ def test_reopen_checks_identity_and_layout(tmp_path) -> None:
         )
     with pytest.raises(StoreError, match=r"no multiview store at"):
         MultiviewStore.open(tmp_path / "nothing")
+
+
+def test_verify_lists_damaged_and_missing_chunks_and_reset_marks_their_shards_pending(
+    tmp_path, capsys
+) -> None:
+    from ganviews.cli import main
+
+    path = tmp_path / "mv"
+    store = MultiviewStore.open_or_create(path, layout=LAYOUT, attrs=ATTRS)
+    for start, stop in store.shards():
+        store.write_shard(start, _shard(start, stop))
+    assert main(["verify", str(path)]) == 0
+    assert "every chunk of the multiview store is intact" in capsys.readouterr().out
+    chunk = path / "images" / "c" / "1" / "0" / "0" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[-5] ^= 0xFF  # one flipped byte: crc32c catches it
+    chunk.write_bytes(bytes(data))
+    (path / "latents" / "c" / "2" / "0" / "0").unlink()  # would read as NaN latents
+
+    with pytest.raises(StoreError) as err:
+        MultiviewStore.open(path).read()
+    assert len(str(err.value).splitlines()) == 1
+    assert "array 'images' chunk 1 (images/c/1/0/0/0/0) is damaged" in str(err.value)
+    assert f"run `ganviews verify {path} --reset`" in str(err.value)
+
+    assert main(["verify", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "2 damaged chunk(s)" in out
+    assert "images chunk 1 (images/c/1/0/0/0/0, anchors 4-8): does not decode" in out
+    assert "latents chunk 2 (latents/c/2/0/0, anchors 8-10): missing, but the shard has" in out
+    assert MultiviewStore.open(path).pending_shards() == []  # status alone looks complete
+
+    assert main(["verify", str(path), "--reset"]) == 0
+    assert "reset: 6 anchors pending" in capsys.readouterr().out
+    store = MultiviewStore.open(path, mode="a")
+    assert store.pending_shards() == [(4, 8), (8, 10)] and store.n_done() == 4
+    assert main(["verify", str(path)]) == 0
+    capsys.readouterr()
+    store.write_shard(4, _shard(4, 8))  # sampling again writes into the reset chunks
+    store.write_shard(8, _shard(8, 10))
+    again = store.read()
+    assert (again["images"][4:8] == 5).all() and np.isfinite(again["latents"]).all()
