@@ -24,7 +24,7 @@ from tasks.corrupt import (
     robustness_job,
 )
 from tasks.evaluate import evaluate_done, evaluate_ensembles_task, record_evaluation
-from tasks.invert import plan_invert, prepare_store_task
+from tasks.invert import failed_images, plan_invert, prepare_store_task
 from tasks.pca import pca_done, pca_needed, pca_task
 from tasks.pipeline_config import as_config, job_name
 from tasks.render import plan_render
@@ -68,7 +68,8 @@ def invert_dataset(config: Config) -> dict[str, Any]:
         "stage": "invert",
         **store,
         "shards_run": report.planned,
-        "todo_after": len(stage.plan(job)),
+        "todo_after": len(stage.plan(job)),  # shards with work left
+        "failed": failed_images(job),
         "items": sum(int(s.get("done", 0)) + int(s.get("failed", 0)) for s in report.summaries),
         "item": "images",
     }

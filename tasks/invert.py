@@ -385,6 +385,11 @@ def items_to_invert(
     return corrupted(store, todo) if is_condition_store(store) else todo
 
 
+def failed_images(job: InvertJob) -> int:
+    """Images of the store whose inversion failed (kept with their reason)."""
+    return int(len(LatentStore.open(job.store, mode="r").failed()))
+
+
 def plan_invert(job: InvertJob) -> list[tuple[int, int]]:
     """Shards of the store with pending (or, with ``job.retry_failed``, failed) items."""
     store = LatentStore.open(job.store, mode="r")

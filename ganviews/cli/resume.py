@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from ganviews.cli.run import (
         load_job,
         prepare_environment,
+        print_failed,
         print_outcome,
         resume_command,
         run_pipeline,
@@ -73,4 +74,5 @@ def run(args: argparse.Namespace) -> int:
     if interrupted:
         return report_interrupted("ganviews resume", resume)
     print_outcome(outcome)
+    print_failed(outcome, cfg, resume)
     return 0

@@ -109,6 +109,24 @@ def print_outcome(outcome: dict) -> None:
         print(line)
 
 
+def print_failed(outcome: dict, cfg, resume: str) -> None:
+    """What to do about images whose inversion failed (they are left out of, or fall back to the
+    original in, the report)."""
+    failed = int((outcome.get("invert") or {}).get("failed", 0))
+    if not failed:
+        return
+    then = (
+        "they are given up on (orchestration.retry_failed_images: false)"
+        if not cfg.orchestration.retry_failed_images
+        else f"`{resume}` retries them (orchestration.retry_failed_images: false gives up on them)"
+    )
+    print(
+        f"{failed} image(s) failed to invert: `ganviews status {cfg.paths.store}` lists why; {then}; "
+        "the report counts them as excluded (or, with ensemble.on_missing_views: single, "
+        "classifies their original)"
+    )
+
+
 def throughput_lines(outcome: dict) -> list[str]:
     """The per-stage throughput table: stage, items (what they are), seconds, items/s."""
     lines = [f"{'stage':17s} {'items':>16s} {'seconds':>9s} {'items/s':>9s}"]
@@ -177,5 +195,6 @@ def run(args: argparse.Namespace) -> int:
     if interrupted:
         return report_interrupted("ganviews run", resume)
     print_outcome(outcome)
+    print_failed(outcome, cfg, resume)
     print(f"store status: ganviews status {cfg.paths.store}")
     return 0

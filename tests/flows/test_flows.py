@@ -139,6 +139,15 @@ def test_cli_run_then_resume_retries_failed_images(
     assert (
         "ganviews run: job cli-job, stages invert, embedded mode" in out and "shards_run=2" in out
     )
+    assert (
+        "failed=1" in out
+        and (
+            f"1 image(s) failed to invert: `ganviews status {tmp_path / 'out' / 'store'}` lists why; "
+            f"`ganviews resume {config} --stages invert` retries them "
+            "(orchestration.retry_failed_images: false gives up on them)"
+        )
+        in out
+    )
     # the per-stage throughput table: 7 inverted + 1 failed image handled
     assert re.search(r"^invert +8 images +[\d.]+ +[\d.]+$", out, re.M), out
     store = LatentStore.open(tmp_path / "out" / "store")
@@ -150,6 +159,7 @@ def test_cli_run_then_resume_retries_failed_images(
     assert main(["resume", config, "--stages", "invert"]) == 0
     out = capsys.readouterr().out
     assert "1 failed images are given up on (orchestration.retry_failed_images: false)" in out
+    assert "they are given up on (orchestration.retry_failed_images: false)" in out
     assert "shards_run=0" in out and "todo_after=0" in out
     assert LatentStore.open(tmp_path / "out" / "store").failed().tolist() == [5]
 
