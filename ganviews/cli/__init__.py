@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     except (GanviewsError, StoreError) as exc:
         print(f"ganviews {args.command}: error: {exc}", file=sys.stderr)
+        if argv is None and getattr(exc, "exit_now", False):  # as a program, not embedded
+            sys.stderr.flush()
+            os._exit(2)  # a job thread and Prefect's exit-time flush may wait on a silent API
         return 2
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -30,13 +30,20 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def run_interruptible(
-    job: Callable[[], Any], *, command: str, resume: str, on_exit_now: Callable[[], None]
+    job: Callable[[], Any],
+    *,
+    command: str,
+    resume: str,
+    on_exit_now: Callable[[], None],
+    watch: Any = None,
 ) -> tuple[bool, Any]:
     """Run ``job`` in a worker thread with stop-on-signal handling → (interrupted, result).
 
     ``command`` names the command in messages, ``resume`` is the command that resumes the job,
     ``on_exit_now`` runs before an immediate exit on the second signal (stop the API server).
     An exception of ``job`` is raised here, unless a stop was requested (then interrupted).
+    ``watch`` (a :class:`ganviews.cli._api.ApiWatch`): its ``failure`` is raised here as soon
+    as it is set, without waiting for the job, which may be stuck on the silent API.
     """
     from ganviews.core.stop import clear_stop, request_stop, stop_requested
 
@@ -77,12 +84,16 @@ def run_interruptible(
         worker.start()
         while worker.is_alive():
             worker.join(0.2)  # short waits: signal handlers run between them
+            if watch is not None and watch.failure is not None:
+                raise watch.failure
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
     if stop_requested():
         return True, outcome.get("result")
     if "error" in outcome:
+        if watch is not None:
+            watch.explain()  # an error of a job whose API fell silent is that, in one line
         raise outcome["error"]
     return False, outcome.get("result")
 

@@ -156,8 +156,8 @@ def resume_command(args: argparse.Namespace) -> str:
 
 
 def run_pipeline(cfg, stages: list[str], *, command: str, resume: str):
-    """The pipeline flow, stoppable by signal, with a private API server in embedded mode
-    → (interrupted, outcome)."""
+    """The pipeline flow, stoppable by signal, with a private API server in embedded mode and
+    a watch on the API in distributed mode → (interrupted, outcome)."""
     import contextlib
 
     from flows.pipeline import pipeline
@@ -166,13 +166,24 @@ def run_pipeline(cfg, stages: list[str], *, command: str, resume: str):
     from tasks.pipeline_config import pipeline_config_dict
 
     embedded = cfg.orchestration.mode == "embedded"
-    with embedded_api() if embedded else contextlib.nullcontext() as server:
+    with (
+        embedded_api() if embedded else contextlib.nullcontext() as server,
+        contextlib.nullcontext() if embedded else api_watch(resume) as watch,
+    ):
         return run_interruptible(
             lambda: pipeline(pipeline_config_dict(cfg), stages=stages),
             command=command,
             resume=resume,
             on_exit_now=lambda: stop_server(server, wait=2.0),
+            watch=watch,
         )
+
+
+def api_watch(resume: str):
+    """Distributed mode: the API watch of the run (one line when the server falls silent)."""
+    from ganviews.cli._api import ApiWatch, api_url, read_seconds
+
+    return ApiWatch(api_url(), read=read_seconds(), resume=resume)
 
 
 def run(args: argparse.Namespace) -> int:
