@@ -150,7 +150,8 @@ def _official_gan(iso_fine, iso_coarse, pca_grid) -> tuple[GanGroup, ...]:
 # de-padded 512×384 render = the classifier's 384-px-wide window of the 512² frame moved
 # horizontally only (whole render pixels: 129 offsets of 2/3 of an official pixel step).
 # Combined views: 8 renders, each jittered repeatedly (evaluate_gan_ensemble.py tensortransform).
-# Cats and cars: crops only (data_cats.py / data_cars.py have no colour transform).
+# Cats and cars: crops only (data_cats.py / data_cars.py have no colour transform). Cars: view 0
+# and the crops from the raw photo (imval / imcrop), as configs/cars.yaml.
 # View counts (evaluate_gan_ensemble.py n_ens 32, transforms.ImageEnsemble): 32 perturbed views
 # per GAN group (+ the reconstruction: 33 columns), 8 × 4 = 32 combined views; image groups:
 # the original + 31 augmented copies (32 columns).
@@ -167,6 +168,7 @@ PRESETS: dict[str, ViewConfig] = {
         combined_renders=8,
         image_methods=("crop",),
         jitter=JitterConfig(crop_mode="window", crop_window=(1.0, 0.75), combined_color=False),
+        original_source="photo",
     ),
     "cats": ViewConfig(
         perturbed_views=32,

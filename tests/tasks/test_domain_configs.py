@@ -172,6 +172,8 @@ def test_view_counts_are_the_authors(domain):
     # data_cars.py: the raw photo (imval / imcrop at 256) is view 0 and the crops' source
     source = ("photo", 256) if domain == "cars" else ("aligned", 256)
     assert (cfg.original_source, cfg.photo_size) == source
+    preset = PRESETS[DOMAINS[domain][3]]  # `ganviews render --preset cars` classifies the photo too
+    assert (preset.original_source, preset.photo_size) == source
     sizes = {g.kind: g.num_views for g in view_groups(cfg)}
     assert sizes == {"gan": 34, "combined": 34, "image": 32}  # views 0, 1, 2..33 / 0, 1..31
     gan_columns, image_columns = sizes["gan"] - 1, sizes["image"]
@@ -185,6 +187,33 @@ def test_view_counts_are_the_authors(domain):
     assert sorted({j for _, j in renders.values()}) == [0, 1, 2, 3]  # × 4 jitters
     protocol = PaperProtocol()
     assert (protocol.ensemble_size, protocol.combined_size) == (31, 16)
+
+
+@pytest.mark.parametrize("domain", list(DOMAINS))
+def test_preset_is_the_config_s_views_but_for_combined_groups_and_batch(domain):
+    """The library presets (`ganviews render --preset …`, `views: {preset: …}`) hold the paper
+    config's view settings; they differ only in the combined flag of the GAN groups and the
+    forward-pass batch size."""
+    from ganviews.core.config import to_dict
+
+    config, preset = to_dict(_config(domain).views), to_dict(PRESETS[DOMAINS[domain][3]])
+    for views in (config, preset):
+        views.pop("batch_size")
+        for g in views["gan"]:
+            g.pop("combined")
+    assert config == preset
+
+
+def test_cars_preset_keeps_the_photo_refusals():
+    """`views: {preset: cars}` expands to original_source photo: with a corruptions section it is
+    refused at load (a condition has no photo); `original_source: aligned` on top is accepted."""
+    data = load_yaml(CONFIGS / "cars.yaml")
+    data["views"] = {"preset": "cars"}
+    data["corruptions"] = {"conditions": [{"kind": "jpeg", "quality": 20}]}
+    with pytest.raises(ConfigError, match=r"corruptions: the conditions corrupt the aligned"):
+        load_pipeline_config(data, base_dir=CONFIGS)
+    data["views"] = {"preset": "cars", "original_source": "aligned"}
+    assert load_pipeline_config(data, base_dir=CONFIGS).views.original_source == "aligned"
 
 
 def test_domain_specific_alignment():
