@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ganviews.core.atomic import write_atomically
 from ganviews.core.errors import ConfigError
 from ganviews.genrep.contrastive import ContrastiveConfig
 from ganviews.genrep.probe import ProbeConfig
@@ -202,8 +203,7 @@ def _curve(rows, *, x: str, keep, path: Path, xlabel: str, log_x: bool) -> Path 
     ax.set_ylabel("linear probe accuracy (%)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path
 
@@ -220,8 +220,8 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(list(rows), columns=list(RESULT_COLUMNS))
     out = {"csv": folder / "results.csv", "markdown": folder / "results.md"}
-    frame.to_csv(out["csv"], index=False)
-    out["markdown"].write_text(results_markdown(rows))
+    write_atomically(out["csv"], lambda tmp: frame.to_csv(tmp, index=False))
+    write_atomically(out["markdown"], lambda tmp: tmp.write_text(results_markdown(rows)))
     latent = [r for r in rows if r["t_z"] == "gauss" and r["t_x"] == "simclr"]
     full = max((r["n_samples"] for r in latent), default=0)
     sigma = _curve(
