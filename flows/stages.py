@@ -27,7 +27,7 @@ from tasks.evaluate import evaluate_done, evaluate_ensembles_task, record_evalua
 from tasks.invert import failed_images, plan_invert, prepare_store_task
 from tasks.pca import pca_done, pca_needed, pca_task
 from tasks.pipeline_config import as_config, job_name
-from tasks.render import plan_render
+from tasks.render_plan import plan_render
 from tasks.stages import SHARD_STAGES
 from tasks.train_classifier import classifier_done, pipeline_arguments, train_classifier_task
 from tasks.train_encoder import encoder_done, train_encoder_task

@@ -20,16 +20,18 @@ PCA statistics are read from
 
 :func:`run_render` is the stage's one body (``ganviews render``, the pipeline's shards,
 notebooks), configured by a :class:`~tasks.jobs.RenderJob`; it loads the models once for
-all its shards. :data:`render_shard_task` is its typed Prefect task; in the pipeline it also
-writes the shard's render marker (``<state>/render/<shard>.json``: the key of the inputs the
-logits were made from, :func:`render_key`), so :func:`plan_render` skips unchanged shards.
+all its shards (and the process keeps them for later calls, :mod:`ganviews.core.model_cache`).
+:data:`render_shard_task` is its typed Prefect task; in the pipeline it computes only the
+shard's missing (classifier × view group) parts and records their keys in the shard's render
+marker (``<state>/render/<shard>.json``, :mod:`tasks.render_plan`), so adding a classifier or
+a group renders only what is new and :func:`tasks.render_plan.plan_render` skips complete shards.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +42,10 @@ from prefect import task
 
 from ganviews.core.config import to_dict
 from ganviews.core.errors import ConfigError, GanviewsError
-from ganviews.core.model_cache import MODELS, cached_sha256
+from ganviews.core.model_cache import MODELS
 from ganviews.core.runtime import resolve_device, set_numerics_policy
 from ganviews.core.stop import stop_requested
+from ganviews.views.config import subset_config
 from ganviews.views.perturb import PCAStats
 from ganviews.views.render import (
     GroupLogits,
@@ -57,7 +60,15 @@ from storage.latents import LatentStore
 from storage.logits import CLEAN, write_logits
 from tasks.jobs import RenderJob
 from tasks.pca import load_pca
-from tasks.run_state import digest, read_json, shard_name, write_json
+from tasks.render_plan import (
+    done_parts,
+    marker_path,
+    missing_parts,
+    model_hashes,
+    part_name,
+    shard_ids,
+)
+from tasks.run_state import shard_name, write_json
 from tasks.shard_runner import SHARD_TASK_OPTIONS, run_shard
 from tasks.store_io import is_condition_store, read_originals, read_photos, shard_range
 
@@ -166,8 +177,12 @@ def render_shard_with(
     class_column: str | None = None,
     align: Any = None,
     image_root: Any = None,
+    parts: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """Render + classify the done images of one shard with loaded models; write logits (+ views)."""
+    """Render + classify the done images of one shard with loaded models; write logits (+ views).
+
+    ``parts`` (None: all): the (classifier × group) parts to compute (tasks/render_plan.py);
+    the rows of other parts already in ``logits_dir`` are left as they are."""
     start, stop = shard_range(store, shard)
     if stop_requested():  # first Ctrl-C / SIGTERM: a shard is rendered whole, or not started
         return {
@@ -205,22 +220,19 @@ def render_shard_with(
         ).float()
     ids = store.image_ids[idx]
     t0 = time.perf_counter()
-    groups = render_and_classify(
-        G,
-        classifiers,
-        w,
-        images,
-        image_ids=list(ids),
-        config=view_cfg,
-        device=device,
-        seed=seed,
-        c=c,
-        pca=pca,
-        progress=_progress_log(summary["shard"], len(classifiers), t0),
-        photos=photos,
-    )
+    plan = render_plan(view_cfg, list(classifiers), parts)
+    views = sum(count_views(sub, len(idx)) for sub, _, _ in plan)
+    report = _progress_log(summary["shard"], len(classifiers), t0)
+    groups, offset = [], 0
+    for sub, names, wanted in plan:
+        out = render_and_classify(
+            G, {n: classifiers[n] for n in names}, w, images, image_ids=list(ids),
+            config=sub, device=device, seed=seed, c=c, pca=pca,
+            progress=lambda done, _, offset=offset: report(offset + done, views), photos=photos,
+        )  # fmt: skip
+        groups += [g for g in out if (g.method, g.setting) in wanted]
+        offset += count_views(sub, len(idx))
     seconds = time.perf_counter() - t0
-    views = count_views(view_cfg, len(idx))
     labels = {col: manifest[col].to_numpy() for col in set(col_of.values())}
     frame = logit_frame(
         groups,
@@ -230,15 +242,20 @@ def render_shard_with(
         tasks=col_of,
     )
     frame["condition"] = store_condition(store)
+    rendered = {n for _, names, _ in plan for n in names}
     metadata = {
         "view_config": to_dict(view_cfg),
         "seed": seed,
         "generator_sha256": G.sha256,
-        "classifier_sha256": {name: C.sha256 for name, C in classifiers.items()},
+        "classifier_sha256": {
+            name: C.sha256 for name, C in classifiers.items() if name in rendered
+        },
         "store": str(store.path),
         "code_version": code_version(),
     }
-    identity = logits_identity(store, G, classifiers, col_of, view_cfg, seed)
+    identity = logits_identity(
+        store, G, {n: C for n, C in classifiers.items() if n in rendered}, col_of, view_cfg, seed
+    )
     files = write_logits(
         logits_dir, frame, shard=summary["shard"], metadata=metadata, identity=identity
     )
@@ -247,11 +264,29 @@ def render_shard_with(
     summary.update(
         rows=int(len(frame)),
         files=len(files),
+        parts=sum(len(names) * len(wanted) for _, names, wanted in plan),
         views=views,
         seconds=round(seconds, 3),
         views_per_second=round(views / max(seconds, 1e-9), 2),
     )
     return summary
+
+
+def render_plan(
+    view_cfg: ViewConfig, names: Sequence[str], parts: Collection[str] | None
+) -> list[tuple[ViewConfig, list[str], set[tuple[str, str]]]]:
+    """How to compute ``parts`` (None: every part) → [(view config, classifiers, groups)]:
+    groups that miss the same classifiers are rendered together, once, through those only."""
+    groups = [(g.method, g.setting) for g in view_groups(view_cfg)]
+    if parts is None:
+        return [(view_cfg, list(names), set(groups))]
+    wanted = set(parts)
+    by_names: dict[tuple[str, ...], set[tuple[str, str]]] = {}
+    for group in groups:
+        who = tuple(n for n in names if part_name(n, *group) in wanted)
+        if who:
+            by_names.setdefault(who, set()).add(group)
+    return [(subset_config(view_cfg, gs), list(who), gs) for who, gs in by_names.items()]
 
 
 PROGRESS_SECONDS = 10.0  # at most one progress line per this many seconds (and the last batch)
@@ -338,14 +373,24 @@ def run_render(
     shards: Iterable[int | Sequence[int]] | None = None,
     *,
     device: str | torch.device = "auto",
+    parts: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Render and classify ``shards`` of the store (indices into ``store.shards()`` or
-    ``(start, stop)``; None: every shard), loading the models once → one summary each."""
+    ``(start, stop)``; None: every shard), loading the models once → one summary each.
+
+    ``parts`` (names from :func:`tasks.render_plan.part_name`; None: all) limits the work to
+    those (classifier × view group) parts; only the classifiers they name are loaded."""
     device = resolve_device(device)
     set_numerics_policy(device)
     store = LatentStore.open(job.store, mode="a" if job.views.persist_views else "r")
+    names = [
+        n for n in job.classifiers if parts is None or any(p.startswith(n + "|") for p in parts)
+    ]
     G, classifiers = load_models(
-        job.generator, job.classifiers, device=device, configs=job.classifier_configs
+        job.generator,
+        {n: job.classifiers[n] for n in names},
+        device=device,
+        configs=job.classifier_configs,
     )
     _check_generator(store, G)
     pca = None
@@ -358,6 +403,7 @@ def run_render(
                 store, shard, G, classifiers, view_cfg=job.views, logits_dir=job.logits,
                 device=device, seed=job.seed, tasks=job.tasks, pca=pca,
                 class_column=job.class_column, align=job.align, image_root=job.image_root,
+                parts=parts,
             )
         )  # fmt: skip
         log.info(
@@ -371,57 +417,23 @@ def run_render(
 # ----------------------------------------------------------------------------- pipeline markers
 
 
-def model_hashes(job: RenderJob) -> dict[str, str]:
-    """Content hashes of the generator and every classifier."""
-    out = {"generator": cached_sha256(job.generator)}
-    out.update({f"classifier:{k}": cached_sha256(v) for k, v in job.classifiers.items()})
-    return out
-
-
-def render_key(job: RenderJob, image_ids: Sequence[str], hashes: Mapping[str, str]) -> str:
-    """What a shard's logits depend on: models (file hashes), view config, seed and its images."""
-    return digest(
-        {
-            "models": dict(hashes),
-            "views": to_dict(job.views),
-            "classifier_configs": job.classifier_configs,
-            "seed": job.seed,
-            "tasks": {k: job.tasks.get(k, "") for k in job.classifiers},
-            "class_column": job.class_column,
-            "ids": [str(i) for i in image_ids],
-        }
-    )
-
-
-def _marker(job: RenderJob, shard: Sequence[int]):
-    return job.state_dir / "render" / f"{shard_name(shard)}.json"
-
-
-def _shard_ids(store: LatentStore, shard: Sequence[int]) -> np.ndarray:
-    done = store.done()
-    return store.image_ids[done[(done >= shard[0]) & (done < shard[1])]]
-
-
-def plan_render(job: RenderJob) -> list[tuple[int, int]]:
-    """Shards with inverted images whose logits are missing or were rendered with other inputs."""
-    store = LatentStore.open(job.store, mode="r")
-    hashes = model_hashes(job)
-    todo = []
-    for shard in store.shards():
-        ids = _shard_ids(store, shard)
-        if len(ids) and read_json(_marker(job, shard)).get("key") != render_key(job, ids, hashes):
-            todo.append(shard)
-    return todo
-
-
 def _render_shard(job: RenderJob, shard: tuple[int, int], device: str) -> dict[str, Any]:
+    """With ``job.state_dir``: render only the shard's missing (classifier × group) parts and
+    add their keys to the shard's marker (tasks/render_plan.py); without: the whole shard."""
     if job.state_dir is None:
         return run_render(job, [shard], device=device)[0]
     store = LatentStore.open(job.store, mode="r")
-    key = render_key(job, _shard_ids(store, shard), model_hashes(job))
-    summary = run_render(job, [shard], device=device)[0]
-    if not summary.get("stopped"):  # the marker says the shard's logits are complete
-        write_json(_marker(job, shard), {"key": key, **summary})
+    hashes = model_hashes(job)
+    keys, missing = missing_parts(job, store, shard, hashes)
+    if not missing:  # nothing to compute: no model is loaded
+        n = len(shard_ids(store, shard))
+        log.info("shard %s: all %d parts current, nothing to render", shard_name(shard), len(keys))
+        return {"shard": shard_name(shard), "images": n, "rows": 0, "files": 0, "parts": 0}
+    done = done_parts(job, store, shard, hashes)
+    summary = run_render(job, [shard], device=device, parts=missing)[0]
+    if not summary.get("stopped"):  # the marker says these parts' logits are complete
+        parts = {**done, **{p: keys[p] for p in missing}}
+        write_json(marker_path(job, shard), {**summary, "part_keys": parts})
     return summary
 
 

@@ -19,7 +19,8 @@ from tasks.invert import invert_shard_task, plan_invert
 from tasks.jobs import InvertJob, RenderJob, invert_job, render_job
 from tasks.multiview import MultiviewJob, multiview_jobs, multiview_shard_task, plan_multiview
 from tasks.pipeline_config import PipelineConfig
-from tasks.render import plan_render, render_shard_task
+from tasks.render import render_shard_task
+from tasks.render_plan import plan_render
 
 
 @dataclass(frozen=True)

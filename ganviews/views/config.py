@@ -9,8 +9,8 @@ classifies them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -253,3 +253,32 @@ def view_groups(config: ViewConfig) -> list[ViewGroup]:
     for m in config.image_methods:
         out.append(ViewGroup(m, "", "image", m, "", None, config.n_views))
     return out
+
+
+def subset_config(config: ViewConfig, wanted: Collection[tuple[str, str]]) -> ViewConfig:
+    """``config`` reduced to what renders the (method, setting) groups in ``wanted``.
+
+    Every view depends only on its own seed (image, method, layers, σ, view), so the reduced
+    config renders the same views for those groups. A combined group needs its GAN group's
+    renders: that GAN group stays (the caller drops its rows); a GAN group whose combined twin
+    is not wanted is rendered without it."""
+    wanted = set(wanted)
+    known = {(g.method, g.setting) for g in view_groups(config)}
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise ConfigError(f"groups {unknown} are not groups of this view config ({sorted(known)})")
+    gan = []
+    for g in config.gan:
+        name = f"{g.method}_{g.layers}"
+        keep, combined = [], False
+        for s in g.settings or (None,):
+            plain_wanted = (name, format_setting(s)) in wanted
+            twin_wanted = g.combined and (f"combined_{name}", format_setting(s)) in wanted
+            if plain_wanted or twin_wanted:
+                keep.append(s)
+                combined = combined or twin_wanted
+        if keep:
+            settings = tuple(keep) if g.settings else ()
+            gan.append(replace(g, settings=settings, combined=combined))
+    image = tuple(m for m in config.image_methods if (m, "") in wanted)
+    return replace(config, gan=tuple(gan), image_methods=image)

@@ -121,6 +121,7 @@ def test_shard_end_to_end(tmp_path, G, gen_path, classifier_paths):
         "images": 3,
         "rows": 2 * 3 * per_image,
         "files": 8,
+        "parts": 2 * 4,  # classifiers × groups
         # classified images: original + reconstruction + 3 GAN views + 1 crop copy per image
         "views": 3 * 6,
     }
@@ -231,6 +232,101 @@ def test_models_loaded_once_per_process_and_progress_lines(
     )
     render_shard_task.fn(job, store.shards()[0], "cpu")
     assert MODELS.loads == 4
+
+
+def _file_bytes(root) -> dict:
+    """Each logits file → (modification time, bytes): a rewrite with equal bytes shows too."""
+    return {
+        p.relative_to(root): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(root.rglob("shard-*.parquet"))
+    }
+
+
+def test_only_missing_classifier_and_group_parts_are_rendered(
+    tmp_path, G, gen_path, classifier_paths
+):
+    """The pipeline's render stage (plan + shard task with a state dir): adding a classifier or
+    a view group to a job whose logits exist computes only the new (classifier × group × shard)
+    parts; the rows already written stay byte-identical; a rerun computes nothing."""
+    from ganviews.core.model_cache import MODELS
+    from tasks.render_plan import plan_render
+
+    store = _make_store(tmp_path, G)
+    logits, state = tmp_path / "logits", tmp_path / "state"
+    base = _job(store.path, gen_path, {"smile": classifier_paths["smile"]}, logits,
+                state_dir=state, tasks={})  # fmt: skip
+
+    def render(job):
+        return [render_shard_task.fn(job, shard, "cpu") for shard in plan_render(job)]
+
+    first = render(base)
+    assert [s["parts"] for s in first] == [4, 4]  # 1 classifier × 4 groups, both shards
+    before = _file_bytes(logits)
+
+    # + a classifier: only its parts; smile's files are not rewritten
+    both = dataclasses.replace(base, classifiers=classifier_paths, tasks={"kind": "kind"})
+    added = render(both)
+    assert [s["parts"] for s in added] == [4, 4]
+    assert [s["views"] for s in added] == [s["views"] for s in first]  # all groups rendered again
+    after = _file_bytes(logits)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert {str(k).split("/")[1] for k in set(after) - set(before)} == {"classifier=kind"}
+    # the new rows equal a render of both classifiers from scratch (same batches: bit for bit)
+    full = dataclasses.replace(both, logits=tmp_path / "full", state_dir=None)
+    run_render(full, device="cpu")
+    key = ["classifier", "method", "setting", "image_id", "view"]
+    got, ref = (
+        read_logits(p).sort_values(key).reset_index(drop=True) for p in (logits, full.logits)
+    )
+    assert got[key].equals(ref[key])
+    np.testing.assert_array_equal(
+        np.concatenate(list(got["logits"])), np.concatenate(list(ref["logits"]))
+    )
+
+    # + a σ of an existing group and a new image group: only those groups, for both classifiers
+    views = dataclasses.replace(
+        CFG,
+        gan=(GanGroup("isotropic", "fine", (0.3, 0.5)), *CFG.gan[1:]),
+        image_methods=("crop", "color"),
+    )
+    more = dataclasses.replace(both, views=views)
+    grown = render(more)
+    assert [s["parts"] for s in grown] == [2 * 2, 2 * 2]  # (smile, kind) × (iso 0.5, color)
+    # per image: the original (view 0 of both), the reconstruction, one σ=0.5 view, one colour copy
+    assert [s["views"] for s in grown] == [3 * 4, 2 * 4]
+    now = _file_bytes(logits)
+    unchanged = {k: v for k, v in now.items() if "method=isotropic_fine" not in str(k)}
+    assert {k: v for k, v in after.items() if k in unchanged} == {
+        k: v for k, v in unchanged.items() if k in after
+    }
+    rows = read_logits(logits).sort_values(key).reset_index(drop=True)
+    old = rows[rows["setting"].ne("0.5") & rows["method"].ne("color")].reset_index(drop=True)
+    assert old[key].equals(got[key])  # every earlier row kept, with the same logits
+    np.testing.assert_array_equal(
+        np.concatenate(list(old["logits"])), np.concatenate(list(got["logits"]))
+    )
+    run_render(dataclasses.replace(more, logits=tmp_path / "full2", state_dir=None), device="cpu")
+    ref = read_logits(tmp_path / "full2").sort_values(key).reset_index(drop=True)
+    assert rows[key].equals(ref[key])
+    np.testing.assert_allclose(
+        np.concatenate(list(rows["logits"])), np.concatenate(list(ref["logits"])), rtol=0, atol=1e-5
+    )
+
+    # nothing missing: no shard planned, and a shard run anyway loads and writes nothing
+    MODELS.clear()
+    assert plan_render(more) == []
+    again = render_shard_task.fn(more, store.shards()[0], "cpu")
+    assert again["parts"] == 0 and again["rows"] == 0 and MODELS.loads == 0
+    assert _file_bytes(logits) == now
+    # a marker from before per-part keys (one key for the whole shard) still counts when it matches
+    from tasks.render_plan import marker_path, model_hashes, shard_ids, shard_key
+
+    shard = store.shards()[0]
+    ids = shard_ids(LatentStore.open(store.path), shard)
+    marker_path(more, shard).write_text(f'{{"key": "{shard_key(more, ids, model_hashes(more))}"}}')
+    assert plan_render(more) == []
+    marker_path(more, shard).write_text('{"key": "other"}')
+    assert plan_render(more) == [shard]
 
 
 def test_persisted_views_go_to_the_store(tmp_path, G, gen_path, classifier_paths):

@@ -405,3 +405,33 @@ def test_combined_renders_reuse_few_renders_with_several_jitters(G, classifiers,
         ConfigError, match=r"perturbed_views: got -1, must be ≥ 0 \(0 → n_views − 1\)"
     ):
         ViewConfig(perturbed_views=-1)
+
+
+def test_subset_config_renders_only_the_wanted_groups():
+    from ganviews.views.config import subset_config
+
+    cfg = ViewConfig(
+        n_views=3,
+        gan=(
+            GanGroup("isotropic", "fine", (0.1, 0.2), combined=True),
+            GanGroup("stylemix", "coarse"),
+        ),
+        image_methods=("crop", "color"),
+    )
+    # a combined group keeps its GAN group's renders (the caller drops those rows)
+    sub = subset_config(cfg, {("combined_isotropic_fine", "0.2"), ("crop", "")})
+    assert sub.gan == (GanGroup("isotropic", "fine", (0.2,), combined=True),)
+    assert sub.image_methods == ("crop",) and sub.n_views == 3
+    assert [(g.method, g.setting) for g in view_groups(sub)] == [
+        ("isotropic_fine", "0.2"), ("combined_isotropic_fine", "0.2"), ("crop", "")
+    ]  # fmt: skip
+    # a GAN group alone drops its combined twin; stylemix has no settings
+    sub = subset_config(cfg, {("isotropic_fine", "0.1"), ("stylemix_coarse", "")})
+    assert sub.gan == (
+        GanGroup("isotropic", "fine", (0.1,), combined=False),
+        GanGroup("stylemix", "coarse"),
+    )
+    assert sub.image_methods == ()
+    assert subset_config(cfg, {(g.method, g.setting) for g in view_groups(cfg)}) == cfg
+    with pytest.raises(ConfigError, match=r"groups \[\('pca_fine', '1.0'\)\] are not groups"):
+        subset_config(cfg, {("pca_fine", "1.0")})
