@@ -208,7 +208,9 @@ def render_shard_with(
     if view_cfg.original_source == "photo":
         photos = read_photos(store, idx, manifest, size=view_cfg.photo_size, image_root=image_root)
     else:
-        images = read_originals(store, idx, manifest, align=align, image_root=image_root)
+        images = read_originals(
+            store, idx, manifest, align=align, image_root=image_root, uint8=True
+        )
     c = None
     if G.c_dim:
         if class_column is None:

@@ -37,6 +37,7 @@ PART_VIEW_KEYS = (
     "pca_components",
     "noise_mode",
     "dtype",
+    "precision",
     "combined_renders",
     "persist_views",
     "persist_resolution",
@@ -82,11 +83,15 @@ def part_keys(job: RenderJob, image_ids: Sequence[str], hashes: dict[str, str]) 
 
 
 def shard_key(job: RenderJob, image_ids: Sequence[str], hashes: dict[str, str]) -> str:
-    """The whole-shard key of markers written before per-part keys (all models, all views)."""
+    """The whole-shard key of markers written before per-part keys (all models, all views;
+    ``views.precision`` did not exist yet: its default is left out)."""
+    views = to_dict(job.views)
+    if views.get("precision") == "exact":
+        del views["precision"]
     return digest(
         {
             "models": dict(hashes),
-            "views": to_dict(job.views),
+            "views": views,
             "classifier_configs": job.classifier_configs,
             "seed": job.seed,
             "tasks": {k: job.tasks.get(k, "") for k in job.classifiers},

@@ -105,14 +105,18 @@ def read_originals(
     *,
     align: AlignConfig | None = None,
     image_root: str | Path | None = None,
+    uint8: bool = False,
 ) -> torch.Tensor:
     """The aligned originals [k, 3, R, R] in [-1, 1]: from ``images/aligned``, else re-aligned.
 
     Re-aligning uses ``align``, else the store's recorded ``config.align``; relative paths
-    are found under ``image_root`` (default: the store folder).
+    are found under ``image_root`` (default: the store folder). ``uint8``: stored originals
+    come back as their uint8 pixels (a quarter of the bytes to move to a device;
+    ``uint8_to_signed`` there gives the same floats); re-aligned ones are floats either way.
     """
     if ALIGNED in store.array_names():
-        return torch.from_numpy(uint8_to_signed(store.read_array(ALIGNED, idx)))
+        pixels = store.read_array(ALIGNED, idx)
+        return torch.from_numpy(pixels if uint8 else uint8_to_signed(pixels))
     if align is None:
         recorded = (store.attrs.get("config") or {}).get("align")
         if recorded is None:

@@ -37,7 +37,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +47,13 @@ import torchvision
 from torch import nn
 
 from ganviews.classifiers import external
+from ganviews.classifiers.resampling import (
+    center_crop,
+    check_images,
+    resize_shorter,
+    resize_to,
+    trim,
+)
 from ganviews.core.config import from_dict, load_yaml, to_dict
 from ganviews.core.errors import CheckpointError, ConfigError
 from ganviews.core.weights_io import weights_sha256
@@ -406,28 +413,48 @@ class Classifier(nn.Module):
 
         ``geometry=False``: the images are already the backbone's input window (a photo view
         cut as the authors' ``imval``, ``ganviews.views.photo``): clamp and normalise only."""
-        _check_images(images)
+        return self._normalize(self.resample(images, geometry=geometry))
+
+    @property
+    def resample_key(self) -> Preprocessing:
+        """The geometric part of the preprocessing: classifiers with equal keys resample a
+        batch identically (:meth:`resample`), so the batch can be resampled once for all."""
+        return replace(
+            self.config.preprocessing, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), input_range="unit"
+        )
+
+    def resample(self, images: torch.Tensor, *, geometry: bool = True) -> torch.Tensor:
+        """Clamp, trim, resize and crop (``geometry=False``: clamp only): [N, 3, H, W] in
+        [-1, 1] → [N, 3, h, w], still in [-1, 1]."""
+        check_images(images)
         pre = self.config.preprocessing
         x = images
         if pre.clamp:
             x = x.clamp(-1.0, 1.0)
         if not geometry:
-            return x * self.input_scale.to(x.dtype) + self.input_shift.to(x.dtype)
-        x = _trim(x, pre.trim)  # [N, 3, H', W']
+            return x
+        x = trim(x, pre.trim)  # [N, 3, H', W']
         if pre.size is not None:
-            x = _resize_to(x, pre.size, pre.interpolation, pre.antialias)  # [N, 3, h, w]
+            x = resize_to(x, pre.size, pre.interpolation, pre.antialias)  # [N, 3, h, w]
         elif pre.resize is not None:
-            x = _resize_shorter(x, pre.resize, pre.interpolation, pre.antialias)  # [N, 3, h, w]
+            x = resize_shorter(x, pre.resize, pre.interpolation, pre.antialias)  # [N, 3, h, w]
         if pre.crop is not None:
-            x = _center_crop(x, pre.crop)  # [N, 3, crop, crop]
+            x = center_crop(x, pre.crop)  # [N, 3, crop, crop]
+        return x
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.input_scale.to(x.dtype) + self.input_shift.to(x.dtype)
 
-    def forward(self, images: torch.Tensor, *, geometry: bool = True) -> torch.Tensor:
-        x = self.preprocess(images, geometry=geometry)  # [N, 3, h, w]
+    def from_resampled(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [N, K] of a batch already :meth:`resample`\\ d: normalise, then the backbone."""
+        x = self._normalize(x)  # [N, 3, h, w]
         param = next(self.backbone.parameters())
         if not torch.is_autocast_enabled(x.device.type):
             x = x.to(param.dtype)
         return self.backbone(x)  # [N, K]
+
+    def forward(self, images: torch.Tensor, *, geometry: bool = True) -> torch.Tensor:
+        return self.from_resampled(self.resample(images, geometry=geometry))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits [N, K] → class probabilities [N, max(K, 2)] (sigmoid for K = 1, else softmax)."""
@@ -465,65 +492,6 @@ def head_prefix(C: Classifier) -> str:
     if C.arch in ARCHITECTURES:
         return ARCHITECTURES[C.arch].head
     return external.head_prefix(C.backbone, C.num_outputs)
-
-
-# ----------------------------------------------------------------------------- preprocessing ops
-
-
-def _check_images(images: torch.Tensor) -> None:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(
-            f"images: expected a torch.Tensor [N, 3, H, W], got {type(images).__name__}"
-        )
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(
-            f"images: expected shape [N, 3, H, W] in [-1, 1], got {list(images.shape)}"
-        )
-    if not images.is_floating_point():
-        raise TypeError(f"images: expected a float tensor in [-1, 1], got dtype {images.dtype}")
-
-
-def _trim(x: torch.Tensor, trim: tuple[float, float, float, float]) -> torch.Tensor:
-    if not any(trim):
-        return x
-    h, w = x.shape[-2:]
-    top, bottom = round(trim[0] * h), round(trim[1] * h)
-    left, right = round(trim[2] * w), round(trim[3] * w)
-    return x[..., top : h - bottom, left : w - right]
-
-
-def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
-    """Output (h, w) when the shorter side becomes ``size`` (torchvision's Resize(int) rule)."""
-    if width <= height:
-        return int(size * height / width), size
-    return size, int(size * width / height)
-
-
-def _resize_shorter(x: torch.Tensor, size: int, mode: str, antialias: bool) -> torch.Tensor:
-    return _resize_to(x, resized_shape(*x.shape[-2:], size), mode, antialias)
-
-
-def _resize_to(x: torch.Tensor, out: tuple[int, int], mode: str, antialias: bool) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    out = tuple(out)
-    if out == (h, w):
-        return x
-    if mode == "area":
-        return F.interpolate(x, size=out, mode="area")
-    if mode == "nearest":
-        return F.interpolate(x, size=out, mode="nearest-exact")
-    return F.interpolate(x, size=out, mode=mode, align_corners=False, antialias=antialias)
-
-
-def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    if h < size or w < size:  # pad with black, as torchvision's CenterCrop does
-        pad_h, pad_w = max(size - h, 0), max(size - w, 0)
-        x = F.pad(x, (pad_w // 2, (pad_w + 1) // 2, pad_h // 2, (pad_h + 1) // 2), value=-1.0)
-        h, w = x.shape[-2:]
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
-    return x[..., top : top + size, left : left + size]
 
 
 # ----------------------------------------------------------------------------- configs from data

@@ -17,6 +17,7 @@ import torch
 
 from ganviews.core.config import from_dict, to_dict
 from ganviews.core.errors import ConfigError
+from ganviews.core.runtime import PRECISIONS
 from ganviews.views.augment import JitterConfig
 from ganviews.views.perturb import (
     DEFAULT_PCA_COMPONENTS,
@@ -75,6 +76,9 @@ class ViewConfig:
     batch_size: int = 64  # views rendered + classified per forward pass
     noise_mode: Literal["const", "none"] = "const"  # synthesis noise (both reproducible)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # autocast for render+classify
+    # the classifiers' numerics (ganviews.core.runtime.NumericsPolicy): exact fp32, tf32 (CUDA
+    # tensor cores) or bf16 autocast; applies when dtype is float32 (dtype autocasts G as well)
+    precision: Literal["exact", "tf32", "bf16"] = "exact"
     persist_views: bool = (
         False  # also return uint8 views (for the store's views/<method>/<setting>)
     )
@@ -109,6 +113,14 @@ class ViewConfig:
             raise ConfigError(f"noise_mode: got {self.noise_mode!r}, allowed: ['const', 'none']")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype: got {self.dtype!r}, allowed: {list(DTYPES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision: got {self.precision!r}, allowed: {list(PRECISIONS)}")
+        if self.precision != "exact" and self.dtype != "float32":
+            raise ConfigError(
+                f"precision: {self.precision!r} with dtype {self.dtype!r}: choose one (dtype "
+                "autocasts the generator and the classifiers; precision sets the classifiers' "
+                "numerics when dtype is float32)"
+            )
         if self.persist_resolution < 0:
             raise ConfigError(f"persist_resolution: got {self.persist_resolution}, must be ≥ 0")
         if self.perturbed_views < 0:

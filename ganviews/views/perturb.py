@@ -244,12 +244,20 @@ def _generators(seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
+def _upload(draws: torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None = None):
+    """CPU draws → ``like``'s device (and dtype, or ``dtype``): one pinned, asynchronous copy to
+    a GPU (the draws stay on the CPU generator, so a view is the same on every device)."""
+    if like.device.type == "cuda":
+        draws = draws.pin_memory().to(like.device, non_blocking=True)
+    return draws.to(like.device, dtype or like.dtype)
+
+
 def _isotropic(G, w, seeds, *, idx, setting, **_) -> torch.Tensor:
     sigma = _sigma("isotropic", setting)
     shape = (len(idx), w.shape[-1])
     eps = torch.stack([torch.randn(shape, generator=g) for g in _generators(seeds)])  # [M, |g|, C]
     out = w.clone()
-    out[:, idx] = w[:, idx] + sigma * eps.to(w.device, w.dtype)
+    out[:, idx] = w[:, idx] + sigma * _upload(eps, w)
     return out
 
 
@@ -274,8 +282,8 @@ def _pca(
         d = int(torch.randint(k, (1,), generator=g))
         beta = sigma * (2.0 * float(torch.rand(1, generator=g, dtype=torch.float64)) - 1.0)
         draws.append((d, beta))
-    d = torch.tensor([x[0] for x in draws], device=w.device)  # [M]
-    beta = torch.tensor([x[1] for x in draws], device=w.device, dtype=w.dtype)  # [M]
+    d = _upload(torch.tensor([x[0] for x in draws]), w, torch.long)  # [M]
+    beta = _upload(torch.tensor([x[1] for x in draws], dtype=w.dtype), w)  # [M]
     comps = pca.components.to(w.device, w.dtype)
     stdev = pca.stdevs.to(w.device, w.dtype)
     delta = (beta * stdev[d])[:, None] * comps[d]  # [M, C]
@@ -292,9 +300,7 @@ def _stylemix(G, w, seeds, *, idx, setting, c, **_) -> torch.Tensor:
             f"c: G is class-conditional (c_dim={G.c_dim}); stylemix needs the class of each image"
         )
     z = torch.stack([torch.randn(G.z_dim, generator=g) for g in _generators(seeds)])  # [M, z_dim]
-    mix = G.mapping(
-        z.to(w.device, w.dtype), c if G.c_dim else None, truncation_psi=1.0
-    )  # [M, L, C]
+    mix = G.mapping(_upload(z, w), c if G.c_dim else None, truncation_psi=1.0)  # [M, L, C]
     out = w.clone()
     out[:, idx] = mix[:, idx].to(w.dtype)
     return out

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ganviews.core.images import signed_to_uint8, uint8_to_signed
-from ganviews.core.runtime import assert_shape
+from ganviews.core.runtime import NumericsPolicy, assert_shape
 from ganviews.views.augment import augment, image_view_seed, jitter_seed
 from ganviews.views.config import (
     DTYPES,
@@ -140,68 +141,105 @@ def count_views(config: ViewConfig, n_images: int) -> int:
 
 
 class _Sink:
-    """Device-side accumulators: per group a seed table and, per classifier, a logits table."""
+    """Device-side accumulators, one flat table per classifier: row ``offset[g] + image · V_g +
+    view`` holds view ``view`` of ``image`` in group ``g``. Each batch scatters its logits with
+    one index upload and one ``index_copy_`` per classifier — no host read until
+    :meth:`results`; seeds, fill marks and persisted views are kept on the host."""
 
     def __init__(
         self, groups: list[ViewGroup], n_images: int, names: Sequence[str], device, counter
     ):
         self.groups, self.n, self.names, self.device = groups, n_images, list(names), device
         self.counter = counter
-        self.logits: dict[tuple[int, str], torch.Tensor] = {}
-        self.filled: dict[tuple[int, str], np.ndarray] = {}  # which rows were written
-        self.seed = [np.zeros((n_images, g.num_views), np.int64) for g in groups]
-        self.has_seed = [np.zeros((n_images, g.num_views), bool) for g in groups]
-        self.views: list[np.ndarray | None] = [None] * len(groups)
+        sizes = [n_images * g.num_views for g in groups]
+        self.offset = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # [G + 1]
+        rows = int(self.offset[-1])
+        self.logits: dict[str, torch.Tensor] = {}  # name → [rows, K] on the device
+        self.filled = np.zeros(rows, bool)  # which rows were written
+        self.seed = np.zeros(rows, np.int64)
+        self.has_seed = np.zeros(rows, bool)
+        self.views: np.ndarray | None = None  # [rows, 3, r, r] uint8 when persisting
 
-    def put(
-        self, gi: int, images: Sequence[int], views: Sequence[int], name: str, logits: torch.Tensor
-    ):
-        key = (gi, name)
-        if key not in self.logits:
-            shape = (self.n, self.groups[gi].num_views, logits.shape[1])
-            self.logits[key] = torch.zeros(shape, device=self.device)
-            self.filled[key] = np.zeros(shape[:2], bool)
-        self.filled[key][list(images), list(views)] = True
-        rows = torch.as_tensor(images, device=self.device)
-        cols = torch.as_tensor(views, device=self.device)
-        self.logits[key][rows, cols] = logits.float()
+    def rows(self, batch: Sequence[_Job]) -> tuple[np.ndarray, np.ndarray]:
+        """(position in the batch, table row) of every job and every group it goes to."""
+        src, dst = [], []
+        for k, j in enumerate(batch):
+            for gt in _targets(self.groups, j.group):
+                src.append(k)
+                dst.append(self.offset[gt] + j.image * self.groups[gt].num_views + j.view)
+        return np.asarray(src, np.int64), np.asarray(dst, np.int64)
 
-    def put_seeds(self, gi: int, images: Sequence[int], views: Sequence[int], seeds: Sequence[int]):
-        self.seed[gi][images, views] = seeds
-        self.has_seed[gi][images, views] = True
-
-    def put_views(
-        self, gi: int, images: Sequence[int], views: Sequence[int], pixels: torch.Tensor, res: int
-    ):
-        if self.views[gi] is None:
-            self.views[gi] = np.zeros((self.n, self.groups[gi].num_views, 3, res, res), np.uint8)
-        self.views[gi][list(images), list(views)] = pixels.cpu().numpy()
+    def put(self, batch: Sequence[_Job], logits: Mapping[str, torch.Tensor], small) -> None:
+        src, dst = self.rows(batch)
+        index = torch.from_numpy(np.stack([src, dst]))  # [2, M]
+        if self.device.type == "cuda":
+            index = index.pin_memory().to(self.device, non_blocking=True)
+        for name, out in logits.items():
+            if name not in self.logits:
+                shape = (int(self.offset[-1]), out.shape[1])
+                self.logits[name] = torch.zeros(shape, device=self.device)
+            self.logits[name].index_copy_(0, index[1], out.float().index_select(0, index[0]))
+        self.filled[dst] = True
+        perturbed = np.asarray([j.group >= 0 for j in batch])[src]  # views 0/1 have no seed
+        self.seed[dst[perturbed]] = np.asarray([j.seed for j in batch], np.int64)[src[perturbed]]
+        self.has_seed[dst[perturbed]] = True
+        if small is not None:
+            pixels = small.cpu().numpy()  # [B, 3, r, r] uint8
+            if self.views is None:
+                self.views = np.zeros((int(self.offset[-1]), *pixels.shape[1:]), np.uint8)
+            self.views[dst] = pixels[src]
 
     def results(self) -> list[GroupLogits]:
+        if not self.filled.all():
+            gi = int(np.searchsorted(self.offset, np.flatnonzero(~self.filled)[0], "right")) - 1
+            g = self.groups[gi]
+            raise RuntimeError(f"internal: group {g.method}/{g.setting}: rows never written")
+        host = {
+            name: t.cpu().numpy() for name, t in self.logits.items()
+        }  # the one copy to the host
         out = []
-        host = {key: t.cpu().numpy() for key, t in self.logits.items()}  # the one copy to the host
         for gi, g in enumerate(self.groups):
-            v = g.num_views
-            image_index = np.repeat(np.arange(self.n, dtype=np.int64), v)
-            view = np.tile(np.arange(v, dtype=np.int32), self.n)
-            logits = {name: host[(gi, name)].reshape(self.n * v, -1) for name in self.names}
-            missing = [name for name in self.names if not self.filled[(gi, name)].all()]
-            if missing:
-                raise RuntimeError(
-                    f"internal: group {g.method}/{g.setting}: rows of {missing} never written"
-                )
+            v, a, b = g.num_views, int(self.offset[gi]), int(self.offset[gi + 1])
+            views = None
+            if self.views is not None:
+                views = self.views[a:b].reshape(self.n, v, *self.views.shape[1:])
             out.append(
                 GroupLogits(
                     g,
-                    image_index,
-                    view,
-                    self.seed[gi].reshape(-1),
-                    self.has_seed[gi].reshape(-1),
-                    logits,
-                    self.views[gi],
+                    np.repeat(np.arange(self.n, dtype=np.int64), v),
+                    np.tile(np.arange(v, dtype=np.int32), self.n),
+                    self.seed[a:b],
+                    self.has_seed[a:b],
+                    {name: host[name][a:b] for name in self.names},
+                    views,
                 )
             )
         return out
+
+
+def _segments(batch: Sequence[_Job]) -> list[tuple[int, int, int]]:
+    """(group, start, stop): the batch's runs of jobs of one group (jobs are listed group by
+    group, so each group is one slice of the batch — no index tensors)."""
+    out = []
+    for k, j in enumerate(batch):
+        if out and out[-1][0] == j.group:
+            out[-1] = (j.group, out[-1][1], k + 1)
+        else:
+            out.append((j.group, k, k + 1))
+    return out
+
+
+def _index(rows: Sequence[int], device: torch.device) -> torch.Tensor:
+    """``rows`` as an index tensor on ``device`` (one pinned, asynchronous upload to a GPU)."""
+    index = torch.tensor(rows, dtype=torch.long)
+    if device.type == "cuda":
+        return index.pin_memory().to(device, non_blocking=True)
+    return index
+
+
+def _rows(batch: Sequence[_Job], device: torch.device) -> torch.Tensor:
+    """The batch's image rows as an index on ``device``."""
+    return _index([j.image for j in batch], device)
 
 
 def _chunks(items: Sequence, size: int):
@@ -210,17 +248,29 @@ def _chunks(items: Sequence, size: int):
 
 
 def _classify(
-    classifiers: Mapping[str, Any], images: torch.Tensor, *, geometry: bool = True
+    classifiers: Mapping[str, Any], images: torch.Tensor, numerics, *, geometry: bool = True
 ) -> dict[str, torch.Tensor]:
+    """Every classifier's logits for one batch. Classifiers with the same geometric
+    preprocessing (``resample_key``) share one resampled batch; ``numerics()`` opens the
+    context they run in (the view config's precision); ``geometry=False``: the images are
+    already the classifiers' input windows (photo views: clamp and normalise only)."""
     out = {}
     images = images.float()  # renders may be half under autocast; preprocessing runs in fp32
-    for name, C in classifiers.items():
-        logits = C(images) if geometry else C(images, geometry=False)
-        if logits.ndim != 2 or logits.shape[0] != images.shape[0]:
-            raise ValueError(
-                f"classifier {name!r}: expected logits [N, K], got {list(logits.shape)}"
-            )
-        out[name] = logits
+    resampled: dict[Any, torch.Tensor] = {}
+    with numerics():
+        for name, C in classifiers.items():
+            key = getattr(C, "resample_key", None)
+            if key is None:  # any module with its own preprocessing
+                logits = C(images) if geometry else C(images, geometry=False)
+            else:
+                if (key, geometry) not in resampled:
+                    resampled[key, geometry] = C.resample(images, geometry=geometry)
+                logits = C.from_resampled(resampled[key, geometry])
+            if logits.ndim != 2 or logits.shape[0] != images.shape[0]:
+                raise ValueError(
+                    f"classifier {name!r}: expected logits [N, K], got {list(logits.shape)}"
+                )
+            out[name] = logits
     return out
 
 
@@ -286,9 +336,17 @@ def render_and_classify(
         else contextlib.nullcontext()
     )
     sink = _Sink(groups, n, list(classifiers), device, _Counter(count_views(config, n), progress))
+    # classifiers under the config's numerics policy; a legacy `dtype` autocast covers both
+    policy = NumericsPolicy(config.precision)
+    numerics = (
+        functools.partial(policy.networks, device)
+        if DTYPES[config.dtype] is None
+        else contextlib.nullcontext
+    )
+    classify = functools.partial(_classify, classifiers, numerics=numerics)
     with autocast:
-        _gan_views(G, classifiers, w, groups, sink, config, image_ids, seed, c, pca, res)
-        _image_views(classifiers, originals, groups, sink, config, image_ids, seed, res)
+        _gan_views(G, classify, w, groups, sink, config, image_ids, seed, c, pca, res)
+        _image_views(classify, originals, groups, sink, config, image_ids, seed, res)
     return sink.results()
 
 
@@ -319,7 +377,7 @@ def _twins(groups: Sequence[ViewGroup]) -> dict[int, int]:
     return out
 
 
-def _gan_views(G, classifiers, w, groups, sink, config, image_ids, seed, c, pca, res):
+def _gan_views(G, classify, w, groups, sink, config, image_ids, seed, c, pca, res):
     """View 1 (G(w*)) and views 2..N of every GAN group and its combined twin, in batches
     that mix images, groups and views; the combined copies join the same classifier call."""
     plain = [gi for gi, g in enumerate(groups) if g.kind == "gan"]
@@ -334,19 +392,21 @@ def _gan_views(G, classifiers, w, groups, sink, config, image_ids, seed, c, pca,
         for v in range(FIRST_VIEW, FIRST_VIEW + config.num_perturbed)
     ]
     for batch in _chunks(jobs, config.batch_size):
-        ws = torch.empty(len(batch), G.num_ws, G.w_dim, device=w.device)  # [B, L, C]
-        for gi in sorted({j.group for j in batch}):
-            pos = [k for k, j in enumerate(batch) if j.group == gi]
-            rows = [batch[k].image for k in pos]
+        rows = _rows(batch, w.device)
+        w_rows = w.index_select(0, rows)  # [B, L, C]
+        c_rows = None if c is None else c.index_select(0, rows)
+        ws = torch.empty_like(w_rows)  # [B, L, C]
+        for gi, a, b in _segments(batch):
             if gi == RECONSTRUCTION:
-                ws[pos] = w[rows]
+                ws[a:b] = w_rows[a:b]
                 continue
             g = groups[gi]
             with torch.autocast(w.device.type, enabled=False):  # w-space maths stays in fp32
-                ws[pos] = perturb_from_seeds(
-                    G, w[rows], [batch[k].seed for k in pos], method=g.base, layers=g.layers,
-                    setting=g.sigma, pca=pca, pca_components=config.pca_components,
-                    c=None if c is None else c[rows],
+                ws[a:b] = perturb_from_seeds(
+                    G, w_rows[a:b], [j.seed for j in batch[a:b]], method=g.base,
+                    layers=g.layers, setting=g.sigma, pca=pca,
+                    pca_components=config.pca_components,
+                    c=None if c_rows is None else c_rows[a:b],
                 )  # fmt: skip
         pixels = G.synthesis(ws, noise_mode=config.noise_mode)  # [B, 3, R, R]
         combo = [  # (render k, combined view, jitter index)
@@ -357,8 +417,9 @@ def _gan_views(G, classifiers, w, groups, sink, config, image_ids, seed, c, pca,
         ]
         if combo:
             seeds = [jitter_seed(batch[k].seed, p) for k, _, p in combo]
+            picked = _index([k for k, _, _ in combo], pixels.device)
             jittered = augment(
-                pixels[[k for k, _, _ in combo]], seeds, "combined", config=config.jitter
+                pixels.index_select(0, picked), seeds, "combined", config=config.jitter
             )  # [B', 3, R, R]
             pixels = torch.cat([pixels, jittered.to(pixels.dtype)])  # [B + B', 3, R, R]
             batch = [
@@ -368,7 +429,7 @@ def _gan_views(G, classifiers, w, groups, sink, config, image_ids, seed, c, pca,
                     for k, v, _ in combo
                 ),
             ]
-        _emit(classifiers, pixels, batch, groups, sink, config, res)
+        _emit(classify, pixels, batch, sink, config, res)
 
 
 def _combined_views(view: int, config: ViewConfig) -> list[tuple[int, int]]:
@@ -398,10 +459,10 @@ class _Aligned:
         self.shape = tuple(images.shape[1:])
 
     def original(self, rows: list[int]) -> torch.Tensor:
-        return self.images[rows]
+        return self.images.index_select(0, _index(rows, self.images.device))
 
     def augmented(self, rows: list[int], seeds: list[int], method: str, jitter) -> torch.Tensor:
-        return augment(self.images[rows], seeds, method, config=jitter).float()
+        return augment(self.original(rows), seeds, method, config=jitter).float()
 
 
 class _Photos:
@@ -433,6 +494,8 @@ def _originals(images, photos, n: int, config: ViewConfig, device) -> _Aligned |
         if images is None:
             raise ValueError("images: None, but views.original_source 'aligned' needs them")
         assert_shape(images, [n, 3, None, None], "images")
+        if images.dtype == torch.uint8:  # stored originals: upload 8 bits, convert on the device
+            return _Aligned(uint8_to_signed(images.to(device)))
         return _Aligned(images.to(device=device, dtype=torch.float32))
     if photos is None or len(photos) != n:
         got = "none" if photos is None else len(photos)
@@ -446,7 +509,7 @@ def _originals(images, photos, n: int, config: ViewConfig, device) -> _Aligned |
     return _Photos([p.float() for p in signed], config.photo_size)
 
 
-def _image_views(classifiers, originals, groups, sink, config, image_ids, seed, res):
+def _image_views(classify, originals, groups, sink, config, image_ids, seed, res):
     """View 0 (the original) of every group and views 1..N−1 of the image groups."""
     n = len(image_ids)
     jobs = [_Job(i, ORIGINAL, 0, 0) for i in range(n)] + [
@@ -458,22 +521,20 @@ def _image_views(classifiers, originals, groups, sink, config, image_ids, seed, 
     ]
     for batch in _chunks(jobs, config.batch_size):
         out = torch.empty(len(batch), *originals.shape, device=sink.device)  # [B, 3, H, W]
-        for gi in sorted({j.group for j in batch}):
-            pos = [k for k, j in enumerate(batch) if j.group == gi]
-            rows = [batch[k].image for k in pos]
+        for gi, a, b in _segments(batch):
+            rows = [j.image for j in batch[a:b]]
             if gi == ORIGINAL:
-                out[pos] = originals.original(rows)
+                out[a:b] = originals.original(rows)
                 continue
-            seeds = [batch[k].seed for k in pos]
-            out[pos] = originals.augmented(rows, seeds, groups[gi].base, config.jitter)
-        _emit(classifiers, out, batch, groups, sink, config, res, geometry=originals.geometry)
+            seeds = [j.seed for j in batch[a:b]]
+            out[a:b] = originals.augmented(rows, seeds, groups[gi].base, config.jitter)
+        _emit(classify, out, batch, sink, config, res, geometry=originals.geometry)
 
 
 def _emit(
-    classifiers,
+    classify,
     pixels,
     batch: Sequence[_Job],
-    groups,
     sink: _Sink,
     config: ViewConfig,
     res: int,
@@ -481,16 +542,6 @@ def _emit(
     geometry: bool = True,
 ):
     """Classify one batch and scatter its logits (and uint8 copies) into the groups' tables."""
-    logits = _classify(classifiers, pixels, geometry=geometry)
+    logits = classify(pixels, geometry=geometry)
     sink.counter.add(len(batch))
-    small = to_uint8(pixels, res) if config.persist_views else None
-    for gi in sorted({j.group for j in batch}):
-        pos = [k for k, j in enumerate(batch) if j.group == gi]
-        rows, views = [batch[k].image for k in pos], [batch[k].view for k in pos]
-        for gt in _targets(groups, gi):
-            for name in classifiers:
-                sink.put(gt, rows, views, name, logits[name][pos])
-            if gi >= 0:
-                sink.put_seeds(gt, rows, views, [batch[k].seed for k in pos])
-            if small is not None:
-                sink.put_views(gt, rows, views, small[pos], res)
+    sink.put(batch, logits, to_uint8(pixels, res) if config.persist_views else None)

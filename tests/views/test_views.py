@@ -435,3 +435,93 @@ def test_subset_config_renders_only_the_wanted_groups():
     assert subset_config(cfg, {(g.method, g.setting) for g in view_groups(cfg)}) == cfg
     with pytest.raises(ConfigError, match=r"groups \[\('pca_fine', '1.0'\)\] are not groups"):
         subset_config(cfg, {("pca_fine", "1.0")})
+
+
+def _pinned_inputs(G):
+    """The inputs data/render_reference.npz was made from (render path of commit 8083c49,
+    before the flat device tables, segment slices, shared resample and uint8 uploads)."""
+    torch.manual_seed(0)
+    classifiers = {}
+    for name, k, pre in (
+        ("a", 1, {"resize": 24}),
+        ("b", 3, {"resize": 24, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.4]}),
+        ("c", 2, {"resize": 32, "clamp": False}),
+    ):
+        cfg = {"arch": "smallcnn", "num_outputs": k, "task": name, "width": 4, "preprocessing": pre}
+        classifiers[name] = build_classifier(cfg).eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(1)
+    w = G.mapping(torch.randn(3, G.z_dim, generator=gen))
+    w = w + 0.05 * torch.randn(w.shape, generator=gen)
+    u8 = torch.randint(0, 256, (3, 3, 40, 40), generator=gen, dtype=torch.uint8)
+    configs = {
+        "mixed": ViewConfig(
+            n_views=3,
+            gan=(
+                GanGroup("isotropic", "fine", (0.0, 0.5), combined=True),
+                GanGroup("pca", "coarse", (2.0,)),
+                GanGroup("stylemix", "fine"),
+            ),
+            image_methods=("color", "crop"),
+            batch_size=5,
+            persist_views=True,
+            persist_resolution=16,
+        ),
+        "renders": ViewConfig(
+            n_views=5,
+            gan=(GanGroup("isotropic", "coarse", (0.3,), combined=True),),
+            image_methods=(),
+            batch_size=7,
+            combined_renders=2,
+        ),
+    }
+    return classifiers, w, u8, configs
+
+
+def test_cpu_output_is_bit_identical_to_the_pinned_render(G, pca):
+    """Logits, seeds and persisted views of the render path on CPU equal, bit for bit, what
+    the render path produced before its bookkeeping moved to flat device tables — with the
+    originals given as floats or as uint8 (converted on the device). Classifiers a and b
+    share one resampled batch (same resize, other normalisation); c resamples its own."""
+    from pathlib import Path
+
+    classifiers, w, u8, configs = _pinned_inputs(G)
+    assert classifiers["a"].resample_key == classifiers["b"].resample_key
+    assert classifiers["a"].resample_key != classifiers["c"].resample_key
+    ref = np.load(Path(__file__).parent / "data" / "render_reference.npz")
+    seen = set()
+    for images in (u8.float() / 127.5 - 1.0, u8):
+        for cname, cfg in configs.items():
+            out = render_and_classify(
+                G, classifiers, w, images, image_ids=["x", "y", "z"], config=cfg,
+                device="cpu", seed=9, pca=pca,
+            )  # fmt: skip
+            for g in out:
+                key = f"{cname}/{g.method}/{g.setting}"
+                for name, logits in g.logits.items():
+                    np.testing.assert_array_equal(logits, ref[f"{key}/{name}"], err_msg=key)
+                    seen.add(f"{key}/{name}")
+                np.testing.assert_array_equal(np.where(g.has_seed, g.seed, -1), ref[f"{key}/seed"])
+                seen.add(f"{key}/seed")
+                if g.views is not None:
+                    np.testing.assert_array_equal(g.views, ref[f"{key}/views"])
+                    seen.add(f"{key}/views")
+    assert seen == set(ref.files)
+
+
+def test_classifier_precision_follows_the_numerics_policy(G, classifiers, batch, config):
+    w, images = batch
+    cfg = dataclasses.replace(config, gan=config.gan[:1], image_methods=())
+    exact = render_and_classify(G, classifiers, w, images, image_ids=IDS, config=cfg,
+                                device="cpu", seed=9)  # fmt: skip
+    bf16 = render_and_classify(G, classifiers, w, images, image_ids=IDS,
+                               config=dataclasses.replace(cfg, precision="bf16"),
+                               device="cpu", seed=9)  # fmt: skip
+    for e, b in zip(exact, bf16, strict=True):
+        for name in classifiers:
+            assert b.logits[name].dtype == np.float32
+            assert not np.array_equal(e.logits[name], b.logits[name])  # bf16 did run
+            np.testing.assert_allclose(b.logits[name], e.logits[name], rtol=0, atol=0.05)
+    with pytest.raises(ConfigError, match="precision: got 'fp8', allowed"):
+        ViewConfig(precision="fp8")
+    with pytest.raises(ConfigError, match="precision: 'bf16' with dtype 'float16': choose one"):
+        ViewConfig(precision="bf16", dtype="float16")
