@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark's GPU measurement in one run, sized for at most 8 minutes on one H100-class
-# GPU (the per-step limits add up to 470 s). Not yet run on a GPU: no GPU was lent so far.
+# GPU (the per-step limits add up to 480 s). Not yet run on a GPU: no GPU was lent so far.
 # Each step has its own time limit, so one slow step cannot eat the others' time; each
 # step's full output goes to DEST/<step>.txt and a one-line exit status to DEST/summary.txt.
 #
@@ -29,6 +29,7 @@ if [ -n "${QUICK:-}" ]; then
   step speed 300 bench_speed.py --device "$DEVICE" --steps 3 --images 4 --shard 6 --batch 2 --reps 1 --parts objective,shard,continuous
   step views 300 bench_views.py --device "$DEVICE" --quick
   step domains 300 bench_domains.py --device "$DEVICE" --quick
+  step render 120 bench_render.py --device "$DEVICE" --classifiers 1,2 --rounds 1 --images 2 --n-views 3
 else
   step generator-1024 60 bench_generator.py --device "$DEVICE" --resolution 1024 --max-batch 32 --amp bf16
   step invert-1024 150 bench_invert.py --device "$DEVICE" --resolutions 1024 --steps 50 --batches 1,16 --baseline-images 1 --precisions exact,tf32,bf16 --precision-images 16
@@ -36,5 +37,6 @@ else
   step speed 60 bench_speed.py --device "$DEVICE" --steps 200 --images 32 --shard 96 --batch 16 --parts objective,shard,continuous
   step views 70 bench_views.py --device "$DEVICE"
   step domains 50 bench_domains.py --device "$DEVICE"
+  step render 10 bench_render.py --device "$DEVICE" --classifiers 1,40 --rounds 2
 fi
 ! grep -qv ": exit 0 " "$DEST/summary.txt"
