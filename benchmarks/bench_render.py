@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=8, help="smallcnn width")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--old-commit", default="8083c49", help="the old path's git commit")
+    p.add_argument("--old-commit", default="c5d7003", help="the old path's git commit")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     set_numerics_policy(device)

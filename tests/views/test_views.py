@@ -438,8 +438,12 @@ def test_subset_config_renders_only_the_wanted_groups():
 
 
 def _pinned_inputs(G):
-    """The inputs data/render_reference.npz was made from (render path of commit 8083c49,
-    before the flat device tables, segment slices, shared resample and uint8 uploads)."""
+    """The inputs data/render_reference.npz was made from: the render path of commit c5d7003
+    (before the flat device tables, segment slices, shared resample and uint8 uploads; the
+    fused synthesis of df4c807). A deliberate numerics change elsewhere (generator,
+    classifiers, augmentations) moves these outputs: regenerate the file from the commit
+    before it with this module's inputs, render_and_classify and np.savez_compressed of
+    ``<config>/<method>/<setting>/<classifier | seed | views>``."""
     torch.manual_seed(0)
     classifiers = {}
     for name, k, pre in (
