@@ -3,8 +3,9 @@
 Each step draws a batch of anchors; an anchor's positive pair is (view 0, a random other view)
 of its latent views — ``x_a = T_x(G(z))``, ``x_p = T_x(G(T_z(z)))`` (Eq. 6–7) — or the anchor
 twice when there is one view (real images, ``T_z = -``: SimCLR, Eq. 2–4). ``T_x`` is SimCLR's
-pixel augmentation set (:func:`simclr_transform`, torchvision.transforms.v2), drawn
-independently per image. The rest of the batch are the negatives.
+pixel augmentation set (:func:`simclr_augment`, kornia.augmentation), applied to the whole
+batch at once on the training device with its own random draw for every image. The rest of
+the batch are the negatives.
 
 Losses come from pytorch-metric-learning (docs/genrep.md says why): ``NTXentLoss`` (the
 paper's InfoNCE, Eq. 1; positives = the two views of an anchor) and ``SupConLoss`` (Khosla et
@@ -32,7 +33,6 @@ import numpy as np
 import torch
 import torchvision
 from torch import nn
-from torchvision.transforms import v2
 
 from ganviews.core.config import from_dict, to_dict
 from ganviews.core.errors import CheckpointError, ConfigError
@@ -143,16 +143,20 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
     return uint8_to_signed(images)
 
 
-def simclr_transform(cfg: ContrastiveConfig, size: int) -> v2.Transform:
-    """SimCLR's T_x for small images (Chen et al. 2020, App. A; no blur below 64 px, as for CIFAR)."""
+def simclr_augment(cfg: ContrastiveConfig, size: int) -> nn.Module:
+    """SimCLR's T_x for small images (Chen et al. 2020, App. A; no blur below 64 px, as for
+    CIFAR) on a batch: float [B, C, H, W] in [0, 1] → the same shape, every image with its own
+    crop, flip, jitter and grey draws (kornia.augmentation, ``same_on_batch=False``; parameters
+    drawn from torch's global generator, which checkpoints save). kornia's ``ColorJitter`` uses
+    torchvision's formulas; its random order of the four adjustments is drawn per call."""
+    import kornia.augmentation as K
+
     s = cfg.jitter_strength
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(size, scale=tuple(cfg.crop_scale), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=cfg.jitter_prob),
-            v2.RandomGrayscale(p=cfg.grayscale_prob),
-        ]
+    return nn.Sequential(
+        K.RandomResizedCrop((size, size), scale=tuple(cfg.crop_scale)),  # ratio 3/4–4/3
+        K.RandomHorizontalFlip(),
+        K.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=cfg.jitter_prob),
+        K.RandomGrayscale(p=cfg.grayscale_prob),
     )
 
 
@@ -218,7 +222,7 @@ def train_contrastive(
         "objective": objective,
     }
     step = _resume(checkpoint, identity, model, opt, sched)
-    augment = simclr_transform(cfg, views.shape[-1]) if t_x else None
+    augment = simclr_augment(cfg, views.shape[-1]).to(device) if t_x else None
     amp = cfg.amp and device.type == "cuda"
     batch = min(cfg.batch_size, n) if views.shape[1] > 1 or n > 1 else 1
     running = []
@@ -227,10 +231,11 @@ def train_contrastive(
         gen = item_generator(cfg.seed, "batch", step)
         index = torch.randperm(n, generator=gen)[:batch].numpy()
         xa, xp = positive_pairs(views, index, gen)
-        if augment is not None:  # independent T_x per image (global RNG, saved in checkpoints)
-            xa = torch.stack([augment(x) for x in xa])
-            xp = torch.stack([augment(x) for x in xp])
-        x = to_input(torch.cat([xa, xp]).to(device))  # [2B, C, H, W]
+        x = torch.cat([xa, xp]).to(device)  # [2B, C, H, W] uint8
+        if augment is None:
+            x = to_input(x)
+        else:  # independent T_x per image, one batched call (global RNG, saved in checkpoints)
+            x = augment(x.float() / 255) * 2 - 1  # [-1, 1] as to_input
         if objective == "supcon":
             target = torch.as_tensor(np.asarray(labels)[index]).repeat(2)  # [2B]
         else:

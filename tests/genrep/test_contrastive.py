@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from ganviews.genrep.contrastive import (
     load_encoder,
     positive_pairs,
     save_encoder,
+    simclr_augment,
     train_contrastive,
 )
 
@@ -41,6 +44,21 @@ def test_positive_pairs_take_view_zero_and_another_view() -> None:
     )
     a1, p1 = positive_pairs(views[:, :1], np.array([2]), gen)  # one view: the anchor twice
     assert torch.equal(a1, p1)
+
+
+def test_simclr_augment_draws_per_image_on_a_batch() -> None:
+    """One batched call gives every image its own crop/flip/jitter/grey draw (identical inputs,
+    distinct outputs); grey with p = 1 equalises the channels; the global RNG decides it."""
+    batch = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)).repeat(8, 1, 1, 1)
+    torch.manual_seed(0)
+    out = simclr_augment(TINY, 16)(batch)
+    assert out.shape == (8, 3, 16, 16) and 0 <= out.min() and out.max() <= 1
+    assert len({tuple(o.flatten()[:32].tolist()) for o in out}) == 8  # eight different views
+    torch.manual_seed(0)
+    assert torch.equal(simclr_augment(TINY, 16)(batch), out)  # same global seed, same views
+    grey = dataclasses.replace(TINY, grayscale_prob=1.0, jitter_prob=0.0)
+    g = simclr_augment(grey, 16)(batch)
+    assert torch.allclose(g[:, 0], g[:, 1]) and torch.allclose(g[:, 1], g[:, 2])
 
 
 @pytest.mark.slow  # resnet18 checkpoints (≈ 90 MB each with momentum) dominate
