@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -118,7 +119,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, manifest=manifest, image_root=None, out=out / "multiview")
     params = plain(cfg)
     from flows import multiview as F
+    from tasks.shard_runner import LIBRARY_LOGGERS
 
+    for name in LIBRARY_LOGGERS:  # the demo prints its own progress (the shard runner would
+        if logging.getLogger(name).level == logging.NOTSET:  # raise them to INFO)
+            logging.getLogger(name).setLevel(logging.WARNING)
     times = {"data": round(time.perf_counter() - t0, 1)}
     print(f"data: {manifest} ({times['data']} s)", flush=True)
     for step, fn in (("sample", F.multiview_sample), ("train", F.multiview_train),
