@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,11 +178,13 @@ def render_shard_with(
     align: Any = None,
     image_root: Any = None,
     parts: Collection[str] | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Render + classify the done images of one shard with loaded models; write logits (+ views).
 
     ``parts`` (None: all): the (classifier × group) parts to compute (tasks/render_plan.py);
-    the rows of other parts already in ``logits_dir`` are left as they are."""
+    the rows of other parts already in ``logits_dir`` are left as they are. ``on_batch(n)``
+    is called with the number of views each batch classified (a terminal progress bar)."""
     start, stop = shard_range(store, shard)
     if stop_requested():  # first Ctrl-C / SIGTERM: a shard is rendered whole, or not started
         return {
@@ -224,13 +226,13 @@ def render_shard_with(
     t0 = time.perf_counter()
     plan = render_plan(view_cfg, list(classifiers), parts)
     views = sum(count_views(sub, len(idx)) for sub, _, _ in plan)
-    report = _progress_log(summary["shard"], len(classifiers), t0)
+    report = _progress_log(summary["shard"], len(classifiers), t0, views, on_batch)
     groups, offset = [], 0
     for sub, names, wanted in plan:
         out = render_and_classify(
             G, {n: classifiers[n] for n in names}, w, images, image_ids=list(ids),
             config=sub, device=device, seed=seed, c=c, pca=pca,
-            progress=lambda done, _, offset=offset: report(offset + done, views), photos=photos,
+            progress=lambda done, _, offset=offset: report(offset + done), photos=photos,
         )  # fmt: skip
         groups += [g for g in out if (g.method, g.setting) in wanted]
         offset += count_views(sub, len(idx))
@@ -294,12 +296,17 @@ def render_plan(
 PROGRESS_SECONDS = 10.0  # at most one progress line per this many seconds (and the last batch)
 
 
-def _progress_log(shard: str, n_classifiers: int, t0: float):
-    """``progress(done, total)`` for render_and_classify: a log line with views/s and ETA at
-    most every PROGRESS_SECONDS, and one after the shard's last batch."""
-    last = [t0]
+def _progress_log(
+    shard: str, n_classifiers: int, t0: float, total: int, on_batch: Callable[[int], None] | None
+):
+    """``report(done)`` after every batch: a log line with views/s and ETA at most every
+    PROGRESS_SECONDS and after the shard's last batch; ``on_batch`` gets each batch's views."""
+    last = [t0, 0]
 
-    def report(done: int, total: int) -> None:
+    def report(done: int) -> None:
+        if on_batch is not None:
+            on_batch(done - last[1])
+        last[1] = done
         now = time.perf_counter()
         if done < total and now - last[0] < PROGRESS_SECONDS:
             return
@@ -376,12 +383,14 @@ def run_render(
     *,
     device: str | torch.device = "auto",
     parts: Collection[str] | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Render and classify ``shards`` of the store (indices into ``store.shards()`` or
     ``(start, stop)``; None: every shard), loading the models once → one summary each.
 
     ``parts`` (names from :func:`tasks.render_plan.part_name`; None: all) limits the work to
-    those (classifier × view group) parts; only the classifiers they name are loaded."""
+    those (classifier × view group) parts; only the classifiers they name are loaded.
+    ``on_batch(n)``: called with the views each batch classified (a terminal progress bar)."""
     device = resolve_device(device)
     set_numerics_policy(device)
     store = LatentStore.open(job.store, mode="a" if job.views.persist_views else "r")
@@ -405,7 +414,7 @@ def run_render(
                 store, shard, G, classifiers, view_cfg=job.views, logits_dir=job.logits,
                 device=device, seed=job.seed, tasks=job.tasks, pca=pca,
                 class_column=job.class_column, align=job.align, image_root=job.image_root,
-                parts=parts,
+                parts=parts, on_batch=on_batch,
             )
         )  # fmt: skip
         log.info(

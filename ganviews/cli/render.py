@@ -69,9 +69,11 @@ def parse_classifier(spec: str) -> tuple[str, str, str | None]:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from tqdm import tqdm
+
     from ganviews.cli.invert import parse_shards
     from ganviews.core.config import load_yaml
-    from ganviews.views.render import view_config
+    from ganviews.views.render import count_views, view_config
     from storage import LatentStore
     from tasks.jobs import RenderJob
     from tasks.render import run_render
@@ -95,7 +97,15 @@ def run(args: argparse.Namespace) -> int:
         classifiers={n: Path(p) for n, p, _ in specs}, tasks={n: t for n, _, t in specs if t},
         views=cfg, logits=Path(args.logits), seed=args.seed, class_column=args.class_column,
     )  # fmt: skip
-    summaries = run_render(job, shards, device=args.device)
+    store = LatentStore.open(args.store, mode="r")
+    done = store.done()
+    total = sum(
+        count_views(cfg, int(((done >= a) & (done < b)).sum()))
+        for a, b in (store.shards()[k] for k in shards)
+    )
+    # a bar on a terminal (tqdm hides itself when stderr is not one; the log has plain lines)
+    with tqdm(total=total, unit="view", desc="render", disable=None, leave=False) as bar:
+        summaries = run_render(job, shards, device=args.device, on_batch=bar.update)
     for s in summaries:
         rate = f", {s['views']} views at {s['views_per_second']:.1f}/s" if s.get("views") else ""
         print(

@@ -185,7 +185,9 @@ def test_shard_end_to_end(tmp_path, G, gen_path, classifier_paths):
     )
 
     # re-running the shard replaces its rows (no duplicates, same values); the other shard adds its own
-    run_render_shard(job, (0, 4))
+    seen: list[int] = []  # views per batch, for a terminal progress bar
+    run_render(job, [(0, 4)], device="cpu", on_batch=seen.append)
+    assert sum(seen) == 3 * 6 and len(seen) == 3  # batches of 8: 12 GAN jobs → 8 + 4; 6 image jobs
     again = read_logits(logits)
     assert len(again) == len(rows)
     key = ["classifier", "method", "setting", "image_id", "view"]
