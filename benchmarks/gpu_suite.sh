@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark's GPU measurement in one run, sized for at most 8 minutes on one H100-class
-# GPU (the per-step limits add up to 480 s). Not yet run on a GPU: no GPU was lent so far.
+# GPU (the per-step limits add up to 460 s). Not yet run on a GPU: no GPU was lent so far.
 # Each step has its own time limit, so one slow step cannot eat the others' time; each
 # step's full output goes to DEST/<step>.txt and a one-line exit status to DEST/summary.txt.
 #
