@@ -9,7 +9,7 @@ import yaml
 
 from ganviews.core.errors import ConfigError
 from ganviews.genrep.experiment import all_variants, datasets
-from tasks.multiview import load_multiview_config
+from tasks.multiview import load_multiview_config, multiview_pipeline, plain
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,6 +28,9 @@ def test_example_section_falls_back_to_the_pipeline_models_and_data() -> None:
         "generated-gauss0.2-simclr-simclr",
     ]
     assert names[-1] == "generated-gauss0.2-simclr-simclr-n65000" and len(names) == 10
+    pipe = multiview_pipeline(REPO / "configs" / "example.yaml")  # a pipeline YAML: its own
+    assert pipe.multiview == cfg and pipe.orchestration.job == "celebahq-smiling"
+    assert multiview_pipeline(plain(pipe)) == pipe  # flow parameters carry it whole
 
 
 def test_section_errors_name_the_key(tmp_path) -> None:
