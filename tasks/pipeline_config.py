@@ -422,6 +422,11 @@ def check_pipeline_config(cfg: PipelineConfig) -> None:
         )
     if ct.enabled and ct.data == "manifest" and ct.source != "real":
         problems.append(f"classifier_training.source: {ct.source!r} needs latents; set data: store")
+    if ct.enabled:
+        try:
+            training_views(cfg)
+        except ConfigError as exc:
+            problems.append(f"classifier_training.{exc}")
     for name in cfg.models.classifiers:
         if not name or not all(c.isalnum() or c in "_.-" for c in name):
             problems.append(
@@ -430,6 +435,19 @@ def check_pipeline_config(cfg: PipelineConfig) -> None:
     problems += _corruption_problems(cfg)
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def training_views(cfg: PipelineConfig) -> SourceConfig:
+    """classifier_training.views as the stage uses it: its ``source``, and ``real_source`` /
+    ``photo_size`` following views.original_source / photo_size unless given (the real side of
+    Eq. 8 reads what view 0 classifies: the raw photo for cars)."""
+    ct, views = cfg.classifier_training, cfg.views
+    return dataclasses.replace(
+        ct.views,
+        source=ct.source,
+        real_source=ct.views.real_source or views.original_source,
+        photo_size=ct.views.photo_size or views.photo_size,
+    )
 
 
 def _corruption_problems(cfg: PipelineConfig) -> list[str]:

@@ -143,11 +143,12 @@ def read_photos(
     idx: np.ndarray,
     manifest: pd.DataFrame,
     *,
-    size: int,
+    size: int | None,
     image_root: str | Path | None = None,
 ) -> list[torch.Tensor]:
     """The raw photos of ``idx`` from the manifest, each resized so its shorter side is
-    ``size`` (uint8 ``[3, h, w]``, :func:`ganviews.views.photo.resize_photo`); relative paths are
+    ``size`` (uint8 ``[3, h, w]``, :func:`ganviews.views.photo.resize_photo`; ``size`` None:
+    full size, as classifier training crops them); relative paths are
     found under ``image_root`` (default: the store folder). Read at render time, so any
     worker that can invert the images can render them, and the store holds no extra pixels."""
     if is_condition_store(store):
@@ -169,14 +170,17 @@ def read_photos(
 
 
 def load_photos(
-    rows: pd.DataFrame, size: int, *, image_root: Path
+    rows: pd.DataFrame, size: int | None, *, image_root: Path
 ) -> tuple[list[int], list[torch.Tensor], dict[int, str]]:
-    """Load manifest ``rows``' photos resized to ``size`` (uint8 ``[3, h, w]``) → (positions that
-    worked, photos, {position: reason}), as :func:`load_aligned`."""
+    """Load manifest ``rows``' photos resized to ``size`` (None: full size) as uint8
+    ``[3, h, w]`` → (positions that worked, photos, {position: reason}), as :func:`load_aligned`."""
     ok, photos, failed = [], [], {}
     for pos, (_, row) in enumerate(rows.iterrows()):
         try:
-            photos.append(resize_photo(load_image(_image_path(row, image_root)), size))
+            rgb = load_image(_image_path(row, image_root))
+            photos.append(
+                torch.from_numpy(rgb).permute(2, 0, 1) if size is None else resize_photo(rgb, size)
+            )
         except GanviewsError as exc:
             failed[pos] = getattr(exc, "reason", None) or str(exc)
             continue

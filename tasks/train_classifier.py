@@ -14,6 +14,9 @@ Data comes through storage only:
   re-aligned from the manifest paths (:func:`tasks.store_io.read_originals`). GAN sources need
   the generator the store was inverted with (checked by content hash); PCA views read the
   store's PCA statistics (:func:`tasks.pca.load_pca`).
+- with ``views.real_source: photo`` (the authors' cars) the real images are the raw photos of
+  the manifest paths, read at full size by the render stage's photo loader
+  (:func:`tasks.store_io.load_photos`) and cropped per sample (``imtrain``; val: ``imval``).
 
 Outputs: the classifier in the project's format at ``out``, a training checkpoint
 ``<out>.ckpt`` (resumable) and a report ``<out>.train.json`` (configs, data identity,
@@ -24,6 +27,7 @@ and the pipeline); ``train_classifier_task`` wraps it for Prefect and
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -53,10 +57,10 @@ from storage.arrays import ALIGNED
 from storage.identity import code_version
 from storage.latents import LatentStore
 from storage.manifest import manifest_sha256, read_manifest
-from tasks.pipeline_config import PCAConfig, PipelineConfig
+from tasks.pipeline_config import PCAConfig, PipelineConfig, training_views
 from tasks.run_state import write_json
 from tasks.shard_runner import run_logger
-from tasks.store_io import load_aligned, read_originals
+from tasks.store_io import load_aligned, load_photos, read_originals, read_photos
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +71,8 @@ class Split:
 
     ids: list[str]  # image ids
     labels: np.ndarray  # [n] int64
-    images: Any = None  # [n, 3, R, R] uint8 tensor or reader(indices) → rows; None = none
+    images: Any = None  # [n, 3, R, R] uint8 tensor or reader(indices) → rows (photo: uint8
+    # [3, H, W] list or reader → list); None = none
     ws: Any = None  # reader(indices) → [k, L, C] float32; None = no latents
 
 
@@ -81,26 +86,40 @@ def _label_column(manifest, task_name: str, where: str) -> np.ndarray:
 
 
 def _manifest_split(
-    path: Path, task_name: str, split: str, align: AlignConfig
+    path: Path, task_name: str, split: str, align: AlignConfig, *, photo: bool, image_root: Path
 ) -> tuple[Split, dict[str, str]]:
-    """Real images of one split of a manifest, aligned and held as uint8 (failures skipped)."""
+    """Real images of one split of a manifest, aligned and held as uint8 (failures skipped);
+    ``photo``: the full-size photos instead, held as uint8 [3, H, W] (about as many bytes)."""
     manifest = read_manifest(path)
     labels = _label_column(manifest, task_name, str(path))
     rows = np.flatnonzero(manifest["split"].to_numpy() == split)
-    ok, pairs, reasons = load_aligned(manifest.iloc[rows], align, image_root=path.parent)
+    if photo:
+        ok, images, reasons = load_photos(manifest.iloc[rows], None, image_root=image_root)
+    else:
+        ok, pairs, reasons = load_aligned(manifest.iloc[rows], align, image_root=image_root)
+        images = (
+            torch.from_numpy(signed_to_uint8(np.stack([p[0] for p in pairs]))) if pairs else None
+        )
     failed = {str(manifest["image_id"].iloc[rows[pos]]): why for pos, why in reasons.items()}
     if failed:
         log.warning("%s split %s: skipped %d unreadable images", path, split, len(failed))
     kept = rows[ok]
     ids = manifest["image_id"].to_numpy()[kept].astype(str).tolist()
-    stack = torch.from_numpy(signed_to_uint8(np.stack([p[0] for p in pairs]))) if pairs else None
-    return Split(ids, labels[kept].astype(np.int64), stack), failed
+    return Split(ids, labels[kept].astype(np.int64), images if len(kept) else None), failed
 
 
 def _store_split(
-    store: LatentStore, task_name: str, split: str, *, need_w: bool, align: AlignConfig | None
+    store: LatentStore,
+    task_name: str,
+    split: str,
+    *,
+    need_w: bool,
+    align: AlignConfig | None,
+    photo: bool,
+    image_root: Path | None,
 ) -> Split:
-    """One split of a latent store; with ``need_w`` only images whose inversion is done."""
+    """One split of a latent store; with ``need_w`` only images whose inversion is done;
+    ``photo``: the real images are the full-size manifest photos (read one batch ahead)."""
     manifest = store.manifest()
     if manifest is None:
         raise ConfigError(f"{store.path} has no manifest.parquet: splits and labels come from it")
@@ -118,10 +137,18 @@ def _store_split(
                 len(idx),
             )
         idx = done
-    if has_aligned:
-        images: Any = lambda sub: store.read_array(ALIGNED, idx[sub])  # noqa: E731 - uint8 rows
+    if photo:
+        images: Any = lambda sub: read_photos(  # noqa: E731 - uint8 [3, H, W] list
+            store, idx[sub], manifest, size=None, image_root=image_root
+        )
+        if len(idx):
+            images(np.array([0]))  # fail now, not after an epoch, if the photos are not there
+    elif has_aligned:
+        images = lambda sub: store.read_array(ALIGNED, idx[sub])  # noqa: E731 - uint8 rows
     else:
-        images = lambda sub: read_originals(store, idx[sub], manifest, align=align)  # noqa: E731
+        images = lambda sub: read_originals(  # noqa: E731
+            store, idx[sub], manifest, align=align, image_root=image_root
+        )
         if len(idx):
             images(
                 np.array([0])
@@ -169,6 +196,7 @@ def run_train_classifier(
     val_source: str = "real",
     class_column: str | None = None,
     pca: PCAConfig = PCAConfig(),  # noqa: B008 - frozen
+    image_root: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train a classifier for label column ``task`` from a manifest or a latent store; save it to ``out``.
 
@@ -179,7 +207,11 @@ def run_train_classifier(
     store's recorded config). ``pca``: settings of
     the PCA statistics when PCA views need them and the store has none. ``val_source``: validate on
     the real val images or on G(w*) of their latents ("recon", as the authors' *_latent.py
-    scripts select checkpoints; needs a store). ``resume``: continue
+    scripts select checkpoints; needs a store). ``image_root``: base of relative manifest paths
+    (default: a manifest's folder, a store's folder). ``views.real_source: photo``: the real
+    images are the raw photos (the authors' cars, :mod:`ganviews.classifiers.batches`); the val
+    split is then their centre windows (``imval``) or, with ``val_source: recon``, G(w*) through
+    the classifier's own preprocessing. ``resume``: continue
     ``<out>.ckpt``; without it an existing checkpoint is an error (never silently discarded).
     """
     data, out = Path(data), Path(out)
@@ -199,16 +231,24 @@ def run_train_classifier(
     need_w = scfg.source != "real" or val_w
     store = LatentStore.open(data, mode="r") if data.is_dir() else None
     failed: dict[str, str] = {}
+    photo = scfg.photo is not None
+    root = Path(image_root) if image_root is not None else None
     if store is None:
         if need_w:
             what = "val_source: 'recon'" if val_w else f"source: {scfg.source!r}"
             raise ConfigError(f"{what} needs latents; {data} is a manifest, pass a latent store")
-        real = align or AlignConfig()
-        tr, failed = _manifest_split(data, task, train_split, real)
-        va = _manifest_split(data, task, val_split, real)[0] if val_split else None
+        split_of = functools.partial(
+            _manifest_split, data, task, align=align or AlignConfig(), photo=photo,
+            image_root=root or data.parent,
+        )  # fmt: skip
+        tr, failed = split_of(train_split)
+        va = split_of(val_split)[0] if val_split else None
     else:
-        tr = _store_split(store, task, train_split, need_w=scfg.source != "real", align=align)
-        va = _store_split(store, task, val_split, need_w=val_w, align=align) if val_split else None
+        split_of = functools.partial(
+            _store_split, store, task, align=align, photo=photo, image_root=root
+        )
+        tr = split_of(train_split, need_w=scfg.source != "real")
+        va = split_of(val_split, need_w=val_w) if val_split else None
     if not len(tr.labels):
         raise ConfigError(f"{data}: no usable {train_split!r} images for task {task!r}")
     va = va if va is not None and len(va.labels) and va.images is not None else None
@@ -236,7 +276,12 @@ def run_train_classifier(
     val = (
         make_batches(
             SourceConfig(
-                source=val_source, p_generated=1.0, batch_size=scfg.batch_size, flip=False
+                source=val_source,
+                p_generated=1.0,
+                batch_size=scfg.batch_size,
+                flip=False,
+                real_source=None if val_w else scfg.real_source,  # G(w*): the classifier's geometry
+                photo_size=scfg.photo_size,
             ),
             labels=va.labels,
             image_ids=va.ids,
@@ -349,10 +394,11 @@ def pipeline_arguments(cfg: PipelineConfig) -> dict[str, Any]:
     return dict(
         data=cfg.paths.store if ct.data == "store" else cfg.data.manifest, task=ref.task,
         config={**ct.classifier, "name": ct.classifier.get("name") or ct.name}, out=out, source=ct.source,
-        generator_path=cfg.models.generator, device=cfg.device, seed=cfg.seed, train=ct.train, views=ct.views,
+        generator_path=cfg.models.generator, device=cfg.device, seed=cfg.seed, train=ct.train,
+        views=training_views(cfg),
         align=cfg.align, init_from=ct.init_from, resume=out.with_name(out.name + ".ckpt").is_file(),
         train_split=ct.train_split, val_split=ct.val_split, val_source=ct.val_source,
-        class_column=cfg.models.class_column, pca=cfg.pca,
+        class_column=cfg.models.class_column, pca=cfg.pca, image_root=cfg.image_root,
     )  # fmt: skip
 
 

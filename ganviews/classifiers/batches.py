@@ -1,6 +1,11 @@
 """Batch sources of classifier training (Eq. 8): real images, or a mixture of real images and GAN
 images G(w*) / G(w̃) rendered on the fly from their latents (:class:`SourceConfig`,
 :func:`make_batches`), one batch read ahead, reproducible per (seed, epoch).
+
+Real images are the aligned frames, or with ``real_source: photo`` (the authors' cars,
+chail/gan-ensembling ``data/data_cars.py`` ``imtrain`` / ``imval`` and
+``TensorCombinedTransformTrain``) the raw photos: every sample is then a ``photo_size``² window
+the classifier only normalises (``Batch.geometry`` False).
 """
 
 from __future__ import annotations
@@ -16,7 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ganviews.classifiers.augment import crop_seeds, resized_crops
+from ganviews.classifiers.augment import (
+    crop_seeds,
+    photo_center_windows,
+    photo_resized_crops,
+    resized_crops,
+)
 from ganviews.core.errors import ConfigError
 from ganviews.core.images import uint8_to_signed
 from ganviews.core.runtime import item_seed
@@ -58,6 +68,14 @@ class SourceConfig:
         1.0,
     )  # centred fraction of (H, W) the classifier keeps; the box is resized into it (cats: 0.875)
     noise_mode: Literal["const", "none"] = "const"  # synthesis noise (both reproducible)
+    # real images: "aligned" frames, or the raw "photo" (the authors' cars): RandomResizedCrop
+    # (photo_size) of the full photo with PIL's Lanczos, or without resized_crop Resize +
+    # CenterCrop (imval); GAN images: the box inside crop_region, bilinear to photo_size²; the
+    # classifier only normalises these windows. None: "aligned" (the pipeline: views.original_source)
+    real_source: Literal["aligned", "photo"] | None = None
+    photo_size: int | None = (
+        None  # side of the photo windows (None: 256; pipeline: views.photo_size)
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.p_generated <= 1.0:
@@ -80,10 +98,32 @@ class SourceConfig:
             value = getattr(self, key)
             if len(value) != 2 or any(not 0.0 < v <= 1.0 for v in value):
                 raise ConfigError(f"views.{key}: {list(value)!r}; expected 2 fractions in (0, 1]")
+        if self.real_source not in (None, "aligned", "photo"):
+            raise ConfigError(
+                f"views.real_source: {self.real_source!r}; allowed: 'aligned', 'photo' (or null)"
+            )
+        if self.photo_size is not None and self.photo_size < 1:
+            raise ConfigError(f"views.photo_size: {self.photo_size!r}; expected ≥ 1")
+        if self.photo is not None and tuple(self.crop_window) != (1.0, 1.0):
+            raise ConfigError(
+                f"views.crop_window: {list(self.crop_window)!r} with real_source 'photo'; the "
+                "photo windows are the classifier's input (drop crop_window)"
+            )
+        if self.photo is not None and self.source != "real" and self.resized_crop is None:
+            raise ConfigError(
+                f"views.resized_crop: null with real_source 'photo' and source {self.source!r}; "
+                "GAN images become photo-sized windows by the RandomResizedCrop (the authors: "
+                "[0.8, 1.0]), or set real_source: aligned"
+            )
         if self.source == "views" and self.method != "stylemix" and self.setting is None:
             raise ConfigError(
                 f"views.setting: method {self.method!r} needs σ; see docs/classifiers.md for the official values"
             )
+
+    @property
+    def photo(self) -> int | None:
+        """The side of the photo windows with ``real_source: photo``, else None."""
+        return (self.photo_size or 256) if self.real_source == "photo" else None
 
 
 def make_batches(
@@ -112,6 +152,7 @@ def make_batches(
             shuffle=shuffle,
             flip=cfg.flip,
             crop=_crop_options(cfg),
+            photo_size=cfg.photo,
         )
     if G is None or ws is None:
         raise ValueError(
@@ -136,6 +177,7 @@ def make_batches(
         shuffle=shuffle,
         flip=cfg.flip,
         crop=_crop_options(cfg),
+        photo_size=cfg.photo,
     )
 
 
@@ -156,6 +198,7 @@ class Batch(NamedTuple):
     images: torch.Tensor  # [B, 3, H, W] float in [-1, 1]
     labels: torch.Tensor  # [B] int64
     generated: torch.Tensor | None = None  # [B] bool: which samples are GAN images
+    geometry: bool = True  # False: the images are the backbone's input windows (photo source)
 
 
 class _Rows:
@@ -187,6 +230,28 @@ class _Rows:
         return out
 
 
+class _PhotoRows:
+    """Row access to full-size photos (uint8 ``[3, H, W]`` of any sizes): a sequence of them or
+    a reader(sorted indices) → such a list; rows come back as a list in the order asked."""
+
+    def __init__(self, data: Sequence[torch.Tensor] | Reader, n: int) -> None:
+        if not callable(data) and len(data) != n:
+            raise ValueError(f"images: {len(data)} photos, expected {n} (one per label)")
+        self.data = data
+
+    def __call__(self, idx: np.ndarray) -> list[torch.Tensor]:
+        if not callable(self.data):
+            return [self.data[int(i)] for i in idx]
+        order = np.argsort(idx, kind="stable")
+        photos = list(self.data(idx[order]))
+        if len(photos) != len(idx):
+            raise ValueError(f"images: reader returned {len(photos)} photos for {len(idx)} indices")
+        out: list[torch.Tensor] = [photos[0]] * len(idx)
+        for pos, photo in zip(order, photos, strict=True):
+            out[pos] = photo
+        return out
+
+
 def to_signed(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] → float [-1, 1]; float images pass through as float32."""
     if images.dtype == torch.uint8:
@@ -210,6 +275,7 @@ class _Source:
         flip: bool,
         drop_last: bool,
         crop: dict[str, Any] | None = None,
+        photo_size: int | None = None,
     ) -> None:
         self.labels = torch.as_tensor(np.asarray(labels)).long()  # [N]
         if self.labels.ndim != 1 or len(self.labels) == 0:
@@ -232,6 +298,7 @@ class _Source:
             drop_last,
         )
         self.crop = crop  # resized_crops() options (scale, ratio, region, window) or None
+        self.photo_size = photo_size  # real images are full-size photos → windows of this side
 
     def _augment(
         self, images: torch.Tensor, sel: torch.Tensor, epoch: int, generated: torch.Tensor
@@ -244,6 +311,16 @@ class _Source:
         return resized_crops(
             images, crop_seeds(self.seed, ids, epoch), antialias=~generated.cpu(), **self.crop
         )
+
+    def _photo_windows(self, photos: list[torch.Tensor], sel: torch.Tensor, epoch: int):
+        """Real side of ``real_source: photo``: the authors' ``imtrain`` (RandomResizedCrop of
+        the photo) with a crop, else their ``imval`` (Resize + CenterCrop) → [b, 3, S, S] in [-1, 1]."""
+        size = self.photo_size
+        if self.crop is None:
+            return to_signed(photo_center_windows(photos, size))
+        seeds = crop_seeds(self.seed, [self.image_ids[int(i)] for i in sel], epoch)
+        crop = {k: self.crop[k] for k in ("scale", "ratio")}
+        return to_signed(photo_resized_crops(photos, seeds, size, **crop))
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -309,6 +386,7 @@ class ImageBatches(_Source):
         flip: bool = True,
         drop_last: bool = False,
         crop: dict[str, Any] | None = None,
+        photo_size: int | None = None,
     ) -> None:
         super().__init__(
             labels,
@@ -319,16 +397,22 @@ class ImageBatches(_Source):
             flip=flip,
             drop_last=drop_last,
             crop=crop,
+            photo_size=photo_size,
         )
-        self.images = _Rows(images, len(self.labels), "images")
+        n = len(self.labels)
+        self.images = _Rows(images, n, "images") if photo_size is None else _PhotoRows(images, n)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         batches, _, flips = self._plan(epoch, 0.0)
         for idx, raw in zip(batches, _read_ahead(self.images, batches), strict=True):
             t = torch.as_tensor(idx)
             real = torch.zeros(len(idx), dtype=torch.bool)
-            images = self._augment(to_signed(raw), t, epoch, real)
-            yield Batch(_flip(images, flips[t]), self.labels[t], real)
+            if self.photo_size is None:
+                images = self._augment(to_signed(raw), t, epoch, real)
+            else:
+                images = self._photo_windows(raw, t, epoch)
+            geometry = self.photo_size is None
+            yield Batch(_flip(images, flips[t]), self.labels[t], real, geometry)
 
 
 class GanBatches(_Source):
@@ -362,6 +446,7 @@ class GanBatches(_Source):
         flip: bool = True,
         drop_last: bool = False,
         crop: dict[str, Any] | None = None,
+        photo_size: int | None = None,
     ) -> None:
         super().__init__(
             labels,
@@ -372,7 +457,12 @@ class GanBatches(_Source):
             flip=flip,
             drop_last=drop_last,
             crop=crop,
+            photo_size=photo_size,
         )
+        if photo_size is not None and crop is None:
+            raise ValueError(
+                "crop: photo windows of GAN images are the RandomResizedCrop's output; give a crop"
+            )
         if source not in ("recon", "views"):
             raise ValueError(
                 f"source: {source!r}; allowed: 'recon', 'views' (real images: ImageBatches)"
@@ -404,7 +494,11 @@ class GanBatches(_Source):
         self.noise_mode = noise_mode
         self.pca = None if pca is None else pca.to(self.device)
         self.ws = _Rows(ws, n, "ws")
-        self.images = None if images is None else _Rows(images, n, "images")
+        self.images: Any = None
+        if images is not None:
+            self.images = (
+                _Rows(images, n, "images") if photo_size is None else _PhotoRows(images, n)
+            )
 
     @property
     def device(self) -> torch.device:
@@ -451,9 +545,12 @@ class GanBatches(_Source):
             splits, _read_ahead(self._read, splits), strict=True
         ):
             parts, order = [], []
+            photo = self.photo_size is not None
             if len(gen_idx):
                 fake = self.render(ws, gen_idx, epoch).float()  # [g, 3, R, R]
-                if real is not None and fake.shape[-2:] != real.shape[-2:]:
+                if photo:
+                    fake = self._gan_windows(fake, gen_idx, epoch)  # [g, 3, S, S]
+                elif real is not None and fake.shape[-2:] != real.shape[-2:]:
                     fake = F.interpolate(
                         fake,
                         size=tuple(real.shape[-2:]),
@@ -464,9 +561,25 @@ class GanBatches(_Source):
                 parts.append(fake)
                 order.append(gen_idx)
             if real is not None:
-                parts.append(to_signed(real).to(dev))
+                rt = torch.as_tensor(real_idx)
+                real = self._photo_windows(real, rt, epoch) if photo else to_signed(real)
+                parts.append(real.to(dev))
                 order.append(real_idx)
             images = torch.cat(parts)  # [B, 3, H, W], generated first
             sel = torch.as_tensor(np.concatenate(order))
-            images = self._augment(images, sel, epoch, use_gen[sel])
-            yield Batch(_flip(images, flips[sel]), self.labels[sel].to(dev), use_gen[sel].to(dev))
+            if not photo:
+                images = self._augment(images, sel, epoch, use_gen[sel])
+            yield Batch(
+                _flip(images, flips[sel]),
+                self.labels[sel].to(dev),
+                use_gen[sel].to(dev),
+                not photo,
+            )
+
+    def _gan_windows(self, fake: torch.Tensor, idx: np.ndarray, epoch: int) -> torch.Tensor:
+        """GAN side of ``real_source: photo``: the box inside ``crop_region`` (cars: the 512×384
+        area between the bands), bilinear without antialias to photo_size² (the authors'
+        ``TensorCombinedTransformTrain``) → [g, 3, S, S]."""
+        crop = {k: self.crop[k] for k in ("scale", "ratio", "region")}
+        seeds = crop_seeds(self.seed, [self.image_ids[int(i)] for i in idx], epoch)
+        return resized_crops(fake, seeds, size=(self.photo_size,) * 2, **crop)

@@ -182,11 +182,15 @@ def _iterate(batches: Any, epoch: int) -> Iterable[Any]:
     return batches
 
 
-def _unpack(item: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _unpack(item: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """(images, labels, number of GAN samples, geometry): a 4th item False means the images are
+    already the backbone's input windows (photo source), classified with normalisation only."""
     images, labels = item[0], item[1]
     generated = item[2] if len(item) > 2 and item[2] is not None else None
     n_gen = int(generated.sum()) if generated is not None else 0
-    return images.to(device, non_blocking=True), labels.to(device, non_blocking=True).long(), n_gen
+    geometry = bool(item[3]) if len(item) > 3 else True
+    images = images.to(device, non_blocking=True)
+    return images, labels.to(device, non_blocking=True).long(), n_gen, geometry
 
 
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -211,10 +215,10 @@ def evaluate(
     C.eval()
     total, loss_sum, correct = 0, 0.0, 0
     for item in _iterate(batches, epoch):
-        images, labels, _ = _unpack(item, device)
+        images, labels, _, geometry = _unpack(item, device)
         _check_labels(C, labels)
         with _autocast(device, autocast):
-            logits = C(images)  # [B, K]
+            logits = C(images, geometry=geometry)  # [B, K]
         loss_sum += float(_loss(C, logits, labels, label_smoothing))
         correct += _correct(C, logits, labels)
         total += len(labels)
@@ -252,7 +256,8 @@ def train_classifier(
 
     ``batches`` / ``val_batches``: a batch source with ``.epoch(e)`` (:class:`ImageBatches`,
     :class:`GanBatches`), a callable ``f(e)``, or a re-iterable; each item is
-    ``(images [B, 3, H, W] in [-1, 1], labels [B])`` (optionally a third "generated" mask).
+    ``(images [B, 3, H, W] in [-1, 1], labels [B])`` (optionally a third "generated" mask and
+    a fourth ``geometry`` flag: False = photo windows, classified with normalisation only).
     For an exact resume the source must yield the same batches for the same epoch, as the
     classes here do. ``checkpoint``: written atomically after every epoch (model, optimiser,
     scheduler, epoch, RNG states, history); with ``resume`` an existing one is continued —
@@ -347,10 +352,10 @@ def _run_epoch(C, batches, opt, cfg: TrainConfig, device, seed: int, epoch: int)
     start = time.perf_counter()
     total, n_gen, loss_sum, correct = 0, 0, 0.0, 0
     for step, item in enumerate(_iterate(batches, epoch)):
-        images, labels, g = _unpack(item, device)  # [B, 3, H, W], [B]
+        images, labels, g, geometry = _unpack(item, device)  # [B, 3, H, W], [B]
         _check_labels(C, labels)
         with _autocast(device, cfg.autocast):
-            logits = C(images)  # [B, K]
+            logits = C(images, geometry=geometry)  # [B, K]
         loss = _loss(C, logits, labels, cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         (loss / len(labels)).backward()

@@ -76,10 +76,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     v.add_argument("--batch-size", type=int)
     v.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    v.add_argument(
+        "--real-source",
+        choices=["aligned", "photo"],
+        help="real images: the aligned frames (default) or the raw photos (the authors' cars: "
+        "RandomResizedCrop of the photo, classified with normalisation only)",
+    )
+    v.add_argument("--photo-size", type=int, help="photo: side of the windows (default 256)")
     p.add_argument(
         "--align-mode", choices=["none", "face", "object"], help="manifest images: alignment"
     )
     p.add_argument("--resolution", type=int, help="manifest images: aligned size R")
+    p.add_argument(
+        "--image-root", metavar="DIR", help="base of relative manifest paths (default: its folder)"
+    )
     p.add_argument("--val-split", default="val", help="validation split ('' for none; default val)")
     p.add_argument(
         "--class-column", metavar="COL", help="label column with the class of a conditional G"
@@ -138,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         p_generated=args.p_generated,
         batch_size=args.batch_size,
         flip=False if args.no_flip else None,
+        real_source=args.real_source,
+        photo_size=args.photo_size,
     )
     align = _override(cfg["align"], mode=args.align_mode, resolution=args.resolution)
     report = run_train_classifier(
@@ -156,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         val_split=args.val_split or None,
         class_column=args.class_column,
+        image_root=args.image_root,
     )
     for h in report["history"]:
         val = (

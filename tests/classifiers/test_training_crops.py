@@ -8,13 +8,22 @@ import itertools
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.transforms as T
 import yaml
+from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
-from ganviews.classifiers.augment import crop_box, crop_seeds, resized_crops
+from ganviews.classifiers.augment import (
+    crop_box,
+    crop_seeds,
+    photo_center_windows,
+    photo_resized_crops,
+    resized_crops,
+)
 from ganviews.classifiers.batches import ImageBatches, SourceConfig, make_batches
 from ganviews.core.config import from_dict
 from ganviews.core.errors import ConfigError
@@ -132,7 +141,7 @@ def test_real_photos_are_antialiased_gan_images_are_not():
     assert not torch.allclose(out[0], out[1])
 
 
-@pytest.mark.parametrize(("domain", "window"), [("cats", (0.875, 0.875)), ("cars", (0.75, 0.7485))])
+@pytest.mark.parametrize(("domain", "window"), [("cats", (0.875, 0.875)), ("cars", (1.0, 1.0))])
 def test_paper_configs_commented_eq8_block_sets_the_crop(domain, window):
     root = Path(__file__).resolve().parents[2]
     lines = (root / "configs" / f"{domain}.yaml").read_text().splitlines()
@@ -142,3 +151,139 @@ def test_paper_configs_commented_eq8_block_sets_the_crop(domain, window):
     views = yaml.safe_load("\n".join(block))["classifier_training"]["views"]
     cfg = from_dict(SourceConfig, views, key="views")
     assert cfg.resized_crop == (0.8, 1.0) and cfg.crop_window == window and cfg.flip
+
+
+# ------------------------------------------------------------ real_source: photo (the authors' cars)
+
+
+def _photos(*shapes: tuple[int, int]) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for h, w in shapes]
+
+
+def _pil(photo: torch.Tensor) -> Image.Image:
+    return Image.fromarray(photo.permute(1, 2, 0).contiguous().numpy())
+
+
+def _tensor(pil: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
+
+
+def test_photo_train_crop_is_torchvisions_random_resized_crop_of_the_raw_photo():
+    """data_cars.py imtrain: RandomResizedCrop(256, scale (0.8, 1), ANTIALIAS) of the full photo;
+    the same box drawn → bit for bit torchvision's output; imval: Resize(256) + CenterCrop."""
+    photos = _photos((300, 400), (400, 300))
+    imtrain = T.RandomResizedCrop(
+        256, scale=SCALE, ratio=RATIO, interpolation=T.InterpolationMode.LANCZOS
+    )
+    for seed in (0, 1, 2):
+        got = photo_resized_crops(photos, [seed, seed], 256, scale=SCALE, ratio=RATIO)
+        assert got.shape == (2, 3, 256, 256) and got.dtype == torch.uint8
+        for k, photo in enumerate(photos):
+            torch.manual_seed(seed)  # the authors' transform on the same RNG stream
+            assert torch.equal(got[k], _tensor(imtrain(_pil(photo))))
+    # the box is drawn in the photo's own pixels: 300×400 → ≥ 80 % of 120,000 px, squashed to 256²
+    top, left, h, w = crop_box(0, 300, 400, scale=SCALE, ratio=RATIO)
+    assert 0.8 * 120_000 * 0.99 <= h * w <= 120_000 and 0 <= top <= 300 - h and 0 <= left <= 400 - w
+    imval = T.Compose([T.Resize(256, T.InterpolationMode.LANCZOS), T.CenterCrop(256)])
+    centre = photo_center_windows(photos, 256)
+    assert all(torch.equal(centre[k], _tensor(imval(_pil(p)))) for k, p in enumerate(photos))
+
+
+def test_photo_gan_side_is_the_authors_box_between_the_bands_upsampled_to_the_square():
+    """TensorCombinedTransformTrain: image[:, :, 64:-64] (384×512 of 512²), the box drawn in that
+    area, nn.Upsample((256, 256), bilinear); here at a quarter of the size (96×128 of 128² → 64²)."""
+    g = torch.Generator().manual_seed(4)
+    fake = torch.rand(2, 3, 128, 128, generator=g) * 2 - 1
+    out = resized_crops(fake, [5, 6], scale=SCALE, ratio=RATIO, region=(0.75, 1.0), size=(64, 64))
+    assert out.shape == (2, 3, 64, 64)
+    for k, s in enumerate((5, 6)):
+        top, left, h, w = crop_box(s, 96, 128, scale=SCALE, ratio=RATIO)
+        box = fake[k : k + 1, :, 16:-16][:, :, top : top + h, left : left + w]
+        want = torch.nn.Upsample((64, 64), mode="bilinear")(box)
+        torch.testing.assert_close(out[k : k + 1], want, atol=1e-6, rtol=0)
+
+
+def test_photo_batches_yield_the_photo_windows_and_the_trainer_feeds_them_unresized(
+    stylegan2_fixtures,
+):
+    """The Eq. 8 mixture with real_source photo: real samples = imtrain of their photo (any
+    size), GAN samples = the box of G(w*) between the bands at photo_size², flipped by their
+    coin; train_classifier classifies them with normalisation only (geometry False)."""
+    from ganviews.classifiers.model import ClassifierConfig, Preprocessing, build_classifier
+    from ganviews.classifiers.training import train_classifier
+    from ganviews.stylegan.generator import load_generator
+
+    G = load_generator(stylegan2_fixtures / "nvidia-ada-res32.pkl")
+    photos = _photos((30, 40), (40, 30), (24, 24), (36, 48), (30, 30), (50, 40))
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(6, G.z_dim, generator=torch.Generator().manual_seed(0)), None)
+    cfg = SourceConfig(
+        source="recon", batch_size=3, real_source="photo", photo_size=16,
+        resized_crop=(0.8, 1.0), crop_region=(0.75, 1.0),
+    )  # fmt: skip
+    ids = [f"car{i}" for i in range(6)]
+    src = make_batches(cfg, labels=[0, 1] * 3, image_ids=ids, images=photos, ws=ws, G=G, seed=9)
+    batches = list(src.epoch(0))
+    plan, use_gen, flips = src._plan(0, cfg.p_generated)  # the epoch's order and coins
+    seen = {"gan": 0, "real": 0}
+    for batch, idx in zip(batches, plan, strict=True):
+        assert batch.geometry is False and batch.images.shape[1:] == (3, 16, 16)
+        order = np.concatenate([idx[use_gen[idx].numpy()], idx[~use_gen[idx].numpy()]])
+        for row, i in enumerate(order):
+            seed = crop_seeds(9, [ids[i]], 0)
+            if use_gen[i]:
+                with torch.no_grad():
+                    render = G.synthesis(ws[i : i + 1], noise_mode="const")
+                want = resized_crops(
+                    render, seed, scale=SCALE, ratio=RATIO, region=(0.75, 1.0), size=(16, 16)
+                )[0]
+                seen["gan"] += 1
+            else:
+                want = (
+                    photo_resized_crops([photos[i]], seed, 16, scale=SCALE, ratio=RATIO)[0].float()
+                    / 127.5
+                    - 1
+                )
+                seen["real"] += 1
+            want = want.flip(-1) if flips[i] else want
+            torch.testing.assert_close(batch.images[row], want, atol=1e-5, rtol=0)
+    assert seen["gan"] and seen["real"]  # both sides of Eq. 8 checked
+
+    # the trainer: the backbone gets the normalised windows, not the preprocessing's 32² resize
+    C = build_classifier(
+        ClassifierConfig(
+            arch="smallcnn", num_outputs=1, width=4, preprocessing=Preprocessing(size=(32, 32))
+        )
+    )
+    inputs = []
+    C.backbone.register_forward_pre_hook(lambda _, args: inputs.append(args[0].detach().clone()))
+    train_classifier(C, src, epochs=1, lr=1e-6, log_every=0)
+    assert len(inputs) == len(batches)
+    for x, batch in zip(inputs, batches, strict=True):
+        torch.testing.assert_close(x, C.preprocess(batch.images, geometry=False), atol=1e-6, rtol=0)
+
+
+def test_photo_source_config_checks():
+    with pytest.raises(
+        ConfigError, match=r"views.crop_window: \[0.75, 0.75\] with real_source 'photo'"
+    ):
+        SourceConfig(real_source="photo", resized_crop=(0.8, 1.0), crop_window=(0.75, 0.75))
+    with pytest.raises(
+        ConfigError, match=r"views.resized_crop: null with real_source 'photo' and source 'recon'"
+    ):
+        SourceConfig(source="recon", real_source="photo")
+    with pytest.raises(ConfigError, match=r"views.real_source: 'raw'; allowed"):
+        SourceConfig(real_source="raw")
+    assert SourceConfig(real_source="photo").photo == 256 and SourceConfig().photo is None
+    # real images only, no crop: the authors' imval windows (their image classifier's val)
+    photos = _photos((30, 40), (20, 20))
+    src = make_batches(
+        SourceConfig(real_source="photo", photo_size=16, flip=False),
+        labels=[0, 1],
+        images=photos,
+        shuffle=False,
+    )
+    (batch,) = list(src.epoch(0))
+    assert batch.geometry is False
+    torch.testing.assert_close(batch.images, photo_center_windows(photos, 16).float() / 127.5 - 1)

@@ -216,6 +216,42 @@ def test_cars_preset_keeps_the_photo_refusals():
     assert load_pipeline_config(data, base_dir=CONFIGS).views.original_source == "aligned"
 
 
+@pytest.mark.parametrize("domain", ["cars", "cats"])
+def test_eq8_real_side_follows_the_source_of_view_0(domain):
+    """The commented classifier_training block, enabled: for cars the real side of Eq. 8 reads
+    the raw photo (real_source follows views.original_source: photo, photo_size 256), GAN images
+    their box between the bands; cats keep the aligned frame and the 224 window."""
+    import itertools
+
+    from tasks.pipeline_config import training_views
+    from tasks.train_classifier import pipeline_arguments
+
+    lines = (CONFIGS / f"{domain}.yaml").read_text().splitlines()
+    start = lines.index("# classifier_training:")
+    rest = itertools.takewhile(lambda ln: ln.startswith("#  "), lines[start + 1 :])
+    data = load_yaml(CONFIGS / f"{domain}.yaml")
+    import yaml
+
+    data.update(yaml.safe_load("\n".join(ln[2:] for ln in [lines[start], *rest])))
+    data["data"]["splits"] = ["train", "val", "test"]  # as the block's comment says
+    data["models"]["classifiers"][data["classifier_training"]["name"]] = {
+        "path": "../checkpoints/classifiers/mine.safetensors",
+        "task": "label",
+    }
+    cfg = load_pipeline_config(data, base_dir=CONFIGS)
+    got = training_views(cfg)
+    photo = domain == "cars"
+    assert (got.source, got.resized_crop) == ("views", (0.8, 1.0))
+    assert (got.real_source, got.photo) == (("photo", 256) if photo else ("aligned", None))
+    assert got.crop_window == ((1.0, 1.0) if photo else (0.875, 0.875))
+    args = pipeline_arguments(cfg)
+    assert args["views"] == got and args["image_root"] == cfg.image_root
+    if photo:  # a GAN mixture from the photo needs the crop that makes its windows
+        data["classifier_training"]["views"].pop("resized_crop")
+        with pytest.raises(ConfigError, match=r"classifier_training.views.resized_crop: null"):
+            load_pipeline_config(data, base_dir=CONFIGS)
+
+
 def test_domain_specific_alignment():
     cars = _config("cars").align
     assert cars.object_scale == "width" and cars.frame_size() == (512, 384) and cars.fill == 0.0

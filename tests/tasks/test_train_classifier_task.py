@@ -238,9 +238,17 @@ def test_cli(dataset, tmp_path, capsys):
             "1",
             "--preprocessing",
             "identity",
+            "--real-source",
+            "photo",
+            "--photo-size",
+            "24",
+            "--image-root",
+            str(dataset),
         ]
     )
     assert code == 0 and out.is_file()
+    saved = json.loads((tmp_path / "cli.safetensors.train.json").read_text())
+    assert (saved["views"]["real_source"], saved["views"]["photo_size"]) == ("photo", 24)
     assert "colour" in capsys.readouterr().out
     code = cli_main(
         [
@@ -285,6 +293,40 @@ def test_checkpoint_chosen_on_reconstructions_of_val(dataset, tmp_path, G, style
             dataset / "manifest.parquet", task="colour", config=SMALL, out=tmp_path / "m.safetensors",
             val_source="recon",
         )  # fmt: skip
+
+
+def test_eq8_real_side_reads_the_raw_photos(dataset, tmp_path, stylegan2_fixtures):
+    """views.real_source: photo (data_cars.py imtrain / imval, multiclass_classifier_latent.py):
+    the real images are the manifest's photos read at full size by the render stage's photo
+    loader, not the store's aligned frames; the val split is their imval windows."""
+    from ganviews.classifiers.augment import photo_center_windows
+    from ganviews.core.errors import GanviewsError
+
+    photo = views(
+        real_source="photo", photo_size=24, resized_crop=[0.8, 1.0], crop_region=[0.75, 1.0]
+    )
+    kwargs = dict(
+        task="colour", config=SMALL, source="recon", views=photo, image_root=dataset,
+        generator_path=stylegan2_fixtures / "nvidia-ada-res32.pkl",
+        train=TrainConfig(epochs=1, lr=3e-3, log_every=0),
+    )  # fmt: skip
+    out = tmp_path / "photo.safetensors"
+    report = run_train_classifier(dataset / "store", out=out, **kwargs)
+    assert report["views"]["real_source"] == "photo" and report["views"]["photo_size"] == 24
+    assert (report["n_train"], report["n_val"]) == (7, 4)  # im03 failed to invert
+    photos = [
+        torch.from_numpy(np.asarray(Image.open(dataset / f"im{i:02d}.png"))).permute(2, 0, 1)
+        for i in range(8, 12)
+    ]
+    x = photo_center_windows(photos, 24).float() / 127.5 - 1  # [4, 3, 24, 24], the val windows
+    with torch.no_grad():
+        logits = load_classifier(out)(x, geometry=False)
+    acc = float(((logits[:, 0] > 0).long().numpy() == np.arange(8, 12) % 2).mean())
+    assert report["history"][-1]["val_acc"] == pytest.approx(acc)
+    with pytest.raises(GanviewsError, match=r"image im00 of .*its photo cannot be read again"):
+        run_train_classifier(
+            dataset / "store", out=tmp_path / "x.safetensors", **{**kwargs, "image_root": tmp_path}
+        )
 
 
 def _body(module: torch.nn.Module, head: str) -> dict[str, torch.Tensor]:
