@@ -14,7 +14,7 @@ import torch
 
 from ganviews.core.errors import ConfigError
 from ganviews.stylegan.fused import LRELU_GAIN, SynthesisOptions, bias_act
-from ganviews.stylegan.generator import load_generator
+from ganviews.stylegan.generator import Generator, GeneratorConfig, load_generator
 from ganviews.stylegan.networks import lrelu_agc
 
 TOL_IMG = 1e-4  # vs the official outputs (test_generator.py)
@@ -117,15 +117,18 @@ def test_options_errors_name_the_key():
 
 
 @pytest.mark.slow
-def test_compiled_synthesis_matches_reference(nvidia32):
+def test_compiled_synthesis_matches_reference():
     """SynthesisOptions(compile=True) with Inductor on CPU, forward and backward, captured
-    as one graph (compiling both takes 1-5 minutes on a 2-core CPU, hence slow)."""
-    G, ref = nvidia32
-    ws = ref["ws_psi1"][:2]
+    as one graph. An 8 px generator (2 blocks, clamp on) keeps the compile to about half of
+    the 32 px fixture's, which was checked the same way: 553 s at load 10 on the 2-core VM
+    (docs/generator.md)."""
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(z_dim=16, w_dim=16, img_resolution=8, channels=(8, 8), conv_clamp=2.0)
+    G = Generator(cfg).eval().requires_grad_(False)
+    ws = G.mapping(torch.randn(2, 16)) * 3  # [2, 4, 16], large enough to reach the clamp
     breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
     img, grad = _grad(G, ws, SynthesisOptions(compile=True))
     assert sum(torch._dynamo.utils.counters["graph_break"].values()) == breaks  # one graph
     img_ref, grad_ref = _grad(G, ws, REFERENCE)
-    assert _maxerr(img, ref["img_const"][:2]) <= TOL_IMG
     assert _maxerr(img, img_ref) <= TOL_PATH
     assert _maxerr(grad, grad_ref) <= TOL_GRAD * grad_ref.abs().max().item()
