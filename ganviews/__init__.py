@@ -29,6 +29,7 @@ _EXPORTS = {
     "save_generator": "ganviews.stylegan.generator",
     "Generator": "ganviews.stylegan.generator",
     "GeneratorConfig": "ganviews.stylegan.generator",
+    "SynthesisOptions": "ganviews.stylegan.fused",
     "load_encoder": "ganviews.inversion.encoder",
     "train_encoder": "ganviews.inversion.encoder_training",
     "load_perceptual": "ganviews.inversion.perceptual",
