@@ -110,6 +110,10 @@ class EncoderTrainingConfig:
     perceptual_resolution: int | None = None  # area-downsample to at most this side before LPIPS
     beta1: float = 0.9  # Adam β1 (β2 = 0.999)
     masks: Literal["rects", "blobs"] = "rects"  # rectangles / border crops, or the authors' blobs
+    # face identity loss (the authors' FFHQ encoder: 1.0 with pixel2style2pixel's IR-SE-50
+    # ArcFace, model_ir_se50.pth, which is not shipped: identity_weights names your copy)
+    lambda_id: float = 0.0
+    identity_weights: Path | None = None  # local IR-SE-50 state dict (needed when lambda_id > 0)
     checkpoint_every: int = 1000  # steps between resumable checkpoints (<encoder>.ckpt)
     log_every: int = 100  # steps per logged loss average
 
@@ -398,6 +402,15 @@ def check_pipeline_config(cfg: PipelineConfig) -> None:
         problems.append(
             "encoder_training.enabled: true needs models.encoder (the file the encoder is written to)"
         )
+    enc = cfg.encoder_training
+    if enc.lambda_id < 0:
+        problems.append(f"encoder_training.lambda_id: {enc.lambda_id} must be ≥ 0")
+    if enc.enabled and enc.lambda_id > 0 and enc.identity_weights is None:
+        problems.append(
+            f"encoder_training.identity_weights: lambda_id {enc.lambda_id} needs the IR-SE-50 "
+            "ArcFace weights (pixel2style2pixel's model_ir_se50.pth, not shipped): name your "
+            "local copy, or set lambda_id: 0"
+        )
     ct = cfg.classifier_training
     if ct.train_split in EVALUATION_SPLITS:
         problems.append(
@@ -508,7 +521,9 @@ def job_name(cfg: PipelineConfig) -> str:
 _HINTS = {
     "models.encoder": " (put the authors' released RGBM encoder for this generator there, "
     "sgan_encoders_<ffhq|car|cat>_RGBM_model_initial.pth.tar, docs/quickstart.md; or name a "
-    ".safetensors file and set encoder_training.enabled: true to train one)"
+    ".safetensors file and set encoder_training.enabled: true to train one)",
+    "encoder_training.identity_weights": " (pixel2style2pixel's IR-SE-50 ArcFace, "
+    "model_ir_se50.pth, is not shipped: put your copy there, or set lambda_id: 0)",
 }
 
 
@@ -521,6 +536,9 @@ def check_files(cfg: PipelineConfig, stages: Sequence[str]) -> None:
             "train_encoder" in stages and cfg.encoder_training.enabled
         ):
             need.append(("models.encoder", cfg.models.encoder))
+    enc = cfg.encoder_training
+    if "train_encoder" in stages and enc.enabled and enc.lambda_id > 0:
+        need.append(("encoder_training.identity_weights", enc.identity_weights))
     trained = (
         cfg.classifier_training.name
         if cfg.classifier_training.enabled and "train_classifier" in stages

@@ -14,7 +14,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ganviews.core.errors import GanviewsError
+from ganviews.core.errors import ConfigError, GanviewsError
 from ganviews.core.runtime import resolve_device, set_numerics_policy
 from tasks.pipeline_config import EncoderTrainingConfig, PipelineConfig
 from tasks.shard_runner import run_logger
@@ -55,6 +55,15 @@ def run_train_encoder(
             weights_dir=lpips_weights_dir,
             resolution=settings.perceptual_resolution,
         )
+    identity = None
+    if settings.lambda_id > 0:
+        from ganviews.inversion.identity import load_identity_net
+
+        if settings.identity_weights is None:
+            raise ConfigError(
+                "encoder_training.identity_weights: lambda_id > 0 needs the local IR-SE-50 file"
+            )
+        identity = load_identity_net(settings.identity_weights, device=dev)
     arch = EncoderConfig(
         num_ws=G.num_ws,
         w_dim=G.w_dim,
@@ -77,6 +86,8 @@ def run_train_encoder(
         betas=(settings.beta1, 0.999),
         mask_kind=settings.masks,
         pixel_loss=settings.pixel_loss,
+        identity=identity,
+        lambda_id=settings.lambda_id,
         device=dev,
         seed=seed,
         checkpoint=ckpt,

@@ -174,6 +174,8 @@ def train_encoder(
     mask_border_prob: float = 0.4,
     mask_kind: Literal["rects", "blobs"] = "rects",
     pixel_loss: Literal["l1", "mse"] = "l1",
+    identity: Callable[..., torch.Tensor] | None = None,
+    lambda_id: float = 1.0,
     device: str | torch.device = "cpu",
     seed: int = 0,
     checkpoint: str | os.PathLike | None = None,
@@ -191,7 +193,9 @@ def train_encoder(
     (means over pixels / latent entries, then over the batch). The image terms cover the whole
     image: G(w) is known everywhere, and the encoder learns to fill in what the mask hides.
     ``perceptual`` is any ``P(x, y, mask) -> [N]`` (e.g. ``ganviews.inversion.perceptual.load_perceptual``)
-    or None for L1 only.
+    or None for L1 only. ``identity``: a face identity loss ``I(recon, x) -> [N]`` added with
+    weight ``lambda_id`` (the authors' FFHQ encoder: ``ganviews.inversion.identity``, weight 1);
+    None: none.
 
     A fresh encoder comes from ``encoder`` or ``config`` (num_ws/w_dim/img_channels are taken
     from G) or defaults. With ``checkpoint``, model + optimiser + step + RNG state are saved
@@ -226,6 +230,8 @@ def train_encoder(
              "mask_full_prob": mask_full_prob, "mask_border_prob": mask_border_prob}  # fmt: skip
     if (mask_kind, pixel_loss) != ("rects", "l1"):  # only then: older checkpoints still resume
         hyper.update(mask_kind=mask_kind, pixel_loss=pixel_loss)
+    if identity is not None:
+        hyper.update(lambda_id=lambda_id, identity=getattr(identity, "name", "identity"))
     start, history = 0, []
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if ckpt_path is not None and resume and ckpt_path.is_file():
@@ -252,12 +258,22 @@ def train_encoder(
             perc = (
                 perceptual(recon, images, None) if perceptual is not None else torch.zeros_like(l1)
             )  # [B]
-            loss = (lambda_l1 * l1 + lambda_perceptual * perc + lambda_latent * lat).mean()
+            loss = lambda_l1 * l1 + lambda_perceptual * perc + lambda_latent * lat  # [B]
+            terms = {}
+            if identity is not None:
+                ident = identity(recon, images)  # [B]
+                loss = loss + lambda_id * ident
+                terms["identity"] = ident.mean()
+            loss = loss.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             window.add(
-                loss=loss, **{pixel_loss: l1.mean()}, perceptual=perc.mean(), latent=lat.mean()
+                loss=loss,
+                **{pixel_loss: l1.mean()},
+                perceptual=perc.mean(),
+                latent=lat.mean(),
+                **terms,
             )
             done = step + 1
             if done % log_every == 0 or done == steps:
