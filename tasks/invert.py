@@ -5,7 +5,8 @@ store, load (:func:`ganviews.core.images.load_image`) and align
 (:func:`ganviews.inversion.align.align_image`) each image — one that cannot be used is marked failed
 with its reason and the others go on — then encode and invert them :data:`CALL_BATCHES` batches of
 ``inversion_cfg.batch_size`` at a time (:func:`ganviews.inversion.invert.invert`, which
-refills a finished image's slot with the next image) and write, per call, ``w``,
+refills a finished image's slot with the next image) and write each image as soon as it
+stops (a SIGKILL loses only the images still being optimised), ``w``,
 ``w_init``, the loss terms, PSNR, LPIPS and iterations plus the uint8 arrays
 ``images/aligned`` (the target actually inverted), ``images/mask`` (255 = known pixel) and
 ``images/recon`` (G(w*)) through :meth:`storage.LatentStore.write`, which marks the items
@@ -230,40 +231,46 @@ def invert_batch_into(
     device, dtype = G.mean_w.device, G.mean_w.dtype
     x = uint8_to_signed(torch.from_numpy(aligned).to(device=device), dtype)  # the stored target
     m = torch.from_numpy(masks).to(device=device, dtype=dtype)
-    res = invert(G, x, m, encoder=E, perceptual=P, **dataclasses.asdict(inversion_cfg))
-    good = (res.status != Status.NONFINITE).cpu().numpy() & np.isfinite(res.loss.cpu().numpy())
-    sel = np.flatnonzero(good)
-    done_idx = idx[np.asarray(ok)[sel]]
-    if len(sel) < len(ok):
-        bad = idx[np.asarray(ok)[np.flatnonzero(~good)]]
-        store.mark_failed(bad, "inversion: non-finite loss or gradient")
+    ok_idx = idx[np.asarray(ok)]  # store index of each image handed to invert
+    totals = {"done": 0, "failed": len(failed), "loss": 0.0, "psnr": 0.0}
 
-    def col(t: torch.Tensor, dtype=np.float32) -> np.ndarray:
-        return t.detach()[sel].cpu().numpy().astype(dtype)
+    def save(rows: torch.Tensor, res) -> None:
+        """Store images as soon as they stop: a kill loses only the ones still running."""
+        pos = rows.cpu().numpy()
+        good = (res.status != Status.NONFINITE).cpu().numpy() & np.isfinite(res.loss.cpu().numpy())
+        sel = np.flatnonzero(good)
+        if len(sel) < len(pos):
+            store.mark_failed(ok_idx[pos[~good]], "inversion: non-finite loss or gradient")
+            totals["failed"] += len(pos) - len(sel)
+        if not len(sel):
+            return
 
-    store.write(
-        done_idx,
-        w=col(res.w),
-        w_init=col(res.w_init),
-        loss=col(res.loss),
-        loss_l1=col(res.loss_l1),
-        loss_lpips=col(res.loss_lpips),
-        loss_latent=col(res.loss_latent),
-        psnr=col(res.psnr),
-        lpips=col(res.lpips),
-        iterations=col(res.iterations, np.int32),
-        arrays={
-            ALIGNED: aligned[sel],
-            MASK: (masks[sel] * 255).round().astype(np.uint8),
-            RECON: signed_to_uint8(res.recon[sel].float()).cpu().numpy(),
-        },
-    )
-    return {
-        "done": int(len(sel)),
-        "failed": len(failed) + len(ok) - int(len(sel)),
-        "loss": float(res.loss[sel].sum()),
-        "psnr": float(res.psnr[sel].sum()),
-    }
+        def col(t: torch.Tensor, dtype=np.float32) -> np.ndarray:
+            return t.detach()[sel].cpu().numpy().astype(dtype)
+
+        store.write(
+            ok_idx[pos[sel]],
+            w=col(res.w),
+            w_init=col(res.w_init),
+            loss=col(res.loss),
+            loss_l1=col(res.loss_l1),
+            loss_lpips=col(res.loss_lpips),
+            loss_latent=col(res.loss_latent),
+            psnr=col(res.psnr),
+            lpips=col(res.lpips),
+            iterations=col(res.iterations, np.int32),
+            arrays={
+                ALIGNED: aligned[pos[sel]],
+                MASK: (masks[pos[sel]] * 255).round().astype(np.uint8),
+                RECON: signed_to_uint8(res.recon[sel].float()).cpu().numpy(),
+            },
+        )
+        totals["done"] += len(sel)
+        totals["loss"] += float(res.loss[sel].sum())
+        totals["psnr"] += float(res.psnr[sel].sum())
+
+    invert(G, x, m, encoder=E, perceptual=P, on_finished=save, **dataclasses.asdict(inversion_cfg))
+    return totals
 
 
 def invert_shard_with(
@@ -367,11 +374,12 @@ def prepare_store(
 
 
 CALL_BATCHES = 4  # batches per invert() call: continuous batching keeps its slots full
+# (images are stored as they finish, so the call's size bounds memory, not what a kill loses)
 AUTO_CALL_IMAGES = 128  # images per call when batch_size is "auto"
 
 
 def images_per_call(inversion_cfg) -> int:
-    """Images handed to one ``invert`` call, written to the store when it returns."""
+    """Images handed to one ``invert`` call (each stored as soon as it finishes)."""
     if inversion_cfg.batch_size == "auto":
         return AUTO_CALL_IMAGES
     return CALL_BATCHES * inversion_cfg.batch_size

@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -306,6 +307,7 @@ def invert(
     steps: int = 500,
     optimizer: str = "lbfgs",
     perceptual: nn.Module | None = None,
+    on_finished: Callable[[torch.Tensor, InversionResult], None] | None = None,
     **options,
 ) -> InversionResult:
     """Invert ``images`` [N, C, R, R] (in [-1, 1], R = G.resolution) into G's w+ space.
@@ -322,7 +324,10 @@ def invert(
     reduction; ``precision`` decides how the networks compute
     (:class:`ganviews.core.runtime.NumericsPolicy`: "exact", "tf32", "bf16"). All images
     go through ``batch_size`` slots by continuous batching: a finished image's slot takes
-    the next image, each with its own optimiser state.
+    the next image, each with its own optimiser state. ``on_finished(rows, result)``: called
+    as soon as images stop (L-BFGS; Adam: once, at the end) with their row numbers [K] and
+    their :class:`InversionResult`, so a caller can store finished images while the others
+    run on (the returned result holds every image either way).
     """
     unknown = sorted(set(options) - {f.name for f in dataclasses.fields(InversionConfig)})
     if unknown:
@@ -348,12 +353,76 @@ def invert(
         perceptual=perceptual,
         latent_mode=latent_mode,
         cfg=cfg,
+        on_finished=on_finished,
+    )
+
+
+@torch.no_grad()
+def _measure(
+    objective: _Objective, opt: MinimizeResult, rows: torch.Tensor, *, chunk: int
+) -> InversionResult:
+    """The report of problems ``rows`` [K] (final rows of ``opt``): the loss terms at w* and
+    at w_init, G(w*), PSNR and LPIPS — in exact fp32 and eager whatever the policy, so runs
+    under different policies compare on the same scale."""
+    G, images, masks = objective.G, objective.images, objective.masks
+    saved = objective.policy, objective.networks
+    objective.policy = exact = NumericsPolicy("exact")
+    objective.networks = objective._networks  # eager: no compile for other shapes / no grad
+    w = opt.x[rows].view(len(rows), G.num_ws, G.w_dim)
+    w_init = objective.w_init[rows]
+    init_parts, final, recon, lpips = [], [], [], []
+    try:
+        for i in range(0, len(rows), chunk):
+            idx = rows[i : i + chunk]
+            init_parts.append(objective.terms(w_init[i : i + chunk], idx)[0])
+            parts, img = objective.terms(w[i : i + chunk], idx)
+            final.append(parts)
+            recon.append(img)
+            if objective.perceptual is not None:
+                with exact.networks(img.device):
+                    distance = objective.perceptual.distance(img, objective.lpips_target, idx)
+                    lpips.append(distance.to(img.dtype))
+    finally:
+        objective.policy, objective.networks = saved
+    init = {k: torch.cat([p[k] for p in init_parts]) for k in init_parts[0]}
+    end = {k: torch.cat([p[k] for p in final]) for k in final[0]}
+    recon = torch.cat(recon)
+    loss = end["l1"] + end["lpips"] + end["latent"]
+    return InversionResult(
+        w=w,
+        w_init=w_init,
+        loss=loss,
+        loss_l1=end["l1"],
+        loss_lpips=end["lpips"],
+        loss_latent=end["latent"],
+        loss_init=init["l1"] + init["lpips"] + init["latent"],
+        psnr=masked_psnr(recon, images[rows], masks[rows]),
+        lpips=torch.cat(lpips) if lpips else torch.full_like(loss, math.nan),
+        iterations=opt.iterations[rows],
+        evaluations=opt.evaluations[rows],
+        status=opt.status[rows],
+        recon=recon,
+    )
+
+
+def _assemble(parts: list[tuple[torch.Tensor, InversionResult]], n: int) -> InversionResult:
+    """One result in problem order from reports of disjoint row sets covering 0…n−1."""
+    if len(parts) == 1:
+        return parts[0][1]
+    order = torch.cat([rows for rows, _ in parts])
+    assert len(order) == n, (len(order), n)
+    back = torch.argsort(order)
+    return InversionResult(
+        **{
+            f.name: torch.cat([getattr(part, f.name) for _, part in parts])[back]
+            for f in dataclasses.fields(InversionResult)
+        }
     )
 
 
 @torch.no_grad()
 def _invert_all(
-    G, images, masks, w_init, *, encoder, perceptual, latent_mode, cfg
+    G, images, masks, w_init, *, encoder, perceptual, latent_mode, cfg, on_finished
 ) -> InversionResult:
     device = images.device
     N = images.shape[0]
@@ -379,6 +448,15 @@ def _invert_all(
     if cfg.batch_size == "auto":
         width = auto_batch_size(objective, x0, rows, limit=limit)
     evaluate = ChunkedEvaluation(objective, width)  # halves and retries on out-of-memory
+    parts: list[tuple[torch.Tensor, InversionResult]] = []
+
+    def finished(ids: list[int], opt: MinimizeResult) -> None:
+        """Measure (and hand over) the images that have just stopped."""
+        rows = torch.tensor(sorted(ids), device=device)
+        part = _measure(objective, opt, rows, chunk=evaluate.chunk)
+        parts.append((rows, part))
+        on_finished(rows, part)
+
     if cfg.optimizer == "lbfgs":
         opt: MinimizeResult = lbfgs_minimize(
             evaluate,
@@ -387,43 +465,15 @@ def _invert_all(
             config=cfg.lbfgs_config(),
             batch_size=width,
             compile=cfg.compile,
+            on_finished=None if on_finished is None else finished,
         )
     else:
         opt = adam_minimize(evaluate, x0, steps=cfg.steps, config=AdamConfig(lr=cfg.adam_lr))
-    w = opt.x.view(N, G.num_ws, G.w_dim)
-    # The reported losses, PSNR and LPIPS are measured in exact fp32 whatever the policy, so
-    # runs under different policies compare on the same scale.
-    objective.policy = exact = NumericsPolicy("exact")
-    objective.networks = objective._networks  # eager: no compile for other shapes / no grad
-    init_parts, final, recon, lpips = [], [], [], []
-    for i in range(0, N, evaluate.chunk):
-        idx = rows[i : i + evaluate.chunk]
-        init_parts.append(objective.terms(w_init[idx], idx)[0])
-        parts, img = objective.terms(w[idx], idx)
-        final.append(parts)
-        recon.append(img)
-        if perceptual is not None:
-            with exact.networks(device):
-                lpips.append(perceptual.distance(img, objective.lpips_target, idx).to(img.dtype))
-    init = {k: torch.cat([p[k] for p in init_parts]) for k in init_parts[0]}
-    end = {k: torch.cat([p[k] for p in final]) for k in final[0]}
-    recon = torch.cat(recon)
-    loss = end["l1"] + end["lpips"] + end["latent"]
-    result = InversionResult(
-        w=w,
-        w_init=w_init,
-        loss=loss,
-        loss_l1=end["l1"],
-        loss_lpips=end["lpips"],
-        loss_latent=end["latent"],
-        loss_init=init["l1"] + init["lpips"] + init["latent"],
-        psnr=masked_psnr(recon, images, masks),
-        lpips=torch.cat(lpips) if lpips else torch.full_like(loss, math.nan),
-        iterations=opt.iterations,
-        evaluations=opt.evaluations,
-        status=opt.status,
-        recon=recon,
-    )
+    if on_finished is None:  # one report of every image, in order
+        parts.append((rows, _measure(objective, opt, rows, chunk=evaluate.chunk)))
+    elif cfg.optimizer != "lbfgs":  # Adam runs every image to the end together
+        finished(list(range(N)), opt)
+    result = _assemble(parts, N)
     if device.type == "cuda":
         torch.cuda.empty_cache()  # give the shard's cached blocks back before the next one
     log.info(
@@ -435,7 +485,7 @@ def _invert_all(
         cfg.precision,
         width,
         float(result.loss_init.mean()),
-        float(loss.mean()),
+        float(result.loss.mean()),
         float(result.psnr.mean()),
         opt.batch_calls,
         time.perf_counter() - t0,

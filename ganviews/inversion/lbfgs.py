@@ -385,6 +385,7 @@ def lbfgs_minimize(
     config: LBFGSConfig = LBFGSConfig(),
     batch_size: int | None = None,
     compile: bool = False,
+    on_finished: Callable[[list[int], MinimizeResult], None] | None = None,
 ) -> MinimizeResult:
     """Minimise N independent objectives from ``x0`` [N, D], at most ``steps`` steps each.
 
@@ -410,7 +411,9 @@ def lbfgs_minimize(
     (a few fixed shapes, little wasted work). ``fn`` always receives the problem ids of the
     slots as ``index``. ``compile``: run the bookkeeping through ``torch.compile``
     (fullgraph; on CUDA with CUDA graphs, ``mode="reduce-overhead"``); the batch then keeps
-    its one shape to the end, so nothing is compiled or captured twice.
+    its one shape to the end, so nothing is compiled or captured twice. ``on_finished(ids,
+    result)``: called as soon as problems stop, with their ids; their rows of ``result`` are
+    final (the caller can save them while the others run on).
     """
     _check_x0(x0, steps)
     num, dim = x0.shape
@@ -444,6 +447,8 @@ def lbfgs_minimize(
         ended = [j for j, (d, i) in enumerate(zip(done, item, strict=True)) if d and i >= 0]
         if ended:
             _harvest(out, st, ended, [item[j] for j in ended])
+            if on_finished is not None:
+                on_finished([item[j] for j in ended], out)
             refill = ended[: num - queued]
             for j in ended[len(refill) :]:
                 item[j] = -1

@@ -234,6 +234,11 @@ def test_training_stages_write_their_models_once(tmp_path, stylegan2_fixtures, h
 
     gen_path = stylegan2_fixtures / "nvidia-ada-res32.pkl"
     make_dataset(tmp_path, gen_path, n=12)
+    from storage.manifest import read_manifest, write_manifest
+
+    manifest = read_manifest(tmp_path / "manifest.parquet")  # a train split to train on
+    manifest["split"] = manifest["split"].replace({"val": "train"})
+    write_manifest(manifest, tmp_path / "manifest.parquet")
     cfg = write_config(tmp_path, gen_path)
     cfg["models"]["encoder"] = "models/encoder.safetensors"
     cfg["models"]["classifiers"]["trained"] = {
@@ -255,7 +260,7 @@ def test_training_stages_write_their_models_once(tmp_path, stylegan2_fixtures, h
         "enabled": True,
         "name": "trained",
         "data": "manifest",
-        "train_split": "val",
+        "train_split": "train",
         "val_split": "test",
         "classifier": {"arch": "smallcnn", "width": 4},
         "train": {"epochs": 1},

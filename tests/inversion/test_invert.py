@@ -79,9 +79,22 @@ def test_batch_independence_float64(G, P) -> None:
         assert alone.evaluations.item() == batch.evaluations[i].item()
     # The same images through 3 slots (continuous batching: a finished image's slot is
     # refilled with the next image and its fresh L-BFGS state).
-    split = invert(G64, x, masks, encoder=E64, perceptual=P64, steps=8, batch_size=3)
+    # ``on_finished`` hands over each image the moment it stops (the shard task stores it
+    # then): every row exactly once, in several calls, each equal to the returned rows.
+    handed = []
+    split = invert(
+        G64, x, masks, encoder=E64, perceptual=P64, steps=8, batch_size=3,
+        on_finished=lambda rows, part: handed.append((rows.tolist(), part)),
+    )  # fmt: skip
     assert torch.allclose(split.w, batch.w, rtol=0, atol=1e-10)
     assert torch.equal(split.evaluations, batch.evaluations)
+    assert len(handed) >= 3 and sorted(r for rows, _ in handed for r in rows) == list(range(8))
+    for rows, part in handed:
+        for name in ("w", "loss", "psnr", "lpips", "loss_init", "recon"):
+            ours = getattr(part, name)
+            assert torch.allclose(ours, getattr(split, name)[rows], rtol=0, atol=1e-12), name
+            assert torch.allclose(ours, getattr(batch, name)[rows], rtol=0, atol=1e-9), name
+        assert torch.equal(part.iterations, split.iterations[rows])
 
 
 def test_generated_images_are_reconstructed_far_better_than_the_init(G, P) -> None:
@@ -166,6 +179,12 @@ def test_adam_option(G) -> None:
     assert (res.loss < 0.8 * res.loss_init).all()
     alone = invert(G64, x[1:], steps=30, optimizer="adam", adam_lr=0.05, latent_weight=0.0)
     assert torch.allclose(alone.w[0], res.w[1], rtol=0, atol=1e-10)
+    handed = []  # Adam's images all stop together: one hand-over at the end
+    invert(
+        G64, x, steps=30, optimizer="adam", adam_lr=0.05, latent_weight=0.0,
+        on_finished=lambda rows, part: handed.append((rows.tolist(), part.w)),
+    )  # fmt: skip
+    assert [rows for rows, _ in handed] == [[0, 1]] and torch.equal(handed[0][1], res.w)
 
 
 def test_input_errors_name_the_problem(G, P) -> None:

@@ -123,6 +123,44 @@ def test_shard_task_end_to_end(tmp_path, gen_path) -> None:
     np.testing.assert_array_equal(store.read([0, 1, 3, 4])["w"], data["w"])
 
 
+def test_each_image_is_stored_when_it_finishes_not_when_the_call_returns(
+    tmp_path, gen_path
+) -> None:
+    """One invert() call of 4 images through 1 slot: a crash while the third image runs
+    (here: the store's second write raises, as a kill would cut the call) keeps the two
+    images that had finished, written whole, and leaves the other two pending."""
+    from tasks.invert import invert_batch_into, load_inversion_models
+
+    cfg = dataclasses.replace(INV, batch_size=1)
+    G = load_generator(gen_path)
+    frame, _ = _dataset(tmp_path, G, n=4, corrupt=())
+    store = LatentStore.create(
+        tmp_path / "store", n_images=4, num_ws=G.num_ws, w_dim=G.w_dim, shard_size=4,
+        attrs=store_attrs(G, None, ALIGN, cfg), manifest=frame,
+    )  # fmt: skip
+    for name, channels in ((ALIGNED, 3), (MASK, 1), (RECON, 3)):
+        store.ensure_array(name, (channels, 32, 32), np.uint8)
+    G, E, P = load_inversion_models(gen_path, None, cfg, device=torch.device("cpu"))
+    writes, write = [], store.write
+
+    def write_then_crash(indices, **values):
+        write(indices, **values)
+        writes.append(list(indices))
+        if len(writes) == 2:
+            raise RuntimeError("worker killed")
+
+    store.write = write_then_crash
+    with pytest.raises(RuntimeError, match="worker killed"):
+        invert_batch_into(
+            store, np.arange(4), frame, G, E, P, align_cfg=ALIGN, inversion_cfg=cfg,
+            image_root=tmp_path,
+        )  # fmt: skip
+    assert writes == [[0], [1]]  # one image per write, as each finished
+    again = LatentStore.open(store.path, mode="r")
+    assert again.done().tolist() == [0, 1] and len(again.todo()) == 2
+    assert np.isfinite(again.read([0, 1])["w"]).all()
+
+
 def test_store_refuses_other_generator_or_config(tmp_path, gen_path, stylegan2_fixtures) -> None:
     G = load_generator(gen_path)
     frame, _ = _dataset(tmp_path, G, n=2, corrupt=())
