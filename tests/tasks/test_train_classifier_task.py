@@ -323,6 +323,12 @@ def test_eq8_real_side_reads_the_raw_photos(dataset, tmp_path, stylegan2_fixture
         logits = load_classifier(out)(x, geometry=False)
     acc = float(((logits[:, 0] > 0).long().numpy() == np.arange(8, 12) % 2).mean())
     assert report["history"][-1]["val_acc"] == pytest.approx(acc)
+    # from a manifest (real images only): the photos held at full size, their imtrain crops
+    real = run_train_classifier(
+        dataset / "manifest.parquet", out=tmp_path / "m.safetensors",
+        **{**kwargs, "source": "real", "generator_path": None},
+    )  # fmt: skip
+    assert (real["n_train"], real["n_val"], real["views"]["real_source"]) == (8, 4, "photo")
     with pytest.raises(GanviewsError, match=r"image im00 of .*its photo cannot be read again"):
         run_train_classifier(
             dataset / "store", out=tmp_path / "x.safetensors", **{**kwargs, "image_root": tmp_path}
