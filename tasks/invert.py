@@ -100,12 +100,24 @@ def store_attrs(G, E, align_cfg, inversion_cfg) -> dict[str, Any]:
 
 def run_numerics(job: InvertJob, device: torch.device) -> dict[str, Any]:
     """Settings that change float32 results without changing the objective (docs/inversion.md
-    measures by how much): batch size, torch's CPU thread count, device type."""
+    measures by how much): batch size, torch's CPU thread count, device type, and how G
+    computes (kernels, memory format, compile)."""
     return {
         "batch_size": job.invert.batch_size,
         "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,
         "device_type": device.type,
+        "synthesis_kernels": job.invert.synthesis_kernels,
+        "memory_format": job.invert.memory_format,
+        "compile": job.invert.compile,
     }
+
+
+# What a record written before a setting existed means: G ran the reference kernels, NCHW, eager.
+NUMERICS_BEFORE_RECORDED = {
+    "synthesis_kernels": "reference",
+    "memory_format": "contiguous",
+    "compile": False,
+}
 
 
 def check_run_numerics(store: LatentStore, numerics: dict[str, Any], *, allow_mixed: bool) -> None:
@@ -115,6 +127,7 @@ def check_run_numerics(store: LatentStore, numerics: dict[str, Any], *, allow_mi
     if stored is None:
         store.record_attrs({"numerics": numerics})
         return
+    stored = {**NUMERICS_BEFORE_RECORDED, **stored}
     differ = {k: (stored.get(k), v) for k, v in numerics.items() if stored.get(k) != v}
     if not differ:
         return

@@ -208,8 +208,33 @@ def test_store_refuses_other_generator_or_config(tmp_path, gen_path, stylegan2_f
         device="cpu",
     )
     assert first["done"] == 2
-    recorded = {"batch_size": INV.batch_size, "cpu_threads": 1, "device_type": "cpu"}
+    recorded = {
+        "batch_size": INV.batch_size, "cpu_threads": 1, "device_type": "cpu",
+        "synthesis_kernels": "fused", "memory_format": "contiguous", "compile": False,
+    }  # fmt: skip
     assert LatentStore.open(store.path).attrs["numerics"] == recorded
+    reference = dataclasses.replace(INV, synthesis_kernels="reference")  # G's other kernels
+    with pytest.raises(StoreError, match=r"synthesis_kernels 'fused' → 'reference'"):
+        run_invert(
+            InvertJob(
+                store=store.path, generator=gen_path, align=ALIGN, invert=reference,
+                image_root=tmp_path,
+            ),
+            [0],
+            device="cpu",
+        )  # fmt: skip
+    # A record from before G's kernels were recorded means the reference kernels ran.
+    old = {k: recorded[k] for k in ("batch_size", "cpu_threads", "device_type")}
+    LatentStore.open(store.path, mode="a").record_attrs({"numerics": old})
+    with pytest.raises(StoreError, match=r"synthesis_kernels 'reference' → 'fused'"):
+        run_invert(
+            InvertJob(
+                store=store.path, generator=gen_path, align=ALIGN, invert=INV, image_root=tmp_path
+            ),
+            [0],
+            device="cpu",
+        )
+    LatentStore.open(store.path, mode="a").record_attrs({"numerics": recorded})
     other_batch = InversionConfig(steps=3, lpips_net="lpips-random", batch_size=1)
     job = InvertJob(
         store=store.path, generator=gen_path, align=ALIGN, invert=other_batch, image_root=tmp_path
