@@ -315,7 +315,7 @@ def test_eq8_real_side_reads_the_raw_photos(dataset, tmp_path, stylegan2_fixture
     assert report["views"]["real_source"] == "photo" and report["views"]["photo_size"] == 24
     assert (report["n_train"], report["n_val"]) == (7, 4)  # im03 failed to invert
     photos = [
-        torch.from_numpy(np.asarray(Image.open(dataset / f"im{i:02d}.png"))).permute(2, 0, 1)
+        torch.from_numpy(np.array(Image.open(dataset / f"im{i:02d}.png"))).permute(2, 0, 1)
         for i in range(8, 12)
     ]
     x = photo_center_windows(photos, 24).float() / 127.5 - 1  # [4, 3, 24, 24], the val windows
