@@ -1,10 +1,17 @@
-"""Shared test set-up: the shared fixtures folder, a private Prefect home, quiet analytics."""
+"""Shared test set-up: the shared fixtures folder, a private Prefect home, quiet analytics, one
+migrated Prefect database per session."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -77,11 +84,88 @@ def stylegan2_fixtures(shared_fixtures: Path) -> Path:
     return shared_fixtures / "stylegan2"
 
 
-@pytest.fixture(scope="session")
-def harness():
-    """One Prefect test harness (a temporary server on SQLite) for the whole session: its first
-    start creates the database, which takes tens of seconds, so the flow tests share it."""
-    from prefect.testing.utilities import prefect_test_harness
+# Creates Prefect's SQLite schema (every Alembic migration) the way a server's start does.
+_MIGRATE = (
+    "import asyncio\n"
+    "from prefect.server.database import provide_database_interface\n"
+    "asyncio.run(provide_database_interface().create_db())\n"
+)
 
-    with prefect_test_harness(server_startup_timeout=300):
+
+@pytest.fixture(scope="session")
+def prefect_db_template(request, tmp_path_factory) -> Path:
+    """A Prefect SQLite database with every migration applied, made once and shared: kept in
+    pytest's cache folder per Prefect version (so later sessions reuse it), or, with the cache
+    disabled, in the session's temporary folder; the xdist workers of a session share it
+    through a file lock.
+
+    A Prefect server started on a fresh database first runs all of Prefect's migrations
+    (measured: ~7 of the ~14 CPU seconds of the flow-test harness's start). Tests that start a
+    real server (the flow-test harness, ``prefect server start``, ganviews' private server,
+    ``ganviews server``) start it on a copy of this file (:func:`seed_prefect_db`): the server
+    and its start are real, only the schema creation is shared."""
+    import prefect
+
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        folder = cache.mkdir(f"prefect-db-{prefect.__version__}")
+    else:
+        base = tmp_path_factory.getbasetemp()
+        folder = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    template = folder / "prefect-migrated.db"
+    with open(folder / "prefect-migrated.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not template.is_file():
+            partial = folder / f"prefect-migrating-{os.getpid()}.db"
+            env = {**os.environ, "PREFECT_SERVER_DATABASE_CONNECTION_URL": _sqlite_url(partial)}
+            subprocess.run([sys.executable, "-c", _MIGRATE], env=env, check=True, timeout=600)
+            os.replace(partial, template)  # whole or absent, never half-migrated
+    return template
+
+
+def _sqlite_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def seed_prefect_db(template: Path, home: Path, name: str = "prefect.db") -> Path:
+    """Copy the migrated template to ``home/name`` (Prefect's default database in a
+    PREFECT_HOME is ``prefect.db``) unless a database is already there."""
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / name
+    if not target.exists():
+        shutil.copyfile(template, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def harness(prefect_db_template: Path):
+    """One Prefect test harness (a temporary server on SQLite) for the whole session, the flow
+    tests share it. Prefect's harness puts its database in a fresh ``mkdtemp()`` folder; the
+    folder it gets here already holds a copy of the migrated template, so the harness's server
+    starts without re-running every migration."""
+    import prefect.testing.utilities as utilities
+
+    def seeded_mkdtemp() -> str:
+        folder = Path(tempfile.mkdtemp(prefix="ganviews-test-harness-"))
+        seed_prefect_db(prefect_db_template, folder, name="prefect-test.db")
+        return str(folder)
+
+    with contextlib.ExitStack() as stack:
+        with mock.patch.object(utilities, "mkdtemp", seeded_mkdtemp):
+            stack.enter_context(utilities.prefect_test_harness(server_startup_timeout=300))
         yield
+
+
+@pytest.fixture(scope="session")
+def migrated_prefect_home(prefect_db_template: Path) -> Path:
+    """The session's PREFECT_HOME (see the top) with a copy of the migrated database: the
+    private Prefect servers of embedded ``ganviews`` subprocesses use it."""
+    return seed_prefect_db(prefect_db_template, Path(os.environ["PREFECT_HOME"]))
+
+
+@pytest.fixture(autouse=True)
+def _integration_prefect_home(request) -> None:
+    """Integration tests start real Prefect servers under the session's PREFECT_HOME; others
+    never pay for the template."""
+    if INTEGRATION in Path(str(request.node.fspath)).parents:
+        request.getfixturevalue("migrated_prefect_home")

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import seed_prefect_db
 from pipeline_job import make_dataset, write_config
 
 from storage.latents import LatentStore
@@ -73,9 +74,10 @@ def ganviews(args: list[str], env: dict, timeout: float = 240) -> subprocess.Com
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, stylegan2_fixtures):
+def cluster(tmp_path_factory, stylegan2_fixtures, prefect_db_template):
     """Data + two job configs, a server, the deployments, two workers; all stopped at the end."""
     root = tmp_path_factory.mktemp("cluster")
+    seed_prefect_db(prefect_db_template, root / "prefect-home")  # migrated once per session
     gen = stylegan2_fixtures / "nvidia-ada-res32.pkl"
     make_dataset(root, gen, n=N_IMAGES)
     configs = {}

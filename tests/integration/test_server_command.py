@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import seed_prefect_db
 
 from ganviews.cli.server import free_port
 
@@ -18,7 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-def test_server_serves_the_api_and_the_ui_until_interrupted(tmp_path):
+def test_server_serves_the_api_and_the_ui_until_interrupted(tmp_path, prefect_db_template):
+    seed_prefect_db(prefect_db_template, tmp_path / "prefect")  # migrated once per session
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(tmp_path / "prefect"))
