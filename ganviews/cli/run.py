@@ -3,7 +3,7 @@
     ganviews run configs/example.yaml [--stages invert,render] [--mode embedded|distributed]
         [--devices cuda:0,cuda:1] [--job NAME]
 
-Stages run in order (train_encoder, invert, train_classifier, pca, render, evaluate); each
+Stages run in order (train_encoder, invert, train_classifier, pca, render, corrupt, evaluate); each
 skips what is complete, so a rerun does only pending and failed work. Embedded mode (the
 default) runs on Prefect's local runtime, one concurrent shard per device; distributed mode
 needs ``PREFECT_API_URL`` (a server with the deployments of ``ganviews deploy`` and workers).
@@ -25,8 +25,8 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stages",
         default="all",
-        help="comma-separated subset of train_encoder,invert,train_classifier,pca,render,evaluate "
-        "(default all)",
+        help="comma-separated subset of "
+        "train_encoder,invert,train_classifier,pca,render,corrupt,evaluate (default all)",
     )
     parser.add_argument(
         "--mode", choices=("embedded", "distributed"), help="override orchestration.mode"
