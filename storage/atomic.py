@@ -7,8 +7,10 @@ does not ``fsync``, so after a power loss or a kernel crash the page cache may h
 later file (a status chunk) on disk before an earlier one (the latents it vouches for).
 :class:`DurableLocalStore` adds the missing ``fsync`` of the file and of its directory, so
 the latent store's ordering "data first, then the done mark" also holds across a machine
-crash. :func:`atomic_write_bytes` (and :func:`atomic_write_parquet`) does the same for the Parquet
-files written here.
+crash. :func:`atomic_write_bytes` (and :func:`atomic_write_parquet`, :func:`atomic_write_json`) does
+the same for every other file written outside the library (the library has
+``ganviews.core.atomic.write_atomically``); :func:`write_output` is its variant for a file a user
+names, which may be a device or a pipe.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import io
+import json
 import os
 import time
 import uuid
@@ -87,6 +90,30 @@ def atomic_write_parquet(table, path: str | Path, *, compression: str = "zstd") 
     pq.write_table(table, sink, compression=compression)
     atomic_write_bytes(path, sink.getvalue())
     return Path(path)
+
+
+def atomic_write_json(path: str | Path, obj, *, indent: int | None = 2) -> Path:
+    """``obj`` as JSON (one trailing newline) via :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode("utf-8"))
+    return Path(path)
+
+
+def write_output(path: str | Path, data: bytes | memoryview) -> Path:
+    """A user-named output file: atomic (:func:`atomic_write_bytes`) when ``path`` is a regular
+    file or does not exist yet; written in place when it is a device, FIFO or ``/dev/stdout``
+    (a rename would replace the special file). A full disk names ``path`` either way."""
+    path = Path(path)
+    if not path.exists() or path.is_file():
+        atomic_write_bytes(path, data)
+        return path
+    try:
+        with open(path, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from exc
+        raise
+    return path
 
 
 def remove_stale_partials(root: str | Path, *, min_age_s: float = 3600.0) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,9 +122,7 @@ def prepare_condition_store(job: CorruptJob) -> LatentStore:
         store.ensure_array(name, (), dtype, fill_value=fill)
     pca = cache_path(job.source)
     if pca.is_file() and not cache_path(job.store).is_file():  # same generator: share its PCA
-        tmp = cache_path(job.store).with_name(".pca_stats.copying")
-        shutil.copyfile(pca, tmp)
-        tmp.replace(cache_path(job.store))
+        atomic_write_bytes(cache_path(job.store), pca.read_bytes())
     return store
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import time
@@ -38,6 +39,7 @@ from ganviews.core.errors import ConfigError
 from ganviews.core.runtime import item_seed, resolve_device, set_numerics_policy
 from ganviews.genrep.experiment import MultiviewConfig, Variant, all_variants, dataset_for, datasets
 from ganviews.genrep.sampling import SamplingConfig, sample_multiview
+from storage.atomic import atomic_write_bytes, atomic_write_json
 from storage.multiview import MultiviewStore
 from tasks.pipeline_config import PipelineConfig, load_pipeline_config, pipeline_config_dict
 from tasks.shard_runner import SHARD_TASK_OPTIONS, run_shard
@@ -331,7 +333,9 @@ def run_train_variant(config, variant: Mapping[str, Any] | Variant, device: str 
     save_encoder(model, out)
     out.with_suffix(".ckpt").unlink(missing_ok=True)
     seconds = round(time.perf_counter() - t0, 2)
-    sidecar.write_text(json.dumps({"n_samples": n, "train_seconds": seconds, "made_by": made_by}))
+    atomic_write_json(
+        sidecar, {"n_samples": n, "train_seconds": seconds, "made_by": made_by}, indent=None
+    )
     _log().info("multiview: trained %s on %d samples (%.1f s)", name, n, seconds)
     return {"variant": name, "n_samples": n, "seconds": seconds}
 
@@ -378,9 +382,9 @@ def probe_features(
         feats = extract_features(model, images, device=device, batch_size=cfg.probe.batch_size)
     bounds = np.cumsum([0] + [len(splits[s][0]) for s in names])
     out = {s: feats[bounds[k] : bounds[k + 1]] for k, s in enumerate(names)}
-    partial = cache.with_name(cache.name + ".partial.npz")
-    np.savez(partial, key=np.asarray(key), **out)
-    partial.replace(cache)
+    buf = io.BytesIO()
+    np.savez(buf, key=np.asarray(key), **out)
+    atomic_write_bytes(cache, buf.getbuffer())
     return out
 
 

@@ -179,15 +179,18 @@ def sample_grid(
     import torch
     from torchvision.utils import save_image
 
+    from ganviews.core.atomic import write_atomically
+
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn([rows * cols, G.z_dim], generator=gen)  # [n, z_dim]
     with torch.no_grad():
         img = G(
             z.to(G.mean_w.device), truncation_psi=truncation_psi, noise_mode="const"
         )  # [n, 3, R, R]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image((img.clamp(-1, 1) + 1) / 2, path, nrow=cols, padding=2, pad_value=0.5)
-    return path
+    grid = (img.clamp(-1, 1) + 1) / 2
+    return write_atomically(
+        path, lambda tmp: save_image(grid, tmp, format="png", nrow=cols, padding=2, pad_value=0.5)
+    )
 
 
 @contextlib.contextmanager
@@ -233,6 +236,7 @@ def _run(args: argparse.Namespace) -> int:
     import yaml
 
     from ganviews.core.errors import ConfigError
+    from storage.atomic import atomic_write_bytes, atomic_write_json
 
     out = args.out.resolve()
     if not args.config.is_file():
@@ -265,7 +269,7 @@ def _run(args: argparse.Namespace) -> int:
         C = load_classifier(next(iter(cfg.models.classifiers.values())).path)
         grid = sample_grid(G, out / "generator_samples.png")
         stats = generator_check(G, C)
-        (out / "generator_check.json").write_text(json.dumps(stats, indent=2) + "\n")
+        atomic_write_json(out / "generator_check.json", stats)
         print(f"samples: {grid}\n{json.dumps(stats, indent=2)}")
         return 0
 
@@ -273,9 +277,8 @@ def _run(args: argparse.Namespace) -> int:
     from tasks.pipeline_config import STAGES, pipeline_config_dict
 
     plain = pipeline_config_dict(cfg)
-    (out / "pipeline.yaml").write_text(
-        yaml.safe_dump(json.loads(json.dumps(plain, default=str)), sort_keys=False)
-    )
+    text = yaml.safe_dump(json.loads(json.dumps(plain, default=str)), sort_keys=False)
+    atomic_write_bytes(out / "pipeline.yaml", text.encode("utf-8"))
     prepare_environment(cfg)
     from flows.pipeline import pipeline
     from ganviews.cli._interrupt import report_interrupted, run_interruptible
@@ -318,7 +321,7 @@ def _run(args: argparse.Namespace) -> int:
     if interrupted:
         return report_interrupted("ganviews demo", resume)
     times["total"] = round(time.perf_counter() - t0, 2)
-    (out / "timings.json").write_text(json.dumps(times, indent=2) + "\n")
+    atomic_write_json(out / "timings.json", times)
     report = cfg.paths.report / "report.md"
     print(f"done in {times['total']:.0f} s; report: {report}", flush=True)
     return 0

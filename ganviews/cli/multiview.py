@@ -105,6 +105,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     from ganviews.cli.demo import prepare_data
     from ganviews.core.errors import ConfigError
+    from storage.atomic import atomic_write_json
     from tasks.multiview import load_multiview_config, plain
 
     if not args.config.is_file():
@@ -133,7 +134,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         times[step] = round(time.perf_counter() - t, 1)
         print(f"  {step:7s} {times[step]:7.1f} s", flush=True)
     times["total"] = round(time.perf_counter() - t0, 1)
-    (cfg.out / "timings.json").write_text(json.dumps(times, indent=2) + "\n")
+    atomic_write_json(cfg.out / "timings.json", times)
     print((cfg.out / "report" / "results.md").read_text())
     print(f"done in {times['total']:.0f} s; report: {cfg.out / 'report'}", flush=True)
     return 0

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 
@@ -149,16 +150,20 @@ def save_rows(out: Path, array: str, values, idx, image_ids) -> None:
     import pandas as pd
 
     from storage import StoreError
+    from storage.atomic import write_output
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     ids = np.asarray(image_ids).astype(str)
+    buf = io.BytesIO()
     if out.suffix.lower() == ".npz":
-        np.savez(out, **{array.replace("/", "_"): values, "image_id": ids, "index": idx})
+        np.savez(buf, **{array.replace("/", "_"): values, "image_id": ids, "index": idx})
+        write_output(out, buf.getbuffer())
         print(f"saved {values.shape} with image_id and index to {out}")
     elif out.suffix.lower() == ".npy":
-        np.save(out, values)
+        np.save(buf, values)
+        write_output(out, buf.getbuffer())
         sidecar = out.with_name(out.name + ".ids.csv")
-        pd.DataFrame({"index": idx, "image_id": ids}).to_csv(sidecar, index=False)
+        table = pd.DataFrame({"index": idx, "image_id": ids})
+        write_output(sidecar, table.to_csv(index=False).encode())
         print(f"saved {values.shape} to {out}, row ids to {sidecar}")
     else:
         raise StoreError(f"--out {out}: use a .npz (array + ids) or .npy (+ .ids.csv) name")
@@ -168,6 +173,7 @@ def run_sql(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from storage import StoreError
+    from storage.atomic import write_output
     from storage.query import sql
 
     if args.logits is None and args.manifest is None and args.store is None:
@@ -175,15 +181,16 @@ def run_sql(args: argparse.Namespace) -> int:
     frame = sql(args.query, logits=args.logits, manifest=args.manifest, store=args.store)
     if args.out is not None:
         suffix = args.out.suffix.lower()
-        args.out.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
         if suffix == ".csv":
-            frame.to_csv(args.out, index=False)
+            buf.write(frame.to_csv(index=False).encode())
         elif suffix == ".parquet":
-            frame.to_parquet(args.out, index=False)
+            frame.to_parquet(buf, index=False)
         elif suffix == ".json":
-            frame.to_json(args.out, orient="records", indent=1)
+            buf.write(frame.to_json(orient="records", indent=1).encode())
         else:
             raise StoreError(f"--out {args.out}: use a .csv, .parquet or .json name")
+        write_output(args.out, buf.getbuffer())
         print(f"wrote {len(frame)} rows to {args.out}")
     with pd.option_context(
         "display.max_rows", args.max_rows, "display.width", 160, "display.max_columns", 30

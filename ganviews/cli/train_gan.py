@@ -183,11 +183,17 @@ def run(args: argparse.Namespace) -> int:
     def write_samples(state) -> None:
         from torchvision.utils import save_image
 
+        from ganviews.core.atomic import write_atomically
+
         with torch.no_grad():
             gen = torch.Generator(device=device).manual_seed(config.seed + 12345)
             z = torch.randn([64, config.z_dim], generator=gen, device=device)  # [64, z_dim]
             img = state.G_ema(z, noise_mode="const")  # [64, 3, R, R]
-        save_image((img.clamp(-1, 1) + 1) / 2, args.out / "samples.png", nrow=8, padding=1)
+        grid = (img.clamp(-1, 1) + 1) / 2
+        write_atomically(
+            args.out / "samples.png",
+            lambda tmp: save_image(grid, tmp, format="png", nrow=8, padding=1),
+        )
 
     train_gan(
         config,

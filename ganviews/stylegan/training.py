@@ -398,7 +398,8 @@ def train_gan(
                 f"{ckpt} exists: pass resume (CLI: --resume) or choose another out_dir"
             )
         state = build_state(config, device=device)
-    (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2, sort_keys=True))
+    config_json = json.dumps(to_dict(config), indent=2, sort_keys=True)
+    write_atomically(out_dir / "config.json", lambda tmp: tmp.write_text(config_json))
     total = config.total_steps
     start, t0 = state.step, time.perf_counter()
     stats: dict[str, float] = {}

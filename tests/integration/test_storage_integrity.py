@@ -109,7 +109,9 @@ DISK_FULL_WRITER = r"""
 import json, os, sys
 from pathlib import Path
 import numpy as np, pandas as pd
+from ganviews.cli.query import save_rows
 from ganviews.core.atomic import write_atomically
+from storage.atomic import atomic_write_json
 from storage.logits import write_logits
 from storage.results import write_results
 
@@ -133,6 +135,10 @@ writes = {
     "report table": lambda: write_atomically(
         root / "report" / "curves.parquet", lambda p: table.to_parquet(p, index=False)
     ),
+    "json sidecar": lambda: atomic_write_json(root / "report" / "timings.json", {"total": 1.5}),
+    "query rows": lambda: save_rows(
+        root / "w.npz", "w", np.zeros((64, 512), np.float32), np.arange(64), ["a"] * 64
+    ),
 }
 out = {}
 for name, write in writes.items():
@@ -148,7 +154,8 @@ print(json.dumps(out))
 
 def test_disk_full_names_the_parquet_file_on_logits_and_report_writes(tmp_path):
     """Issue 18.6: pyarrow and Parquet writes on a full disk said "the output"; each names the
-    file it was writing (the CLI turns that into its one line). A real full file system: a
+    file it was writing (the CLI turns that into its one line), also the JSON sidecars and
+    timings (atomic_write_json) and ``query --out`` (write_output), which were plain writes. A real full file system: a
     64 KiB tmpfs in a private mount namespace, filled before the writes."""
     import json
     import shutil
@@ -176,6 +183,8 @@ def test_disk_full_names_the_parquet_file_on_logits_and_report_writes(tmp_path):
         "logits": logits / "shard-s0.parquet",
         "results": mount / "report" / "results.csv",
         "report table": mount / "report" / "curves.parquet",
+        "json sidecar": mount / "report" / "timings.json",
+        "query rows": mount / "w.npz",
     }
     for name, path in expected.items():
         assert result[name] == [28, "No space left on device", str(path)], (name, result)
