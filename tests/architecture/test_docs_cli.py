@@ -4,7 +4,8 @@
   names the options its command requires;
 - every ``ganviews COMMAND … --flag`` written in a code span or block of README.md or
   docs/*.md names a command that exists and flags that command accepts;
-- ``run --help`` lists every stage the pipeline knows.
+- ``run --help`` lists every stage the pipeline knows;
+- relative links and ``docs/<page>.md`` mentions point at files that exist.
 
 Only the argparse tree is built (no torch, no Prefect), so the module takes well under a second.
 """
@@ -121,3 +122,17 @@ def test_run_help_lists_every_stage() -> None:
     stages_help = next(a.help for a in run._actions if "--stages" in a.option_strings)
     listed = re.search(r"subset of ([a-z_,]+)", stages_help).group(1).split(",")
     assert listed == _pipeline_stages()
+
+
+def test_every_relative_link_and_docs_page_exists() -> None:
+    """``[text](path)`` links and ``docs/<page>.md`` mentions point at files that exist."""
+    broken = []
+    for path in DOCS:
+        text = path.read_text()
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if "://" not in target and not (path.parent / target).exists():
+                broken.append(f"{path.name}: link {target}")
+        for page in re.findall(r"\bdocs/([a-z_]+\.md)", text):
+            if not (REPO / "docs" / page).exists():
+                broken.append(f"{path.name}: docs/{page}")
+    assert not broken, broken
