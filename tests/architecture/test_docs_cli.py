@@ -59,12 +59,14 @@ def _readme_cli_rows() -> dict[str, list[str]]:
 
 
 def _code_text(path: Path) -> list[str]:
-    """The code spans and fenced blocks of a Markdown file, continuation lines joined."""
+    """The code spans and fenced blocks' lines of a Markdown file, continuation lines joined."""
     text = path.read_text()
     blocks = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)
     prose = re.sub(r"```[a-z]*\n.*?```", "", text, flags=re.S)
     spans = re.findall(r"`([^`\n]+)`", prose)
-    return [line for b in blocks for line in b.replace("\\\n", " ").splitlines()] + spans
+    # a usage line continues on indented lines (with or without a trailing backslash)
+    joined = [re.sub(r"\\\n[ \t]*|\n[ \t]+(?=[\[-])", " ", b) for b in blocks]
+    return [line for b in joined for line in b.splitlines()] + spans
 
 
 def test_readme_cli_table_lists_exactly_the_subcommands() -> None:
