@@ -8,7 +8,7 @@ truncation trick follow Karras et al. 2019 (StyleGAN), Sec. 2 and Sec. 3.3 / App
 
 Numerics follow the official stylegan2-ada-pytorch networks exactly (gains applied at run
 time, never folded into the stored tensors), so checkpoints of that code and of rosinality's
-port load with only reshapes; see ``ganviews/checkpoints.py`` and ``docs/generator.md``.
+port load with only reshapes; see ``ganviews/stylegan/checkpoints.py`` and ``docs/generator.md``.
 
 State-dict keys are the official NVIDIA ones (``synthesis.b8.conv0.affine.weight`` …),
 except that the fixed FIR ``resample_filter`` buffers are not stored per layer: one

@@ -1,4 +1,4 @@
-"""ganviews.weights_io: the shared safetensors / training-checkpoint files."""
+"""ganviews.core.weights_io: the shared safetensors / training-checkpoint files."""
 
 from __future__ import annotations
 
