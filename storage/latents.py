@@ -14,6 +14,7 @@ Layout (``<store>/``)::
     iterations         [N] int32, -1 until written
     status             [N] uint8: 0 pending, 1 done, 2 failed
     reason             [N] string (vlen-utf8): why an item failed, "" otherwise
+    attempts           [N] int32: failed attempts so far (made at the first failure; absent = 0)
     image_id           [N] string (vlen-utf8), written once at creation
     <extra arrays>     e.g. images/aligned [N, C, H, W] uint8, views/<method>/<setting>
 
@@ -48,6 +49,7 @@ from storage.errors import StoreError
 from storage.identity import code_version, diff_mappings, plain
 from storage.integrity import decoding
 from storage.latent_arrays import ExtraArrays
+from storage.latent_attempts import ATTEMPTS, FailedAttempts
 from storage.latent_layout import (
     CORE_ARRAYS,
     DONE,
@@ -74,7 +76,7 @@ from storage.manifest import manifest_sha256, read_manifest
 log = logging.getLogger(__name__)
 
 
-class LatentStore(ExtraArrays):
+class LatentStore(ExtraArrays, FailedAttempts):
     """A resumable Zarr v3 store of per-image latents (see the module docstring for the layout).
 
     Build one with :meth:`create`, :meth:`open` or :meth:`open_or_create`, not the constructor.
@@ -198,16 +200,9 @@ class LatentStore(ExtraArrays):
         if not is_store_dir(path):
             try:
                 return cls.create(
-                    path,
-                    n_images,
-                    num_ws,
-                    w_dim,
-                    shard_size,
-                    attrs=attrs,
-                    image_ids=image_ids,
-                    manifest=manifest,
-                    durable=durable,
-                )
+                    path, n_images, num_ws, w_dim, shard_size, attrs=attrs,
+                    image_ids=image_ids, manifest=manifest, durable=durable,
+                )  # fmt: skip
             except StoreError:
                 if not is_store_dir(path):  # not a lost creation race: a real error
                     raise
@@ -356,16 +351,18 @@ class LatentStore(ExtraArrays):
         return np.flatnonzero(self._status() == FAILED).astype(np.int64)
 
     def todo(
-        self, *, retry_failed: bool = True, shard: tuple[int, int] | None = None
+        self,
+        *,
+        retry_failed: bool = True,
+        shard: tuple[int, int] | None = None,
+        max_attempts: int | None = None,
     ) -> np.ndarray:
-        """Indices still to process: pending (and failed, for a retry), optionally in one shard."""
-        status = self._status()
-        want = (status == PENDING) | ((status == FAILED) if retry_failed else False)
-        if shard is not None:
-            start, stop = shard
-            keep = np.zeros_like(want)
-            keep[start:stop] = True
-            want &= keep
+        """Indices still to process, optionally in one shard: pending, and failed ones that
+        failed fewer than ``max_attempts`` times (None: all; ``retry_failed=False`` ≡ 1)."""
+        want = self._retryable(self._status(), max_attempts if retry_failed else 1)
+        if shard is not None:  # only the shard's index range
+            want[: shard[0]] = False
+            want[shard[1] :] = False
         return np.flatnonzero(want).astype(np.int64)
 
     def status_table(self) -> pd.DataFrame:
@@ -387,7 +384,7 @@ class LatentStore(ExtraArrays):
         return pd.DataFrame(rows, columns=["shard", "start", "stop", "pending", "done", "failed"])
 
     def failures(self) -> pd.DataFrame:
-        """One row per failed item: index, image_id, reason, shard."""
+        """One row per failed item: index, image_id, reason, shard, attempts (failures so far)."""
         idx = self.failed()
         reasons = self._read_rows("reason", idx) if len(idx) else np.empty(0, dtype=object)
         return pd.DataFrame(
@@ -396,6 +393,7 @@ class LatentStore(ExtraArrays):
                 "image_id": self.image_ids[idx].astype(str) if len(idx) else np.empty(0, dtype=str),
                 "reason": np.asarray(reasons, dtype=object).astype(str),
                 "shard": idx // self.shard_size,
+                "attempts": np.maximum(self.attempts()[idx], 1),
             }
         )
 
@@ -468,7 +466,7 @@ class LatentStore(ExtraArrays):
         *,
         overwrite: bool = False,
     ) -> None:
-        """Record ``reasons`` (one string, or one per index) and mark ``indices`` failed."""
+        """Record ``reasons`` (one per index, or one string), count a failed attempt, mark failed."""
         self._writable()
         idx = self._indices(indices)
         texts = [reasons] * len(idx) if isinstance(reasons, str) else list(reasons)
@@ -480,6 +478,7 @@ class LatentStore(ExtraArrays):
         if not len(idx):
             return
         texts = [t or "unspecified" for t in texts]
+        self.ensure_array(ATTEMPTS, (), np.int32, fill_value=0)
         with self._locked(idx):
             if not overwrite:
                 already = idx[self._read_rows("status", idx) == DONE]
@@ -490,6 +489,7 @@ class LatentStore(ExtraArrays):
                     )
             order = np.argsort(idx, kind="stable")
             self._write_rows("reason", idx[order], np.asarray(texts, dtype=object)[order])
+            self._count_failures(idx[order])
             self._write_rows("status", idx[order], np.full(len(idx), FAILED, np.uint8))
 
     def reset(self, indices: Sequence[int] | np.ndarray) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -118,7 +119,8 @@ def test_failures_reasons_and_retry(store):
     store.mark_failed([9], "no face found")
     assert store.failed().tolist() == [3, 6, 9]
     fails = store.failures()
-    assert fails.columns.tolist() == ["index", "image_id", "reason", "shard"]
+    assert fails.columns.tolist() == ["index", "image_id", "reason", "shard", "attempts"]
+    assert fails["attempts"].tolist() == [1, 1, 1]
     assert fails["reason"].tolist() == [
         "CUDA out of memory",
         "image unreadable: truncated JPEG",
@@ -136,6 +138,31 @@ def test_failures_reasons_and_retry(store):
     store.reset([6])
     assert store.read([6])["status"][0] == PENDING and store.read([6])["reason"][0] == ""
     assert store.read([9])["status"][0] == FAILED
+
+
+def test_failed_attempts_are_counted_and_a_limit_gives_up(store, tmp_path):
+    """max_attempts: failed items are retried until they failed that often; retry_failed=False
+    is max_attempts=1; a store made before the count (no attempts array) reads failures as 1."""
+    assert store.attempts().tolist() == [0] * 10 and "attempts" not in store.array_names()
+    store.mark_failed([3, 6], "unreadable")
+    store.mark_failed([3], "unreadable again")
+    assert store.attempts()[[3, 6]].tolist() == [2, 1]
+    assert store.failures()["attempts"].tolist() == [2, 1]
+    assert store.todo(max_attempts=None).tolist() == list(range(10))
+    assert store.todo(max_attempts=2).tolist() == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert store.todo(max_attempts=3).tolist() == list(range(10))
+    assert store.todo(max_attempts=1).tolist() == store.todo(retry_failed=False).tolist()
+    assert store.todo(max_attempts=1).tolist() == [0, 1, 2, 4, 5, 7, 8, 9]
+    assert store.given_up(2).tolist() == [3] and store.given_up(None).tolist() == []
+    assert store.todo(max_attempts=2, shard=(4, 8)).tolist() == [4, 5, 6, 7]
+    with pytest.raises(StoreError, match="max_attempts must be ≥ 1"):
+        store.todo(max_attempts=0)
+    store.write([3], w=latents([3]))  # a later success: done; the count stays as history
+    assert store.given_up(1).tolist() == [6] and store.attempts()[3] == 2
+    shutil.rmtree(tmp_path / "s.zarr" / "attempts")  # as a store made before the count
+    old = LatentStore.open(tmp_path / "s.zarr", mode="r")
+    assert old.attempts()[6] == 0 and old.failures()["attempts"].tolist() == [1]
+    assert old.given_up(1).tolist() == [6] and old.given_up(2).tolist() == []
 
 
 def test_reopen_read_only_and_identity(store, tmp_path):
