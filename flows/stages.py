@@ -69,7 +69,7 @@ def invert_dataset(config: Config) -> dict[str, Any]:
         **store,
         "shards_run": report.planned,
         "todo_after": len(stage.plan(job)),  # shards with work left
-        "failed": failed_images(job),
+        **failed_images(job),
         "items": sum(int(s.get("done", 0)) + int(s.get("failed", 0)) for s in report.summaries),
         "item": "images",
     }

@@ -296,10 +296,11 @@ def invert_shard_with(
     align_cfg,
     inversion_cfg,
     image_root: str | Path | None = None,
-    retry_failed: bool = True,
+    max_attempts: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Invert the pending (+ failed) items of one shard with loaded models → summary dict.
+    """Invert the pending items of one shard, and its failed ones that failed fewer than
+    ``max_attempts`` times (None: all), with loaded models → summary dict.
 
     Each batch logs the shard's progress (items, images/s, evaluations/s = images/s × L-BFGS
     steps, ETA); ``on_batch(n)`` is called with the batch's size (a terminal progress bar)."""
@@ -311,7 +312,7 @@ def invert_shard_with(
     R = G.resolution
     for name, channels in ((ALIGNED, G.img_channels), (MASK, 1), (RECON, G.img_channels)):
         store.ensure_array(name, (channels, R, R), np.uint8)
-    todo = items_to_invert(store, (start, stop), retry_failed=retry_failed)
+    todo = items_to_invert(store, (start, stop), max_attempts=max_attempts)
     summary = {
         "shard": f"{start:08d}-{stop:08d}",
         "todo": int(len(todo)),
@@ -399,24 +400,26 @@ def images_per_call(inversion_cfg) -> int:
 
 
 def items_to_invert(
-    store: LatentStore, shard: tuple[int, int], *, retry_failed: bool = True
+    store: LatentStore, shard: tuple[int, int], *, max_attempts: int | None = None
 ) -> np.ndarray:
-    """Pending (and failed) items of a shard; in a condition store only those already corrupted."""
-    todo = store.todo(retry_failed=retry_failed, shard=shard)
+    """Pending items of a shard and failed ones below ``max_attempts`` failures (None: all); in a
+    condition store only those already corrupted."""
+    todo = store.todo(shard=shard, max_attempts=max_attempts)
     return corrupted(store, todo) if is_condition_store(store) else todo
 
 
-def failed_images(job: InvertJob) -> int:
-    """Images of the store whose inversion failed (kept with their reason)."""
-    return int(len(LatentStore.open(job.store, mode="r").failed()))
+def failed_images(job: InvertJob) -> dict[str, int]:
+    """Images of the store whose inversion failed (kept with their reason): ``failed``, and
+    ``given_up``, those that reached ``job.attempt_limit`` failures and are no longer retried."""
+    store = LatentStore.open(job.store, mode="r")
+    return {"failed": len(store.failed()), "given_up": len(store.given_up(job.attempt_limit))}
 
 
 def plan_invert(job: InvertJob) -> list[tuple[int, int]]:
-    """Shards of the store with pending (or, with ``job.retry_failed``, failed) items."""
+    """Shards of the store with pending items or failed ones not given up on."""
     store = LatentStore.open(job.store, mode="r")
-    return [
-        s for s in store.shards() if len(items_to_invert(store, s, retry_failed=job.retry_failed))
-    ]
+    limit = job.attempt_limit
+    return [s for s in store.shards() if len(items_to_invert(store, s, max_attempts=limit))]
 
 
 def run_invert(
@@ -426,8 +429,9 @@ def run_invert(
     device: str | torch.device = "auto",
     on_batch: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Invert the pending (and, with ``job.retry_failed``, failed) items of ``shards`` of the store
-    (indices into ``store.shards()`` or ``(start, stop)``; None: every shard) → one summary each.
+    """Invert the pending items and the failed ones not given up on (``job.attempt_limit``) of
+    ``shards`` (indices into ``store.shards()`` or ``(start, stop)``; None: every shard) → one
+    summary each.
 
     The store must have been created with the job's generator, encoder and configs
     (:func:`prepare_store`). The objective is deterministic (noise "const"): ``job.seed`` is
@@ -453,7 +457,7 @@ def run_invert(
         with shard_lease(store.path, start // store.shard_size):  # one writer per shard
             summary = invert_shard_with(
                 store, shard, G, E, P, align_cfg=job.align, inversion_cfg=job.invert,
-                image_root=job.image_root, retry_failed=job.retry_failed, on_batch=on_batch,
+                image_root=job.image_root, max_attempts=job.attempt_limit, on_batch=on_batch,
             )  # fmt: skip
         out.append({**summary, "seed": job.seed})
     return out
@@ -489,7 +493,7 @@ def prepare_store_task(
         "store": str(store.path),
         "n_images": store.n_images,
         "shards": len(store.shards()),
-        "todo": int(len(store.todo(retry_failed=job.retry_failed))),
+        "todo": int(len(store.todo(max_attempts=job.attempt_limit))),
     }
     run_logger().info(
         "store %s: %d images in %d shards, %d to do",

@@ -40,6 +40,12 @@ class InvertJob:
     cpu_threads: int = 0  # torch threads of a CPU shard (0: torch's default)
     allow_mixed_numerics: bool = False  # resume with another batch size/threads/device type
     retry_failed: bool = True  # rerun items whose inversion failed (False: only pending ones)
+    max_attempts: int | None = None  # give up on an item after it failed this often (None: never)
+
+    @property
+    def attempt_limit(self) -> int | None:
+        """Failures after which an item is given up on (None: never; retry_failed False: 1)."""
+        return self.max_attempts if self.retry_failed else 1
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ def invert_job(cfg: PipelineConfig) -> InvertJob:
         state_dir=cfg.state_dir,
         cpu_threads=cfg.orchestration.cpu_threads,
         retry_failed=cfg.orchestration.retry_failed_images,
+        max_attempts=cfg.orchestration.max_image_attempts,
     )
 
 

@@ -201,6 +201,9 @@ class OrchestrationConfig:
     # invert: rerun images whose inversion failed on every run/resume (false: give up on them;
     # they stay failed in the store and are reported as excluded, or classified from the original)
     retry_failed_images: bool = True
+    # invert: give up on an image after its inversion failed this often (null: never; it counts
+    # over runs, in the store; retry_failed_images: false is 1)
+    max_image_attempts: int | None = None
     retry_delay_seconds: tuple[float, ...] = (
         10.0,
         60.0,
@@ -392,6 +395,15 @@ def check_pipeline_config(cfg: PipelineConfig) -> None:
         )
     if orch.shard_attempts < 1:
         problems.append(f"orchestration.shard_attempts: {orch.shard_attempts} must be ≥ 1")
+    if orch.max_image_attempts is not None and orch.max_image_attempts < 1:
+        problems.append(
+            f"orchestration.max_image_attempts: {orch.max_image_attempts} must be ≥ 1 or null"
+        )
+    elif not orch.retry_failed_images and orch.max_image_attempts not in (None, 1):
+        problems.append(
+            f"orchestration.max_image_attempts: {orch.max_image_attempts} contradicts "
+            "retry_failed_images: false (which means 1); drop one of them"
+        )
     if orch.poll_seconds <= 0:
         problems.append(f"orchestration.poll_seconds: {orch.poll_seconds} must be > 0")
     if orch.cpu_threads < 0:

@@ -76,6 +76,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="give up on images that failed before: invert only pending ones (failed images keep "
         "their reason and are reported as excluded)",
     )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help="give up on an image once its inversion failed N times, over all runs (default: "
+        "retry failed images every run; --no-retry-failed is 1)",
+    )
     parser.add_argument("--steps", type=int, metavar="N", help="override invert.steps")
     parser.add_argument("--batch-size", type=int, metavar="B", help="override invert.batch_size")
     parser.add_argument(
@@ -169,6 +176,10 @@ def run(args: argparse.Namespace) -> int:
     shard_size = args.shard_size or existing_shard_size(args.store, args.overwrite) or 64
     if not 1 <= shard_size <= MAX_SHARD_SIZE:
         raise ConfigError(f"--shard-size: must be between 1 and {MAX_SHARD_SIZE}, got {shard_size}")
+    if args.max_attempts is not None and args.max_attempts < 1:
+        raise ConfigError(f"--max-attempts: must be ≥ 1, got {args.max_attempts}")
+    if not args.retry_failed and args.max_attempts not in (None, 1):
+        raise ConfigError("--max-attempts contradicts --no-retry-failed (which means 1)")
     align, inv_cfg = load_config(args.config, args)
     splits = [s.strip() for s in (args.split or "").split(",") if s.strip()]
     manifest = select_splits(
@@ -197,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
         lpips_weights_dir=Path(args.lpips_weights_dir) if args.lpips_weights_dir else None,
         allow_mixed_numerics=args.allow_mixed_numerics,
         retry_failed=args.retry_failed,
+        max_attempts=args.max_attempts,
     )
     store = prepare_store(job, manifest, G, E, shard_size=shard_size, overwrite=args.overwrite)
     shards = parse_shards(args.shards, len(store.shards()))
@@ -208,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     done = failed = 0
     t0 = time.perf_counter()
     todo = sum(
-        len(store.todo(retry_failed=job.retry_failed, shard=store.shards()[k])) for k in shards
+        len(store.todo(max_attempts=job.attempt_limit, shard=store.shards()[k])) for k in shards
     )
     # a bar on a terminal (tqdm hides itself when stderr is not one; the log has plain lines)
     bar = tqdm(total=todo, unit="img", desc="invert", disable=None, leave=False)
@@ -228,7 +240,16 @@ def run(args: argparse.Namespace) -> int:
     total = len(store.done())
     print(
         f"{done} images inverted, {failed} failed in {time.perf_counter() - t0:.1f} s; "
-        f"the store now has {total}/{store.n_images} done, {len(store.failed())} failed "
-        f"(`ganviews status {args.store}` lists the reasons)"
+        f"the store now has {total}/{store.n_images} done, {len(store.failed())} failed"
+        f"{given_up_note(store, job)} (`ganviews status {args.store}` lists the reasons)"
     )
     return 0
+
+
+def given_up_note(store, job) -> str:
+    """ ", N given up on (…)" when failed images reached the job's attempt limit, else ""."""
+    given_up = len(store.given_up(job.attempt_limit))
+    if not given_up:
+        return ""
+    rule = "--no-retry-failed" if not job.retry_failed else f"--max-attempts {job.max_attempts}"
+    return f", {given_up} of them given up on ({rule}; runs no longer retry them)"

@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ganviews.cli._interrupt import report_interrupted
     from ganviews.cli.run import (
+        give_up_rule,
         load_job,
         prepare_environment,
         print_failed,
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     prepare_environment(cfg)
     from flows.pipeline import select_stages
     from storage import LatentStore
+    from tasks.jobs import invert_job
     from tasks.pipeline_config import check_files, job_name
     from tasks.preflight import preflight
     from tasks.run_state import interrupted_shards
@@ -54,10 +56,11 @@ def run(args: argparse.Namespace) -> int:
         f"pending, {int(table['failed'].sum())} failed images in {store.path}",
         flush=True,
     )
-    if table["failed"].sum() and not cfg.orchestration.retry_failed_images:
+    given_up = len(store.given_up(invert_job(cfg).attempt_limit))
+    if given_up:
         print(
-            f"  {int(table['failed'].sum())} failed images are given up on "
-            "(orchestration.retry_failed_images: false); `ganviews status` lists their reasons",
+            f"  {given_up} failed images are given up on ({give_up_rule(cfg)}); "
+            "`ganviews status` lists their reasons",
             flush=True,
         )
     for rec in interrupted_shards(cfg.state_dir):

@@ -112,19 +112,33 @@ def print_outcome(outcome: dict) -> None:
 def print_failed(outcome: dict, cfg, resume: str) -> None:
     """What to do about images whose inversion failed (they are left out of, or fall back to the
     original in, the report)."""
-    failed = int((outcome.get("invert") or {}).get("failed", 0))
+    invert = outcome.get("invert") or {}
+    failed, given_up = int(invert.get("failed", 0)), int(invert.get("given_up", 0))
     if not failed:
         return
-    then = (
-        "they are given up on (orchestration.retry_failed_images: false)"
-        if not cfg.orchestration.retry_failed_images
-        else f"`{resume}` retries them (orchestration.retry_failed_images: false gives up on them)"
-    )
+    rule = give_up_rule(cfg)
+    if given_up == failed:
+        then = f"they are given up on ({rule})"
+    elif given_up:
+        then = (
+            f"{given_up} of them are given up on ({rule}); `{resume}` retries the other "
+            f"{failed - given_up}"
+        )
+    else:
+        then = f"`{resume}` retries them (orchestration.max_image_attempts: N gives up after N)"
     print(
         f"{failed} image(s) failed to invert: `ganviews status {cfg.paths.store}` lists why; {then}; "
         "the report counts them as excluded (or, with ensemble.on_missing_views: single, "
         "classifies their original)"
     )
+
+
+def give_up_rule(cfg) -> str:
+    """The setting that makes a run give up on failed images, as the user wrote it."""
+    orch = cfg.orchestration
+    if not orch.retry_failed_images:
+        return "orchestration.retry_failed_images: false"
+    return f"after {orch.max_image_attempts} failures, orchestration.max_image_attempts"
 
 
 def throughput_lines(outcome: dict) -> list[str]:

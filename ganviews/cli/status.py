@@ -1,5 +1,6 @@
-"""``ganviews status STORE [--json]``: per-shard progress of a latent store and a summary of its
-failures; ``--json`` prints the same as one JSON object for scripts and monitoring."""
+"""``ganviews status STORE [--json] [--max-attempts N]``: per-shard progress of a latent store and
+a summary of its failures (by reason and by failed attempts; with ``--max-attempts``, how many a
+run gives up on); ``--json`` prints the same as one JSON object for scripts and monitoring."""
 
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="list up to N failed images (default 10; with --json every failure is listed)",
     )
     parser.add_argument(
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help="the limit runs use (orchestration.max_image_attempts, 1 for retry_failed_images: "
+        "false): count the failed images given up on, i.e. that failed N times",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help="print one JSON object: identity, totals, every shard, failures and their reasons",
@@ -40,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     store = LatentStore.open(args.store, mode="r")
     if args.json:
-        print(json.dumps(status_json(store), indent=1, default=str))
+        print(json.dumps(status_json(store, args.max_attempts), indent=1, default=str))
         return 0
     attrs = store.attrs
     table = store.status_table()
@@ -76,14 +84,23 @@ def run(args: argparse.Namespace) -> int:
         counts = failures["reason"].map(_last_line).value_counts()
         for reason, count in counts.items():
             print(f"  {count:6d}  {reason[:100]}")
+        tries = failures["attempts"].value_counts().sort_index()
+        print("by failed attempts: " + ", ".join(f"{n} after {k}" for k, n in tries.items()))
+        if args.max_attempts is not None:
+            given_up = len(store.given_up(args.max_attempts))
+            print(
+                f"given up   {given_up} (failed {args.max_attempts} times; runs retry the "
+                f"other {len(failures) - given_up})"
+            )
         if args.failures > 0:
             print()
             print(failures.head(args.failures).to_string(index=False, max_colwidth=80))
     return 0
 
 
-def status_json(store) -> dict:
-    """The store's identity, totals, per-shard counts and failures as plain JSON types."""
+def status_json(store, max_attempts: int | None = None) -> dict:
+    """The store's identity, totals, per-shard counts and failures (with their attempts) as plain
+    JSON types; ``given_up``: failed images that reached ``max_attempts`` (None: not counted)."""
     attrs = store.attrs
     table = store.status_table()
     failures = store.failures()
@@ -98,6 +115,7 @@ def status_json(store) -> dict:
         "shard_size": int(store.shard_size),
         **{c: int(table[c].sum()) for c in ("done", "failed", "pending")},
         "shards": table.to_dict("records"),
+        "given_up": None if max_attempts is None else len(store.given_up(max_attempts)),
         "failure_reasons": {str(k): int(v) for k, v in dict(reasons).items()},
         "failures": failures.to_dict("records"),
     }

@@ -124,8 +124,9 @@ def test_progress_and_table_artifacts(job, harness) -> None:
 def test_cli_run_then_resume_retries_failed_images(
     tmp_path, stylegan2_fixtures, harness, capsys
 ) -> None:
-    """A corrupt image fails (reason kept); `orchestration.retry_failed_images: false` gives up
-    on it even once the file is fixed; with the default (true) `resume` runs only that image."""
+    """A corrupt image fails (reason kept); `orchestration.retry_failed_images: false` and
+    `max_image_attempts: 1` give up on it even once the file is fixed; with the default (retry
+    every run) `resume` runs only that image."""
     from ganviews.cli import main
 
     gen_path = stylegan2_fixtures / "nvidia-ada-res32.pkl"
@@ -144,7 +145,7 @@ def test_cli_run_then_resume_retries_failed_images(
         and (
             f"1 image(s) failed to invert: `ganviews status {tmp_path / 'out' / 'store'}` lists why; "
             f"`ganviews resume {config} --stages invert` retries them "
-            "(orchestration.retry_failed_images: false gives up on them)"
+            "(orchestration.max_image_attempts: N gives up after N)"
         )
         in out
     )
@@ -162,6 +163,14 @@ def test_cli_run_then_resume_retries_failed_images(
     assert "they are given up on (orchestration.retry_failed_images: false)" in out
     assert "shards_run=0" in out and "todo_after=0" in out
     assert LatentStore.open(tmp_path / "out" / "store").failed().tolist() == [5]
+    # max_image_attempts: 1 gives up on it too (it failed once; the fixed file alone is no retry)
+    write_config(tmp_path, gen_path, shard_size=4, job="cli-job", max_image_attempts=1)
+    assert main(["resume", config, "--stages", "invert"]) == 0
+    out = capsys.readouterr().out
+    rule = "after 1 failures, orchestration.max_image_attempts"
+    assert f"1 failed images are given up on ({rule})" in out
+    assert f"they are given up on ({rule})" in out and "given_up=1" in out
+    assert "shards_run=0" in out
 
     write_config(tmp_path, gen_path, shard_size=4, job="cli-job")  # the default: retry them
     assert main(["resume", config, "--stages", "invert"]) == 0

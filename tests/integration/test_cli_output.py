@@ -24,6 +24,9 @@ def test_status_json(tables, capsys):  # noqa: F811
     assert [s["done"] for s in data["shards"]] == [2, 1, 0]
     assert data["failure_reasons"] == {"RuntimeError: CUDA out of memory": 1}
     assert [f["image_id"] for f in data["failures"]] == ["i4"]
+    assert [f["attempts"] for f in data["failures"]] == [1] and data["given_up"] is None
+    assert main(["status", str(tables / "s.zarr"), "--json", "--max-attempts", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["given_up"] == 1
 
 
 def test_query_latents_out_keeps_the_image_ids(tables, tmp_path, capsys):  # noqa: F811

@@ -101,6 +101,11 @@ def test_status_command(tables, capsys):
     assert "shard  start  stop  pending  done  failed" in out
     assert "     1  RuntimeError: CUDA out of memory" in out  # grouped by the traceback's last line
     assert "i4" in out
+    assert "by failed attempts: 1 after 1" in out and "given up" not in out
+    assert main(["status", str(tables / "s.zarr"), "--max-attempts", "1"]) == 0
+    assert "given up   1 (failed 1 times; runs retry the other 0)" in capsys.readouterr().out
+    assert main(["status", str(tables / "s.zarr"), "--max-attempts", "2"]) == 0
+    assert "given up   0 (failed 2 times; runs retry the other 1)" in capsys.readouterr().out
 
 
 def test_status_of_a_missing_store_is_one_clean_line(tmp_path, capsys):

@@ -121,6 +121,14 @@ def test_plain_dict_round_trip() -> None:
             r"^orchestration\.shard_size: 1000000000000000 must be between 1 and 65536",
         ),
         (
+            {"orchestration": {"max_image_attempts": 0}},
+            r"^orchestration\.max_image_attempts: 0 must be ≥ 1 or null$",
+        ),
+        (
+            {"orchestration": {"max_image_attempts": 3, "retry_failed_images": False}},
+            r"^orchestration\.max_image_attempts: 3 contradicts retry_failed_images: false",
+        ),
+        (
             {"orchestration": {"retry_delay_seconds": [-1]}},
             r"^orchestration\.retry_delay_seconds: \[-1\.0\] must be ≥ 0",
         ),

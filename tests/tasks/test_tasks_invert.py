@@ -22,7 +22,7 @@ from ganviews.stylegan.generator import load_generator
 from storage.arrays import ALIGNED, MASK, RECON
 from storage.errors import StoreError
 from storage.latents import LatentStore
-from tasks.invert import invert_shard_task, run_invert, store_attrs
+from tasks.invert import failed_images, invert_shard_task, plan_invert, run_invert, store_attrs
 from tasks.jobs import InvertJob
 
 INV = InversionConfig(steps=3, lpips_net="lpips-random", batch_size=2)
@@ -111,11 +111,24 @@ def test_shard_task_end_to_end(tmp_path, gen_path) -> None:
     expected = ((G.synthesis(torch.from_numpy(data["w"][[0, 2]])).clamp(-1, 1) + 1) * 127.5).round()
     assert np.abs(recon.astype(int) - expected.numpy().astype(int)).max() <= 1
 
-    # A rerun skips done items; fixing the corrupt file lets the retry finish it.
+    # A rerun skips done items; the unreadable image is retried until it failed max_attempts
+    # times, then given up on (also when its file is fixed) until the limit is raised.
     again = run_invert(job, [1], device="cpu")[0]
     assert again["todo"] == 0
+    twice = dataclasses.replace(job, max_attempts=2)
+    assert failed_images(dataclasses.replace(job, retry_failed=False))["given_up"] == 1
+    assert plan_invert(twice) == [(0, 3)]
+    retried = run_invert(twice, [0], device="cpu")[0]
+    assert (retried["todo"], retried["done"], retried["failed"]) == (1, 0, 1)
+    assert run_invert(twice, [0], device="cpu")[0]["todo"] == 0  # failed twice: given up
+    assert plan_invert(twice) == [] and failed_images(twice) == {"failed": 1, "given_up": 1}
+    assert LatentStore.open(store.path).failures()["attempts"].tolist() == [2]
     Image.fromarray(pixels[1]).save(tmp_path / "images" / "img2.png")
-    retry = run_invert(job, [0], device="cpu")[0]
+    assert plan_invert(twice) == []  # a fixed file alone does not bring it back
+    thrice = dataclasses.replace(job, max_attempts=3)
+    assert failed_images(thrice) == {"failed": 1, "given_up": 0}
+    assert plan_invert(thrice) == [(0, 3)]
+    retry = run_invert(thrice, [0], device="cpu")[0]
     assert (retry["todo"], retry["done"], retry["failed"]) == (1, 1, 0)
     store = LatentStore.open(store.path)
     assert store.done().tolist() == [0, 1, 2, 3, 4] and store.failures().empty
