@@ -136,42 +136,50 @@ def test_shard_task_end_to_end(tmp_path, gen_path) -> None:
     np.testing.assert_array_equal(store.read([0, 1, 3, 4])["w"], data["w"])
 
 
-def test_each_image_is_stored_when_it_finishes_not_when_the_call_returns(
-    tmp_path, gen_path
-) -> None:
-    """One invert() call of 4 images through 1 slot: a crash while the third image runs
-    (here: the store's second write raises, as a kill would cut the call) keeps the two
-    images that had finished, written whole, and leaves the other two pending."""
+def test_finished_images_are_stored_before_the_call_returns(tmp_path, gen_path) -> None:
+    """One invert() call of 4 images through 1 slot. With ``flush_seconds=0`` each image is
+    written as it stops: a crash while the third runs (here: the store's second write
+    raises, as a kill would cut the call) keeps the two finished images, written whole, and
+    leaves the other two pending. Images that finish within ``flush_seconds`` of the last
+    write share one write (a write costs fsyncs; default 2 s): with a window longer than
+    the call, all four take a single write, with the same values."""
     from tasks.invert import invert_batch_into, load_inversion_models
 
     cfg = dataclasses.replace(INV, batch_size=1)
     G = load_generator(gen_path)
     frame, _ = _dataset(tmp_path, G, n=4, corrupt=())
-    store = LatentStore.create(
-        tmp_path / "store", n_images=4, num_ws=G.num_ws, w_dim=G.w_dim, shard_size=4,
-        attrs=store_attrs(G, None, ALIGN, cfg), manifest=frame,
-    )  # fmt: skip
-    for name, channels in ((ALIGNED, 3), (MASK, 1), (RECON, 3)):
-        store.ensure_array(name, (channels, 32, 32), np.uint8)
     G, E, P = load_inversion_models(gen_path, None, cfg, device=torch.device("cpu"))
-    writes, write = [], store.write
 
-    def write_then_crash(indices, **values):
-        write(indices, **values)
-        writes.append(list(indices))
-        if len(writes) == 2:
-            raise RuntimeError("worker killed")
+    def run(name: str, flush_seconds: float, crash_at: int | None) -> tuple[LatentStore, list]:
+        store = LatentStore.create(
+            tmp_path / name, n_images=4, num_ws=G.num_ws, w_dim=G.w_dim, shard_size=4,
+            attrs=store_attrs(G, None, ALIGN, cfg), manifest=frame,
+        )  # fmt: skip
+        for array, channels in ((ALIGNED, 3), (MASK, 1), (RECON, 3)):
+            store.ensure_array(array, (channels, 32, 32), np.uint8)
+        writes, write = [], store.write
 
-    store.write = write_then_crash
-    with pytest.raises(RuntimeError, match="worker killed"):
+        def write_then_crash(indices, **values):
+            write(indices, **values)
+            writes.append(list(indices))
+            if len(writes) == crash_at:
+                raise RuntimeError("worker killed")
+
+        store.write = write_then_crash
         invert_batch_into(
             store, np.arange(4), frame, G, E, P, align_cfg=ALIGN, inversion_cfg=cfg,
-            image_root=tmp_path,
+            image_root=tmp_path, flush_seconds=flush_seconds,
         )  # fmt: skip
-    assert writes == [[0], [1]]  # one image per write, as each finished
-    again = LatentStore.open(store.path, mode="r")
-    assert again.done().tolist() == [0, 1] and len(again.todo()) == 2
-    assert np.isfinite(again.read([0, 1])["w"]).all()
+        return LatentStore.open(store.path, mode="r"), writes
+
+    with pytest.raises(RuntimeError, match="worker killed"):
+        run("each", 0.0, crash_at=2)
+    each = LatentStore.open(tmp_path / "each", mode="r")
+    assert each.done().tolist() == [0, 1] and len(each.todo()) == 2
+    assert np.isfinite(each.read([0, 1])["w"]).all()
+    together, writes = run("together", 3600.0, crash_at=None)
+    assert writes == [[0, 1, 2, 3]] and together.done().tolist() == [0, 1, 2, 3]
+    np.testing.assert_array_equal(together.read([0, 1])["w"], each.read([0, 1])["w"])
 
 
 def test_store_refuses_other_generator_or_config(tmp_path, gen_path, stylegan2_fixtures) -> None:
