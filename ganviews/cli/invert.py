@@ -57,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--shard-size",
         type=int,
         metavar="K",
-        help="images per shard of a new store (default 64; an existing store keeps its own)",
+        help="images per shard of a new store (default 64); left out, an existing store keeps "
+        "its own; another value for an existing store is refused",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 … (default auto)")
     parser.add_argument(
