@@ -25,6 +25,7 @@ STAGE_ENTRYPOINTS = {
     "train-encoder": "flows.stages:train_encoder",
     "compute-pca-stats": "flows.stages:compute_pca_stats",
     "render-and-classify": "flows.stages:render_and_classify",
+    "corrupt-conditions": "flows.stages:corrupt_conditions",
     "train-classifier": "flows.stages:train_classifier",
     "evaluate-ensembles": "flows.stages:evaluate_ensembles",
     "multiview": "flows.multiview:multiview",  # GenRep (docs/genrep.md): its sampling fans out

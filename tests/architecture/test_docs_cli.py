@@ -4,7 +4,8 @@
   names the options its command requires;
 - every ``ganviews COMMAND … --flag`` written in a code span or block of README.md or
   docs/*.md names a command that exists and flags that command accepts;
-- ``run --help`` lists every stage the pipeline knows;
+- ``run --help`` lists every stage the pipeline knows, and ``ganviews deploy`` registers a
+  deployment for each stage's flow;
 - relative links and ``docs/<page>.md`` mentions point at files that exist.
 
 Only the argparse tree is built (no torch, no Prefect), so the module takes well under a second.
@@ -138,3 +139,18 @@ def test_every_relative_link_and_docs_page_exists() -> None:
             if not (REPO / "docs" / page).exists():
                 broken.append(f"{path.name}: docs/{page}")
     assert not broken, broken
+
+
+def test_deploy_registers_every_stage_flow() -> None:
+    """Each flow of ``flows.pipeline.STAGE_FLOWS`` (read from the source) is a deployment."""
+    from ganviews.cli.deploy import STAGE_ENTRYPOINTS
+
+    tree = ast.parse((REPO / "flows" / "pipeline.py").read_text())
+    table = next(
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "STAGE_FLOWS"
+    )
+    flows = {f"flows.stages:{value.attr}" for value in table.values}
+    assert len(flows) == len(_pipeline_stages())
+    assert flows - set(STAGE_ENTRYPOINTS.values()) == set()
