@@ -12,6 +12,10 @@ done with NaN ``w``, 24 done marks lost). Two kinds of lock, one file each per s
   (inversion). A second one exits at once with :class:`StoreError` naming the holder (pid,
   host, start time, command), or waits up to ``wait`` seconds.
 
+:func:`file_lock` is the same waiting lock for one file outside a store: the logits dataset
+takes it around each shard file's read-merge-write and its identity record's
+(:func:`storage.logits.write_logits`), so two renders of one shard lose no rows.
+
 Both are ``fcntl.flock`` locks: the kernel drops them when the holder's process dies (even by
 ``kill -9``), so a crashed writer never leaves a shard locked. Linux NFS clients map ``flock``
 onto POSIX byte-range locks, which lockd shares between nodes.
@@ -63,6 +67,18 @@ def holder_of(path: Path) -> str:
         return f"pid {info['pid']} on {info['host']} since {info['since']} ({info['command']})"
     except (OSError, ValueError, KeyError, TypeError):
         return "an unknown holder"
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the exclusive ``flock`` of the lock file ``path`` (created; waits for a holder) for a
+    read-modify-write of one file by several processes (a logits shard file, its identity)."""
+    fd = _open(Path(path))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases its flock
 
 
 @contextlib.contextmanager

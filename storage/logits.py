@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 
 from storage.atomic import atomic_write_bytes, atomic_write_parquet, remove_stale_partials
 from storage.errors import StoreError
+from storage.lease import file_lock
 
 PARTITION_COLUMNS = ("task", "classifier", "method")
 
@@ -237,26 +238,32 @@ def write_logits(
         final = folder / shard_file_name(shard, group["condition"])
         settings = sorted(set(part["setting"].to_pylist()))
         per_setting = {setting: user_meta for setting in settings}
-        if final.is_file():  # keep this shard's rows of other settings, replace the rest
-            old = _read_file(final, group)
-            keep = pc.invert(pc.is_in(old["setting"], value_set=pa.array(settings, pa.string())))
-            part = pa.concat_tables([old.filter(keep), part])
-            kept = set(old.filter(keep)["setting"].to_pylist())
-            old_meta = _file_meta(final).get("metadata", {})
-            per_setting.update({k: v for k, v in old_meta.items() if k in kept})
-        part = part.sort_by(
-            [("setting", "ascending"), ("image_id", "ascending"), ("view", "ascending")]
-        )
-        file_meta = {
-            "metadata": per_setting,
-            "num_classes": {key: classes[key]},
-            "partition": {c: group[c] for c in PARTITION_COLUMNS},
-            "shard": shard,
-        }
-        part = part.select(FILE_SCHEMA.names).replace_schema_metadata(
-            {METADATA_KEY: json.dumps(file_meta, sort_keys=True).encode()}
-        )
-        atomic_write_parquet(part, final)
+        folder.mkdir(parents=True, exist_ok=True)
+        # read-merge-write under the file's lock: a concurrent render of this shard (another
+        # setting) would otherwise replace the file with a merge that lacks its rows
+        with file_lock(folder / f".{final.name}.lock"):
+            if final.is_file():  # keep this shard's rows of other settings, replace the rest
+                old = _read_file(final, group)
+                keep = pc.invert(
+                    pc.is_in(old["setting"], value_set=pa.array(settings, pa.string()))
+                )
+                part = pa.concat_tables([old.filter(keep), part])
+                kept = set(old.filter(keep)["setting"].to_pylist())
+                old_meta = _file_meta(final).get("metadata", {})
+                per_setting.update({k: v for k, v in old_meta.items() if k in kept})
+            part = part.sort_by(
+                [("setting", "ascending"), ("image_id", "ascending"), ("view", "ascending")]
+            )
+            file_meta = {
+                "metadata": per_setting,
+                "num_classes": {key: classes[key]},
+                "partition": {c: group[c] for c in PARTITION_COLUMNS},
+                "shard": shard,
+            }
+            part = part.select(FILE_SCHEMA.names).replace_schema_metadata(
+                {METADATA_KEY: json.dumps(file_meta, sort_keys=True).encode()}
+            )
+            atomic_write_parquet(part, final)
         remove_stale_partials(folder)
         written.append(final)
     if identity is not None:
@@ -295,10 +302,13 @@ def check_identity(root: str | Path, identity: Mapping[str, object]) -> None:
 
 
 def record_identity(root: str | Path, identity: Mapping[str, object]) -> None:
-    """Merge ``identity`` into the dataset's record (``ROOT/_ganviews_identity.json``)."""
-    merged = {**read_identity(root), **json.loads(json.dumps(dict(identity), default=str))}
-    data = json.dumps(merged, indent=1, sort_keys=True).encode()
-    atomic_write_bytes(Path(root) / IDENTITY_FILE, data)
+    """Merge ``identity`` into the dataset's record (``ROOT/_ganviews_identity.json``), under
+    its lock (concurrent renders adding keys keep each other's)."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with file_lock(Path(root) / f".{IDENTITY_FILE}.lock"):
+        merged = {**read_identity(root), **json.loads(json.dumps(dict(identity), default=str))}
+        data = json.dumps(merged, indent=1, sort_keys=True).encode()
+        atomic_write_bytes(Path(root) / IDENTITY_FILE, data)
 
 
 def _partition_mask(table: pa.Table, group: Mapping[str, str]) -> pa.ChunkedArray:
