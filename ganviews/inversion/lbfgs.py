@@ -408,7 +408,8 @@ def lbfgs_minimize(
     fixed shape; when a slot's problem stops, its result is kept and the slot is refilled
     with the next problem (fresh state), so the batch stays full while problems remain.
     Once none remain, the batch halves whenever at most half of its slots are still busy
-    (a few fixed shapes, little wasted work). ``fn`` always receives the problem ids of the
+    (a few fixed shapes, little wasted work); on the CPU, where a new shape costs nothing,
+    every idle slot is dropped at once. ``fn`` always receives the problem ids of the
     slots as ``index``. ``compile``: run the bookkeeping through ``torch.compile``
     (fullgraph; on CUDA with CUDA graphs, ``mode="reduce-overhead"``); the batch then keeps
     its one shape to the end, so nothing is compiled or captured twice. ``on_finished(ids,
@@ -462,8 +463,14 @@ def lbfgs_minimize(
             busy = [j for j, i in enumerate(item) if i >= 0]
             if not busy:
                 break
-            if queued == num and not compile and len(busy) <= len(item) // 2:
-                st, item = _shrink(st, item, busy)
+            exact = x0.device.type == "cpu"  # new shapes cost nothing on the CPU
+            if (
+                queued == num
+                and not compile
+                and len(busy) < len(item)
+                and (exact or len(busy) <= len(item) // 2)
+            ):
+                st, item = _shrink(st, item, busy, exact=exact)
                 slot_item = torch.tensor([max(i, 0) for i in item], device=x0.device)
     log.debug("L-BFGS: %d problems in %d slots, %d batched calls", num, width, out.batch_calls)
     return out
@@ -484,9 +491,14 @@ def _load(st: State, slots: list[int], x0: torch.Tensor, history_size: int) -> N
         st[key] = st[key].index_copy(0, src, value)
 
 
-def _shrink(st: State, item: list[int], busy: list[int]) -> tuple[State, list[int]]:
-    """Halve the batch (repeatedly) once at most half its slots still hold a problem."""
+def _shrink(
+    st: State, item: list[int], busy: list[int], *, exact: bool = False
+) -> tuple[State, list[int]]:
+    """Halve the batch (repeatedly) once at most half its slots still hold a problem, or
+    (``exact``) keep just the busy slots."""
     width = len(item)
+    if exact:
+        width = len(busy)
     while width > 1 and len(busy) <= width // 2:
         width //= 2
     idle = [j for j, i in enumerate(item) if i < 0]
