@@ -34,41 +34,39 @@ def run(args: argparse.Namespace) -> int:
     from storage import LatentStore
     from storage.multiview import is_multiview_store
 
+    mode = "a" if args.reset else "r"
     if is_multiview_store(args.store):
-        return _run_multiview(args)
+        from storage.integrity import reset_multiview, verify_multiview
+        from storage.multiview import MultiviewStore
+
+        store = MultiviewStore.open(args.store, mode=mode)
+        return _report(
+            store.path, verify_multiview(store), args.reset,
+            intact="every chunk of the multiview store is intact", unit="anchors",
+            reset=lambda damages: reset_multiview(store, damages),
+            redo="`ganviews multiview sample CONFIG` samples them again",
+        )  # fmt: skip
     from storage.integrity import reset_damaged, verify
 
-    store = LatentStore.open(args.store, mode="a" if args.reset else "r")
-    damages = verify(store)
+    store = LatentStore.open(args.store, mode=mode)
+    return _report(
+        store.path, verify(store), args.reset,
+        intact=f"every chunk of {len(store.array_names())} arrays is intact", unit="images",
+        reset=lambda damages: reset_damaged(store, damages),
+        redo="`ganviews invert` (or resume) recomputes them",
+    )  # fmt: skip
+
+
+def _report(path, damages, reset_requested: bool, *, intact, unit, reset, redo) -> int:
+    """Print a store's damaged chunks (exit 1), or reset them with ``reset`` (exit 0)."""
     if not damages:
-        print(f"{store.path}: every chunk of {len(store.array_names())} arrays is intact")
+        print(f"{path}: {intact}")
         return 0
-    print(f"{store.path}: {len(damages)} damaged chunk(s)")
+    print(f"{path}: {len(damages)} damaged chunk(s)")
     for damage in damages:
         print(f"  {damage.line()}")
-    if not args.reset:
-        print(f"run `ganviews verify {store.path} --reset` to mark their images pending")
+    if not reset_requested:
+        print(f"run `ganviews verify {path} --reset` to mark their {unit} pending")
         return 1
-    n = reset_damaged(store, damages)
-    print(f"reset: {n} images pending; `ganviews invert` (or resume) recomputes them")
-    return 0
-
-
-def _run_multiview(args: argparse.Namespace) -> int:
-    from storage.integrity import reset_multiview, verify_multiview
-    from storage.multiview import MultiviewStore
-
-    store = MultiviewStore.open(args.store, mode="a" if args.reset else "r")
-    damages = verify_multiview(store)
-    if not damages:
-        print(f"{store.path}: every chunk of the multiview store is intact")
-        return 0
-    print(f"{store.path}: {len(damages)} damaged chunk(s)")
-    for damage in damages:
-        print(f"  {damage.line()}")
-    if not args.reset:
-        print(f"run `ganviews verify {store.path} --reset` to mark their anchors pending")
-        return 1
-    n = reset_multiview(store, damages)
-    print(f"reset: {n} anchors pending; `ganviews multiview sample CONFIG` samples them again")
+    print(f"reset: {reset(damages)} {unit} pending; {redo}")
     return 0
